@@ -1,0 +1,54 @@
+"""Exit codes and the errors that carry them.
+
+Every outcome of a command has its own exit code, so that a script or an agent
+can tell "the tests failed" from "another agent holds this shard" without
+parsing output. The table is a public contract: README.md documents it.
+"""
+
+PASSED = 0
+#: lokt-tasks itself failed: an unexpected error, or invoke's own parser
+#: rejected the command line (invoke exits 1 for an unknown task or flag).
+INTERNAL = 1
+#: Bad shards.toml, bad command-line value, unknown task.
+USAGE = 2
+#: At least one shard ran and its command failed (non-zero exit or signal).
+FAILED = 3
+#: Not every shard passed under the current plan: missing, running, crashed,
+#: interrupted, outdated or corrupt records.
+INCOMPLETE = 4
+#: The shard's lock is held (or frozen) by another agent; nothing ran.
+HELD = 5
+#: The lock engine failed: lokt missing or erroring, lock root unusable.
+ENGINE = 6
+#: Stopped by SIGINT / SIGTERM (128 + signal number, as shells do).
+INTERRUPTED_SIGINT = 130
+INTERRUPTED_SIGTERM = 143
+
+
+class LoktTasksError(Exception):
+    """An error meant for the user: one line, and the exit code to leave with."""
+
+    exit_code = INTERNAL
+
+    def __init__(self, message: str, exit_code: "int | None" = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(LoktTasksError):
+    """shards.toml is unreadable or invalid. The message names file and key."""
+
+    exit_code = USAGE
+
+
+class UsageError(LoktTasksError):
+    """A command-line value is wrong (unknown task, --id out of range...)."""
+
+    exit_code = USAGE
+
+
+class EngineError(LoktTasksError):
+    """The lock engine could not do its job."""
+
+    exit_code = ENGINE
