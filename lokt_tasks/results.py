@@ -1,16 +1,68 @@
 """Shard records: one JSON file per task, run key and shard, written atomically.
 
-IMPLEMENTATION PENDING (results/verdict helper): see the contract below.
+A record is the only trace a shard leaves for ``verify``: the agent that ran
+it may be gone, and the verdict is built from these files plus the live lock
+state. So the store is strict about two things:
+
+- a reader never sees half a record: every write goes to a temporary file in
+  the same directory and is renamed over the old one;
+- a file that cannot be understood is never a pass: it is read back as a
+  :class:`CorruptRecord` that names the file and says why, instead of raising.
+
+Layout, below the results directory::
+
+    <root>/<task>/<run key>/shard-<N>.json        the record
+    <root>/<task>/<run key>/shard-<N>.log         the shard's output
+    <root>/<task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
+
+Task names and run keys are escaped into single path components with
+:func:`safe_component`: letters, digits, ``-`` and ``_`` stay as they are,
+``.`` stays unless it leads the name, and any other character becomes
+``%XX`` (its UTF-8 bytes in hex). So names stay readable and two different
+names never share a directory.
+
+The run key says which code a record belongs to (see :func:`current_run_key`):
+by default the commit, plus a digest of uncommitted changes to tracked files.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
+
+from .errors import LoktTasksError, UsageError
+
+if TYPE_CHECKING:
+    from .plan import Shard
 
 RECORD_VERSION = 1
 
 #: Outcomes a record can hold. "running" is the start record.
 OUTCOMES = ("running", "passed", "failed", "interrupted", "error")
+
+#: Environment variable naming the run key, for when ``--run`` is not given.
+RUN_ENV = "LOKT_TASKS_RUN"
+
+#: The run key outside a git repository, or in one without commits.
+LOCAL_RUN_KEY = "local"
+
+#: Longest run key accepted from ``--run`` or the environment.
+MAX_RUN_KEY_LENGTH = 128
+
+#: A record file larger than this is not a record (they are a few hundred bytes).
+MAX_RECORD_BYTES = 1024 * 1024
+
+_RECORD_NAME = re.compile(r"^shard-([0-9]+)\.json$")
+_SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 @dataclass
@@ -47,3 +99,549 @@ class CorruptRecord:
 
     path: str
     reason: str
+
+
+AnyRecord = Union[Record, CorruptRecord]
+
+
+# --- Timestamps -------------------------------------------------------------
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 UTC with microseconds: ``2024-05-01T12:00:00.123456Z``."""
+    return format_time(datetime.datetime.now(datetime.timezone.utc))
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """``moment`` (timezone-aware) as RFC 3339 UTC with microseconds and a ``Z``."""
+    utc = moment.astimezone(datetime.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + "%06dZ" % utc.microsecond
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime.
+
+    Accepts any number of fraction digits (lokt writes nanoseconds; they are
+    cut to microseconds) and a ``Z`` or numeric offset. Raises ValueError.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ValueError("not an RFC 3339 timestamp: %r" % (text,))
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    if zulu:
+        zone = datetime.timezone.utc
+    else:
+        offset = datetime.timedelta(hours=int(off_h), minutes=int(off_m))
+        zone = datetime.timezone(-offset if sign == "-" else offset)
+    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
+    moment = datetime.datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, tzinfo=zone
+    )
+    return moment.astimezone(datetime.timezone.utc)
+
+
+# --- Records ----------------------------------------------------------------
+
+
+def new_start_record(
+    shard: "Shard",
+    *,
+    run_key: str,
+    agent: str,
+    owner: str,
+    host: str,
+    pid: int,
+    engine: str,
+    log: Optional[str] = None,
+    started_at: Optional[str] = None,
+) -> Record:
+    """The record written just before a shard's command starts (outcome "running").
+
+    If the agent dies before writing the final record, this one stays behind
+    and ``verify`` reports the shard as crashed rather than missing.
+    """
+    return Record(
+        task=shard.task,
+        shard=shard.index,
+        total=shard.total,
+        fingerprint=shard.fingerprint,
+        run_key=run_key,
+        lock_name=shard.lock_name,
+        agent=agent,
+        owner=owner,
+        host=host,
+        pid=pid,
+        engine=engine,
+        started_at=started_at or utc_now(),
+        log=log,
+        items=len(shard.items),
+    )
+
+
+def finish(
+    record: Record,
+    *,
+    outcome: str,
+    exit_code: Optional[int] = None,
+    signal: Optional[str] = None,
+    message: str = "",
+    ended_at: Optional[str] = None,
+) -> Record:
+    """A copy of a start record with how the shard ended and how long it took."""
+    if outcome not in OUTCOMES or outcome == "running":
+        raise ValueError("not a final outcome: %r" % (outcome,))
+    ended_at = ended_at or utc_now()
+    duration = (parse_time(ended_at) - parse_time(record.started_at)).total_seconds()
+    return dataclasses.replace(
+        record,
+        outcome=outcome,
+        ended_at=ended_at,
+        duration=round(max(duration, 0.0), 6),
+        exit_code=exit_code,
+        signal=signal,
+        message=message,
+    )
+
+
+def record_to_dict(record: Record) -> Dict[str, object]:
+    """The record as the JSON object stored on disk."""
+    return dataclasses.asdict(record)
+
+
+def record_to_json(record: Record) -> str:
+    """The exact text of a record file: sorted keys, two-space indent, newline."""
+    return json.dumps(record_to_dict(record), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+# Which JSON types each field accepts; bool is excluded from int on purpose
+# (json gives True for ``true``, and Python counts it as an int).
+_STR = (str,)
+_INT = (int,)
+_NUMBER = (int, float)
+_FIELD_TYPES = {
+    "task": (_STR, False),
+    "shard": (_INT, False),
+    "total": (_INT, False),
+    "fingerprint": (_STR, False),
+    "run_key": (_STR, False),
+    "lock_name": (_STR, False),
+    "agent": (_STR, False),
+    "owner": (_STR, False),
+    "host": (_STR, False),
+    "pid": (_INT, False),
+    "engine": (_STR, False),
+    "started_at": (_STR, False),
+    "outcome": (_STR, False),
+    "ended_at": (_STR, True),
+    "duration": (_NUMBER, True),
+    "exit_code": (_INT, True),
+    "signal": (_STR, True),
+    "log": (_STR, True),
+    "items": (_INT, False),
+    "message": (_STR, False),
+    "version": (_INT, False),
+}
+
+
+def record_from_dict(data: object) -> Record:
+    """Build a Record from decoded JSON, checking shape, types and version.
+
+    Raises ValueError with a short reason. Unknown keys are ignored, so a
+    later release may add fields without breaking older readers; a change
+    that older readers must not misread bumps ``version``.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object, found %s" % _json_type(data))
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != RECORD_VERSION:
+        raise ValueError("record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION))
+    values = {}
+    for name, (types, optional) in _FIELD_TYPES.items():
+        if name not in data:
+            raise ValueError("field %r is missing" % name)
+        value = data[name]
+        if value is None and optional:
+            values[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError("field %r should be %s, found %s" % (name, _TYPE_NAMES[types], _json_type(value)))
+        values[name] = value
+    if values["outcome"] not in OUTCOMES:
+        raise ValueError("unknown outcome %r" % values["outcome"])
+    if values["shard"] < 1:
+        raise ValueError("shard number %d is below 1" % values["shard"])
+    if values["duration"] is not None:
+        values["duration"] = float(values["duration"])
+    for name in ("started_at", "ended_at"):
+        if values[name] is not None:
+            try:
+                parse_time(values[name])
+            except ValueError:
+                raise ValueError("field %r is not an RFC 3339 time: %r" % (name, values[name])) from None
+    return Record(**values)
+
+
+_TYPE_NAMES = {_STR: "a string", _INT: "an integer", _NUMBER: "a number"}
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError("%s is not valid JSON" % name)
+
+
+def parse_record_file(path: Path) -> Optional[AnyRecord]:
+    """Read one record file: a Record, a CorruptRecord naming it, or None if absent."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return CorruptRecord(str(path), "cannot read: %s" % (error.strerror or error))
+    if len(raw) > MAX_RECORD_BYTES:
+        return CorruptRecord(str(path), "larger than %d bytes" % MAX_RECORD_BYTES)
+    if not raw.strip():
+        return CorruptRecord(str(path), "empty file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return CorruptRecord(str(path), "not UTF-8 text")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as error:
+        return CorruptRecord(str(path), "invalid JSON (truncated?): %s" % error)
+    try:
+        return record_from_dict(data)
+    except ValueError as error:
+        return CorruptRecord(str(path), str(error))
+
+
+# --- Names and places -------------------------------------------------------
+
+
+def safe_component(name: str) -> str:
+    """Escape ``name`` into one readable path component, reversibly.
+
+    Characters outside ``A-Z a-z 0-9 - _ .`` (and a leading ``.``, which
+    would hide the directory or make ``..``) become ``%XX`` per UTF-8 byte.
+    """
+    if not name:
+        raise ValueError("empty name")
+    parts = []
+    for position, char in enumerate(name):
+        if char in _SAFE_CHARS and not (char == "." and position == 0):
+            parts.append(char)
+        else:
+            parts.append("".join("%%%02X" % byte for byte in char.encode("utf-8", "surrogatepass")))
+    return "".join(parts)
+
+
+def unsafe_component(component: str) -> str:
+    """Undo :func:`safe_component`."""
+    data = bytearray()
+    position = 0
+    while position < len(component):
+        char = component[position]
+        if char == "%" and _is_hex(component[position + 1 : position + 3]):
+            data.append(int(component[position + 1 : position + 3], 16))
+            position += 3
+        else:
+            data.extend(char.encode("utf-8", "surrogatepass"))
+            position += 1
+    return data.decode("utf-8", "surrogatepass")
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(char in "0123456789abcdefABCDEF" for char in text)
+
+
+def default_results_dir(lock_root: Path) -> Path:
+    """Where records live when shards.toml and the command line do not say.
+
+    The rule: a sibling of the lock root named after it plus ``-tasks``.
+    lokt's own root discovery then gives every case a sensible place:
+
+    - ``<git common dir>/lokt``  -> ``<git common dir>/lokt-tasks``: shared by
+      every worktree of the repository, like the locks, and never tracked;
+    - ``./.lokt``                -> ``./.lokt-tasks``;
+    - ``$LOKT_ROOT=/srv/locks``  -> ``/srv/locks-tasks``: beside the locks,
+      never inside lokt's own root (lokt sweeps files it does not know).
+    """
+    lock_root = Path(os.path.abspath(lock_root))
+    if not lock_root.name:
+        return lock_root / "lokt-tasks"
+    return lock_root.parent / (lock_root.name + "-tasks")
+
+
+class RecordStore:
+    """Shard records, logs and JUnit reports below one results directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return "RecordStore(%r)" % (str(self.root),)
+
+    def task_dir(self, task: str) -> Path:
+        return self.root / safe_component(task)
+
+    def run_dir(self, task: str, run_key: str) -> Path:
+        return self.task_dir(task) / safe_component(run_key)
+
+    def record_path(self, task: str, run_key: str, shard: int) -> Path:
+        return self.run_dir(task, run_key) / ("shard-%d.json" % shard)
+
+    def log_path(self, task: str, run_key: str, shard: int) -> Path:
+        return self.run_dir(task, run_key) / ("shard-%d.log" % shard)
+
+    def junit_path(self, task: str, run_key: str, shard: int) -> Path:
+        return self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard)
+
+    def write(self, record: Record) -> Path:
+        """Write ``record`` atomically and durably; return its path.
+
+        Temp file in the same directory, fsync, rename over the old record,
+        fsync the directory: readers see the old record or the new one, never
+        a mix, and after a machine crash the rename is not lost.
+        """
+        path = self.record_path(record.task, record.run_key, record.shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = record_to_json(record).encode("utf-8")
+        fd, temp_name = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fchmod(handle.fileno(), 0o644)
+                os.fsync(handle.fileno())
+            os.replace(temp_name, str(path))
+        except BaseException:
+            _remove_quietly(temp_name)
+            raise
+        _fsync_dir(path.parent)
+        return path
+
+    def read(self, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
+        """The record of one shard, a CorruptRecord, or None if there is none.
+
+        A record whose task, run key or shard number differs from where it
+        was found is corrupt too: a file copied to the wrong place must not
+        stand in for the shard it names.
+        """
+        path = self.record_path(task, run_key, shard)
+        return _check_place(parse_record_file(path), path, task, run_key, shard)
+
+    def read_run(self, task: str, run_key: str) -> Dict[int, AnyRecord]:
+        """Every shard record of one run, by shard number. Temp files are ignored."""
+        run_dir = self.run_dir(task, run_key)
+        try:
+            names = os.listdir(str(run_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        records = {}
+        for name in sorted(names):
+            match = _RECORD_NAME.match(name)
+            if match is None:
+                continue
+            shard = int(match.group(1))
+            if shard < 1 or name != "shard-%d.json" % shard:
+                continue
+            path = run_dir / name
+            record = _check_place(parse_record_file(path), path, task, run_key, shard)
+            if record is not None:
+                records[shard] = record
+        return records
+
+    def runs(self, task: str) -> List[str]:
+        """Run keys that have records for ``task``, oldest first by last write."""
+        task_dir = self.task_dir(task)
+        try:
+            entries = list(os.scandir(str(task_dir)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                mtime = entry.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            found.append((mtime, entry.name))
+        found.sort()
+        return [unsafe_component(name) for _, name in found]
+
+
+def _check_place(record: Optional[AnyRecord], path: Path, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
+    if not isinstance(record, Record):
+        return record
+    for field, expected in (("task", task), ("run_key", run_key), ("shard", shard)):
+        found = getattr(record, field)
+        if found != expected:
+            return CorruptRecord(str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected))
+    return record
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(str(directory), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # Some filesystems refuse fsync on directories; the rename still happened.
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- Run keys ---------------------------------------------------------------
+
+
+def validate_run_key(key: str, source: str = "--run") -> str:
+    """Check a run key given by the user; UsageError naming ``source`` if unusable."""
+    if not key:
+        raise UsageError("%s: the run key is empty" % source)
+    if len(key) > MAX_RUN_KEY_LENGTH:
+        raise UsageError("%s: the run key is longer than %d characters" % (source, MAX_RUN_KEY_LENGTH))
+    if "/" in key or "\\" in key:
+        raise UsageError("%s: the run key %r must not contain a slash" % (source, key))
+    if ".." in key:
+        raise UsageError("%s: the run key %r must not contain '..'" % (source, key))
+    if not key.isprintable() or key != key.strip():
+        raise UsageError("%s: the run key %r must be printable, without leading or trailing space" % (source, key))
+    return key
+
+
+def current_run_key(cwd: Path, explicit: Optional[str] = None, env: Mapping[str, str] = os.environ) -> str:
+    """Which run the records of this invocation belong to.
+
+    In order: ``explicit`` (``--run``); ``$LOKT_TASKS_RUN`` when set and not
+    empty; else from git in ``cwd``: the first 12 hex digits of HEAD, and when
+    tracked files differ from HEAD (staged or not) ``-dirty-`` plus 8 hex
+    digits of a SHA-256 over that diff. Untracked and ignored files never
+    change the key, so logs, caches and JUnit files written by a shard do not
+    make ``verify`` look for another run. Outside a git work tree, or before
+    the first commit, the key is ``"local"``.
+    """
+    if explicit is not None:
+        return validate_run_key(explicit, "--run")
+    from_env = env.get(RUN_ENV, "")
+    if from_env:
+        return validate_run_key(from_env, "$" + RUN_ENV)
+    return git_run_key(Path(cwd))
+
+
+def git_run_key(cwd: Path) -> str:
+    """The run key git gives ``cwd`` (see :func:`current_run_key`)."""
+    top = _git_output(cwd, "rev-parse", "--show-toplevel")
+    if top is None:
+        return LOCAL_RUN_KEY
+    head = _git_output(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if head is None or not re.match(r"^[0-9a-f]{12,}$", head):
+        return LOCAL_RUN_KEY
+    digest = _tracked_changes_digest(Path(top))
+    if digest is None:
+        return head[:12]
+    return "%s-dirty-%s" % (head[:12], digest[:8])
+
+
+def _git_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    # Reading the key must not take the index lock other git commands need.
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    return env
+
+
+def _git_output(cwd: Path, *args: str) -> Optional[str]:
+    try:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=str(cwd),
+            env=_git_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.decode("utf-8", "replace").strip()
+
+
+# Options that pin the diff's text against personal git configuration, so the
+# same tree gives the same digest in every shell and worktree.
+_DIFF_ARGS = (
+    "diff",
+    "HEAD",
+    "--binary",
+    "--full-index",
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--no-renames",
+    "--ignore-submodules=untracked",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+    "--",
+)
+
+
+def _tracked_changes_digest(top: Path) -> Optional[str]:
+    """SHA-256 hex of ``git diff HEAD`` in ``top``, or None when it is empty."""
+    digest = hashlib.sha256()
+    seen_any = False
+    # The diff can be large, so it is hashed as it streams; stderr goes to a
+    # file so that a chatty git cannot block on a full pipe meanwhile.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(
+                ["git", *_DIFF_ARGS],
+                cwd=str(top),
+                env=_git_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+            )
+        except OSError as error:
+            raise LoktTasksError("cannot run git to compute the run key: %s" % error) from None
+        with process:
+            assert process.stdout is not None
+            for chunk in iter(lambda: process.stdout.read(65536), b""):
+                seen_any = True
+                digest.update(chunk)
+        errors.seek(0)
+        stderr = errors.read(4096)
+    if process.returncode != 0:
+        detail = stderr.decode("utf-8", "replace").strip().splitlines()
+        raise LoktTasksError(
+            "git diff failed in %s while computing the run key%s" % (top, (": " + detail[0]) if detail else "")
+        )
+    return digest.hexdigest() if seen_any else None
+
