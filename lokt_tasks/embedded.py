@@ -1,0 +1,484 @@
+"""The embedded engine: lokt's locking protocol in Python.
+
+For machines without the lokt binary. It reads and writes the same files in
+the same format (``lockfile``) and follows the same rules, so an embedded
+agent and a ``lokt guard`` exclude each other:
+
+- sweep the whole root first: remove corrupt files, and expired locks whose
+  holder is on another host or dead here (a live holder is kept);
+- an unexpired freeze (freezes/NAME.json) refuses the lock; an expired one
+  is removed;
+- acquire by creating locks/NAME.json with O_EXCL, then writing it by temp
+  file + fsync + rename + directory fsync. An existing empty file means
+  another agent is between those two steps: held. A corrupt file is
+  removed; a holder on this host whose pid is dead (or was reused, the
+  start time differs) is pruned; otherwise the lock is held;
+- while the command runs, a heartbeat renews the lock every max(TTL/2,
+  0.5 s) as long as owner, host and pid in the file are still ours;
+- release removes the lock only if owner and lock_id are still ours.
+Every step appends lokt's audit event to audit.log.
+
+The lock file's pid is this process (as ``lokt guard`` records itself, not
+the command): the lock lives exactly as long as the agent that holds it.
+
+Stricter than lokt, on purpose:
+- Never re-entrant. lokt lets the same owner overwrite a lock; here a lock
+  with our owner is held like any other while its pid lives, and pruned like
+  any other when it is dead.
+- Waiting (``wait=True``) never breaks an expired lock whose holder is alive
+  on this host; lokt's ``--wait`` does. A live holder renews its lock, so
+  such a lock belongs to a stalled process, not a finished one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+from . import lockfile
+from .engine import (
+    DEFAULT_WAIT_TIMEOUT,
+    Engine,
+    GuardResult,
+    StopRequest,
+    check_guard_arguments,
+    effective_ttl,
+    frozen_message,
+    heartbeat_interval,
+    held_message,
+    holder_from_lock,
+    interrupted_before_start,
+    kill_group,
+    ran_result,
+    supervise,
+)
+from .lockfile import (
+    CorruptLockFile,
+    EmptyLockFile,
+    LockData,
+    LockFileError,
+    UnsupportedVersion,
+    append_audit,
+)
+
+BACKOFF_START = 0.05
+BACKOFF_MAX = 2.0
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """This process as it appears in lock files and audit lines."""
+
+    owner: str
+    host: str
+    pid: int
+    agent_id: str
+    pid_start_ns: int
+
+    @classmethod
+    def current(cls, owner: str, agent_id: str, host: str) -> "Claimant":
+        pid = os.getpid()
+        return cls(owner, host, pid, agent_id, lockfile.process_start_time(pid) or 0)
+
+    def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
+        return LockData(
+            name=name,
+            owner=self.owner,
+            host=self.host,
+            pid=self.pid,
+            lock_id=os.urandom(16).hex(),
+            pid_start_ns=self.pid_start_ns,
+            agent_id=self.agent_id,
+            acquired_ns=at_ns,
+            ttl_sec=ttl_sec,
+            expires_ns=at_ns + ttl_sec * 1_000_000_000 if ttl_sec > 0 else None,
+        )
+
+    def audit(self, root: Path, event: str, name: str, **fields) -> None:
+        line = lockfile.audit_line(
+            event, name, owner=self.owner, host=self.host, pid=self.pid, agent_id=self.agent_id, **fields
+        )
+        append_audit(root, line)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at the lock: ours, refused (holder may be unknown), or an error."""
+
+    acquired: Optional[LockData] = None
+    holder: Optional[LockData] = None
+    error: str = ""
+
+
+def sweep(root: Path, me: Claimant) -> None:
+    """lokt's opportunistic sweep of locks/ and freezes/ before acquiring."""
+    for directory in (lockfile.locks_dir(root), lockfile.freezes_dir(root)):
+        try:
+            paths = sorted(directory.glob("*.json"))
+        except OSError:
+            continue
+        for path in paths:
+            _sweep_one(root, path, me)
+
+
+def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
+    try:
+        text = lockfile.read_text(path)
+        lock: Optional[LockData] = lockfile.parse_lock(text)
+    except CorruptLockFile:
+        lock, reason = None, "corrupted"
+    except (OSError, LockFileError):
+        return  # gone, empty (mid-acquire), newer version: not ours to judge
+    else:
+        if not lock.expired():
+            return
+        status = lockfile.pid_status(lock, me.host)
+        if status == "alive":
+            return
+        reason = "expired+dead_pid" if status == "dead" else "expired"
+    if not lockfile.remove_if_unchanged(path, text):
+        return
+    extra = {"sweep_reason": reason}
+    if lock is not None:
+        extra.update(pruned_owner=lock.owner, pruned_host=lock.host, pruned_pid=lock.pid)
+    # lokt writes sweep events without agent_id and lock_id.
+    line = lockfile.audit_line(
+        "auto-prune", path.name[: -len(".json")], owner=me.owner, host=me.host, pid=me.pid, extra=extra
+    )
+    append_audit(root, line)
+
+
+def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
+    """The unexpired freeze of name, after logging freeze-deny; else None.
+
+    Expired and corrupt freezes are removed. Raises UnsupportedVersion for a
+    freeze written by a newer lokt (lokt refuses to guard then, too).
+    """
+    for path in (lockfile.freeze_path(root, name), lockfile.legacy_freeze_path(root, name)):
+        try:
+            text = lockfile.read_text(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        try:
+            freeze = lockfile.parse_lock(text)
+        except CorruptLockFile:
+            lockfile.remove_if_unchanged(path, text)
+            return None
+        except EmptyLockFile:
+            return None
+        if freeze.expired():
+            lockfile.remove_if_unchanged(path, text)
+            return None
+        extra = {"freeze_owner": freeze.owner, "freeze_host": freeze.host, "freeze_pid": freeze.pid}
+        me.audit(root, "freeze-deny", name, lock_id=freeze.lock_id, extra=extra)
+        return freeze
+    return None
+
+
+def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+    """One non-blocking try, as lokt's Acquire (but never re-entrant)."""
+    path = lockfile.lock_path(root, name)
+    if lockfile.create_exclusive(path):
+        return _write_new(root, path, name, me, ttl_sec)
+    try:
+        text = lockfile.read_text(path)
+        existing = lockfile.parse_lock(text)
+    except FileNotFoundError:
+        return _retry_create(root, path, name, me, ttl_sec)
+    except UnsupportedVersion as error:
+        return Attempt(error=f"lock {name!r}: {error}")
+    except CorruptLockFile:
+        if lockfile.remove_if_unchanged(path, text):
+            me.audit(root, "corrupt-break", name)
+            return _retry_create(root, path, name, me, ttl_sec)
+        return Attempt()
+    except (OSError, EmptyLockFile):
+        return Attempt()  # being written by another acquirer: held
+    if lockfile.pid_status(existing, me.host) == "dead":
+        if lockfile.remove_if_unchanged(path, text):
+            extra = {"pruned_owner": existing.owner, "pruned_host": existing.host, "pruned_pid": existing.pid}
+            me.audit(root, "auto-prune", name, lock_id=existing.lock_id, extra=extra)
+            attempt = _retry_create(root, path, name, me, ttl_sec)
+            if attempt.acquired is not None:
+                return attempt
+            existing = _read_or(path, existing)
+    extra = {"holder_owner": existing.owner, "holder_host": existing.host, "holder_pid": existing.pid}
+    me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
+    return Attempt(holder=existing)
+
+
+def _retry_create(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+    if lockfile.create_exclusive(path):
+        return _write_new(root, path, name, me, ttl_sec)
+    return Attempt(holder=_read_or(path, None))
+
+
+def _read_or(path: Path, fallback: Optional[LockData]) -> Optional[LockData]:
+    try:
+        return lockfile.read_lock(path)
+    except (OSError, LockFileError):
+        return fallback
+
+
+def _write_new(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+    """Fill the empty file we created; give the name back if that fails."""
+    lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
+    try:
+        lockfile.write_lock(path, lock)
+    except OSError as error:
+        lockfile.remove_file(path)
+        return Attempt(error=f"cannot write lock file {path}: {error}")
+    me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
+    return Attempt(acquired=lock)
+
+
+def break_stale(root: Path, name: str, me: Claimant) -> None:
+    """Between waits: free a corrupt lock, or an expired one from another host.
+
+    Dead holders on this host are pruned by ``acquire_once`` itself.
+    """
+    path = lockfile.lock_path(root, name)
+    try:
+        text = lockfile.read_text(path)
+        existing = lockfile.parse_lock(text)
+    except CorruptLockFile:
+        if lockfile.remove_if_unchanged(path, text):
+            me.audit(root, "corrupt-break", name)
+        return
+    except (OSError, LockFileError):
+        return
+    if existing.expired() and lockfile.pid_status(existing, me.host) == "unknown":
+        if lockfile.remove_if_unchanged(path, text):
+            me.audit(root, "stale-break", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
+
+
+def renew(root: Path, name: str, me: Claimant) -> Optional[bool]:
+    """Heartbeat: True renewed, False no longer ours (stop), None failed (retry)."""
+    path = lockfile.lock_path(root, name)
+    try:
+        existing = lockfile.read_lock(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, LockFileError):
+        return None
+    if (existing.owner, existing.host, existing.pid) != (me.owner, me.host, me.pid):
+        return False
+    renewed = existing.renewed(lockfile.now_ns())
+    try:
+        lockfile.write_lock(path, renewed)
+    except OSError:
+        return None
+    me.audit(root, "renew", name, lock_id=renewed.lock_id, ttl_sec=renewed.ttl_sec)
+    return True
+
+
+def release(root: Path, name: str, me: Claimant, lock_id: str) -> bool:
+    """Remove our lock, and only ours (same owner and lock_id)."""
+    path = lockfile.lock_path(root, name)
+    try:
+        existing = lockfile.read_lock(path)
+    except (OSError, LockFileError):
+        return False
+    if existing.owner != me.owner or existing.lock_id != lock_id:
+        return False
+    if not lockfile.remove_file(path):
+        return False
+    me.audit(root, "release", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
+    return True
+
+
+def backoff(attempt: int) -> float:
+    """50 ms doubling to 2 s, with ±25% jitter so waiters do not move in step."""
+    interval = min(BACKOFF_START * 2 ** min(attempt, 6), BACKOFF_MAX)
+    return interval * random.uniform(0.75, 1.25)
+
+
+class Heartbeat:
+    """Renews a lock in a thread while the command runs."""
+
+    def __init__(self, root: Path, name: str, me: Claimant, interval: float) -> None:
+        self.root = root
+        self.name = name
+        self.me = me
+        self.interval = interval
+        self.lost = False
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lokt-heartbeat-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            if renew(self.root, self.name, self.me) is False:
+                self.lost = True
+                print(
+                    f"lokt-tasks: warning: lock {self.name!r} is no longer ours; not renewing it",
+                    file=sys.stderr,
+                )
+                return
+
+
+class EmbeddedEngine(Engine):
+    name = "embedded"
+
+    def describe(self) -> str:
+        return "embedded engine"
+
+    def guard(
+        self,
+        lock_name: str,
+        argv: Sequence[str],
+        *,
+        ttl: float,
+        wait: bool = False,
+        timeout: Optional[float] = None,
+        log: Optional[Path] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[Path] = None,
+        on_start: Optional[Callable[[int], None]] = None,
+        stop: Optional[StopRequest] = None,
+    ) -> GuardResult:
+        command = check_guard_arguments(lock_name, argv, cwd)
+        if stop is not None and stop.is_set():
+            return interrupted_before_start(stop)
+        me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
+        lifetime = effective_ttl(ttl)
+        try:
+            claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
+        except OSError as error:
+            return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
+        if isinstance(claim, GuardResult):
+            return claim
+        heartbeat = None
+        if lifetime > 0:
+            heartbeat = Heartbeat(self.root, lock_name, me, heartbeat_interval(lifetime))
+            heartbeat.start()
+        try:
+            if stop is not None and stop.is_set():
+                return interrupted_before_start(stop)
+            result = self._run(command, log, env, cwd, on_start, stop)
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()
+            release(self.root, lock_name, me, claim.lock_id)
+        if heartbeat is not None and heartbeat.lost:
+            result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
+        return result
+
+    def _acquire(
+        self,
+        name: str,
+        me: Claimant,
+        ttl_sec: int,
+        wait: bool,
+        timeout: Optional[float],
+        stop: Optional[StopRequest],
+    ) -> Union[LockData, GuardResult]:
+        lockfile.ensure_dirs(self.root)
+        sweep(self.root, me)
+        try:
+            freeze = active_freeze(self.root, name, me)
+        except UnsupportedVersion as error:
+            return GuardResult("error", message=f"freeze of {name!r}: {error}")
+        if freeze is not None:
+            holder = holder_from_lock(freeze, name)
+            return GuardResult("frozen", holder=holder, message=frozen_message(name, holder))
+        limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
+        deadline = time.monotonic() + limit
+        tries = 0
+        while True:
+            attempt = acquire_once(self.root, name, me, ttl_sec)
+            if attempt.acquired is not None:
+                return attempt.acquired
+            if attempt.error:
+                return GuardResult("error", message=attempt.error)
+            holder = holder_from_lock(attempt.holder, name) if attempt.holder else None
+            remaining = deadline - time.monotonic()
+            if not wait or remaining <= 0:
+                message = held_message(name, holder)
+                if wait:
+                    message = f"timeout after {limit:g}s waiting: {message}"
+                return GuardResult("held", holder=holder, message=message)
+            pause = min(backoff(tries), remaining)
+            tries += 1
+            if stop is not None:
+                if stop.wait(pause):
+                    return interrupted_before_start(stop)
+            else:
+                time.sleep(pause)
+            break_stale(self.root, name, me)
+
+    def _run(
+        self,
+        command: Sequence[str],
+        log: Optional[Path],
+        env: Optional[Mapping[str, str]],
+        cwd: Optional[Path],
+        on_start: Optional[Callable[[int], None]],
+        stop: Optional[StopRequest],
+    ) -> GuardResult:
+        with ExitStack() as files:
+            output = None
+            if log is not None:
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                output = files.enter_context(open(log, "ab"))
+            try:
+                process = _start(command, output, self.child_env(env), cwd)
+            except OSError as error:
+                return _not_started(command[0], error, output)
+            try:
+                if on_start is not None:
+                    on_start(process.pid)
+                forwarded = supervise(process, stop, self.grace, lambda signum: _signal_group(process.pid, signum))
+            except BaseException:
+                kill_group(process.pid)
+                process.wait()
+                raise
+        return ran_result(process.returncode, forwarded)
+
+
+def _start(command: Sequence[str], output, env: Mapping[str, str], cwd: Optional[Path]) -> "subprocess.Popen[bytes]":
+    return subprocess.Popen(
+        list(command),
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def _not_started(program: str, error: OSError, output) -> GuardResult:
+    """A command that cannot be executed ends like under a shell: 127 / 126."""
+    code = 127 if isinstance(error, FileNotFoundError) else 126
+    reason = "command not found" if code == 127 else (error.strerror or str(error))
+    line = f"lokt-tasks: {program}: {reason}\n"
+    if output is not None:
+        output.write(line.encode("utf-8", "replace"))
+    else:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    return GuardResult("ran", exit_code=code)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """Forward a stop to the command's process group, as a terminal would."""
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

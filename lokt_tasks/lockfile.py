@@ -1,0 +1,461 @@
+"""lokt's on-disk format: lock names, lock and freeze files, the audit log.
+
+Both engines read these files, and the embedded engine writes them, so they
+must look exactly like the files lokt writes: the same fields in the same
+order, the same timestamp format, the same audit lines. A lock taken by one
+engine is then understood (and never broken by mistake) by the other.
+
+Layout under the lock root::
+
+    locks/NAME.json      one lock (0700 directory; files 0600 via temp + rename)
+    freezes/NAME.json    one freeze, same structure as a lock
+    audit.log            one compact JSON object per line, appended
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import UsageError
+
+LOCK_VERSION = 1
+
+_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._-]+\Z")
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
+    r"(?:[Zz]|([+-])(\d\d):(\d\d))\Z"
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+#: Characters Go's encoding/json escapes inside strings and Python's does not.
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def validate_lock_name(name: str) -> None:
+    """Refuse names lokt refuses, with the reason, before anything runs."""
+    if not name:
+        raise UsageError("invalid lock name: name cannot be empty")
+    if name.startswith("/"):
+        raise UsageError(f"invalid lock name {name!r}: absolute paths not allowed")
+    if ".." in name:
+        raise UsageError(f"invalid lock name {name!r}: path traversal ('..') not allowed")
+    if not _NAME_CHARACTERS.match(name):
+        raise UsageError(
+            f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'"
+        )
+
+
+# Paths ---------------------------------------------------------------------
+
+
+def locks_dir(root: Path) -> Path:
+    return root / "locks"
+
+
+def freezes_dir(root: Path) -> Path:
+    return root / "freezes"
+
+
+def lock_path(root: Path, name: str) -> Path:
+    return locks_dir(root) / f"{name}.json"
+
+
+def freeze_path(root: Path, name: str) -> Path:
+    return freezes_dir(root) / f"{name}.json"
+
+
+def legacy_freeze_path(root: Path, name: str) -> Path:
+    """Where older lokt versions kept freezes; lokt still reads it."""
+    return locks_dir(root) / f"freeze-{name}.json"
+
+
+def ensure_dirs(root: Path) -> None:
+    """Create locks/ and freezes/ with lokt's mode (owner only)."""
+    os.makedirs(locks_dir(root), mode=0o700, exist_ok=True)
+    os.makedirs(freezes_dir(root), mode=0o700, exist_ok=True)
+
+
+# Timestamps ------------------------------------------------------------------
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def format_timestamp(ns: int) -> str:
+    """Go's RFC3339Nano in local time: trailing zeros of the fraction dropped."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    local = time.localtime(seconds)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+    if fraction:
+        text += "." + f"{fraction:09d}".rstrip("0")
+    offset_minutes = (local.tm_gmtoff or 0) // 60
+    if offset_minutes == 0:
+        return text + "Z"
+    sign = "+" if offset_minutes > 0 else "-"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}"
+
+
+def parse_timestamp(text: str) -> int:
+    """RFC 3339 (with up to nine fraction digits) to nanoseconds since the epoch."""
+    match = _TIMESTAMP.match(text)
+    if not match:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    delta = moment - _EPOCH
+    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000
+    ns += int((match.group(7) or "0").ljust(9, "0"))
+    if match.group(8):
+        offset = (int(match.group(9)) * 60 + int(match.group(10))) * 60 * 1_000_000_000
+        ns -= offset if match.group(8) == "+" else -offset
+    return ns
+
+
+# Lock files ------------------------------------------------------------------
+
+
+class LockFileError(Exception):
+    """A lock file that cannot be used as it is."""
+
+
+class EmptyLockFile(LockFileError):
+    """Created but not yet written: another process is mid-acquire. Held."""
+
+
+class CorruptLockFile(LockFileError):
+    """Not valid lock JSON: nobody holds it, so it may be removed."""
+
+
+class UnsupportedVersion(LockFileError):
+    """Written by a newer lokt: never touched."""
+
+
+@dataclass(frozen=True)
+class LockData:
+    """The content of a lock (or freeze) file, version 1.
+
+    Times are nanoseconds since the epoch; ``expires_ns`` is None without TTL.
+    """
+
+    name: str
+    owner: str
+    host: str
+    pid: int
+    version: int = LOCK_VERSION
+    lock_id: str = ""
+    pid_start_ns: int = 0
+    agent_id: str = ""
+    acquired_ns: int = 0
+    ttl_sec: int = 0
+    expires_ns: Optional[int] = None
+
+    def expired(self, at_ns: Optional[int] = None) -> bool:
+        """lokt's rule: expires_at when present, else acquired + ttl_sec."""
+        moment = now_ns() if at_ns is None else at_ns
+        if self.expires_ns is not None:
+            return moment > self.expires_ns
+        if self.ttl_sec <= 0:
+            return False
+        return moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
+
+    def renewed(self, at_ns: int) -> "LockData":
+        """The same lock, acquired again now (what a heartbeat writes)."""
+        expires = at_ns + self.ttl_sec * 1_000_000_000 if self.ttl_sec > 0 else self.expires_ns
+        return replace(self, version=LOCK_VERSION, acquired_ns=at_ns, expires_ns=expires)
+
+    def to_json(self) -> str:
+        """Two-space indented JSON in lokt's field order, empty fields left out."""
+        fields: Dict[str, Any] = {"version": self.version, "name": self.name}
+        if self.lock_id:
+            fields["lock_id"] = self.lock_id
+        fields.update(owner=self.owner, host=self.host, pid=self.pid)
+        if self.pid_start_ns:
+            fields["pid_start_ns"] = self.pid_start_ns
+        if self.agent_id:
+            fields["agent_id"] = self.agent_id
+        fields["acquired_ts"] = format_timestamp(self.acquired_ns)
+        if self.ttl_sec:
+            fields["ttl_sec"] = self.ttl_sec
+        if self.expires_ns is not None:
+            fields["expires_at"] = format_timestamp(self.expires_ns)
+        return go_json(fields, indent=2) + "\n"
+
+
+_STRING_FIELDS = ("name", "lock_id", "owner", "host", "agent_id")
+_INT_FIELDS = ("version", "pid", "pid_start_ns", "ttl_sec")
+
+
+def parse_lock(text: str, *, allow_newer: bool = False) -> LockData:
+    """Parse lock JSON the way lokt does; raise the matching LockFileError."""
+    if text == "":
+        raise EmptyLockFile("empty lock file")
+    try:
+        fields = json.loads(text)
+    except ValueError as error:
+        raise CorruptLockFile(f"corrupted lock file: {error}") from None
+    if not isinstance(fields, dict):
+        raise CorruptLockFile("corrupted lock file: not a JSON object")
+    values: Dict[str, Any] = {}
+    for key in _STRING_FIELDS:
+        value = fields.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CorruptLockFile(f"corrupted lock file: {key} is not a string")
+        values[key] = value or ""
+    for key in _INT_FIELDS:
+        value = fields.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CorruptLockFile(f"corrupted lock file: {key} is not an integer")
+        values[key] = value or 0
+    try:
+        acquired = fields.get("acquired_ts")
+        values["acquired_ns"] = parse_timestamp(acquired) if acquired else 0
+        expires = fields.get("expires_at")
+        values["expires_ns"] = parse_timestamp(expires) if expires is not None else None
+    except (TypeError, ValueError) as error:
+        raise CorruptLockFile(f"corrupted lock file: {error}") from None
+    if values["version"] > LOCK_VERSION and not allow_newer:
+        raise UnsupportedVersion(
+            f"lock file version {values['version']} is not supported (max: {LOCK_VERSION});"
+            " it was written by a newer lokt"
+        )
+    return LockData(**values)
+
+
+def read_text(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
+    """Read one lock file. FileNotFoundError when there is none."""
+    return parse_lock(read_text(path), allow_newer=allow_newer)
+
+
+def create_exclusive(path: Path) -> bool:
+    """Claim the lock name: create the file empty, only if it does not exist."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def write_lock(path: Path, lock: LockData) -> None:
+    """Replace the file atomically: temp file, fsync, rename, fsync directory."""
+    fd, temp_name = tempfile.mkstemp(prefix=".lock-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(lock.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    sync_dir(path)
+
+
+def remove_file(path: Path) -> bool:
+    """Remove a lock or freeze file and make the removal durable."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    sync_dir(path)
+    return True
+
+
+def remove_if_unchanged(path: Path, seen: str) -> bool:
+    """Remove a stale or corrupt file only if it still holds what we judged.
+
+    Between our read and our removal another agent may have pruned it and
+    taken the lock; re-reading first keeps us from deleting that new lock
+    (it starts out empty, so it never equals what we saw).
+    """
+    try:
+        if read_text(path) != seen:
+            return False
+    except OSError:
+        return False
+    return remove_file(path)
+
+
+def sync_dir(path: Path) -> None:
+    """fsync the directory holding path, so a create/rename/remove survives a crash."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# Audit log -------------------------------------------------------------------
+
+
+def go_json(value: Any, *, indent: Optional[int] = None) -> str:
+    """JSON as Go's encoding/json writes it (HTML characters escaped)."""
+    if indent is None:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(value, ensure_ascii=False, indent=indent)
+    for character, escape in _GO_ESCAPES.items():
+        text = text.replace(character, escape)
+    return text
+
+
+def audit_line(
+    event: str,
+    name: str,
+    *,
+    owner: str,
+    host: str,
+    pid: int,
+    lock_id: str = "",
+    agent_id: str = "",
+    ttl_sec: int = 0,
+    extra: Optional[Mapping[str, Any]] = None,
+    at_ns: Optional[int] = None,
+) -> str:
+    """One audit.log line in lokt's field order; empty optional fields left out."""
+    fields: Dict[str, Any] = {
+        "ts": format_timestamp(now_ns() if at_ns is None else at_ns),
+        "event": event,
+        "name": name,
+    }
+    if lock_id:
+        fields["lock_id"] = lock_id
+    fields.update(owner=owner, host=host, pid=pid)
+    if agent_id:
+        fields["agent_id"] = agent_id
+    if ttl_sec:
+        fields["ttl_sec"] = ttl_sec
+    if extra:
+        fields["extra"] = {key: extra[key] for key in sorted(extra)}
+    return go_json(fields) + "\n"
+
+
+def append_audit(root: Path, line: str) -> None:
+    """Append one line with O_APPEND + fsync. Never fails the lock operation."""
+    try:
+        fd = os.open(root / "audit.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        print(f"lokt-tasks: audit log write failed: {error}", file=sys.stderr)
+
+
+# Processes -------------------------------------------------------------------
+
+
+def host_name() -> str:
+    """The host name lokt records (Go's os.Hostname is the same call)."""
+    try:
+        return socket.gethostname() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0) as lokt does: EPERM still means the process exists."""
+    if pid <= 0:
+        return True  # kill(0, 0) succeeds for lokt too; never call such a holder dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """What lokt stores as pid_start_ns, or None where it cannot be read.
+
+    Linux: field 22 of /proc/PID/stat (clock ticks since boot, not ns).
+    macOS: kinfo_proc's p_starttime from sysctl, in ns since the epoch.
+    """
+    if sys.platform.startswith("linux"):
+        return _linux_start_time(pid)
+    if sys.platform == "darwin":
+        return _darwin_start_time(pid)
+    return None
+
+
+def _linux_start_time(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _darwin_start_time(pid: int) -> Optional[int]:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
+        size = ctypes.c_size_t(0)
+        if libc.sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
+            return None
+        buffer = ctypes.create_string_buffer(size.value)
+        if libc.sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
+            return None
+    except (OSError, AttributeError):
+        return None
+    seconds, microseconds = struct.unpack_from("<qq", buffer.raw, 0)
+    return seconds * 1_000_000_000 + microseconds * 1_000
+
+
+def pid_status(lock: LockData, host: Optional[str] = None) -> str:
+    """"alive", "dead" or "unknown" (another host) for a lock's holder.
+
+    Stricter than ``lokt status``: a recycled pid (start time differs from
+    the one recorded) counts as dead, as lokt's own pruning treats it.
+    """
+    if lock.host != (host or host_name()):
+        return "unknown"
+    if not pid_alive(lock.pid):
+        return "dead"
+    if lock.pid_start_ns:
+        current = process_start_time(lock.pid)
+        if current is not None and current != lock.pid_start_ns:
+            return "dead"
+    return "alive"
