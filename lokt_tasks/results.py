@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class Record:
     items: int = 0
     message: str = ""
     version: int = RECORD_VERSION
+    #: Random id of one attempt at the shard, the same in its start and final
+    #: record: tells "my record" from one another agent wrote meanwhile.
+    attempt: str = ""
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,11 @@ _FIELD_TYPES = {
     "items": (_INT, False),
     "message": (_STR, False),
     "version": (_INT, False),
+    "attempt": (_STR, False),
 }
+
+#: Fields a record file may leave out, with the value they then take.
+_FIELD_DEFAULTS = {"attempt": ""}
 
 
 def record_from_dict(data: object) -> Record:
@@ -262,6 +270,9 @@ def record_from_dict(data: object) -> Record:
         raise ValueError("record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION))
     values = {}
     for name, (types, optional) in _FIELD_TYPES.items():
+        if name not in data and name in _FIELD_DEFAULTS:
+            values[name] = _FIELD_DEFAULTS[name]
+            continue
         if name not in data:
             raise ValueError("field %r is missing" % name)
         value = data[name]
@@ -307,8 +318,46 @@ def _refuse_constant(name: str) -> object:
     raise ValueError("%s is not valid JSON" % name)
 
 
-def parse_record_file(path: Path) -> Optional[AnyRecord]:
-    """Read one record file: a Record, a CorruptRecord naming it, or None if absent."""
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9: the name a record stores for the signal that ended a command."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIG%d" % signum
+
+
+def write_record(path: Path, record: Record) -> Path:
+    """Write ``record`` to ``path`` atomically and durably.
+
+    Temp file in the same directory, fsync, rename over the old record,
+    fsync the directory: readers see the old record or the new one, never
+    a mix, and after a machine crash the rename is not lost. The directory
+    must exist.
+    """
+    path = Path(path)
+    text = record_to_json(record).encode("utf-8")
+    fd, temp_name = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(temp_name, str(path))
+    except BaseException:
+        _remove_quietly(temp_name)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_record(path: Path) -> Optional[AnyRecord]:
+    """Read one record file: a Record, a CorruptRecord naming it, or None if absent.
+
+    Never raises for bad content: empty, truncated, garbage, wrong shape or
+    another version all give a CorruptRecord with the reason.
+    """
+    path = Path(path)
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_RECORD_BYTES + 1)
@@ -416,28 +465,10 @@ class RecordStore:
         return self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard)
 
     def write(self, record: Record) -> Path:
-        """Write ``record`` atomically and durably; return its path.
-
-        Temp file in the same directory, fsync, rename over the old record,
-        fsync the directory: readers see the old record or the new one, never
-        a mix, and after a machine crash the rename is not lost.
-        """
+        """Write ``record`` in its place, atomically (see :func:`write_record`)."""
         path = self.record_path(record.task, record.run_key, record.shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = record_to_json(record).encode("utf-8")
-        fd, temp_name = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fchmod(handle.fileno(), 0o644)
-                os.fsync(handle.fileno())
-            os.replace(temp_name, str(path))
-        except BaseException:
-            _remove_quietly(temp_name)
-            raise
-        _fsync_dir(path.parent)
-        return path
+        return write_record(path, record)
 
     def read(self, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
         """The record of one shard, a CorruptRecord, or None if there is none.
@@ -447,7 +478,7 @@ class RecordStore:
         stand in for the shard it names.
         """
         path = self.record_path(task, run_key, shard)
-        return _check_place(parse_record_file(path), path, task, run_key, shard)
+        return _check_place(read_record(path), path, task, run_key, shard)
 
     def read_run(self, task: str, run_key: str) -> Dict[int, AnyRecord]:
         """Every shard record of one run, by shard number. Temp files are ignored."""
@@ -465,7 +496,7 @@ class RecordStore:
             if shard < 1 or name != "shard-%d.json" % shard:
                 continue
             path = run_dir / name
-            record = _check_place(parse_record_file(path), path, task, run_key, shard)
+            record = _check_place(read_record(path), path, task, run_key, shard)
             if record is not None:
                 records[shard] = record
         return records
