@@ -211,7 +211,7 @@ def parse_duration(text: str) -> float:
     if text == "0":
         return 0.0
     if _BARE_NUMBER.fullmatch(text):
-        raise ValueError(f"'{text}' has no unit; write '{text}s' or '{text}m' (units: h, m, s, ms, us, ns)")
+        raise ValueError(f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)")
     position = 0
     seconds = 0.0
     while position < len(text):

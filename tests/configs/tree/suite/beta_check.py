@@ -1,0 +1,2 @@
+def check_beta():
+    assert 1 + 1 == 2
