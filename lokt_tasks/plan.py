@@ -21,7 +21,11 @@ Items
 
     ``collect``: the command is split with shlex and run without a shell in
     the directory of shards.toml; each non-empty output line, stripped, is
-    an item (duplicates are dropped). ``exclude`` applies to these items too.
+    an item (duplicates are dropped). The list ends at the first blank line
+    after an item, where runners print their summary (``pytest
+    --collect-only -q`` ends with a blank line and "5 tests collected").
+    ``exclude`` applies to these items too. A failing command is a
+    configuration error naming ``tasks.NAME.collect``.
 
     Explicit ``[[tasks.NAME.shard]]`` tables: the literal ``items`` as written
     plus the files their ``glob`` patterns match, sorted, one shard per table.
@@ -384,7 +388,7 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
         stderr_lines = [line.strip() for line in completed.stderr.splitlines() if line.strip()]
         last = f": {stderr_lines[-1][:200]}" if stderr_lines else " (no error output)"
         raise config_error(config.path, key, f"'{command}' exited with code {completed.returncode}{last}")
-    lines = {line.strip() for line in completed.stdout.splitlines() if line.strip()}
+    lines = set(_listed_items(completed.stdout))
     if not lines:
         raise config_error(config.path, key, f"'{command}' printed no items")
     items = sorted(item for item in lines if not is_excluded(item, task.exclude))
@@ -393,6 +397,21 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
             config.path, key_path("tasks", task.name, "exclude"),
             f"excludes every item '{command}' printed; nothing is left to run",
         )
+    return items
+
+
+def _listed_items(output: str) -> List[str]:
+    """Non-empty stripped lines, up to the first blank line after an item.
+
+    Test runners print a summary after a blank line (pytest --collect-only -q
+    ends with "5 tests collected in 0.01s"); that line is not an item.
+    """
+    items: List[str] = []
+    for line in output.splitlines():
+        if line.strip():
+            items.append(line.strip())
+        elif items:
+            break
     return items
 
 

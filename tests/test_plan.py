@@ -288,7 +288,7 @@ def test_leading_dash_is_only_prefixed_for_existing_paths(tmp_path):
 
 
 def test_items_joined_inside_an_argument_and_other_placeholders(tmp_path):
-    collect = f"{PYTHON} -c 'print(\"TestB\\n\\n  TestA  \\nTestC\\nTestA\")'"
+    collect = f"{PYTHON} -c 'print(\"\\n  TestB\\n  TestA  \\nTestC\\nTestA\\n\\nok example.com/pkg\")'"
     plan = plan_for(tmp_path, f"""\
         [tasks.go]
         run = "go test -run '^({{items:|}})$' -json={{junit}} -tag={{task}}-{{shard}}of{{total}} {{{{x}}}} ./pkg"
@@ -314,6 +314,29 @@ def test_collect_runs_in_the_config_directory_and_honours_exclude(tmp_path, monk
         shards = 1
     """)
     assert plan.shards[0].items == ("tests/test_a.py::test_x", "tests/test_c.py::test_x")
+
+
+def test_collect_from_pytest_stops_before_its_summary(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_a(): pass\n"
+        "class TestK:\n    def test_b(self): pass\n"
+        "@pytest.mark.parametrize('x', [1, 2])\ndef test_p(x): pass\n"
+    )
+    plan = plan_for(tmp_path, f"""\
+        [tasks.test]
+        run = "pytest {{items}}"
+        collect = {json.dumps(PYTHON + " -m pytest --collect-only -q -p no:cacheprovider tests")}
+        shards = "per-item"
+    """)
+    assert [shard.items for shard in plan.shards] == [
+        ("tests/test_x.py::TestK::test_b",),
+        ("tests/test_x.py::test_a",),
+        ("tests/test_x.py::test_p[1]",),
+        ("tests/test_x.py::test_p[2]",),
+    ]
 
 
 def test_glob_rules(tmp_path):
