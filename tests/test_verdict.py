@@ -1,0 +1,437 @@
+"""Verdicts: every shard state, the overall verdict and its exit code, JSON, JUnit and the table."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from lokt_tasks import errors
+from lokt_tasks.engine import Holder
+from lokt_tasks.plan import Plan, Shard
+from lokt_tasks.results import CorruptRecord, Record, RecordStore
+from lokt_tasks.verdict import (
+    STATES,
+    format_duration,
+    judge,
+    render_table,
+    summary_line,
+    tail,
+    verdict_to_json,
+    verdict_to_junit,
+)
+
+RUN = "abc123def456"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_plan(count: int = 3, task: str = "test") -> Plan:
+    shards = tuple(
+        Shard(
+            task=task,
+            index=index,
+            total=count,
+            items=("tests/test_%d.py" % index,),
+            argv=("pytest", "tests/test_%d.py" % index),
+            lock_name="%s-shard-%d" % (task, index),
+            fingerprint="fp-%d" % index,
+        )
+        for index in range(1, count + 1)
+    )
+    return Plan(task=task, cwd=Path("."), shards=shards)
+
+
+def make_record(shard: int = 1, **changes) -> Record:
+    fields = dict(
+        task="test",
+        shard=shard,
+        total=3,
+        fingerprint="fp-%d" % shard,
+        run_key=RUN,
+        lock_name="test-shard-%d" % shard,
+        agent="agent-%d" % shard,
+        owner="alice",
+        host="box",
+        pid=1000 + shard,
+        engine="embedded",
+        started_at="2024-05-01T12:00:00.000000Z",
+        outcome="passed",
+        ended_at="2024-05-01T12:00:12.500000Z",
+        duration=12.5,
+        exit_code=0,
+    )
+    fields.update(changes)
+    return Record(**fields)
+
+
+def make_holder(shard: int = 1, pid_status: str = "alive", expired: bool = False) -> Holder:
+    return Holder(
+        name="test-shard-%d" % shard,
+        owner="bob",
+        agent_id="agent-b",
+        host="other-box",
+        pid=777,
+        age_sec=3.0,
+        pid_status=pid_status,
+        expired=expired,
+    )
+
+
+def only_row(record=None, holder=None):
+    records = {} if record is None else {1: record}
+    verdict = judge(make_plan(1), records, {"test-shard-1": holder}, run_key=RUN)
+    assert len(verdict.rows) == 1
+    return verdict.rows[0]
+
+
+# --- One state per shard ----------------------------------------------------
+
+
+def test_passed_with_the_current_fingerprint():
+    row = only_row(make_record())
+    assert (row.state, row.duration, row.lock_name, row.shard) == ("passed", 12.5, "test-shard-1", 1)
+
+
+def test_failed_by_exit_code_and_by_signal():
+    exited = only_row(make_record(outcome="failed", exit_code=3))
+    assert (exited.state, exited.detail) == ("failed", "exit 3")
+    killed = only_row(make_record(outcome="failed", exit_code=None, signal="SIGKILL"))
+    assert (killed.state, killed.detail) == ("failed", "SIGKILL")
+
+
+def test_an_engine_error_counts_as_failed_with_its_message():
+    row = only_row(make_record(outcome="error", exit_code=None, message="lokt: permission denied"))
+    assert row.state == "failed"
+    assert row.detail == "engine error: lokt: permission denied"
+
+
+@pytest.mark.parametrize("pid_status, expired", [("alive", False), ("alive", True), ("unknown", False)])
+def test_a_live_holder_means_running_even_over_a_finished_record(pid_status, expired):
+    for record in (None, make_record(), make_record(outcome="failed", exit_code=1)):
+        row = only_row(record, make_holder(pid_status=pid_status, expired=expired))
+        assert row.state == "running"
+        assert row.detail == "held by bob (agent agent-b, pid 777 on other-box)"
+        assert row.holder is not None
+
+
+def test_a_running_shard_shows_time_since_its_start_record():
+    start = make_record(outcome="running", ended_at=None, duration=None, exit_code=None)
+    now = datetime.datetime(2024, 5, 1, 12, 1, 0, tzinfo=datetime.timezone.utc)
+    verdict = judge(make_plan(1), {1: start}, {"test-shard-1": make_holder()}, run_key=RUN, now=now)
+    assert verdict.rows[0].duration == 60.0
+
+
+@pytest.mark.parametrize(
+    "holder, says",
+    [
+        (None, "its lock is free"),
+        (make_holder(pid_status="dead"), "lock holder pid 777 on other-box is dead"),
+        (make_holder(pid_status="dead", expired=True), "is dead"),
+        (make_holder(pid_status="unknown", expired=True), "expired"),
+    ],
+)
+def test_a_start_record_without_a_live_holder_is_crashed(holder, says):
+    start = make_record(outcome="running", ended_at=None, duration=None, exit_code=None)
+    row = only_row(start, holder)
+    assert row.state == "crashed"
+    assert says in row.detail
+    assert "agent-1" in row.detail and "box" in row.detail
+
+
+def test_interrupted():
+    row = only_row(make_record(outcome="interrupted", exit_code=None, signal="SIGINT", message="stopped by SIGINT"))
+    assert row.state == "interrupted"
+    assert row.detail.startswith("interrupted by SIGINT")
+
+
+def test_missing_when_there_is_no_record_and_no_holder():
+    for holder in (None, make_holder(pid_status="dead")):
+        row = only_row(None, holder)
+        assert (row.state, row.detail, row.record) == ("missing", "no record", None)
+
+
+def test_a_record_for_another_plan_is_outdated_whatever_it_says():
+    for outcome in ("passed", "failed", "running"):
+        row = only_row(make_record(fingerprint="fp-old", outcome=outcome))
+        assert row.state == "outdated"
+        assert "recorded for another plan" in row.detail
+
+
+def test_a_corrupt_record_is_named_and_never_passes():
+    row = only_row(CorruptRecord("/results/test/k/shard-1.json", "invalid JSON"))
+    assert row.state == "corrupt"
+    assert "/results/test/k/shard-1.json" in row.detail and "invalid JSON" in row.detail
+
+
+def test_corrupt_files_on_disk_give_corrupt_rows_not_exceptions(tmp_path):
+    store = RecordStore(tmp_path)
+    plan = make_plan(4)
+    store.write(make_record(1))
+    store.write(make_record(2))
+    for shard, content in ((2, b'{"task": "test", "sha'), (3, b""), (4, b"\xff\xfe\x00garbage")):
+        path = store.record_path("test", RUN, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+    verdict = judge(plan, store.read_run("test", RUN), {}, run_key=RUN)
+
+    assert [row.state for row in verdict.rows] == ["passed", "corrupt", "corrupt", "corrupt"]
+    for row in verdict.rows[1:]:
+        assert str(store.record_path("test", RUN, row.shard)) in row.detail
+    assert verdict.state == "incomplete"
+    assert verdict.exit_code == errors.INCOMPLETE
+
+
+def test_a_crashed_writer_leaves_a_start_record_that_judges_as_crashed(tmp_path):
+    """A process writes its start record and is killed -9: the shard shows crashed, not missing."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from lokt_tasks.plan import Shard\n"
+        "from lokt_tasks.results import RecordStore, new_start_record\n"
+        "shard = Shard('test', 1, 1, ('a',), ('true',), 'test-shard-1', 'fp-1')\n"
+        "RecordStore(Path(sys.argv[1])).write(new_start_record(shard, run_key=sys.argv[2], agent='a',"
+        " owner='o', host='h', pid=0, engine='embedded'))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), RUN], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "started\n"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    dead = Holder("test-shard-1", "o", "a", "h", child.pid, 1.0, "dead")
+
+    verdict = judge(make_plan(1), RecordStore(tmp_path).read_run("test", RUN), {"test-shard-1": dead}, run_key=RUN)
+
+    assert verdict.rows[0].state == "crashed"
+    assert verdict.exit_code == errors.INCOMPLETE
+
+
+# --- Overall verdict --------------------------------------------------------
+
+
+def test_all_passed_is_passed_with_exit_0():
+    verdict = judge(make_plan(3), {i: make_record(i) for i in (1, 2, 3)}, {}, run_key=RUN)
+    assert (verdict.state, verdict.exit_code) == ("passed", errors.PASSED)
+    assert verdict.counts == dict({state: 0 for state in STATES}, passed=3)
+
+
+def test_any_failure_wins_over_incomplete():
+    records = {1: make_record(1), 2: make_record(2, outcome="failed", exit_code=1)}
+    verdict = judge(make_plan(3), records, {"test-shard-3": make_holder(3)}, run_key=RUN)
+    assert [row.state for row in verdict.rows] == ["passed", "failed", "running"]
+    assert (verdict.state, verdict.exit_code) == ("failed", errors.FAILED)
+
+
+@pytest.mark.parametrize("other", ["running", "crashed", "interrupted", "missing", "outdated", "corrupt"])
+def test_anything_short_of_all_passed_is_incomplete(other):
+    records = {1: make_record(1), 2: make_record(2)}
+    holders = {}
+    if other == "running":
+        holders["test-shard-2"] = make_holder(2)
+    elif other == "crashed":
+        records[2] = make_record(2, outcome="running", ended_at=None, duration=None, exit_code=None)
+    elif other == "interrupted":
+        records[2] = make_record(2, outcome="interrupted", exit_code=None, signal="SIGTERM")
+    elif other == "missing":
+        del records[2]
+    elif other == "outdated":
+        records[2] = make_record(2, fingerprint="old")
+    else:
+        records[2] = CorruptRecord("/x/shard-2.json", "empty file")
+    verdict = judge(make_plan(2), records, holders, run_key=RUN)
+    assert verdict.rows[1].state == other
+    assert (verdict.state, verdict.exit_code) == ("incomplete", errors.INCOMPLETE)
+
+
+def test_a_plan_without_shards_is_not_a_pass():
+    verdict = judge(make_plan(0), {}, {}, run_key=RUN)
+    assert verdict.state == "incomplete"
+
+
+def test_records_for_shards_outside_the_plan_are_ignored_and_reported():
+    records = {1: make_record(1), 5: make_record(5)}
+    verdict = judge(make_plan(1), records, {}, run_key=RUN)
+    assert verdict.state == "passed"
+    assert verdict.stray_shards == (5,)
+
+
+# --- JSON -------------------------------------------------------------------
+
+SHARD_KEYS = {
+    "shard", "lock", "state", "detail", "exit_code", "signal", "duration", "agent", "host",
+    "log", "started_at", "ended_at", "fingerprint", "record_fingerprint",
+}
+
+
+def mixed_verdict(tmp_path: Path):
+    log = tmp_path / "shard-2.log"
+    log.write_text("".join("line %d\n" % n for n in range(1, 201)), encoding="utf-8")
+    records = {
+        1: make_record(1),
+        2: make_record(2, outcome="failed", exit_code=1, log=str(log)),
+        4: make_record(4, outcome="running", ended_at=None, duration=None, exit_code=None),
+        5: make_record(5, fingerprint="old"),
+        6: CorruptRecord(str(tmp_path / "shard-6.json"), "empty file"),
+        7: make_record(7, outcome="interrupted", exit_code=None, signal="SIGINT"),
+        8: make_record(8, outcome="passed"),
+    }
+    holders = {"test-shard-8": make_holder(8)}
+    return judge(make_plan(8), records, holders, run_key=RUN)
+
+
+def test_json_has_the_documented_shape(tmp_path):
+    verdict = mixed_verdict(tmp_path)
+    data = json.loads(json.dumps(verdict_to_json(verdict)))
+
+    assert set(data) == {"version", "task", "run_key", "verdict", "exit_code", "counts", "shards", "stray_shards"}
+    assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
+    assert (data["verdict"], data["exit_code"]) == ("failed", 3)
+    assert list(data["counts"]) == list(STATES)
+    assert data["counts"] == {
+        "passed": 1, "failed": 1, "running": 1, "crashed": 1,
+        "interrupted": 1, "missing": 1, "outdated": 1, "corrupt": 1,
+    }
+    assert [shard["shard"] for shard in data["shards"]] == list(range(1, 9))
+    for shard in data["shards"]:
+        assert set(shard) == SHARD_KEYS
+    by_state = {shard["state"]: shard for shard in data["shards"]}
+    assert by_state["failed"]["exit_code"] == 1
+    assert by_state["failed"]["log"] == str(tmp_path / "shard-2.log")
+    assert by_state["passed"]["duration"] == 12.5
+    assert by_state["interrupted"]["signal"] == "SIGINT"
+    running = by_state["running"]
+    assert (running["agent"], running["host"], running["exit_code"], running["ended_at"]) == ("agent-b", "other-box", None, None)
+    assert by_state["missing"]["agent"] is None and by_state["missing"]["record_fingerprint"] is None
+    assert by_state["outdated"]["fingerprint"] == "fp-5" and by_state["outdated"]["record_fingerprint"] == "old"
+
+
+# --- JUnit XML --------------------------------------------------------------
+
+
+def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
+    verdict = mixed_verdict(tmp_path)
+    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+
+    assert suite.tag == "testsuite"
+    assert suite.get("name") == "lokt-tasks.test"
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "1", "6")
+    cases = suite.findall("testcase")
+    assert [(case.get("classname"), case.get("name")) for case in cases] == [("test", "shard-%d" % n) for n in range(1, 9)]
+    assert cases[0].get("time") == "12.500"
+    assert list(cases[0]) == []
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("message") == "exit 1"
+    assert "line 200" in failure.text and "line 151" in failure.text and "line 150\n" not in failure.text
+    for case, state in zip(cases[2:], ("missing", "crashed", "outdated", "corrupt", "interrupted", "running")):
+        error = case.find("error")
+        assert error is not None, state
+        assert error.get("type") == state
+        assert case.find("failure") is None
+
+
+def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
+    log = tmp_path / "shard-1.log"
+    log.write_bytes(b"\x1b[31mFAILED\x1b[0m test_x \x00\x07 bell\n\xff bad utf-8\n")
+    record = make_record(1, outcome="failed", exit_code=1, log=str(log), message="\x1b[1mbold\x1b[0m")
+    verdict = judge(make_plan(1), {1: record}, {}, run_key=RUN)
+
+    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+
+    text = suite.find("testcase/failure").text
+    assert "FAILED test_x" in text and "bad utf-8" in text
+    assert "\x1b" not in text and "\x00" not in text
+
+
+def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
+    record = make_record(1, outcome="failed", exit_code=2, log=str(tmp_path / "gone.log"))
+    suite = ElementTree.fromstring(verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8"))
+    assert suite.find("testcase/failure").get("message") == "exit 2"
+
+
+# --- Text table -------------------------------------------------------------
+
+
+def test_table_has_a_row_per_shard_and_a_summary(tmp_path):
+    records = {1: make_record(1), 2: make_record(2), 3: make_record(3, outcome="failed", exit_code=1, duration=4.0)}
+    verdict = judge(make_plan(3), records, {}, run_key=RUN)
+
+    text = render_table(verdict, color=False)
+
+    lines = text.splitlines()
+    assert lines[0] == "test, run %s" % RUN
+    assert lines[1].split() == ["shard", "state", "time", "detail"]
+    assert lines[2].split() == ["1", "passed", "12.5s"]
+    assert lines[4].split() == ["3", "failed", "4.0s", "exit", "1"]
+    assert lines[-1] == "verdict: FAILED - 2 passed, 1 failed (shard 3: exit 1)"
+    assert "\x1b" not in text
+    # Columns line up: every state starts at the same offset.
+    assert len({line.index(state) for line, state in zip(lines[2:5], ("passed", "passed", "failed"))}) == 1
+
+
+def test_table_colours_only_when_asked(tmp_path):
+    verdict = mixed_verdict(tmp_path)
+    plain = render_table(verdict, color=False)
+    coloured = render_table(verdict, color=True)
+    assert "\x1b" not in plain
+    assert "\x1b[32m" in coloured and "\x1b[31m" in coloured and "\x1b[33m" in coloured
+    assert plain.splitlines() == [_strip_ansi(line) for line in coloured.splitlines()]
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_summary_lists_problems_failed_first():
+    records = {
+        1: make_record(1, outcome="running", ended_at=None, duration=None, exit_code=None),
+        3: make_record(3, outcome="failed", signal="SIGKILL", exit_code=None),
+    }
+    verdict = judge(make_plan(3), records, {}, run_key=RUN)
+    assert summary_line(verdict) == (
+        "verdict: FAILED - 1 failed, 1 crashed, 1 missing (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
+    )
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "-"), (0.04, "0.0s"), (4.25, "4.2s"), (59.9, "59.9s"), (125, "2m05s"), (3725, "1h02m")])
+def test_durations_read_easily(seconds, text):
+    assert format_duration(seconds) == text
+
+
+# --- Log tails --------------------------------------------------------------
+
+
+def test_tail_gives_the_last_lines(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    assert tail(log, 2) == "two\nthree\n"
+    assert tail(log, 10) == "one\ntwo\nthree\n"
+    assert tail(log, 0) == ""
+    log.write_text("one\ntwo\nthree", encoding="utf-8")
+    assert tail(log, 2) == "two\nthree"
+
+
+def test_tail_of_a_big_file_reads_from_the_end(tmp_path):
+    log = tmp_path / "big.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        for number in range(200000):
+            handle.write("line %d of a long log\n" % number)
+    assert tail(log, 3) == "line 199997 of a long log\nline 199998 of a long log\nline 199999 of a long log\n"
+
+
+def test_tail_of_a_missing_or_empty_file_is_empty(tmp_path):
+    assert tail(tmp_path / "nope.log") == ""
+    assert tail(None) == ""
+    (tmp_path / "empty.log").write_bytes(b"")
+    assert tail(tmp_path / "empty.log") == ""
