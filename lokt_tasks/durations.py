@@ -225,9 +225,9 @@ def _case_keys(case: ElementTree.Element, suite_name: Optional[str], suite_file:
         keys.append("name:" + name)
     if classname:
         keys.append("name:" + classname)
-    if suite_name and suite_name not in (name, classname):
+    if suite_name:
         keys.append("name:" + suite_name)
-    return keys
+    return list(dict.fromkeys(keys))
 
 
 def _file_from_classname(classname: str, item_files: set) -> Tuple[Optional[str], List[str]]:
