@@ -30,7 +30,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import re
 import signal
