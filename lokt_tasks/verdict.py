@@ -64,13 +64,13 @@ import datetime
 import os
 import re
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from colorama import Fore, Style
 
 from . import errors
-from .results import CorruptRecord, Record, parse_time
+from .results import CorruptRecord, Record, RecordStore, parse_time
 
 if TYPE_CHECKING:
     from .engine import Holder
@@ -134,7 +134,7 @@ class Verdict:
     #: "passed", "failed" or "incomplete".
     state: str
     #: Shard numbers that have records but are not in the plan (ignored).
-    stray_shards: Tuple[int, ...] = field(default=())
+    stray_shards: Tuple[int, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -169,6 +169,47 @@ def judge(
     planned = {shard.index for shard in plan.shards}
     stray = tuple(sorted(index for index in records if index not in planned))
     return Verdict(task=plan.task, run_key=run_key, rows=rows, state=_overall(rows), stray_shards=stray)
+
+
+def judge_live(
+    plan: Plan,
+    store: RecordStore,
+    holder_of: Callable[[str], Optional[Holder]],
+    *,
+    run_key: str,
+    now: Optional[datetime.datetime] = None,
+    rounds: int = 3,
+) -> Verdict:
+    """Judge the store's records against the live locks, without false crashes.
+
+    A shard that finishes while we look could pass for crashed: its start
+    record read, then its lock found free. So records are read before lock
+    holders, and every "crashed" shard's record is read once more: if it
+    changed, the shard moved on, and it is judged again with a fresh holder
+    (at most ``rounds`` times). ``holder_of`` maps a lock name to its holder
+    or None (the engine's query).
+    """
+    records: Dict[int, Union[Record, CorruptRecord]] = dict(store.read_run(plan.task, run_key))
+    holders = {shard.lock_name: holder_of(shard.lock_name) for shard in plan.shards}
+    verdict = judge(plan, records, holders, run_key=run_key, now=now)
+    for _ in range(rounds):
+        moved_on = False
+        for row in verdict.rows:
+            if row.state != "crashed":
+                continue
+            again = store.read(plan.task, run_key, row.shard)
+            if again == records.get(row.shard):
+                continue
+            moved_on = True
+            if again is None:
+                records.pop(row.shard, None)
+            else:
+                records[row.shard] = again
+            holders[row.lock_name] = holder_of(row.lock_name)
+        if not moved_on:
+            break
+        verdict = judge(plan, records, holders, run_key=run_key, now=now)
+    return verdict
 
 
 def _overall(rows: Tuple[Row, ...]) -> str:
@@ -309,7 +350,7 @@ def _row_to_json(row: Row) -> Dict[str, object]:
         agent = record.agent if record else None
         host = record.host if record else None
     started_at = record.started_at if record else None
-    if running and (record is None or record.outcome != "running"):
+    if running and (record is None or record.outcome != "running" or record.fingerprint != row.fingerprint):
         started_at = None
     return {
         "shard": row.shard,

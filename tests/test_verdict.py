@@ -21,6 +21,7 @@ from lokt_tasks.verdict import (
     STATES,
     format_duration,
     judge,
+    judge_live,
     render_table,
     summary_line,
     tail,
@@ -435,3 +436,61 @@ def test_tail_of_a_missing_or_empty_file_is_empty(tmp_path):
     assert tail(None) == ""
     (tmp_path / "empty.log").write_bytes(b"")
     assert tail(tmp_path / "empty.log") == ""
+
+
+# --- Judging a live store -----------------------------------------------------
+
+
+def start_record(shard: int = 1, attempt: str = "a1") -> Record:
+    return make_record(shard, outcome="running", ended_at=None, duration=None, exit_code=None, attempt=attempt)
+
+
+def test_judge_live_does_not_call_a_shard_that_just_finished_crashed(tmp_path):
+    """The shard finishes and frees its lock between our reading its record and its lock."""
+    store = RecordStore(tmp_path)
+    store.write(start_record())
+    asked = []
+
+    def holder_of(name):
+        asked.append(name)
+        if len(asked) == 1:
+            store.write(make_record(1, attempt="a1"))  # final record, then the lock is released
+        return None
+
+    verdict = judge_live(make_plan(1), store, holder_of, run_key=RUN)
+
+    assert verdict.rows[0].state == "passed"
+    assert asked == ["test-shard-1", "test-shard-1"]
+
+
+def test_judge_live_sees_a_new_attempt_that_started_meanwhile_as_running(tmp_path):
+    store = RecordStore(tmp_path)
+    store.write(start_record(attempt="old"))
+    asked = []
+
+    def holder_of(name):
+        asked.append(name)
+        if len(asked) == 1:
+            store.write(start_record(attempt="new"))
+            return None
+        return make_holder()
+
+    verdict = judge_live(make_plan(1), store, holder_of, run_key=RUN)
+
+    assert verdict.rows[0].state == "running"
+
+
+def test_judge_live_confirms_a_real_crash(tmp_path):
+    store = RecordStore(tmp_path)
+    store.write(start_record())
+    store.write(make_record(2))
+    asked = []
+
+    def holder_of(name):
+        asked.append(name)
+        return make_holder(1, pid_status="dead") if name == "test-shard-1" else None
+
+    verdict = judge_live(make_plan(3), store, holder_of, run_key=RUN)
+
+    assert [row.state for row in verdict.rows] == ["crashed", "passed", "missing"]
+    assert asked == ["test-shard-1", "test-shard-2", "test-shard-3"]
