@@ -42,6 +42,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
+from .config import display_path
 from .errors import ConfigError
 
 #: Seconds are stored with this many decimals: milliseconds are plenty for
@@ -56,7 +57,7 @@ def load_durations(path: Path) -> Dict[str, float]:
     except FileNotFoundError:
         return {}
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read durations file: {error.strerror or error}") from None
+        raise ConfigError(f"{display_path(path)}: cannot read durations file: {error.strerror or error}") from None
     return _parse_durations(text, path)
 
 
@@ -127,12 +128,12 @@ def _parse_durations(text: str, path: Path) -> Dict[str, float]:
     try:
         data = json.loads(text)
     except ValueError as error:
-        raise ConfigError(f"{path}: corrupt durations file (not JSON: {error}); fix or delete it") from None
+        raise ConfigError(f"{display_path(path)}: corrupt durations file (not JSON: {error}); fix or delete it") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: corrupt durations file (expected a JSON object of item: seconds); fix or delete it")
+        raise ConfigError(f"{display_path(path)}: corrupt durations file (expected a JSON object of item: seconds); fix or delete it")
     for item, seconds in data.items():
         if not _is_seconds(seconds):
-            raise ConfigError(f"{path}: corrupt durations file ('{item}' has {json.dumps(seconds)}, expected seconds); fix or delete it")
+            raise ConfigError(f"{display_path(path)}: corrupt durations file ('{item}' has {json.dumps(seconds)}, expected seconds); fix or delete it")
     return {item: float(seconds) for item, seconds in data.items()}
 
 

@@ -93,7 +93,7 @@ from .config import (
     parse_run_template,
 )
 from .durations import load_durations
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 
 #: Left in a shard's argv by the plan; the run layer replaces it with the
 #: path where the command should write its JUnit XML report.
@@ -117,7 +117,9 @@ class Shard:
     #: Hex digest over the command template, the shard count and the items:
     #: a record with another fingerprint belongs to another plan.
     fingerprint: str
-    #: Estimated seconds (from durations, or a size-based guess), or None.
+    #: Estimated seconds from the durations file (an item without a recorded
+    #: time counts as the mean of the recorded ones), or None when no item of
+    #: the task has a recorded time.
     estimate: Optional[float] = None
     #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes
     #: or items.
@@ -174,9 +176,9 @@ def build_plan(
     """
     task = get_task(config, task_name)
     tokens = parse_run_template(task.run)
-    if durations is None:
-        durations = load_durations(task.durations) if task.durations is not None else {}
     warnings: List[str] = []
+    if durations is None:
+        durations = _task_durations(task, warnings)
 
     if task.explicit:
         groups = _explicit_groups(config, task, warnings)
@@ -219,6 +221,23 @@ def build_plan(
         warnings=tuple(warnings),
         stats=_stats(built, costs, unit),
     )
+
+
+def _task_durations(task: TaskConfig, warnings: List[str]) -> Mapping[str, float]:
+    """The task's durations file; only ``split = "timings"`` fails on a corrupt one.
+
+    Other splits read it for estimates alone, which are not worth stopping a
+    run for.
+    """
+    if task.durations is None:
+        return {}
+    try:
+        return load_durations(task.durations)
+    except ConfigError as error:
+        if task.split == "timings" and not task.explicit and not task.per_item:
+            raise
+        warnings.append(f"{error}; estimates are left out")
+        return {}
 
 
 def lock_name(task: str, index: int) -> str:
@@ -387,7 +406,11 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     if completed.returncode != 0:
         stderr_lines = [line.strip() for line in completed.stderr.splitlines() if line.strip()]
         last = f": {stderr_lines[-1][:200]}" if stderr_lines else " (no error output)"
-        raise config_error(config.path, key, f"'{command}' exited with code {completed.returncode}{last}")
+        if completed.returncode < 0:
+            ended = f"was killed by signal {-completed.returncode}"
+        else:
+            ended = f"exited with code {completed.returncode}"
+        raise config_error(config.path, key, f"'{command}' {ended}{last}")
     lines = set(_listed_items(completed.stdout))
     if not lines:
         raise config_error(config.path, key, f"'{command}' printed no items")

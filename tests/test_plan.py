@@ -134,6 +134,24 @@ def test_timings_are_read_from_the_durations_file(tmp_path):
     assert groups(plan) == [["c.py"], ["a.py", "b.py"]]
 
 
+def test_a_corrupt_durations_file_stops_only_a_timings_split(tmp_path):
+    make_files(tmp_path, ["a.py", "b.py"])
+    (tmp_path / "shard-durations.json").write_text("{oops")
+    toml = """\
+        [tasks.test]
+        run = "pytest {items}"
+        glob = "*.py"
+        shards = 2
+        split = "%s"
+    """
+    with pytest.raises(ConfigError, match="shard-durations.json: corrupt durations file"):
+        plan_for(tmp_path, toml % "timings")
+    plan = plan_for(tmp_path, toml % "name")
+    assert groups(plan) == [["a.py"], ["b.py"]]
+    assert len(plan.warnings) == 1 and "corrupt durations file" in plan.warnings[0]
+    assert plan.shards[0].estimate is None
+
+
 def test_timings_without_any_known_time_fall_back_to_sizes(tmp_path):
     sizes = {"a.py": 5, "b.py": 500, "c.py": 400, "d.py": 90}
     make_files(tmp_path, sizes, sizes)
