@@ -35,6 +35,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
@@ -162,11 +163,13 @@ def new_start_record(
     engine: str,
     log: Optional[str] = None,
     started_at: Optional[str] = None,
+    attempt: Optional[str] = None,
 ) -> Record:
     """The record written just before a shard's command starts (outcome "running").
 
     If the agent dies before writing the final record, this one stays behind
-    and ``verify`` reports the shard as crashed rather than missing.
+    and ``verify`` reports the shard as crashed rather than missing. Each
+    call gets a fresh random ``attempt`` unless one is given.
     """
     return Record(
         task=shard.task,
@@ -183,6 +186,7 @@ def new_start_record(
         started_at=started_at or utc_now(),
         log=log,
         items=len(shard.items),
+        attempt=attempt or uuid.uuid4().hex,
     )
 
 

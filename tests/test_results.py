@@ -289,9 +289,11 @@ def test_start_and_final_records_from_a_shard():
     )
     assert (start.task, start.shard, start.total, start.lock_name, start.fingerprint) == ("test", 2, 3, "test-shard-2", "fp2")
     assert (start.outcome, start.items, start.ended_at) == ("running", 2, None)
+    assert re.match(r"^[0-9a-f]{32}$", start.attempt)
 
     final = finish(start, outcome="failed", signal="SIGKILL", ended_at="2024-05-01T12:01:30.25Z")
     assert (final.outcome, final.signal, final.exit_code, final.duration) == ("failed", "SIGKILL", None, 90.25)
+    assert final.attempt == start.attempt
     assert start.outcome == "running"
     with pytest.raises(ValueError):
         finish(start, outcome="running")
