@@ -47,6 +47,7 @@ from .engine import (
     DEFAULT_WAIT_TIMEOUT,
     Engine,
     GuardResult,
+    Holder,
     StopRequest,
     check_guard_arguments,
     effective_ttl,
@@ -70,6 +71,9 @@ from .lockfile import (
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
+#: Re-reads of an empty (being written) lock file before reporting "held by ?".
+SETTLE_TRIES = 20
+SETTLE_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -407,9 +411,9 @@ class EmbeddedEngine(Engine):
                 return attempt.acquired
             if attempt.error:
                 return GuardResult("error", message=attempt.error)
-            holder = holder_from_lock(attempt.holder, name) if attempt.holder else None
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
+                holder = self._holder_of(name, attempt.holder)
                 message = held_message(name, holder)
                 if wait:
                     message = f"timeout after {limit:g}s waiting: {message}"
@@ -422,6 +426,18 @@ class EmbeddedEngine(Engine):
             else:
                 time.sleep(pause)
             break_stale(self.root, name, me)
+
+    def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:
+        """The holder to report; an empty file is read again for a moment,
+        as its writer is normally between create and rename."""
+        if seen is not None:
+            return holder_from_lock(seen, name)
+        for _ in range(SETTLE_TRIES):
+            holder = self.holder(name)
+            if holder is not None:
+                return holder
+            time.sleep(SETTLE_PAUSE)
+        return None
 
     def _run(
         self,

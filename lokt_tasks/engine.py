@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -127,23 +126,32 @@ class StopRequest:
     """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers.
 
     The main thread records the signal; every guard polls it and forwards the
-    signal to its command, then releases its lock.
+    signal to its command, then releases its lock. ``request`` takes no lock,
+    so a signal handler may call it while the main thread is in ``wait``
+    (a threading.Event could deadlock there).
     """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._requested = False
         self.signum: Optional[int] = None
 
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
             self.signum = signum
-        self._event.set()
+        self._requested = True
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._requested
 
     def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
+        """Sleep up to timeout seconds; True as soon as a stop is requested."""
+        deadline = time.monotonic() + timeout
+        while not self._requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, POLL_INTERVAL))
+        return True
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import UsageError
 
@@ -413,17 +413,35 @@ def process_start_time(pid: int) -> Optional[int]:
     return None
 
 
-def _linux_start_time(pid: int) -> Optional[int]:
+def _linux_stat_fields(pid: int) -> List[bytes]:
+    """/proc/PID/stat from field 3 on (after the command name, which may
+    itself contain spaces and parentheses); empty if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
     except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
+        return []
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def _linux_start_time(pid: int) -> Optional[int]:
+    fields = _linux_stat_fields(pid)
     try:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def is_zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped (Linux only).
+
+    kill(pid, 0) still succeeds for it, so lokt calls it alive; where no
+    init reaps orphans (containers without one), it stays so forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    fields = _linux_stat_fields(pid)
+    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 def _darwin_start_time(pid: int) -> Optional[int]:
@@ -448,11 +466,12 @@ def pid_status(lock: LockData, host: Optional[str] = None) -> str:
     """"alive", "dead" or "unknown" (another host) for a lock's holder.
 
     Stricter than ``lokt status``: a recycled pid (start time differs from
-    the one recorded) counts as dead, as lokt's own pruning treats it.
+    the one recorded) counts as dead, as lokt's own pruning treats it; so
+    does a zombie (exited, never reaped).
     """
     if lock.host != (host or host_name()):
         return "unknown"
-    if not pid_alive(lock.pid):
+    if not pid_alive(lock.pid) or (lock.pid > 0 and is_zombie(lock.pid)):
         return "dead"
     if lock.pid_start_ns:
         current = process_start_time(lock.pid)
