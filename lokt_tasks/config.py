@@ -193,6 +193,15 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 # ---------------------------------------------------------------- durations
 
+class DurationError(UsageError, ValueError):
+    """A duration that lokt would refuse.
+
+    A UsageError, so that a bad command-line value (``verify --timeout 10``)
+    exits 2 with its one-line message; also a ValueError, so that callers
+    parsing other sources can treat it as a plain parse error.
+    """
+
+
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
@@ -204,14 +213,14 @@ def parse_duration(text: str) -> float:
     Units are required, because lokt refuses a bare number: accepting one here
     would only move the error to the moment the lock is taken. Signs are not
     accepted (a lock lifetime or a timeout is never negative). Raises
-    ValueError with a one-line message; callers add the key or the option.
+    DurationError (a UsageError and a ValueError) with a one-line message.
     """
     if not isinstance(text, str):
-        raise ValueError(f"expected a duration string such as \"10m\", got {text!r}")
+        raise DurationError(f"expected a duration string such as \"10m\", got {text!r}")
     if text == "0":
         return 0.0
     if _BARE_NUMBER.fullmatch(text):
-        raise ValueError(f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)")
+        raise DurationError(f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)")
     position = 0
     seconds = 0.0
     while position < len(text):
@@ -221,7 +230,7 @@ def parse_duration(text: str) -> float:
         seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
         position = part.end()
     if position == 0 or position < len(text):
-        raise ValueError(f"'{text}' is not a duration; expected e.g. \"10m\", \"90s\", \"1h30m\" or \"500ms\"")
+        raise DurationError(f"'{text}' is not a duration; expected e.g. \"10m\", \"90s\", \"1h30m\" or \"500ms\"")
     return seconds
 
 

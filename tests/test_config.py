@@ -252,8 +252,10 @@ def test_parse_duration(text, seconds):
     ("10min", "is not a duration"),
 ])
 def test_parse_duration_refuses(text, fragment):
-    with pytest.raises(ValueError, match=fragment):
+    with pytest.raises(ValueError, match=fragment) as raised:
         parse_duration(text)
+    assert isinstance(raised.value, UsageError)
+    assert raised.value.exit_code == 2
 
 
 @pytest.mark.parametrize("seconds, text", [
