@@ -40,7 +40,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Mapping, Optional, Sequence, Union
 
 from . import lockfile
 from .engine import (
@@ -57,6 +57,7 @@ from .engine import (
     holder_from_lock,
     interrupted_before_start,
     kill_group,
+    open_log,
     ran_result,
     supervise,
 )
@@ -360,26 +361,28 @@ class EmbeddedEngine(Engine):
         command = check_guard_arguments(lock_name, argv, cwd)
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop)
-        me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
         lifetime = effective_ttl(ttl)
-        try:
-            claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
-        except OSError as error:
-            return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
-        if isinstance(claim, GuardResult):
-            return claim
         heartbeat = None
-        if lifetime > 0:
-            heartbeat = Heartbeat(self.root, lock_name, me, heartbeat_interval(lifetime))
-            heartbeat.start()
-        try:
+        with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, lock, log
+            try:
+                output = open_log(log, cleanup)
+            except OSError as error:
+                return GuardResult("error", message=f"cannot open log {log}: {error.strerror or error}")
+            me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
+            try:
+                claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
+            except OSError as error:
+                return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
+            if isinstance(claim, GuardResult):
+                return claim
+            cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
+            if lifetime > 0:
+                heartbeat = Heartbeat(self.root, lock_name, me, heartbeat_interval(lifetime))
+                heartbeat.start()
+                cleanup.callback(heartbeat.stop)
             if stop is not None and stop.is_set():
                 return interrupted_before_start(stop)
-            result = self._run(command, log, env, cwd, on_start, stop)
-        finally:
-            if heartbeat is not None:
-                heartbeat.stop()
-            release(self.root, lock_name, me, claim.lock_id)
+            result = self._run(command, output, env, cwd, on_start, stop)
         if heartbeat is not None and heartbeat.lost:
             result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
         return result
@@ -442,33 +445,28 @@ class EmbeddedEngine(Engine):
     def _run(
         self,
         command: Sequence[str],
-        log: Optional[Path],
+        output: Optional[BinaryIO],
         env: Optional[Mapping[str, str]],
         cwd: Optional[Path],
         on_start: Optional[Callable[[int], None]],
         stop: Optional[StopRequest],
     ) -> GuardResult:
-        with ExitStack() as files:
-            output = None
-            if log is not None:
-                Path(log).parent.mkdir(parents=True, exist_ok=True)
-                output = files.enter_context(open(log, "ab"))
-            try:
-                process = _start(command, output, self.child_env(env), cwd)
-            except OSError as error:
-                return _not_started(command[0], error, output)
-            try:
-                if on_start is not None:
-                    on_start(process.pid)
-                forwarded = supervise(process, stop, self.grace, lambda signum: _signal_group(process.pid, signum))
-            except BaseException:
-                kill_group(process.pid)
-                process.wait()
-                raise
+        try:
+            process = _start(command, output, self.child_env(env), cwd)
+        except OSError as error:
+            return _not_started(command[0], error, output)
+        try:
+            if on_start is not None:
+                on_start(process.pid)
+            forwarded = supervise(process, stop, self.grace, lambda signum: _signal_group(process.pid, signum))
+        except BaseException:
+            kill_group(process.pid)
+            process.wait()
+            raise
         return ran_result(process.returncode, forwarded)
 
 
-def _start(command: Sequence[str], output, env: Mapping[str, str], cwd: Optional[Path]) -> "subprocess.Popen[bytes]":
+def _start(command: Sequence[str], output: Optional[BinaryIO], env: Mapping[str, str], cwd: Optional[Path]) -> "subprocess.Popen[bytes]":
     return subprocess.Popen(
         list(command),
         stdout=output,
@@ -479,7 +477,7 @@ def _start(command: Sequence[str], output, env: Mapping[str, str], cwd: Optional
     )
 
 
-def _not_started(program: str, error: OSError, output) -> GuardResult:
+def _not_started(program: str, error: OSError, output: Optional[BinaryIO]) -> GuardResult:
     """A command that cannot be executed ends like under a shell: 127 / 126."""
     code = 127 if isinstance(error, FileNotFoundError) else 126
     reason = "command not found" if code == 127 else (error.strerror or str(error))

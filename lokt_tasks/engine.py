@@ -42,7 +42,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence
 
 from . import lockfile
 from .errors import EngineError, UsageError
@@ -278,6 +278,14 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def open_log(log: Optional[Path], files: ExitStack) -> Optional[BinaryIO]:
+    """The command's log, opened for appending (closed with files), or None."""
+    if log is None:
+        return None
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    return files.enter_context(open(log, "ab"))
 
 
 def supervise(
@@ -523,12 +531,12 @@ class LoktEngine(Engine):
         lokt_stderr = state_dir / "lokt-stderr"
         watcher = StartWatcher(state_dir / "started", on_start)
         with ExitStack() as files:
-            stdout = stderr = None
-            if log is not None:
-                Path(log).parent.mkdir(parents=True, exist_ok=True)
-                stdout = files.enter_context(open(log, "ab"))
-                # lokt's own messages, kept apart from the command's output.
-                stderr = files.enter_context(open(lokt_stderr, "wb"))
+            try:
+                stdout = open_log(log, files)
+            except OSError as error:
+                return GuardResult("error", message=f"cannot open log {log}: {error.strerror or error}")
+            # With a log, lokt's own messages are kept apart from the command's output.
+            stderr = files.enter_context(open(lokt_stderr, "wb")) if log is not None else None
             try:
                 process = subprocess.Popen(
                     full_command,

@@ -50,13 +50,19 @@ _GO_ESCAPES = {
 
 
 def validate_lock_name(name: str) -> None:
-    """Refuse names lokt refuses, with the reason, before anything runs."""
+    """Refuse names lokt refuses, with the reason, before anything runs.
+
+    One rule more than lokt: no leading '-', which ``lokt guard`` cannot take.
+    """
     if not name:
         raise UsageError("invalid lock name: name cannot be empty")
     if name.startswith("/"):
         raise UsageError(f"invalid lock name {name!r}: absolute paths not allowed")
     if ".." in name:
         raise UsageError(f"invalid lock name {name!r}: path traversal ('..') not allowed")
+    if name.startswith("-"):
+        # lokt's rules allow it, but `lokt guard` would read it as a flag.
+        raise UsageError(f"invalid lock name {name!r}: must not start with '-'")
     if not _NAME_CHARACTERS.match(name):
         raise UsageError(
             f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'"

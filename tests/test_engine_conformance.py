@@ -322,7 +322,7 @@ def test_lock_from_a_newer_lokt_is_an_error(engine_name, tmp_path, root):
     assert lock_file(root).read_text() == text
 
 
-@pytest.mark.parametrize("bad_name", ["", "../escape", "/abs", "has space", "a..b", "semi;colon", "ünï"])
+@pytest.mark.parametrize("bad_name", ["", "../escape", "/abs", "has space", "a..b", "semi;colon", "ünï", "-flag"])
 def test_invalid_lock_names_are_refused_before_anything_runs(engine_name, tmp_path, root, bad_name):
     marker = tmp_path / "ran"
     with pytest.raises(UsageError, match="invalid lock name"):
