@@ -78,11 +78,11 @@ DEFAULT_KEYS = ("ttl", "engine", "jobs", "split", "shards", "exclude", "duration
 TASK_KEYS = ("run", "glob", "exclude", "collect", "shards", "shard", "split", "ttl", "engine", "jobs", "durations")
 SHARD_KEYS = ("items", "glob")
 #: Placeholders ``run`` may use, as they are listed in error messages.
-PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{junit}")
+PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{junit}", "{python}")
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SIMPLE_PLACEHOLDERS = ("items", "shard", "total", "task", "junit")
+_SIMPLE_PLACEHOLDERS = ("items", "shard", "total", "task", "junit", "python")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,36 @@ def load_durations(path: Path) -> Dict[str, float]:
     return _parse_durations(text, path)
 
 
+def pin_durations(durations_file: Path, pinned: Path) -> Dict[str, float]:
+    """The timings a run plans with, the same for every command of that run.
+
+    Shards record their timings into ``durations_file`` as they finish. If
+    later commands of the same run (another agent's ``shard``, ``verify``)
+    planned from the updated file, their plan could differ from the first
+    one and every record would look outdated. So the first command of a run
+    copies the timings to ``pinned`` (in the run's results directory), and
+    every later one plans from that copy. The copy is published with a hard
+    link, which fails if it exists: two agents starting at once agree.
+    """
+    pinned = Path(pinned)
+    if pinned.exists():
+        return load_durations(pinned)
+    durations = load_durations(durations_file)
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{pinned.name}.", suffix=".tmp", dir=pinned.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(dump_durations(durations))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, pinned)
+    except FileExistsError:
+        return load_durations(pinned)
+    finally:
+        os.unlink(temporary)
+    return durations
+
+
 def dump_durations(durations: Mapping[str, float]) -> str:
     """The file text for ``durations``: sorted, indented, rounded, newline-terminated."""
     rounded = {item: _round(seconds) for item, seconds in durations.items()}

@@ -58,8 +58,9 @@ Commands
     ``run`` is split with shlex, then in each argument: ``{items}`` (a whole
     argument) becomes one argument per item; ``{items:SEP}`` becomes the
     items joined by SEP; ``{shard}``, ``{total}`` and ``{task}`` become the
-    shard number, the shard count and the task name; ``{junit}`` is left as
-    it is for the run layer; ``{{`` and ``}}`` are literal braces. Items are
+    shard number, the shard count and the task name; ``{python}`` becomes
+    the interpreter running lokt-tasks (so a venv's tools are found without
+    activating it); ``{junit}`` is left as it is for the run layer; ``{{`` and ``}}`` are literal braces. Items are
     always single arguments, never seen by a shell. An item that starts with
     ``-`` and names an existing path is passed as ``./<item>`` through
     ``{items}``, so the command reads it as a file and not as an option.
@@ -76,6 +77,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +271,8 @@ def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: i
                 text += str(total)
             elif part.name == "task":
                 text += task
+            elif part.name == "python":
+                text += sys.executable
             else:
                 text += JUNIT_PLACEHOLDER
         argv.append(text)

@@ -94,9 +94,7 @@ def run_and_record(record_path: Path, start: Record, command: List[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if final.signal:
-        return 128 + getattr(signal, final.signal)
-    return final.exit_code if final.exit_code is not None else 1
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _wait(child: subprocess.Popen) -> int:

@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import LoktTasksError, UsageError
 
@@ -572,7 +572,12 @@ def validate_run_key(key: str, source: str = "--run") -> str:
     return key
 
 
-def current_run_key(cwd: Path, explicit: Optional[str] = None, env: Mapping[str, str] = os.environ) -> str:
+def current_run_key(
+    cwd: Path,
+    explicit: Optional[str] = None,
+    env: Mapping[str, str] = os.environ,
+    ignore: Sequence[Path] = (),
+) -> str:
     """Which run the records of this invocation belong to.
 
     In order: ``explicit`` (``--run``); ``$LOKT_TASKS_RUN`` when set and not
@@ -582,16 +587,19 @@ def current_run_key(cwd: Path, explicit: Optional[str] = None, env: Mapping[str,
     change the key, so logs, caches and JUnit files written by a shard do not
     make ``verify`` look for another run. Outside a git work tree, or before
     the first commit, the key is ``"local"``.
+
+    ``ignore`` names tracked files that the run itself rewrites (the
+    durations file): their changes do not count either.
     """
     if explicit is not None:
         return validate_run_key(explicit, "--run")
     from_env = env.get(RUN_ENV, "")
     if from_env:
         return validate_run_key(from_env, "$" + RUN_ENV)
-    return git_run_key(Path(cwd))
+    return git_run_key(Path(cwd), ignore)
 
 
-def git_run_key(cwd: Path) -> str:
+def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
     """The run key git gives ``cwd`` (see :func:`current_run_key`)."""
     top = _git_output(cwd, "rev-parse", "--show-toplevel")
     if top is None:
@@ -599,7 +607,8 @@ def git_run_key(cwd: Path) -> str:
     head = _git_output(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if head is None or not re.match(r"^[0-9a-f]{12,}$", head):
         return LOCAL_RUN_KEY
-    digest = _tracked_changes_digest(Path(top))
+    excludes = [":(exclude,top)" + _relative_to(Path(path), Path(top)) for path in ignore]
+    digest = _tracked_changes_digest(Path(top), [e for e in excludes if not e.endswith(")")])
     if digest is None:
         return head[:12]
     return "%s-dirty-%s" % (head[:12], digest[:8])
@@ -647,7 +656,15 @@ _DIFF_ARGS = (
 )
 
 
-def _tracked_changes_digest(top: Path) -> Optional[str]:
+def _relative_to(path: Path, top: Path) -> str:
+    """``path`` relative to the work tree's top, or "" when it lies outside it."""
+    try:
+        return Path(os.path.realpath(path)).relative_to(os.path.realpath(top)).as_posix()
+    except ValueError:
+        return ""
+
+
+def _tracked_changes_digest(top: Path, excludes: Sequence[str] = ()) -> Optional[str]:
     """SHA-256 hex of ``git diff HEAD`` in ``top``, or None when it is empty."""
     digest = hashlib.sha256()
     seen_any = False
@@ -656,7 +673,7 @@ def _tracked_changes_digest(top: Path) -> Optional[str]:
     with tempfile.TemporaryFile() as errors:
         try:
             process = subprocess.Popen(
-                ["git", *_DIFF_ARGS],
+                ["git", *_DIFF_ARGS, *excludes],
                 cwd=str(top),
                 env=_git_env(),
                 stdin=subprocess.DEVNULL,

@@ -114,7 +114,11 @@ def run_shard(
     if record.outcome == "running":
         return ShardOutcome(shard, "lost", guard, record)
     if shard.wants_junit and settings.durations_file is not None and junit_path.exists():
-        merge_durations(settings.durations_file, durations_from_junit(junit_path, shard.items))
+        try:
+            timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
+        except ValueError:
+            timings = {}  # an unreadable report costs us timings, not the shard's outcome
+        merge_durations(settings.durations_file, timings)
     return ShardOutcome(shard, record.outcome, guard, record)
 
 

@@ -22,14 +22,14 @@ from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
 from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
-from .durations import load_durations
+from .durations import pin_durations
 from .engine import StopRequest, find_lock_root, make_identity, select_engine
 from .errors import LoktTasksError, UsageError
 from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
 from .run import RunSettings, ShardOutcome, run_shard
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
-from .verdict import Verdict, judge, render_table, tail, verdict_to_json, verdict_to_junit
+from .verdict import Verdict, judge_live, render_table, tail, verdict_to_json, verdict_to_junit
 
 COMMON_HELP = {
     "config": "Path of shards.toml (default: found by walking up from the current directory).",
@@ -66,21 +66,39 @@ class Setup:
     lock_root: Path
 
 
-def _setup(task_name: str, *, config: Optional[str], shards: Optional[str], run: Optional[str], results: Optional[str]) -> Setup:
+def _setup(
+    task_name: str,
+    *,
+    config: Optional[str],
+    shards: Optional[str],
+    run: Optional[str],
+    results: Optional[str],
+    pin: bool = True,
+) -> Setup:
+    """Load the config and plan the task.
+
+    With ``pin``, a ``timings`` task plans from the timings pinned for this
+    run (see durations.pin_durations); ``plan`` shows the file as it is now.
+    """
     if task_name.startswith("-"):
         raise UsageError(f"expected a task name, got {task_name!r}; see 'invoke --help <command>'")
     path = Path(config) if config else find_config(Path.cwd())
     loaded = load_config(path)
     task_config = get_task(loaded, task_name)
-    durations = load_durations(task_config.durations) if task_config.durations else {}
-    plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
     lock_root = find_lock_root(loaded.root)
     if results:
         results_dir = Path(results).resolve()
     else:
         results_dir = loaded.results or default_results_dir(lock_root)
-    run_key = current_run_key(loaded.root, explicit=run)
-    return Setup(loaded, task_config, plan, RecordStore(results_dir), run_key, lock_root)
+    store = RecordStore(results_dir)
+    written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
+    run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
+    durations = None
+    if task_config.split == "timings" and pin:
+        pinned = store.run_dir(task_name, run_key) / "durations.json"
+        durations = pin_durations(task_config.durations, pinned)
+    plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
+    return Setup(loaded, task_config, plan, store, run_key, lock_root)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -112,9 +130,7 @@ def _settings(setup: Setup, *, engine: Optional[str], agent: Optional[str], wait
 
 
 def _judge(setup: Setup, engine) -> Verdict:
-    records = setup.store.read_run(setup.plan.task, setup.run_key)
-    holders = {shard.lock_name: engine.holder(shard.lock_name) for shard in setup.plan.shards}
-    return judge(setup.plan, records, holders, run_key=setup.run_key)
+    return judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
 
 
 @task(
@@ -128,7 +144,7 @@ def _judge(setup: Setup, engine) -> Verdict:
 @user_errors
 def plan(c, task, json=False, shards=None, config=None):
     """Show what each shard would run, and how balanced the shards are."""
-    setup = _setup(task, config=config, shards=shards, run="plan", results=None)
+    setup = _setup(task, config=config, shards=shards, run="plan", results=None, pin=False)
     if json:
         print(_json_dumps(plan_to_json(setup.plan)))
         return
