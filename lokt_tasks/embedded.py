@@ -458,7 +458,7 @@ class EmbeddedEngine(Engine):
         try:
             if on_start is not None:
                 on_start(process.pid)
-            forwarded = supervise(process, stop, self.grace, lambda signum: _signal_group(process.pid, signum))
+            forwarded = supervise(process, stop, self.grace, lambda signum: _signal(process, signum))
         except BaseException:
             kill_group(process.pid)
             process.wait()
@@ -490,9 +490,11 @@ def _not_started(program: str, error: OSError, output: Optional[BinaryIO]) -> Gu
     return GuardResult("ran", exit_code=code)
 
 
-def _signal_group(pid: int, signum: int) -> None:
-    """Forward a stop to the command's process group, as a terminal would."""
+def _signal(process: "subprocess.Popen[bytes]", signum: int) -> None:
+    """Forward a stop to the command we started, and only to it, as lokt
+    guard does: a command that runs others (a recorder, make, a test
+    runner) forwards it itself, so its children get it exactly once."""
     try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
+        process.send_signal(signum)
+    except ProcessLookupError:
         pass

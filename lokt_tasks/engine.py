@@ -354,6 +354,13 @@ class Engine:
         ``log``: None lets the command write to our stdout/stderr; a path
         gets both appended. ``on_start(pid)`` is called once the command
         runs. ``timeout`` (with ``wait``): None or <= 0 means 10 minutes.
+
+        The command runs in its own session, so a Ctrl-C at the terminal
+        reaches only us. When ``stop`` is set, its signal is sent once to the
+        command (as lokt guard does: to the process started, which passes it
+        on to its own children); after ``self.grace`` seconds the command's
+        whole process group is killed. The lock is released either way.
+
         Raises UsageError for a bad lock name, empty argv or missing cwd.
         """
         raise NotImplementedError

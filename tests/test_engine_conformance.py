@@ -392,6 +392,43 @@ def test_stop_signal_reaches_the_command_and_releases_the_lock(engine_name, root
     assert process_gone(command_pid)
 
 
+FORWARDING_PARENT = """
+import signal, subprocess, sys, time
+children = []
+def forward(signum, frame):
+    time.sleep(0.2)  # a copy sent to the whole group would land first, not merge with ours
+    for child in children:
+        child.send_signal(signum)
+signal.signal(signal.SIGINT, forward)
+children.append(subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]]))
+sys.exit(children[0].wait())
+"""
+COUNTING_CHILD = """
+import signal, sys, time
+received = []
+signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+open(sys.argv[1] + ".ready", "w").close()
+while not received:
+    time.sleep(0.01)
+time.sleep(0.5)  # room for a duplicate to arrive
+open(sys.argv[1], "w").write(str(len(received)))
+"""
+
+
+def test_a_command_that_forwards_signals_passes_on_exactly_one(engine_name, tmp_path, spawn):
+    """Like the recorder: the engine signals the command, the command its child."""
+    count = tmp_path / "count"
+    agent = spawn(engine_name, "A", [sys.executable, "-c", FORWARDING_PARENT, COUNTING_CHILD, str(count)])
+    agent.wait_started()
+    wait_for(lambda: Path(str(count) + ".ready").exists(), "the child to be ready")
+
+    os.kill(agent.pid, signal.SIGINT)
+    result = agent.result()
+
+    assert (result["state"], result["interrupted"], result["exit_code"]) == ("ran", signal.SIGINT, 0)
+    assert count.read_text() == "1"
+
+
 def test_stop_while_waiting_for_the_lock(engine_name, tmp_path, root, spawn):
     release = tmp_path / "release"
     holder_agent = spawn(engine_name, "A", hold_until(release))
