@@ -60,6 +60,7 @@ from .engine import (
     open_log,
     ran_result,
     supervise,
+    timeout_message,
 )
 from .lockfile import (
     CorruptLockFile,
@@ -419,7 +420,7 @@ class EmbeddedEngine(Engine):
                 holder = self._holder_of(name, attempt.holder)
                 message = held_message(name, holder)
                 if wait:
-                    message = f"timeout after {limit:g}s waiting: {message}"
+                    message = timeout_message(timeout, message)
                 return GuardResult("held", holder=holder, message=message)
             pause = min(backoff(tries), remaining)
             tries += 1

@@ -250,6 +250,11 @@ def held_message(name: str, holder: Optional[Holder]) -> str:
     return f'lock "{name}" held by {describe_holder(holder)} for {int(holder.age_sec)}s'
 
 
+def timeout_message(timeout: Optional[float], message: str) -> str:
+    limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
+    return f"timeout after {limit:g}s waiting: {message}"
+
+
 def frozen_message(name: str, holder: Optional[Holder]) -> str:
     if holder is None:
         return f'lock "{name}" is frozen'
@@ -576,7 +581,7 @@ class LoktEngine(Engine):
             return GuardResult("interrupted", interrupted=forwarded, message="stopped before the command started")
         message = _last_error_line(lokt_message)
         if process.returncode == 2:
-            return self._refused(lock_name, message)
+            return self._refused(lock_name, message, wait, timeout)
         if process.returncode < 0:
             message = f"lokt guard was killed by signal {-process.returncode} before the command started"
         elif not message:
@@ -593,13 +598,19 @@ class LoktEngine(Engine):
             return GuardResult("ran", exit_code=int(outcome["exit_code"]), interrupted=forwarded)
         return ran_result(returncode, forwarded)
 
-    def _refused(self, lock_name: str, message: str) -> GuardResult:
-        """Exit 2 and no sign of the command: held or frozen, said by the files."""
+    def _refused(self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]) -> GuardResult:
+        """Exit 2 and no sign of the command: held or frozen, said by the files.
+
+        With --wait, lokt only gives up with 2 when frozen or timed out.
+        """
         freeze = self.frozen_by(lock_name)
-        if "frozen" in message or (not message and freeze is not None):
-            return GuardResult("frozen", holder=freeze, message=message or frozen_message(lock_name, freeze))
+        if "frozen" in lokt_message or (not lokt_message and freeze is not None):
+            return GuardResult("frozen", holder=freeze, message=frozen_message(lock_name, freeze))
         holder = self.holder(lock_name)
-        return GuardResult("held", holder=holder, message=message or held_message(lock_name, holder))
+        message = held_message(lock_name, holder)
+        if wait:
+            message = timeout_message(timeout, message)
+        return GuardResult("held", holder=holder, message=message)
 
     def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
         """lokt was killed before it could release: remove its lock, ours only."""

@@ -150,6 +150,21 @@ def test_second_agent_is_held_and_told_who_holds(engine_name, tmp_path, root, sp
     assert not lock_file(root).exists()
 
 
+def test_waiting_gives_up_at_the_timeout_and_names_the_holder(engine_name, tmp_path, root, spawn):
+    release = tmp_path / "release"
+    holder_agent = spawn(engine_name, "A", hold_until(release))
+    holder_agent.wait_started()
+
+    result = in_process(engine_name, root, "B").guard(NAME, ["true"], ttl=1, wait=True, timeout=0.5)
+
+    assert result.state == "held"
+    assert result.holder.owner == "tester/A"
+    assert result.message.startswith("timeout after 0.5s waiting: ")
+    assert 'held by tester/A (agent: A)@' in result.message
+    release.touch()
+    assert holder_agent.result()["state"] == "ran"
+
+
 def test_lock_outlives_three_ttls_while_the_command_runs(engine_name, root, spawn):
     holder_agent = spawn(engine_name, "A", ["sleep", "3.5"], ttl=1)
     holder_agent.wait_started()
