@@ -19,7 +19,10 @@ agent and a ``lokt guard`` exclude each other:
 Every step appends lokt's audit event to audit.log.
 
 The lock file's pid is this process (as ``lokt guard`` records itself, not
-the command): the lock lives exactly as long as the agent that holds it.
+the command): the lock lives as long as the agent that holds it. The
+command runs in its own session, so if the agent is killed with SIGKILL the
+command keeps running, no longer locked (the same happens to a command under
+a killed ``lokt guard``).
 
 Stricter than lokt, on purpose:
 - Never re-entrant. lokt lets the same owner overwrite a lock; here a lock
@@ -28,6 +31,12 @@ Stricter than lokt, on purpose:
 - Waiting (``wait=True``) never breaks an expired lock whose holder is alive
   on this host; lokt's ``--wait`` does. A live holder renews its lock, so
   such a lock belongs to a stalled process, not a finished one.
+- A zombie holder (exited, not reaped: containers without an init) is dead.
+- A stale or corrupt file is removed only if it still reads as it did when
+  judged, so an agent never deletes the fresh lock of another that pruned
+  the same file a moment earlier.
+Like lokt, an empty lock file is never broken: if a crash left one behind,
+the name stays held until someone removes the file.
 """
 from __future__ import annotations
 
