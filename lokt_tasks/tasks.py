@@ -44,10 +44,18 @@ COMMON_HELP = {
 def user_errors(body):
     """Turn LoktTasksError into invoke.Exit: one line on stderr and its exit code."""
 
+    command = body.__name__.replace("_", "-")
+
     @functools.wraps(body)
-    def wrapper(c, *args, **kwargs):
+    def wrapper(c, task, *args, **kwargs):
+        # invoke hands an unfilled positional the next word, even "--help".
+        if task in ("-h", "--help"):
+            print(f"usage: invoke {command} TASK [options]\n\n  {body.__doc__}\n\n'invoke --help {command}' lists the options.")
+            return
         try:
-            return body(c, *args, **kwargs)
+            if task.startswith("-"):
+                raise UsageError(f"{command}: expected a task name before {task!r}; see 'invoke --help {command}'")
+            return body(c, task, *args, **kwargs)
         except LoktTasksError as error:
             raise Exit(f"lokt-tasks: error: {error}", code=error.exit_code) from None
 
@@ -80,8 +88,6 @@ def _setup(
     With ``pin``, a ``timings`` task plans from the timings pinned for this
     run (see durations.pin_durations); ``plan`` shows the file as it is now.
     """
-    if task_name.startswith("-"):
-        raise UsageError(f"expected a task name, got {task_name!r}; see 'invoke --help <command>'")
     path = Path(config) if config else find_config(Path.cwd())
     loaded = load_config(path)
     task_config = get_task(loaded, task_name)
