@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Collection, Iterator, List, Optional, Sequence
+from dataclasses import replace
+from typing import Callable, Collection, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .engine import StopRequest
 from .plan import Plan, Shard
 from .results import Record
 from .run import RunSettings, ShardOutcome, run_shard
+from .verdict import holder_is_live
 
 #: Called as on_change(shard, state, outcome_or_None) when a shard starts
 #: ("running") or ends (its outcome state). Called from worker threads.
 OnChange = Callable[[Shard, str, Optional[ShardOutcome]], None]
+
+#: Queue mode looks again at shards held by other agents after this many
+#: seconds, doubling up to QUEUE_POLL_MAX: a dead holder's shard is picked
+#: up within about a second, and polling costs only a few file reads.
+QUEUE_POLL_START = 0.1
+QUEUE_POLL_MAX = 1.0
 
 
 def longest_first(shards: Sequence[Shard]) -> List[Shard]:
@@ -74,32 +83,99 @@ def run_queue(
     on_change: OnChange,
     finished: Callable[[Shard], bool],
     to_log: bool = False,
+    patience: Optional[float] = None,
+    on_wait: Optional[Callable[[List[Shard]], None]] = None,
 ) -> List[ShardOutcome]:
     """Queue mode (``--id next``): claim and run unfinished shards until none is left.
 
     ``finished(shard)`` tells from the records whether a shard already has a
-    final outcome under this plan. A shard held by a live agent is left to
-    it; a crashed agent's shard becomes claimable once its holder is dead or
-    its TTL has passed, because the engine then prunes the lock.
+    final outcome (passed or failed) under this plan. Every time the agent
+    looks for work it goes through all unfinished shards again, longest
+    first, and claims the first one nobody holds:
+
+    - A shard held by a live agent (see verdict.holder_is_live) is left to
+      it for now. It is looked at again on every later pass, so when its
+      holder dies the shard is claimable again: the engine prunes a dead
+      holder's lock (and an expired one from another host), and the
+      recorder runs the shard because its record has no final outcome.
+    - A frozen shard is left alone and not waited for.
+    - A shard this agent already ran is not run by it again, whatever came
+      of it: a failure is final, and a shard whose recorder died ("lost")
+      or that was stopped by a signal is left to another agent or a rerun,
+      so that one agent never loops on a shard that cannot finish.
+
+    When nothing is claimable but other agents still hold unfinished shards,
+    the agent waits and looks again (every 0.1 s at first, backing off to
+    1 s) instead of leaving: as long as one queue agent is alive, a crashed
+    agent's shard is run again. It waits at most ``patience`` seconds in a
+    row (None: until those shards finish); ``on_wait`` is told which shards
+    it waits for whenever that list changes. The check for "already done"
+    is made again by the recorder inside the lock, so two agents racing for
+    a shard never both run it. Returns the outcomes of the shards this agent
+    ran, in the order it ran them; an engine error ends the queue.
     """
+    settings = replace(settings, wait=False)  # the queue waits itself, never on one lock
     outcomes: List[ShardOutcome] = []
-    passed_over = set()
+    ran_here: Set[int] = set()
+    pause = QUEUE_POLL_START
+    deadline: Optional[float] = None
+    announced: List[Shard] = []
     while not stop.is_set():
-        candidates = [s for s in longest_first(plan.shards) if s.index not in passed_over and not finished(s)]
-        if not candidates:
+        outcome, held = _claim_next(plan, settings, ran_here, stop=stop, on_change=on_change, finished=finished, to_log=to_log)
+        if outcome is not None:
+            outcomes.append(outcome)
+            ran_here.add(outcome.shard.index)
+            if outcome.state == "error":
+                break
+            pause, deadline, announced = QUEUE_POLL_START, None, []
+            continue
+        if not held:
             break
-        shard = candidates[0]
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + patience if patience is not None else None
+        if deadline is not None and now >= deadline:
+            break
+        if on_wait is not None and held != announced:
+            on_wait(held)
+            announced = held
+        if stop.wait(pause if deadline is None else min(pause, deadline - now)):
+            break
+        pause = min(pause * 2, QUEUE_POLL_MAX)
+    return outcomes
+
+
+def _claim_next(
+    plan: Plan,
+    settings: RunSettings,
+    ran_here: Set[int],
+    *,
+    stop: StopRequest,
+    on_change: OnChange,
+    finished: Callable[[Shard], bool],
+    to_log: bool,
+) -> Tuple[Optional[ShardOutcome], List[Shard]]:
+    """One pass over the unfinished shards: the outcome of the first one this
+    agent ran (None if none), and the shards other live agents hold."""
+    held: List[Shard] = []
+    for shard in longest_first(plan.shards):
+        if stop.is_set():
+            break
+        if shard.index in ran_here or finished(shard):
+            continue
+        if settings.engine.frozen(shard.lock_name):
+            continue
+        if holder_is_live(settings.engine.holder(shard.lock_name)):
+            held.append(shard)  # looked at without trying: no deny line, no process
+            continue
         on_change(shard, "running", None)
         outcome = run_shard(shard, settings, to_log=to_log, skip=("passed", "failed"), stop=stop)
         on_change(shard, outcome.state, outcome)
-        if outcome.ran or outcome.state == "lost":
-            outcomes.append(outcome)
-        elif outcome.state in ("held", "frozen", "done"):
-            passed_over.add(shard.index)
-        else:
-            outcomes.append(outcome)
-            break
-    return outcomes
+        if outcome.state == "held":
+            held.append(shard)  # another agent took it between our look and our try
+        elif outcome.state not in ("frozen", "done"):
+            return outcome, held
+    return None, held
 
 
 def is_finished(record: object, shard: Shard) -> bool:

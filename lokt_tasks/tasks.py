@@ -23,13 +23,13 @@ from .ci import shard_from_env, touch_bazel_status_file
 from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
 from .durations import pin_durations
-from .engine import StopRequest, find_lock_root, make_identity, select_engine
+from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity, select_engine
 from .errors import LoktTasksError, UsageError
 from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
 from .run import RunSettings, ShardOutcome, run_shard
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
-from .verdict import Verdict, judge_live, render_table, tail, verdict_to_json, verdict_to_junit
+from .verdict import Verdict, holder_is_live, judge_live, render_table, tail, verdict_to_json, verdict_to_junit
 
 COMMON_HELP = {
     "config": "Path of shards.toml (default: found by walking up from the current directory).",
@@ -169,8 +169,8 @@ def plan(c, task, json=False, shards=None, config=None):
         "engine": COMMON_HELP["engine"],
         "run": COMMON_HELP["run"],
         "shards": COMMON_HELP["shards"],
-        "wait": "Wait for the shard's lock instead of giving up when another agent holds it.",
-        "timeout": "With --wait: how long to wait, as a duration with a unit (default 10m).",
+        "wait": "Wait for the shard's lock instead of giving up when another agent holds it (--id next always waits).",
+        "timeout": "With --wait, or with --id next for shards other agents hold: how long to wait, as a duration with a unit (default 10m; 0s: do not wait).",
         "log": "Write the command's output to the shard's log file instead of the terminal.",
         "config": COMMON_HELP["config"],
         "results": COMMON_HELP["results"],
@@ -196,7 +196,7 @@ def shard(c, task, id=None, total=None, agent=None, engine=None, run=None, shard
     console.note(f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}")
     stop = StopRequest()
     if index is None:
-        _shard_queue(setup, settings, console, stop, to_log=log)
+        _shard_queue(setup, settings, console, stop, to_log=log, patience=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout)
         return
     count = len(setup.plan.shards)
     if not 1 <= index <= count:
@@ -215,7 +215,15 @@ def _shard_id(raw: str) -> int:
         raise UsageError(f"--id must be a shard number, 'next' or 'auto', got {raw!r}") from None
 
 
-def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: StopRequest, *, to_log: bool) -> None:
+def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: StopRequest, *, to_log: bool, patience: float) -> None:
+    """Run shards until every one is finished (see schedule.run_queue), then
+    say how many this agent ran and which shards, if any, are left to others.
+
+    Exit codes: 0 when every shard this agent ran passed (also when it ran
+    none), 3 when one failed, 4 when one ended without a final record (its
+    recorder died) or was stopped by a signal sent to it alone, 6 on an engine
+    error, 130/143 when this agent was interrupted.
+    """
     def finished(shard) -> bool:
         return is_finished(setup.store.read(shard.task, setup.run_key, shard.index), shard)
 
@@ -225,16 +233,45 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
         else:
             console.say(f"{shard.lock_name}: {console.paint(state, state)}{_outcome_detail(outcome)}")
 
+    def on_wait(held):
+        console.note(f"queue: waiting for {_held_list(held, settings.engine)}")
+
     with stop_on_signals(stop):
-        outcomes = run_queue(setup.plan, settings, stop=stop, on_change=on_change, finished=finished, to_log=to_log)
+        outcomes = run_queue(
+            setup.plan, settings, stop=stop, on_change=on_change, finished=finished,
+            to_log=to_log, patience=patience, on_wait=on_wait,
+        )
     if stop.is_set():
         raise Exit("lokt-tasks: interrupted", code=128 + (stop.signum or signal.SIGINT))
-    ran = [o for o in outcomes if o.ran]
-    console.say(f"queue: this agent ran {len(ran)} shard{'s' if len(ran) != 1 else ''}; nothing left to claim")
+    ran = [o for o in outcomes if o.ran or o.state == "lost"]
+    tally = ", ".join(f"{sum(o.state == state for o in ran)} {state}" for state in ("passed", "failed", "interrupted", "lost") if any(o.state == state for o in ran))
+    summary = f"queue: agent {settings.identity.agent} ran {len(ran)} shard{'s' if len(ran) != 1 else ''}" + (f" ({tally})" if tally else "")
+    left = [s for s in setup.plan.shards if not finished(s)]
+    if not left:
+        console.say(f"{summary}; every shard is finished")
+    else:
+        console.say(f"{summary}; {len(left)} shard{'s are' if len(left) != 1 else ' is'} not finished: {_held_list(left, settings.engine)}")
     if any(o.state == "error" for o in outcomes):
         raise Exit(code=errors.ENGINE)
     if any(o.state == "failed" for o in outcomes):
         raise Exit(code=errors.FAILED)
+    if any(o.state in ("lost", "interrupted") for o in outcomes):
+        raise Exit(code=errors.INCOMPLETE)
+
+
+def _held_list(shards, engine) -> str:
+    """``a-shard-1 (held by agent x), a-shard-2 (frozen)``: who has each shard."""
+    described = []
+    for shard in shards:
+        frozen = engine.frozen_by(shard.lock_name)
+        holder = engine.holder(shard.lock_name)
+        if frozen is not None:
+            described.append(f"{shard.lock_name} (frozen by {frozen.owner})")
+        elif holder_is_live(holder):
+            described.append(f"{shard.lock_name} (held by agent {holder.agent_id}, pid {holder.pid} on {holder.host})")
+        else:
+            described.append(shard.lock_name)
+    return ", ".join(described)
 
 
 def _outcome_detail(outcome: ShardOutcome) -> str:
