@@ -189,7 +189,13 @@ def shard(c, task, id=None, total=None, agent=None, engine=None, run=None, shard
         shards, index = total or shards, None
     else:
         shards, index = total or shards, _shard_id(id)
-    setup = _setup(task, config=config, shards=shards, run=run, results=results)
+    try:
+        setup = _setup(task, config=config, shards=shards, run=run, results=results)
+    except UsageError as error:
+        if id != "auto":
+            raise
+        # The shard count came from the CI, not from the command line: say so.
+        raise UsageError(f"--id auto ({found.provider}, {found.total} shards): {error}") from None
     wait_timeout = parse_duration(timeout) if timeout else None
     settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=wait_timeout)
     console = Console()
