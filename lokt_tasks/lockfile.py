@@ -454,16 +454,26 @@ def _darwin_start_time(pid: int) -> Optional[int]:
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        sysctl = ctypes.CDLL(None, use_errno=True).sysctl
+        sysctl.argtypes = [
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        sysctl.restype = ctypes.c_int
         mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
         size = ctypes.c_size_t(0)
-        if libc.sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
+        if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
             return None
         buffer = ctypes.create_string_buffer(size.value)
-        if libc.sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
+        if sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
             return None
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ctypes.ArgumentError):
         return None
+    # kinfo_proc starts with p_starttime, a timeval of two 64-bit fields.
     seconds, microseconds = struct.unpack_from("<qq", buffer.raw, 0)
     return seconds * 1_000_000_000 + microseconds * 1_000
 
