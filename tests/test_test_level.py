@@ -1,0 +1,129 @@
+"""Test-level sharding: items are pytest node ids from a collect command.
+
+A real pytest suite in a scratch repository (classes, parametrized tests,
+an id with a space), collected with ``pytest --collect-only -q`` and split
+into 3 shards that cut across files. Every collected test must run exactly
+once: once by node id in a log the suite writes itself, and by the counts
+pytest reports, which must add up to those of a plain unsharded run.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from pathlib import Path
+
+from scratch import PYTHON, cli, git
+
+SUITE = {
+    "conftest.py": """\
+import pytest
+
+@pytest.fixture(autouse=True)
+def note_the_run(request):
+    with open(request.config.rootpath / "ran.log", "a") as log:
+        log.write(request.node.nodeid + "\\n")
+""",
+    "tests/test_alpha.py": """\
+import pytest
+
+def test_one():
+    pass
+
+def test_two():
+    pass
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_numbers(n):
+    assert n > 0
+""",
+    "tests/test_beta.py": """\
+import pytest
+
+class TestBeta:
+    def test_first(self):
+        pass
+
+    @pytest.mark.parametrize("word", ["a b", "x-y", "[z]"], ids=["a b", "x-y", "z"])
+    def test_words(self, word):
+        assert word
+""",
+    "tests/test_gamma.py": """\
+import pytest
+
+@pytest.mark.parametrize("left, right", [(1, 1), (2, 2)])
+def test_pairs(left, right):
+    assert left == right
+
+def test_three():
+    pass
+
+def test_four():
+    pass
+""",
+}
+
+SHARDS_TOML = f"""\
+[defaults]
+engine = "embedded"
+ttl = "30s"
+
+[tasks.unit]
+collect = "{PYTHON} -m pytest --collect-only -q -p no:cacheprovider"
+run = "{{python}} -m pytest -q -p no:cacheprovider --junitxml={{junit}} {{items}}"
+shards = 3
+"""
+
+
+def pytest_project(root: Path) -> Path:
+    for name, text in SUITE.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "shards.toml").write_text(SHARDS_TOML)
+    (root / ".gitignore").write_text("ran.log\n__pycache__/\n")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "test@example.com")
+    git(root, "config", "user.name", "test")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "pytest suite")
+    return root
+
+
+def passed_count(output: str) -> int:
+    found = re.search(r"(\d+) passed", output)
+    assert found, output
+    return int(found.group(1))
+
+
+def test_every_collected_test_runs_exactly_once_across_three_shards(tmp_path):
+    project = pytest_project(tmp_path / "p")
+    plain = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stdout
+    collected = (project / "ran.log").read_text().split("\n")[:-1]
+    assert len(collected) == passed_count(plain.stdout) == 14
+    (project / "ran.log").unlink()
+
+    results = tmp_path / "results"
+    sharded = cli(project, "shard-all", "unit", "--results", str(results))
+    assert sharded.returncode == 0, sharded.stdout + sharded.stderr
+
+    assert Counter((project / "ran.log").read_text().split("\n")[:-1]) == Counter(collected)
+    logs = sorted(results.glob("unit/*/shard-*.log"))
+    assert len(logs) == 3
+    assert sum(passed_count(log.read_text()) for log in logs) == 14
+    reports = sorted(results.glob("unit/*/shard-*.junit.xml"))
+    per_shard = [len(list(ElementTree.parse(str(report)).getroot().iter("testcase"))) for report in reports]
+    assert sum(per_shard) == 14 and all(per_shard)
+    files_per_shard = [
+        {case.get("classname").split(".")[1] for case in ElementTree.parse(str(report)).getroot().iter("testcase")}
+        for report in reports
+    ]
+    assert any(len(files) > 1 for files in files_per_shard)  # shards cut across files, not along them
+
+    # The junit reports also gave every node id its own time for split = "timings".
+    timings = json.loads((project / "shard-durations.json").read_text())
+    assert sorted(timings) == sorted(collected)
