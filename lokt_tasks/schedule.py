@@ -184,18 +184,24 @@ def is_finished(record: object, shard: Shard) -> bool:
 
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
-    """Turn SIGINT and SIGTERM into a stop request for the duration of a run.
+    """Turn SIGINT, SIGTERM and SIGHUP into a stop request for the duration of a run.
 
     The handler only records the signal: cleanup (forwarding, releasing
     locks, writing records) happens in the normal flow of the code, so a
     second Ctrl-C during cleanup cannot cut a record or a release in half.
+    SIGHUP (the terminal went away) stops the run as SIGTERM would, so the
+    commands are stopped and their locks released rather than orphaned.
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum, _frame):
+        stop.request(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
-        signal.signal(sig, lambda signum, _frame: stop.request(signum))
+        signal.signal(sig, request)
     try:
         yield stop
     finally:
