@@ -76,12 +76,14 @@ import heapq
 import json
 import math
 import os
+import re
 import shlex
+import stat
 import sys
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .config import (
     MAX_SHARDS,
@@ -309,7 +311,38 @@ def _glob_key(config: Config, pattern: str, exclude: Sequence[str], key: str) ->
         if (config.root / pattern).is_dir():
             hint = f" ('{pattern}' is a directory; for the files below it write '{pattern.rstrip('/')}/**')"
         raise config_error(config.path, key, f"'{pattern}' matches no files{hint}")
-    return [item for item in matched if not is_excluded(item, exclude)]
+    return without_excluded(matched, exclude)
+
+
+def without_excluded(items: Sequence[str], exclude: Sequence[str]) -> List[str]:
+    """``items`` that :func:`is_excluded` keeps, in order.
+
+    Many items share a directory, so the work for the directory part of a
+    path (is a parent excluded, where does each pattern stand after it) is
+    done once per directory; each item then costs one match of its name.
+    """
+    if not exclude:
+        return list(items)
+    patterns = [_CompiledPattern(_segments(pattern)) for pattern in exclude]
+    # For each parent directory: None if it is excluded itself, else what
+    # each pattern needs from the last segment to match the whole path.
+    by_parent: Dict[str, Optional[List[Tuple[_CompiledPattern, Tuple[int, ...]]]]] = {}
+    kept = []
+    for item in items:
+        parent, _, name = item.rpartition("/")
+        if parent not in by_parent:
+            parent_segments = _segments(parent)
+            by_parent[parent] = None if is_excluded(parent, exclude) else [
+                (pattern, pattern.file_positions(pattern.after(parent_segments))) for pattern in patterns
+            ]
+        waiting = by_parent[parent]
+        if waiting is None:
+            continue
+        if name in ("", "."):
+            kept.append(item)  # the path is its parent's, which is not excluded
+        elif not any(pattern.ends_with(positions, name) for pattern, positions in waiting):
+            kept.append(item)
+    return kept
 
 
 def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[str]:
@@ -317,7 +350,10 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
 
     Directories matched by ``exclude`` are not entered, which keeps large
     ignored trees (node_modules, build output) from slowing the walk; the
-    caller still filters files with :func:`is_excluded`.
+    caller still filters files with :func:`is_excluded`. Nor are directories
+    where no file could match: the walk carries, per directory, the places in
+    the pattern its path can have reached (see :class:`_CompiledPattern`),
+    so each file name is matched once instead of its whole path.
     """
     segments = _segments(pattern)
     literal_length = 0
@@ -331,24 +367,128 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     base = root.joinpath(*base_parts) if base_parts else root
     if not os.path.isdir(base):
         return []
-    recursive = "**" in segments
+    compiled = _CompiledPattern(segments)
     enter_hidden = any(segment.startswith(".") for segment in segments)
     found = []
-    for directory, subdirectories, files in os.walk(base):
-        relative_dir = os.path.relpath(directory, root).replace(os.sep, "/")
-        prefix = [] if relative_dir == "." else relative_dir.split("/")
-        if not recursive and len(prefix) >= len(segments) - 1:
-            subdirectories[:] = []
-        subdirectories[:] = sorted(
-            name for name in subdirectories
-            if (enter_hidden or not name.startswith("."))
-            and not is_excluded("/".join(prefix + [name]), exclude)
-        )
-        for name in files:
-            path_segments = prefix + [name]
-            if _match(segments, path_segments) and os.path.isfile(os.path.join(directory, name)):
-                found.append("/".join(path_segments))
+    pending = [(str(base), "/".join(base_parts), compiled.start(literal_length))]
+    while pending:
+        directory, relative_dir, positions = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # unreadable or vanished: skipped, as os.walk does
+        file_positions = compiled.file_positions(positions)
+        for entry in entries:
+            name = entry.name
+            relative = relative_dir + "/" + name if relative_dir else name
+            if _is_dir(entry):
+                # Symlinked directories are not entered (os.walk's default).
+                if entry.is_symlink() or (name.startswith(".") and not enter_hidden):
+                    continue
+                inner = compiled.advance(positions, name)
+                if compiled.can_continue(inner) and not is_excluded(relative, exclude):
+                    pending.append((entry.path, relative, inner))
+            elif file_positions and compiled.ends_with(file_positions, name) and _is_file(entry):
+                found.append(relative)
     return sorted(found)
+
+
+def _is_dir(entry: "os.DirEntry[str]") -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(entry: "os.DirEntry[str]") -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+class _CompiledPattern:
+    """A glob pattern as a small state machine over path segments.
+
+    A state is a set of positions in the pattern's segments: the places a
+    path matched so far could have reached. ``**`` may stay where it is
+    (it matched one more segment) or be passed over (it matched none). This
+    is the same language as :func:`_match`, computed once per directory
+    instead of once per file, with each segment's regular expression
+    compiled once.
+    """
+
+    def __init__(self, segments: Sequence[str]) -> None:
+        self.segments = tuple(segments)
+        self.matchers = tuple(None if segment == "**" else _segment_matcher(segment) for segment in segments)
+        end = len(self.segments)
+        #: only_stars_from[p]: segments p.. are all "**", so a path may end at p.
+        self.only_stars_from = [all(segment == "**" for segment in self.segments[position:]) for position in range(end + 1)]
+
+    def start(self, position: int) -> FrozenSet[int]:
+        return self._pass_stars({position})
+
+    def after(self, path_segments: Sequence[str]) -> FrozenSet[int]:
+        """The positions after matching ``path_segments`` from the start."""
+        positions = self.start(0)
+        for name in path_segments:
+            if not positions:
+                break
+            positions = self.advance(positions, name)
+        return positions
+
+    def advance(self, positions: FrozenSet[int], name: str) -> FrozenSet[int]:
+        """The positions after matching one more segment, ``name``."""
+        reached = set()
+        for position in positions:
+            if position == len(self.segments):
+                continue
+            matcher = self.matchers[position]
+            if matcher is None:
+                if not name.startswith("."):
+                    reached.add(position)
+            elif matcher(name):
+                reached.add(position + 1)
+        return self._pass_stars(reached)
+
+    def can_continue(self, positions: FrozenSet[int]) -> bool:
+        """Whether a longer path could still match (some segment is left)."""
+        return any(position < len(self.segments) for position in positions)
+
+    def file_positions(self, positions: FrozenSet[int]) -> Tuple[int, ...]:
+        """Positions from which one more segment can end the match."""
+        return tuple(
+            position for position in sorted(positions)
+            if position < len(self.segments)
+            and self.only_stars_from[position if self.matchers[position] is None else position + 1]
+        )
+
+    def ends_with(self, file_positions: Tuple[int, ...], name: str) -> bool:
+        """Whether ``name``, as the last segment, completes the match."""
+        for position in file_positions:
+            matcher = self.matchers[position]
+            if (not name.startswith(".")) if matcher is None else matcher(name):
+                return True
+        return False
+
+    def _pass_stars(self, positions: Set[int]) -> FrozenSet[int]:
+        reached = set(positions)
+        pending = list(positions)
+        while pending:
+            position = pending.pop()
+            if position < len(self.segments) and self.segments[position] == "**" and position + 1 not in reached:
+                reached.add(position + 1)
+                pending.append(position + 1)
+        return frozenset(reached)
+
+
+def _segment_matcher(segment: str) -> Callable[[str], bool]:
+    """``_segment_matches(segment, name)`` with the regular expression compiled once."""
+    match = re.compile(fnmatch.translate(segment)).match
+    if segment.startswith("."):
+        return lambda name: match(name) is not None
+    return lambda name: not name.startswith(".") and match(name) is not None
 
 
 def is_excluded(item: str, exclude: Sequence[str]) -> bool:
@@ -554,14 +694,28 @@ def _item_costs(items: Sequence[str], root: Path, durations: Mapping[str, float]
         mean = math.fsum(known.values()) / len(known)
         return {item: known.get(item, mean) for item in items}, "seconds"
     sizes = {}
+    root_text = str(root)
     for item in items:
-        path = root / item
-        if os.path.isfile(path):
-            sizes[item] = float(os.stat(path).st_size)
+        size = _file_size(root, root_text, item)
+        if size is not None:
+            sizes[item] = size
     if sizes:
         mean = math.fsum(sizes.values()) / len(sizes)
         return {item: sizes.get(item, mean) for item in items}, "bytes"
     return {item: 1.0 for item in items}, "items"
+
+
+def _file_size(root: Path, root_text: str, item: str) -> Optional[float]:
+    """Size in bytes of the regular file ``item`` names below ``root`` (symlinks followed), else None."""
+    if item.endswith(("/", "/.")):
+        path = str(root / item)  # pathlib drops the trailing part: "a.py/" is the file a.py
+    else:
+        path = os.path.join(root_text, item)  # the same path as root / item, without pathlib's cost
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return float(status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
 def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> PlanStats:
