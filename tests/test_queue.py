@@ -19,9 +19,20 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 from lokt_tasks import errors
-from scratch import FAIL, PASS, WAIT, checks, git, make_project, open_gate, ran, start_cli, states, verdict, wait_for
+from scratch import FAIL, PYTHON, WAIT, checks, git, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 
 SHORT_WORK = "time.sleep({seconds}); sys.exit(0)"
+
+
+def queue_project(root: Path, suite: Dict[str, str], shards) -> Path:
+    """A scratch project with one check per shard, run without the runner
+    script: one process less per shard keeps many-shard tests quick."""
+    project = make_project(root, suite)
+    toml = project / "shards.toml"
+    text = toml.read_text().replace(f"{PYTHON} run_checks.py {{items}}", f"{PYTHON} {{items}}")
+    toml.write_text(text.replace("shards = 3", f"shards = {shards}"))
+    git(project, "commit", "-qam", "one check per shard")
+    return project
 
 
 def names(count: int) -> List[str]:
@@ -91,7 +102,7 @@ def kill_agent_and_its_commands(agent: subprocess.Popen) -> None:
 
 def test_three_agents_started_apart_run_each_of_twelve_shards_exactly_once(tmp_path):
     suite = {name: SHORT_WORK.format(seconds=0.2 + 0.1 * (n % 3)) for n, name in enumerate(names(12))}
-    project = make_project(tmp_path / "p", suite, shards=12)
+    project = queue_project(tmp_path / "p", suite, 12)
     agents = {}
     for name, delay in (("ann", 0.0), ("bob", 0.3), ("cy", 0.5)):
         time.sleep(delay)
@@ -122,7 +133,7 @@ def test_three_agents_started_apart_run_each_of_twelve_shards_exactly_once(tmp_p
 def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_killed(tmp_path):
     suite = checks(names(4))
     suite["check_01.py"] = WAIT  # shard 1: its first agent is killed inside it
-    project = make_project(tmp_path / "p", suite, shards=4)
+    project = queue_project(tmp_path / "p", suite, 4)
     doomed = start_cli(project, "shard", "checks", "--id", "next", "--agent", "doomed")
     survivors = []
     try:
@@ -150,7 +161,7 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
 def test_an_agent_that_may_not_wait_leaves_a_held_shard_and_says_so(tmp_path):
     suite = checks(names(3))
     suite["check_01.py"] = WAIT
-    project = make_project(tmp_path / "p", suite, shards=3)
+    project = queue_project(tmp_path / "p", suite, 3)
     holder = start_cli(project, "shard", "checks", "--id", "1", "--agent", "ann")
     try:
         wait_for(lambda: "check_01.py" in ran(project))
@@ -169,10 +180,7 @@ def test_an_agent_that_may_not_wait_leaves_a_held_shard_and_says_so(tmp_path):
 def test_twenty_per_item_shards_over_two_agents_each_run_once_and_a_failure_exits_3(tmp_path):
     suite = checks(names(20))
     suite["check_07.py"] = FAIL
-    project = make_project(tmp_path / "p", suite, extra_toml="")
-    toml = project / "shards.toml"
-    toml.write_text(toml.read_text().replace("shards = 3", 'shards = "per-item"'))
-    git(project, "commit", "-qam", "per-item")
+    project = queue_project(tmp_path / "p", suite, '"per-item"')
     agents = {name: start_cli(project, "shard", "checks", "--id", "next", "--agent", name) for name in ("ann", "bob")}
     outputs = {name: finish(agent) for name, agent in agents.items()}
 
@@ -185,3 +193,33 @@ def test_twenty_per_item_shards_over_two_agents_each_run_once_and_a_failure_exit
     report = verdict(project)
     assert report["verdict"] == "failed"
     assert [row["shard"] for row in report["shards"] if row["state"] != "passed"] == [7]
+
+
+def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_next_one(tmp_path):
+    suite = checks(names(2))
+    suite["check_01.py"] = WAIT
+    project = queue_project(tmp_path / "p", suite, 2)
+    agent = start_cli(project, "shard", "checks", "--id", "next", "--agent", "ann")
+    try:
+        wait_for(lambda: "check_01.py" in ran(project))
+        recorder = wait_for(lambda: [pid for pid in descendants(agent.pid) if b"lokt_tasks.recorder" in _cmdline(pid)])
+        os.killpg(os.getpgid(recorder[0]), signal.SIGKILL)  # the recorder and its command, not the agent
+        output = finish(agent)
+    finally:
+        if agent.poll() is None:
+            kill_agent_and_its_commands(agent)
+    assert agent.returncode == errors.INCOMPLETE, output
+    assert "ran 2 shards (1 passed, 1 lost)" in output
+    assert states(verdict(project)) == ["crashed", "passed"]
+
+    open_gate(project, "check_01.py")
+    again = start_cli(project, "shard", "checks", "--id", "next", "--agent", "bob")
+    output = finish(again)
+    assert again.returncode == 0 and ran_count(output) == 1, output
+    assert Counter(ran(project)) == Counter(names(2) + ["check_01.py"])
+    assert verdict(project)["verdict"] == "passed"
+
+
+def _cmdline(pid: int) -> bytes:
+    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True)
+    return result.stdout
