@@ -15,7 +15,7 @@ import sys
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Collection, Optional
+from typing import Collection, Optional, Tuple
 
 from .durations import durations_from_junit, merge_durations
 from .engine import Engine, GuardResult, Identity, StopRequest
@@ -84,8 +84,6 @@ def run_shard(
     start = _start_record(shard, settings, log_path)
 
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
-    if shard.wants_junit and junit_path.exists():
-        junit_path.unlink()  # a report left by an earlier attempt must not be read as ours
     argv = [sys.executable, "-m", "lokt_tasks.recorder", str(record_path), json.dumps(asdict(start))]
     if skip:
         argv += ["--skip", ",".join(skip)]
@@ -94,6 +92,7 @@ def run_shard(
     record_path.parent.mkdir(parents=True, exist_ok=True)
     if log_path is not None:
         log_path.write_bytes(b"")
+    report_before = _file_state(junit_path)
     guard = settings.engine.guard(
         shard.lock_name,
         argv,
@@ -113,13 +112,28 @@ def run_shard(
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
     if record.outcome == "running":
         return ShardOutcome(shard, "lost", guard, record)
-    if shard.wants_junit and settings.durations_file is not None and junit_path.exists():
+    if shard.wants_junit and settings.durations_file is not None and _file_state(junit_path) not in (None, report_before):
         try:
             timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
         except ValueError:
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(settings.durations_file, timings)
     return ShardOutcome(shard, record.outcome, guard, record)
+
+
+def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
+    """Inode, size and mtime of ``path``, or None if it does not exist.
+
+    A JUnit report that is unchanged since before we asked for the lock was
+    left by an earlier attempt and is not read as ours. It is not deleted
+    before the lock is ours either: it may belong to the agent that holds
+    the shard now and has not read it yet.
+    """
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _start_record(shard: Shard, settings: RunSettings, log_path: Optional[Path]) -> Record:
