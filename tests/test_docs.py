@@ -1,0 +1,541 @@
+"""Every shell example in README.md and docs/*.md, run for real.
+
+People copy the first example they find, so each fenced ```bash / ```sh
+block is run as a script (``bash -e -o pipefail``) in a scratch git
+repository holding a tiny pytest suite and a shards.toml (see
+``PYTHON_PROJECT``), with the current interpreter's bin directory first on
+PATH, so ``invoke``, ``lokt-tasks`` and ``python`` are the ones under test.
+A block that shows a failing command captures its exit code itself
+(``code=0; cmd || code=$?``). One pytest test per block, named FILE:LINE
+after the line of its opening fence.
+
+A block may be preceded by marks, one HTML comment per line, directly above
+the fence:
+
+    <!-- docs-test: skip (REASON) -->  not run here; reported as skipped with REASON
+    <!-- docs-test: needs TOOL... -->  run only when every TOOL is on PATH
+                                        (e.g. lokt, go); skipped with the reason otherwise
+    <!-- docs-test: setup STATE -->     prepare the scratch project first (see SETUPS)
+    <!-- docs-test: expect TEXT -->     the block's output must contain TEXT
+
+Besides running blocks, two checks read every fenced block and inline code
+span (any language): no ``lokt guard`` invocation puts a flag after the
+lock name or gives a duration without a unit, and every ```toml example
+loads as a shards.toml.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from lokt_tasks.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHELL_LANGUAGES = ("bash", "sh", "shell")
+MARK = re.compile(r"^\s*<!--\s*docs-test:\s*(\w[\w-]*)\s*(.*?)\s*-->\s*$")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
+BLOCK_TIMEOUT = 120.0
+
+SETUPS = {
+    "fail-shard-2": "the first run of shard 2 of task test fails (tests/test_models.py), later runs pass, as after a fix",
+    "busy-shard-1": "agent-1 is running shard 1 of task test, holding test-shard-1, until the block ends",
+    "crashed-shard-1": "agent-1 was killed (its whole process tree, SIGKILL) in the middle of shard 1; agents 2 and 3 passed shards 2 and 3",
+    "go-project": "the scratch project is a Go module (internal/, cmd/, pkg/) whose task test has explicit shards",
+}
+
+# The scratch projects. Test files are named so that task "test" (3 shards,
+# split by name) puts test_api and test_cli in shard 1, test_db and
+# test_models in shard 2, test_utils and test_views in shard 3.
+PLAIN_TEST = "def test_{name}():\n    assert True\n"
+HELD_TEST = '''\
+import os
+import time
+
+
+def test_{name}():
+    # The docs test holds shard 1 here to play a busy or crashing agent.
+    if os.path.exists("hold-shard-1"):
+        open("shard-1.running", "w").close()
+    while os.path.exists("hold-shard-1"):
+        time.sleep(0.05)
+'''
+FAIL_ONCE_TEST = '''\
+import os
+
+
+def test_{name}():
+    # Fails once when the docs test asks for it, like a test that is then fixed.
+    if os.path.exists("fail-shard-2"):
+        os.remove("fail-shard-2")
+        raise AssertionError("failed on purpose")
+'''
+PYTHON_PROJECT = {
+    "shards.toml": '''\
+[tasks.test]
+run = "{python} -m pytest -q {items}"
+glob = ["tests/test_*.py"]
+shards = 3
+
+[tasks.cases]
+run = "{python} -m pytest -q {items}"
+collect = "python -m pytest --collect-only -q"
+shards = 4
+
+[tasks.each]
+run = "{python} -m pytest -q {items}"
+glob = ["tests/test_*.py"]
+shards = "per-item"
+''',
+    "tasks.py": "from lokt_tasks.tasks import plan, shard, shard_all, verify  # noqa: F401\n",
+    ".gitignore": "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n",
+    "tests/test_api.py": HELD_TEST.format(name="api"),
+    "tests/test_cli.py": PLAIN_TEST.format(name="cli"),
+    "tests/test_db.py": PLAIN_TEST.format(name="db"),
+    "tests/test_models.py": FAIL_ONCE_TEST.format(name="models"),
+    "tests/test_utils.py": PLAIN_TEST.format(name="utils"),
+    "tests/test_views.py": PLAIN_TEST.format(name="views"),
+}
+
+
+def go_tests(package: str) -> str:
+    names = ("Open", "Get", "Put", "Delete", "List", "Close")
+    return f'package {package}\n\nimport "testing"\n' + "".join(f"\nfunc Test{name}(t *testing.T) {{}}\n" for name in names)
+
+
+GO_PROJECT = {
+    "go.mod": "module example.com/shop\n\ngo 1.18\n",
+    "internal/store/store_test.go": go_tests("store"),
+    "cmd/shop/main.go": "package main\n\nfunc main() {}\n",
+    "cmd/shop/main_test.go": go_tests("main"),
+    "pkg/money/money_test.go": go_tests("money"),
+    "shards.toml": '''\
+[tasks.test]
+run = "go test {items}"
+[[tasks.test.shard]]
+items = ["./internal/..."]
+[[tasks.test.shard]]
+items = ["./cmd/..."]
+[[tasks.test.shard]]
+items = ["./pkg/..."]
+
+[tasks.unit]
+run = "go test -run '^({items:|})$' ./internal/store"
+collect = """sh -c "go test -list '^Test' ./internal/store | grep '^Test'" """
+shards = 3
+''',
+    "tasks.py": PYTHON_PROJECT["tasks.py"],
+    ".gitignore": "shard-results/\n",
+}
+
+
+@dataclass
+class Block:
+    """A fenced block of a Markdown file and the marks right above it."""
+
+    path: Path
+    line: int
+    language: str
+    text: str
+    marks: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.relative_to(REPO).as_posix()}:{self.line}"
+
+    def marked(self, word: str) -> List[str]:
+        return [argument for mark, argument in self.marks if mark == word]
+
+
+def fenced_blocks(path: Path) -> List[Block]:
+    """Every fenced block of a Markdown file, with its docs-test marks."""
+    blocks: List[Block] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if not opening:
+            index += 1
+            continue
+        indent, fence, language = opening.groups()
+        marks = []
+        above = index - 1
+        while above >= 0 and MARK.match(lines[above]):
+            found = MARK.match(lines[above])
+            marks.insert(0, (found.group(1), found.group(2)))
+            above -= 1
+        first_line = index + 1
+        body = []
+        index += 1
+        while index < len(lines) and not lines[index].strip().startswith(fence):
+            body.append(lines[index][len(indent):] if lines[index].startswith(indent) else lines[index])
+            index += 1
+        blocks.append(Block(path, first_line, language.lower(), "\n".join(body) + "\n", marks))
+        index += 1
+    return blocks
+
+
+def all_blocks() -> List[Block]:
+    return [block for path in DOCS for block in fenced_blocks(path)]
+
+
+def inline_code(path: Path) -> Iterator[Tuple[int, str]]:
+    """Inline code spans outside fenced blocks, with their line numbers."""
+    inside = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if FENCE.match(line):
+            inside = not inside
+            continue
+        if not inside:
+            for span in re.findall(r"`([^`]+)`", line):
+                yield number, span
+
+
+# --- the scratch project --------------------------------------------------
+
+
+def block_env() -> Dict[str, str]:
+    """The environment of a block: ours, minus anything that would pick a
+    shard, a run key or a lock root for it; the interpreter's bin first."""
+    dropped = ("LOKT_", "CI_NODE", "CIRCLE_", "BUILDKITE_", "TEST_SHARD", "TEST_TOTAL", "GITHUB_", "GITLAB_")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def write_project(root: Path, files: Dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    git = ["git", "-c", "user.name=docs", "-c", "user.email=docs@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch project"]):
+        subprocess.run(git + command, cwd=root, check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory) -> Dict[str, Path]:
+    """The scratch projects, made once and copied for each block."""
+    base = tmp_path_factory.mktemp("docs-projects")
+    made = {"python": write_project(base / "python", PYTHON_PROJECT)}
+    made["go"] = write_project(base / "go", GO_PROJECT)
+    return made
+
+
+def process_tree(roots: List[int]) -> List[int]:
+    """``roots`` and all their descendants now alive (POSIX ps: Linux and macOS)."""
+    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "pgid="], capture_output=True, text=True).stdout
+    rows = [tuple(int(n) for n in line.split()) for line in listing.splitlines() if line.strip()]
+    found = list(roots)
+    for pid in found:
+        found.extend(child for child, parent, _ in rows if parent == pid and child not in found)
+    return found
+
+
+def group_members(pgid: int) -> List[int]:
+    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "pgid="], capture_output=True, text=True).stdout
+    rows = [tuple(int(n) for n in line.split()) for line in listing.splitlines() if line.strip()]
+    return [pid for pid, group in rows if group == pgid]
+
+
+def kill_tree(roots: List[int]) -> None:
+    """SIGKILL ``roots`` and every descendant, including the new sessions
+    that both lock engines start for a shard's command."""
+    for pid in process_tree(roots):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_agent(project: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lokt_tasks", *args],
+        cwd=project,
+        env=block_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(agent: subprocess.Popen, timeout: float = 60) -> str:
+    try:
+        output, _ = agent.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree([agent.pid])
+        output, _ = agent.communicate()
+    return output
+
+
+class Scratch:
+    """A copy of a scratch project, set up for one block, cleaned up after it."""
+
+    def __init__(self, template: Path, root: Path):
+        self.root = root
+        shutil.copytree(template, root, symlinks=True)
+        self.busy: List[subprocess.Popen] = []
+
+    def setup(self, state: str) -> None:
+        if state == "fail-shard-2":
+            (self.root / "fail-shard-2").write_text("")
+        elif state == "busy-shard-1":
+            self.busy.append(self._hold_shard_1())
+        elif state == "crashed-shard-1":
+            agent = self._hold_shard_1()
+            kill_tree([agent.pid])
+            agent.wait()
+            (self.root / "hold-shard-1").unlink()
+            others = [start_agent(self.root, "shard", "test", "--id", str(n), "--agent", f"agent-{n}") for n in (2, 3)]
+            for other in others:
+                output = finish(other)
+                assert other.returncode == 0, output
+        elif state != "go-project":
+            raise AssertionError(f"unknown setup {state!r}; known: {', '.join(SETUPS)}")
+
+    def _hold_shard_1(self) -> subprocess.Popen:
+        (self.root / "hold-shard-1").write_text("")
+        agent = start_agent(self.root, "shard", "test", "--id", "1", "--agent", "agent-1")
+        running = self.root / "shard-1.running"
+        try:
+            wait_until(lambda: running.exists() or agent.poll() is not None, 60, "agent-1 to start shard 1")
+        except AssertionError:
+            kill_tree([agent.pid])
+            raise
+        assert agent.poll() is None, finish(agent)
+        return agent
+
+    def cleanup(self) -> None:
+        hold = self.root / "hold-shard-1"
+        if hold.exists():
+            hold.unlink()
+        for agent in self.busy:
+            finish(agent)
+
+
+def run_block(block: Block, project: Path, script: Path) -> subprocess.CompletedProcess:
+    """Run the block with bash in its own process group; whatever it left
+    running is given a moment to end, then killed."""
+    script.write_text(block.text, encoding="utf-8")
+    process = subprocess.Popen(
+        ["bash", "-e", "-o", "pipefail", str(script)],
+        cwd=project,
+        env=block_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_tree([process.pid, *group_members(process.pid)])
+        output, _ = process.communicate()
+        output += f"\n[docs test: killed after {BLOCK_TIMEOUT:.0f} s]"
+    leftovers = group_members(process.pid)
+    if leftovers:
+        deadline = time.monotonic() + 10
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            leftovers = group_members(process.pid)
+        kill_tree(leftovers)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def shell_blocks() -> List:
+    params = []
+    for block in all_blocks():
+        if block.language not in SHELL_LANGUAGES:
+            continue
+        marks = []
+        for reason in block.marked("skip"):
+            marks.append(pytest.mark.skip(reason=reason.strip("()") or "marked skip"))
+        params.append(pytest.param(block, id=block.name, marks=marks))
+    return params
+
+
+def why_not_run(block: Block) -> Optional[str]:
+    """The reason a block cannot run on this machine, or None."""
+    path = block_env()["PATH"]
+    missing = [tool for words in block.marked("needs") for tool in words.split() if not shutil.which(tool, path=path)]
+    if missing:
+        return f"needs {' and '.join(missing)} on PATH"
+    if not shutil.which("invoke", path=path):
+        return "invoke is not installed beside the interpreter running the tests"
+    return None
+
+
+def execute(block: Block, templates: Dict[str, Path], workdir: Path) -> subprocess.CompletedProcess:
+    """Set up a scratch project for ``block``, run it, clean up."""
+    setups = block.marked("setup")
+    scratch = Scratch(templates["go" if "go-project" in setups else "python"], workdir / "project")
+    try:
+        for state in setups:
+            scratch.setup(state)
+        return run_block(block, scratch.root, workdir / "block.sh")
+    finally:
+        scratch.cleanup()
+
+
+@pytest.fixture(scope="module")
+def block_runs(request, templates, tmp_path_factory) -> Iterator[Dict[str, "Future[subprocess.CompletedProcess]"]]:
+    """Start every selected block that can run here, as many at once as
+    there are CPUs: the blocks spend much of their time starting Python
+    processes, and each has its own scratch project, so they do not meet.
+    Each test then waits for its own block."""
+    selected = [
+        item.callspec.params["block"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_shell_block_runs" and not item.get_closest_marker("skip")
+    ]
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    runs = {}
+    for block in selected:
+        if why_not_run(block) is None:
+            runs[block.name] = pool.submit(execute, block, templates, tmp_path_factory.mktemp("block"))
+    try:
+        yield runs
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("block", shell_blocks())
+def test_shell_block_runs(block: Block, block_runs):
+    reason = why_not_run(block)
+    if reason:
+        pytest.skip(reason)
+    result = block_runs[block.name].result()
+    shown = f"--- {block.name} ---\n{block.text}--- output ---\n{result.stdout}"
+    print(shown)  # shown by pytest -rP, and on failure
+    assert result.returncode == 0, f"exit {result.returncode}\n{shown}"
+    for text in block.marked("expect"):
+        assert text in result.stdout, f"expected {text!r} in the output\n{shown}"
+
+
+def test_every_shell_block_is_run_or_says_why_not():
+    """A shell block is either run, or skipped with a reason written above it."""
+    known = {"skip", "needs", "setup", "expect"}
+    problems = []
+    for block in all_blocks():
+        for word, argument in block.marks:
+            if word not in known:
+                problems.append(f"{block.name}: unknown mark {word!r}")
+            if word == "skip" and not re.fullmatch(r"\(.+\)", argument):
+                problems.append(f"{block.name}: skip needs a reason in parentheses")
+            if word == "setup" and argument not in SETUPS:
+                problems.append(f"{block.name}: unknown setup {argument!r}")
+        if block.marks and block.language not in SHELL_LANGUAGES:
+            problems.append(f"{block.name}: docs-test marks on a {block.language or 'plain'} block")
+    assert not problems, "\n".join(problems)
+
+
+# --- lokt guard invocations -------------------------------------------------
+
+GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+DURATION_FLAGS = ("--ttl", "-ttl", "--timeout", "-timeout")
+
+
+def guard_problems(text: str) -> List[str]:
+    """What is wrong with each ``lokt guard`` invocation in ``text``."""
+    problems = []
+    joined = re.sub(r"\\\n", " ", text)
+    for match in re.finditer(r"\blokt\s+guard\b([^\n;&|]*)", joined):
+        invocation = match.group(0).strip()
+        try:
+            words = shlex.split(match.group(1), comments=True)
+        except ValueError:
+            words = match.group(1).split()
+        name = None
+        position = 0
+        while position < len(words):
+            word = words[position]
+            if word == "--":
+                break
+            flag, _, inline = word.partition("=")
+            if flag in DURATION_FLAGS:
+                value = inline if inline else (words[position + 1] if position + 1 < len(words) else "")
+                if not inline:
+                    position += 1
+                written = re.sub(r"<[^>]*>", "1", value)  # a placeholder such as <N>s in a synopsis
+                if "$" not in value and not GO_DURATION.fullmatch(written):
+                    problems.append(f"{flag} {value!r} has no unit (write 300s or 5m): {invocation}")
+            if word.startswith("-") and name is not None:
+                problems.append(f"flag {word} after the lock name {name!r} (flags go before it): {invocation}")
+            if not word.startswith("-") and name is None:
+                name = word
+            position += 1
+    return problems
+
+
+def test_lokt_guard_examples_put_flags_first_and_give_durations_a_unit():
+    problems = []
+    for path in DOCS:
+        for block in fenced_blocks(path):
+            problems += [f"{block.name}: {p}" for p in guard_problems(block.text)]
+        for line, span in inline_code(path):
+            problems += [f"{path.relative_to(REPO).as_posix()}:{line}: {p}" for p in guard_problems(span)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("lokt guard test-shard-1 --ttl 5m -- go test ./...", "after the lock name"),
+        ("lokt guard --ttl 300 test-shard-1 -- go test ./...", "no unit"),
+        ("lokt guard --wait --timeout=90 test-shard-1 -- make", "no unit"),
+        ("LOKT_OWNER=a lokt guard \\\n  test-shard-1 --wait -- make", "after the lock name"),
+    ],
+)
+def test_the_guard_check_catches_lokts_gotchas(text, complaint):
+    problems = guard_problems(text)
+    assert problems and complaint in problems[0]
+
+
+def test_the_guard_check_accepts_correct_invocations():
+    good = (
+        'LOKT_OWNER="agent-$n" lokt guard --ttl 5m --wait --timeout 1m30s "test-shard-$n" -- go test -run X ./...\n'
+        "lokt guard --ttl=\"$TTL\" test-shard-2 -- python -m pytest -q --maxfail 1 tests/a.py\n"
+    )
+    assert guard_problems(good) == []
+
+
+# --- shards.toml examples ---------------------------------------------------
+
+
+def test_every_toml_example_loads_as_a_shards_toml(tmp_path):
+    problems = []
+    for block in all_blocks():
+        if block.language != "toml":
+            continue
+        config = tmp_path / block.name.replace("/", "_").replace(":", "_") / "shards.toml"
+        config.parent.mkdir()
+        config.write_text(block.text, encoding="utf-8")
+        try:
+            load_config(config)
+        except Exception as error:  # any failure is a broken example
+            problems.append(f"{block.name}: {error}")
+    assert not problems, "\n".join(problems)
