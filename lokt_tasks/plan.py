@@ -199,7 +199,7 @@ def build_plan(
         count = _shard_count(config, task, shards, len(items), warnings)
         costs, unit = _item_costs(items, config.root, durations)
         split = "per-item" if task.per_item and shards is None else task.split
-        groups = _split(items, count, split, config.root, durations, costs)
+        groups = _split(items, count, split, config.root, costs, unit)
 
     total = len(groups)
     built = []
@@ -655,13 +655,14 @@ def _shard_count(config: Config, task: TaskConfig, override: Optional[int], item
     return count
 
 
-def _split(items: List[str], count: int, split: str, root: Path, durations: Mapping[str, float], costs: Mapping[str, float]) -> List[List[str]]:
+def _split(items: List[str], count: int, split: str, root: Path, costs: Mapping[str, float], unit: str) -> List[List[str]]:
     if split == "per-item":
         return [[item] for item in items]
     if split == "name":
         return _contiguous(items, count)
     if split == "size":
-        weights, _ = _item_costs(items, root, {})
+        # Costs not in seconds are already the sizes: no need to stat every file again.
+        weights = costs if unit != "seconds" else _item_costs(items, root, {})[0]
         return _longest_first(items, count, weights)
     return _longest_first(items, count, costs)
 
