@@ -7,7 +7,7 @@ repository holding a tiny pytest suite and a shards.toml (see
 PATH, so ``invoke``, ``lokt-tasks`` and ``python`` are the ones under test.
 A block that shows a failing command captures its exit code itself
 (``code=0; cmd || code=$?``). One pytest test per block, named FILE:LINE
-after the line of its opening fence.
+after the line of its opening fence; the blocks run a few at once.
 
 A block may be preceded by marks, one HTML comment per line, directly above
 the fence:
@@ -227,29 +227,43 @@ def write_project(root: Path, files: Dict[str, str]) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class Templates:
+    """The scratch projects, made once and copied for each block, and the
+    environment blocks run in."""
+
+    python: Path
+    go: Path
+    env: Dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory) -> Dict[str, Path]:
-    """The scratch projects, made once and copied for each block."""
+def templates(tmp_path_factory) -> Templates:
     base = tmp_path_factory.mktemp("docs-projects")
-    made = {"python": write_project(base / "python", PYTHON_PROJECT)}
-    made["go"] = write_project(base / "go", GO_PROJECT)
-    return made
+    return Templates(
+        python=write_project(base / "python", PYTHON_PROJECT),
+        go=write_project(base / "go", GO_PROJECT),
+        env=block_env(),
+    )
 
 
 def process_tree(roots: List[int]) -> List[int]:
-    """``roots`` and all their descendants now alive (POSIX ps: Linux and macOS)."""
-    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "pgid="], capture_output=True, text=True).stdout
-    rows = [tuple(int(n) for n in line.split()) for line in listing.splitlines() if line.strip()]
+    """``roots`` and all their descendants now alive."""
     found = list(roots)
+    rows = ps_rows("ppid")
     for pid in found:
-        found.extend(child for child, parent, _ in rows if parent == pid and child not in found)
+        found.extend(child for child, parent in rows if parent == pid and child not in found)
     return found
 
 
 def group_members(pgid: int) -> List[int]:
-    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "pgid="], capture_output=True, text=True).stdout
-    rows = [tuple(int(n) for n in line.split()) for line in listing.splitlines() if line.strip()]
-    return [pid for pid, group in rows if group == pgid]
+    return [pid for pid, group in ps_rows("pgid") if group == pgid]
+
+
+def ps_rows(column: str) -> List[Tuple[int, int]]:
+    """(pid, COLUMN) of every process, from POSIX ps (Linux and macOS)."""
+    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", f"{column}="], capture_output=True, text=True).stdout
+    return [(int(line.split()[0]), int(line.split()[1])) for line in listing.splitlines() if line.strip()]
 
 
 def kill_tree(roots: List[int]) -> None:
@@ -270,11 +284,11 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def start_agent(project: Path, *args: str) -> subprocess.Popen:
+def start_agent(project: Path, env: Dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lokt_tasks", *args],
         cwd=project,
-        env=block_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -294,8 +308,9 @@ def finish(agent: subprocess.Popen, timeout: float = 60) -> str:
 class Scratch:
     """A copy of a scratch project, set up for one block, cleaned up after it."""
 
-    def __init__(self, template: Path, root: Path):
+    def __init__(self, template: Path, root: Path, env: Dict[str, str]):
         self.root = root
+        self.env = env
         shutil.copytree(template, root, symlinks=True)
         self.busy: List[subprocess.Popen] = []
 
@@ -309,7 +324,7 @@ class Scratch:
             kill_tree([agent.pid])
             agent.wait()
             (self.root / "hold-shard-1").unlink()
-            others = [start_agent(self.root, "shard", "test", "--id", str(n), "--agent", f"agent-{n}") for n in (2, 3)]
+            others = [start_agent(self.root, self.env, "shard", "test", "--id", str(n), "--agent", f"agent-{n}") for n in (2, 3)]
             for other in others:
                 output = finish(other)
                 assert other.returncode == 0, output
@@ -318,7 +333,7 @@ class Scratch:
 
     def _hold_shard_1(self) -> subprocess.Popen:
         (self.root / "hold-shard-1").write_text("")
-        agent = start_agent(self.root, "shard", "test", "--id", "1", "--agent", "agent-1")
+        agent = start_agent(self.root, self.env, "shard", "test", "--id", "1", "--agent", "agent-1")
         running = self.root / "shard-1.running"
         try:
             wait_until(lambda: running.exists() or agent.poll() is not None, 60, "agent-1 to start shard 1")
@@ -336,14 +351,14 @@ class Scratch:
             finish(agent)
 
 
-def run_block(block: Block, project: Path, script: Path) -> subprocess.CompletedProcess:
+def run_block(block: Block, project: Path, script: Path, env: Dict[str, str]) -> subprocess.CompletedProcess:
     """Run the block with bash in its own process group; whatever it left
     running is given a moment to end, then killed."""
     script.write_text(block.text, encoding="utf-8")
     process = subprocess.Popen(
         ["bash", "-e", "-o", "pipefail", str(script)],
         cwd=project,
-        env=block_env(),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -389,30 +404,31 @@ def why_not_run(block: Block) -> Optional[str]:
     return None
 
 
-def execute(block: Block, templates: Dict[str, Path], workdir: Path) -> subprocess.CompletedProcess:
+def execute(block: Block, templates: Templates, workdir: Path) -> subprocess.CompletedProcess:
     """Set up a scratch project for ``block``, run it, clean up."""
     setups = block.marked("setup")
-    scratch = Scratch(templates["go" if "go-project" in setups else "python"], workdir / "project")
+    template = templates.go if "go-project" in setups else templates.python
+    scratch = Scratch(template, workdir / "project", templates.env)
     try:
         for state in setups:
             scratch.setup(state)
-        return run_block(block, scratch.root, workdir / "block.sh")
+        return run_block(block, scratch.root, workdir / "block.sh", templates.env)
     finally:
         scratch.cleanup()
 
 
 @pytest.fixture(scope="module")
 def block_runs(request, templates, tmp_path_factory) -> Iterator[Dict[str, "Future[subprocess.CompletedProcess]"]]:
-    """Start every selected block that can run here, as many at once as
-    there are CPUs: the blocks spend much of their time starting Python
-    processes, and each has its own scratch project, so they do not meet.
-    Each test then waits for its own block."""
+    """Start every selected block that can run here, a few at once (one more
+    than the CPUs, as blocks also wait on their agents). Each block has its
+    own scratch project, lock root and records, so they never meet. Each
+    test then waits for its own block."""
     selected = [
         item.callspec.params["block"]
         for item in request.session.items
         if getattr(item, "originalname", None) == "test_shell_block_runs" and not item.get_closest_marker("skip")
     ]
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
     runs = {}
     for block in selected:
         if why_not_run(block) is None:
