@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 from lokt_tasks import errors
-from scratch import FAIL, PYTHON, WAIT, checks, cli, git, make_project, open_gate, ran, start_cli, states, verdict, wait_for
+from scratch import FAIL, PYTHON, WAIT, checks, cli, git, kill_group, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 
 SHORT_WORK = "time.sleep({seconds}); sys.exit(0)"
 
@@ -90,13 +90,16 @@ def descendants(pid: int) -> Set[int]:
     return found
 
 
-def kill_agent_and_its_commands(agent: subprocess.Popen) -> None:
-    """SIGKILL an agent and every process it started, whatever their group.
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
 
-    The engine runs each shard's command in a session of its own, so killing
-    the agent's process group alone would leave the command running; an
-    agent that dies with everything it started is what "crashed" means here.
-    """
+
+def kill_agent_and_its_commands(agent: subprocess.Popen) -> None:
+    """SIGKILL an agent and every process it started, whatever their group:
+    cleanup that does not wait for a recorder to notice its agent is gone
+    (the engine runs each shard's command in a session of its own)."""
     groups = {agent.pid}
     for pid in descendants(agent.pid):
         try:
@@ -159,7 +162,13 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
         assert ran_count(impatient.stdout) == 0
         assert "checks-shard-1 (held by agent doomed" in impatient.stdout
 
-        kill_agent_and_its_commands(doomed)
+        # kill -9 of the agent's process group, as a CI timeout does: the
+        # recorder (in a session of its own) sees its agent gone and stops
+        # the command. The gate opens only then, so that the orphaned
+        # command cannot pass shard 1 on behalf of a dead agent.
+        orphans = descendants(doomed.pid)
+        kill_group(doomed)
+        wait_for(lambda: not any(is_running(pid) for pid in orphans))
         open_gate(project, "check_01.py")
         outputs = [finish(agent) for agent in survivors]
     finally:
