@@ -19,7 +19,8 @@ Items
     ``tests/fixtures`` and ``tests/fixtures/**`` both drop everything below
     ``tests/fixtures``.
 
-    ``collect``: the command is split with shlex and run without a shell in
+    ``collect``: the command is split with shlex (``{python}`` is the
+    interpreter running lokt-tasks, as in ``run``) and run without a shell in
     the directory of shards.toml; each non-empty output line, stripped, is
     an item (duplicates are dropped). The list ends at the first blank line
     after an item, where runners print their summary (``pytest
@@ -537,7 +538,7 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     command = task.collect or ""
     try:
         completed = subprocess.run(
-            shlex.split(command),
+            [word.replace("{python}", sys.executable) for word in shlex.split(command)],
             cwd=str(config.root),
             stdin=subprocess.DEVNULL,
             capture_output=True,

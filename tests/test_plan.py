@@ -526,3 +526,16 @@ def test_a_pattern_matching_nothing_is_a_config_error_even_when_others_match(tmp
             shards = 1
         """)
     assert str(raised.value).endswith("tasks.test.glob: 'test/*.py' matches no files")
+
+
+def test_collect_expands_python_to_the_running_interpreter(tmp_path):
+    (tmp_path / "shards.toml").write_text(
+        '[tasks.t]\nrun = "echo {items}"\nshards = 2\n'
+        "collect = \"{python} -c 'import sys; print(sys.executable); print(\\\"second\\\")'\"\n"
+    )
+    from lokt_tasks.config import load_config
+    from lokt_tasks.plan import build_plan
+
+    plan = build_plan(load_config(tmp_path / "shards.toml"), "t")
+    items = sorted(item for shard in plan.shards for item in shard.items)
+    assert items == sorted([sys.executable, "second"])
