@@ -136,8 +136,8 @@ def run_and_record(record_path: Path, start: Record, command: List[str], agent: 
         final = _finish(start, returncode, received, time.monotonic() - began)
         write_record(record_path, final)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # once stopped, more signals must not cut our exit short
+            signal.signal(sig, signal.SIG_IGN if received else handler)
     return 128 - returncode if returncode < 0 else returncode
 
 

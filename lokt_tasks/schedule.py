@@ -191,6 +191,11 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     second Ctrl-C during cleanup cannot cut a record or a release in half.
     SIGHUP (the terminal went away) stops the run as SIGTERM would, so the
     commands are stopped and their locks released rather than orphaned.
+    Once a stop was requested, these signals are ignored from then on: the
+    process is already stopping, and one more Ctrl-C while the verdict is
+    printed, or while Python shuts down (which puts back the default
+    handlers), must not end it with a traceback or another exit status.
+    Nothing is started after a stopped run, so no command inherits that.
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -206,4 +211,4 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
         yield stop
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
