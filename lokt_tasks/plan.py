@@ -65,6 +65,8 @@ Commands
     always single arguments, never seen by a shell. An item that starts with
     ``-`` and names an existing path is passed as ``./<item>`` through
     ``{items}``, so the command reads it as a file and not as an option.
+    A shard whose command line the system could not start (over ARG_MAX,
+    with the environment) is a configuration error at plan time.
 
 Estimates and balance are in seconds when the durations file knows any of
 the task's items, else in bytes when items are files, else in items.
@@ -80,6 +82,7 @@ import os
 import re
 import shlex
 import stat
+import struct
 import sys
 import subprocess
 from dataclasses import dataclass
@@ -218,6 +221,8 @@ def build_plan(
             estimate=weight if unit == "seconds" else None,
             weight=weight,
         ))
+        size_key = key_path("tasks", task.name, "shard", index) if task.explicit else key_path("tasks", task.name, "shards")
+        check_command_size(built[-1], config, size_key)
     return Plan(
         task=task.name,
         cwd=config.root,
@@ -280,6 +285,48 @@ def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: i
                 text += JUNIT_PLACEHOLDER
         argv.append(text)
     return tuple(argv)
+
+
+#: Room kept on the command line for what runs in front of the shard's
+#: command: the recorder with its start record, and lokt guard's launcher.
+COMMAND_LINE_HEADROOM = 16 * 1024
+
+
+def check_command_size(shard: Shard, config: Config, key: str) -> None:
+    """Refuse a shard whose command the system could not start.
+
+    exec fails with E2BIG when the arguments and the environment together
+    (each string with its NUL and its pointer) pass ARG_MAX, or, on Linux,
+    when one argument passes 32 pages ({items:SEP} joins every item into
+    one). Said here, before anything runs, it is one clear error rather than
+    a shard that cannot start inside its lock.
+    """
+    try:
+        limit = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        return
+    if limit <= 0:
+        return
+    pointer = struct.calcsize("P")
+    arguments = [len(os.fsencode(arg)) + 1 for arg in shard.argv]
+    size = sum(arguments) + pointer * len(arguments)
+    size += sum(len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items())
+    where = f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
+    if size + COMMAND_LINE_HEADROOM > limit:
+        raise config_error(
+            config.path, key,
+            f"{where} needs a command line of {size:,} bytes with the environment, over this system's limit "
+            f"of {limit - COMMAND_LINE_HEADROOM:,} (ARG_MAX less {COMMAND_LINE_HEADROOM:,} kept for the recorder); "
+            f"use more shards",
+        )
+    if sys.platform.startswith("linux"):
+        one_argument = 32 * os.sysconf("SC_PAGE_SIZE")
+        if max(arguments, default=0) > one_argument:
+            raise config_error(
+                config.path, key,
+                f"{where} has an argument of {max(arguments):,} bytes, over Linux's limit of {one_argument:,} "
+                f"for one argument; use more shards, or {{items}} instead of {{items:SEP}}",
+            )
 
 
 def _as_argument(item: str, root: Path) -> str:
