@@ -473,8 +473,9 @@ def _darwin_start_time(pid: int) -> Optional[int]:
             return None
     except (OSError, AttributeError, ctypes.ArgumentError):
         return None
-    # kinfo_proc starts with p_starttime, a timeval of two 64-bit fields.
-    seconds, microseconds = struct.unpack_from("<qq", buffer.raw, 0)
+    # kinfo_proc starts with p_starttime, a timeval: a 64-bit tv_sec, then a
+    # 32-bit tv_usec and 4 bytes of padding, which lokt does not read either.
+    seconds, microseconds = struct.unpack_from("<qi", buffer.raw, 0)
     return seconds * 1_000_000_000 + microseconds * 1_000
 
 
