@@ -58,6 +58,11 @@ def user_errors(body):
             return body(c, task, *args, **kwargs)
         except LoktTasksError as error:
             raise Exit(f"lokt-tasks: error: {error}", code=error.exit_code) from None
+        except BrokenPipeError:
+            # The reader went away (`verify --json | head`): stop quietly, as
+            # other command-line tools do, without a traceback at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=128 + signal.SIGPIPE) from None
 
     return wrapper
 
