@@ -98,6 +98,19 @@ class AgentWatch:
         return self.start_time is not None and process_start_time(self.pid) != self.start_time
 
 
+def _empty_log(path: str) -> None:
+    """Start the shard's log afresh, now that this attempt holds the lock.
+
+    Not earlier: an agent refused the lock must not wipe the log of the
+    agent that holds it. The engine opened the log for appending, so our
+    output and the command's continue at the new end of the file.
+    """
+    try:
+        os.truncate(path, 0)
+    except OSError:
+        pass
+
+
 def _already_done(record_path: Path, start: Record, skip: List[str]) -> bool:
     """True when this shard already has one of the ``skip`` outcomes under this plan."""
     existing = read_record(record_path)
@@ -121,6 +134,9 @@ def run_and_record(record_path: Path, start: Record, command: List[str], agent: 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         began = time.monotonic()
+        start.started_at = utc_now()  # after any wait for the lock
+        if start.log:
+            _empty_log(start.log)
         write_record(record_path, start)
         try:
             child = subprocess.Popen(command)

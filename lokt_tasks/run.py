@@ -90,8 +90,6 @@ def run_shard(
     argv += ["--", *command]
 
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    if log_path is not None:
-        log_path.write_bytes(b"")
     report_before = _file_state(junit_path)
     guard = settings.engine.guard(
         shard.lock_name,

@@ -185,3 +185,22 @@ def test_plan_json_lists_every_item_once(tmp_path):
     items = [item for shard in plan["shards"] for item in shard["items"]]
     assert sorted(items) == sorted(f"checks/{name}" for name in SIX)
     assert ran(project) == []
+
+
+def test_an_agent_refused_the_lock_leaves_the_holders_log_alone(tmp_path):
+    suite = checks(SIX)
+    suite["check_1.py"] = "print('holder output', flush=True)\n" + WAIT
+    project = make_project(tmp_path / "p", suite)
+    holder = start_cli(project, "shard", "checks", "--id", "1", "--log", "--agent", "alice")
+    try:
+        wait_for(lambda: "check_1.py" in ran(project))
+        log = wait_for(lambda: verdict(project)["shards"][0]["log"])
+        wait_for(lambda: "holder output" in open(log).read())
+        refused = cli(project, "shard", "checks", "--id", "1", "--log", "--agent", "bob")
+        assert refused.returncode == errors.HELD
+        assert "holder output" in open(log).read()
+    finally:
+        open_gate(project, "check_1.py")
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+    assert "holder output" in open(log).read()
