@@ -300,3 +300,29 @@ def test_killing_only_the_agent_stops_its_command_and_the_shard_is_crashed(proje
     assert rerun.returncode == errors.PASSED, rerun.stderr
     assert lock_files(project) == []
     assert states(verdict(project))[0] == "passed"
+
+
+@needs_lokt
+def test_killing_only_lokt_guard_stops_the_command_it_guarded(project):
+    """`lokt guard` killed on its own cannot release its lock, and the next
+    agent prunes the lock of a dead holder: the agent sees its guard die and
+    stops what ran under it, so the command never runs on unlocked beside a
+    rerun."""
+    agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", "lokt")
+    try:
+        wait_for(lambda: "check_1.py" in ran(project))
+        below = descendants(agent.pid)
+        guard = [pid for pid, command in below.items() if command.split()[0].endswith("lokt") and " guard " in command]
+        assert guard, below
+        os.kill(guard[0], signal.SIGKILL)
+        recorder = [pid for pid, command in below.items() if "lokt_tasks.recorder" in command]
+        assert recorder, below
+        wait_for(lambda: not alive(recorder[0]))
+        open_gate(project, "check_1.py")  # a command left running would now pass and go on
+        assert ran(project) == ["check_1.py"]
+        assert states(verdict(project))[0] != "passed"
+    finally:
+        open_gate(project, "check_1.py")
+        agent.wait(timeout=30)
+        wait_for(lambda: not any(alive(pid) for pid in below))
+    rerun_completes(project, "lokt")
