@@ -363,7 +363,10 @@ def isolated_git(tmp_path, monkeypatch):
 
 def git(repo: Path, *args: str) -> str:
     result = subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false", *args],
+        # No background maintenance after a commit: it could touch the index
+        # while a test watches it.
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false",
+         "-c", "maintenance.auto=false", "-c", "gc.auto=0", *args],
         cwd=str(repo),
         check=True,
         stdout=subprocess.PIPE,
