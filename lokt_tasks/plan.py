@@ -738,13 +738,15 @@ def _contiguous(items: List[str], count: int) -> List[List[str]]:
 
 
 def _longest_first(items: List[str], count: int, weights: Mapping[str, float]) -> List[List[str]]:
-    order = sorted(items, key=lambda item: (-weights[item], item))
+    # Heaviest first, ties by name: a stable sort by weight (reverse keeps
+    # the order of equal keys) over the items sorted by name.
+    order = sorted(sorted(items), key=weights.__getitem__, reverse=True)
     loads = [(0.0, 0, index) for index in range(count)]
     groups: List[List[str]] = [[] for _ in range(count)]
     for item in order:
-        load, size, index = heapq.heappop(loads)
+        load, size, index = loads[0]  # the lightest shard
         groups[index].append(item)
-        heapq.heappush(loads, (load + weights[item], size + 1, index))
+        heapq.heapreplace(loads, (load + weights[item], size + 1, index))
     return [sorted(group) for group in groups]
 
 
