@@ -32,7 +32,6 @@ How JUnit test cases map onto items (:func:`durations_from_junit`):
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
@@ -42,6 +41,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
+from .atomic import write_atomically
 from .config import display_path
 from .errors import ConfigError
 
@@ -176,40 +176,11 @@ def _round(seconds: float) -> float:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    directory = path.parent
     try:
-        mode = os.stat(path).st_mode & 0o777
+        mode = os.stat(path).st_mode & 0o777  # keep the committed file's mode
     except FileNotFoundError:
         mode = 0o644
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", errors="surrogateescape") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError as error:
-        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(descriptor)
+    write_atomically(path, text.encode("utf-8", errors="surrogateescape"), mode=mode)
 
 
 # ---------------------------------------------------------------- JUnit

@@ -19,13 +19,13 @@ import re
 import socket
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from .atomic import fsync_directory, write_atomically
 from .errors import UsageError
 
 LOCK_VERSION = 1
@@ -268,21 +268,8 @@ def create_exclusive(path: Path) -> bool:
 
 
 def write_lock(path: Path, lock: LockData) -> None:
-    """Replace the file atomically: temp file, fsync, rename, fsync directory."""
-    fd, temp_name = tempfile.mkstemp(prefix=".lock-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(lock.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    sync_dir(path)
+    """Replace the file atomically, with lokt's temporary name and mode (0600)."""
+    write_atomically(path, lock.to_json().encode("utf-8"), mode=None, prefix=".lock-")
 
 
 def remove_file(path: Path) -> bool:
@@ -291,7 +278,7 @@ def remove_file(path: Path) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    sync_dir(path)
+    fsync_directory(path.parent)
     return True
 
 
@@ -308,20 +295,6 @@ def remove_if_unchanged(path: Path, seen: str) -> bool:
     except OSError:
         return False
     return remove_file(path)
-
-
-def sync_dir(path: Path) -> None:
-    """fsync the directory holding path, so a create/rename/remove survives a crash."""
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # Audit log -------------------------------------------------------------------

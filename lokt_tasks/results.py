@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
+from .atomic import write_atomically
 from .errors import LoktTasksError, UsageError
 
 if TYPE_CHECKING:
@@ -338,19 +339,7 @@ def write_record(path: Path, record: Record) -> Path:
     must exist.
     """
     path = Path(path)
-    text = record_to_json(record).encode("utf-8")
-    fd, temp_name = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(temp_name, str(path))
-    except BaseException:
-        _remove_quietly(temp_name)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, record_to_json(record).encode("utf-8"), mode=0o644)
     return path
 
 
@@ -532,26 +521,6 @@ def _check_place(record: Optional[AnyRecord], path: Path, task: str, run_key: st
         if found != expected:
             return CorruptRecord(str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected))
     return record
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # Some filesystems refuse fsync on directories; the rename still happened.
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --- Run keys ---------------------------------------------------------------

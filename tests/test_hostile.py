@@ -17,7 +17,7 @@ from typing import Dict, List
 import pytest
 
 from lokt_tasks import errors
-from scratch import PASS, checks, cli, git, lock_files, make_project, ran, states
+from scratch import PASS, checks, cli, git, lock_files, make_project, ran
 
 PYTHON = json.dumps(sys.executable)  # a TOML basic string
 
