@@ -11,39 +11,44 @@ Usage: python launcher.py STATE_DIR MERGE_STDERR ARGV...
 (MERGE_STDERR "1": the command's stderr goes to its stdout, i.e. the log.)
 
 It runs as a plain script, without the package on sys.path, so it imports
-nothing but the standard library. SIGINT, SIGTERM and SIGHUP reaching it
-(lokt forwards the first two) are passed on to the command.
+nothing but the standard library; and as it starts once per shard, only the
+modules it cannot do without (not subprocess or json, which cost more than
+the rest of its start-up). SIGINT, SIGTERM and SIGHUP reaching it (lokt
+forwards the first two) are passed on to the command.
 """
-import json
 import os
 import signal
-import subprocess
 import sys
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals Python ignores for itself; the command gets their default back.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class Forwarder:
     """Pass signals to the command; hold them while it is not started yet."""
 
     def __init__(self):
-        self.child = None
+        self.pid = None
+        self.ended = False
         self.pending = []
 
     def __call__(self, signum, frame):
-        if self.child is None:
+        if self.pid is None:
             self.pending.append(signum)
         else:
             self.send(signum)
 
-    def attach(self, child):
-        self.child = child
+    def attach(self, pid):
+        self.pid = pid
         for signum in self.pending:
             self.send(signum)
 
     def send(self, signum):
+        if self.ended:  # reaped: its pid may belong to another process now
+            return
         try:
-            self.child.send_signal(signum)
+            os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -74,22 +79,25 @@ def main(argv):
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forwarder)
     ended = os.path.join(state_dir, "ended")
+    file_actions = [(os.POSIX_SPAWN_DUP2, 1, 2)] if merge_stderr else []
     try:
-        child = subprocess.Popen(command, stderr=subprocess.STDOUT if merge_stderr else None)
+        pid = os.posix_spawnp(command[0], command, os.environ, file_actions=file_actions, setsigdef=RESTORED_SIGNALS)
     except OSError as error:
         code = 127 if isinstance(error, FileNotFoundError) else 126
         reason = "command not found" if code == 127 else error.strerror
         stream = sys.stdout if merge_stderr else sys.stderr
         print(f"lokt-tasks: {command[0]}: {reason}", file=stream, flush=True)
-        write_atomically(ended, json.dumps({"exit_code": code}))
+        write_atomically(ended, '{"exit_code": %d}' % code)
         return code
-    write_atomically(os.path.join(state_dir, "started"), str(child.pid))
-    forwarder.attach(child)
-    returncode = child.wait()
+    write_atomically(os.path.join(state_dir, "started"), str(pid))
+    forwarder.attach(pid)
+    _, status = os.waitpid(pid, 0)
+    forwarder.ended = True
+    returncode = os.waitstatus_to_exitcode(status)
     if returncode >= 0:
-        write_atomically(ended, json.dumps({"exit_code": returncode}))
+        write_atomically(ended, '{"exit_code": %d}' % returncode)
     else:
-        write_atomically(ended, json.dumps({"signal": -returncode}))
+        write_atomically(ended, '{"signal": %d}' % -returncode)
     return end_like(returncode)
 
 

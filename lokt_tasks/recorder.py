@@ -1,6 +1,6 @@
 """The recorder: the process that runs *inside* the lock, around the command.
 
-``python -m lokt_tasks.recorder RECORD_FILE START_JSON [--skip OUTCOMES] -- CMD...``
+``python -I -S .../lokt_tasks/recorder.py RECORD_FILE START_JSON [--skip OUTCOMES] -- CMD...``
 
 Whatever engine holds the lock (``lokt guard`` or the embedded one), it runs
 this process, not the shard command itself. Because the recorder lives inside
@@ -26,53 +26,68 @@ recorder runs nothing, or stops the command it runs (SIGTERM, then SIGKILL
 after a grace period), and writes no final record: the start record stays,
 and ``verify`` calls the shard crashed, as it is.
 
-Keep this module light: it starts once per shard, and its import time is
-part of every shard's overhead.
+Why it stands alone. The recorder starts once per shard, so its start-up
+time is part of every shard's overhead. It therefore runs as a plain script,
+isolated (``-I``: bytecode caches are used whatever ``PYTHON*`` variables
+say) and without site-packages (``-S``), and imports only the few standard
+modules it needs, never ``lokt_tasks``: the package's record and lock
+modules pull in dataclasses, datetime, tempfile, socket and more, which cost
+several times an interpreter's own start. So the recorder handles records as
+plain dicts, in exactly the format of :mod:`lokt_tasks.results` (the start
+record comes from ``dataclasses.asdict``; ``write_record`` and
+``record_from_dict`` define what is written and read back, and
+tests/test_recorder_compat.py holds the two together), and keeps its own
+minimal copies of :func:`lokt_tasks.atomic.write_atomically` and of the
+process checks of :mod:`lokt_tasks.lockfile` (pid alive, zombie, start
+time).
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import List, Optional, Sequence
-
-from .lockfile import is_zombie, pid_alive, process_start_time
-from .results import Record, read_record, signal_name, utc_now, write_record
 
 #: Exit code of the recorder when the shard was already done and nothing ran.
 ALREADY_DONE = 0
 #: Exit code of the recorder when its agent had died (nobody reads it).
 AGENT_GONE = 125
+#: Exit code for a command line the recorder cannot use (EX_USAGE).
+USAGE = 64
 #: How often the recorder checks that its agent still lives.
 WATCH_INTERVAL = 0.1
 #: After the agent died: how long the command gets between SIGTERM and SIGKILL.
 ORPHAN_GRACE = 10.0
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals Python ignores for itself; the command gets their default back.
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+def main(argv: list) -> int:
     try:
-        separator = args.index("--")
+        separator = argv.index("--")
     except ValueError:
-        print("usage: python -m lokt_tasks.recorder RECORD START_JSON [--skip OUTCOMES] -- CMD...", file=sys.stderr)
-        return 64
-    options, command = args[:separator], args[separator + 1 :]
+        print("usage: recorder.py RECORD START_JSON [--skip OUTCOMES] -- CMD...", file=sys.stderr)
+        return USAGE
+    options, command = argv[:separator], argv[separator + 1 :]
     if len(options) < 2 or not command:
         print("recorder: need RECORD, START_JSON and a command", file=sys.stderr)
-        return 64
-    record_path = Path(options[0])
-    start = Record(**json.loads(options[1]))
+        return USAGE
+    record_path = options[0]
+    try:
+        start = json.loads(options[1])
+    except ValueError:
+        start = None
+    if not isinstance(start, dict) or not isinstance(start.get("pid"), int):
+        print("recorder: START_JSON is not a start record", file=sys.stderr)
+        return USAGE
     skip = options[3].split(",") if options[2:3] == ["--skip"] and len(options) > 3 else []
-    agent = AgentWatch(start.pid)
+    agent = AgentWatch(start["pid"])
     if agent.gone():
         return AGENT_GONE
-    if skip and _already_done(record_path, start, skip):
+    if skip and already_done(record_path, start, skip):
         return ALREADY_DONE
     return run_and_record(record_path, start, command, agent)
 
@@ -98,7 +113,113 @@ class AgentWatch:
         return self.start_time is not None and process_start_time(self.pid) != self.start_time
 
 
-def _empty_log(path: str) -> None:
+class Command:
+    """The shard's command as a child process (subprocess costs too much to import).
+
+    A signal sent before the command exists is held and delivered once it
+    does; none is sent after it has been reaped, when its pid may be reused.
+    """
+
+    def __init__(self) -> None:
+        self.pid = None
+        self.returncode = None
+        self.held = []
+
+    def start(self, argv: list) -> None:
+        pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=RESTORED_SIGNALS)
+        self.pid = pid
+        if self.held:
+            self.send(self.held[0])
+
+    def send(self, signum: int) -> None:
+        if self.pid is None:
+            self.held.append(signum)
+        elif self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its return code (-N if killed by signal N); None if still running after ``timeout``."""
+        if timeout is None:
+            return self._reap(0)
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while self._reap(os.WNOHANG) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.05)
+        return self.returncode
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, flags)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def run_and_record(record_path: str, start: dict, command: list, agent: AgentWatch) -> int:
+    received = []
+    child = Command()
+
+    def forward(signum, _frame):
+        received.append(signum)
+        child.send(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        began = time.monotonic()
+        record = dict(start, started_at=utc_now())  # after any wait for the lock
+        if record.get("log"):
+            empty_log(record["log"])
+        write_record(record_path, record)
+        try:
+            child.start(command)
+        except OSError as error:
+            returncode = 127 if isinstance(error, FileNotFoundError) else 126
+            print(f"lokt-tasks: cannot run {command[0]!r}: {error.strerror}", file=sys.stderr, flush=True)
+        else:
+            returncode = wait_watching(child, agent)
+            if returncode is None:
+                return AGENT_GONE
+        write_record(record_path, final_record(record, returncode, received, time.monotonic() - began))
+    finally:
+        for sig, handler in previous.items():  # once stopped, more signals must not cut our exit short
+            signal.signal(sig, signal.SIG_IGN if received else handler)
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def wait_watching(child: Command, agent: AgentWatch) -> int | None:
+    """The command's return code; None if the agent died and the command was stopped."""
+    while True:
+        returncode = child.wait(WATCH_INTERVAL)
+        if returncode is not None:
+            return returncode
+        if agent.gone():
+            stop_orphaned(child)
+            return None
+
+
+def stop_orphaned(child: Command) -> None:
+    """End the command of a dead agent: SIGTERM, SIGKILL after the grace period.
+
+    With the embedded engine the recorder leads its own process group, which
+    holds the command's children too: they are killed with it (and so is the
+    recorder, which has nothing left to write).
+    """
+    child.send(signal.SIGTERM)
+    if child.wait(ORPHAN_GRACE) is None:
+        child.send(signal.SIGKILL)
+        child.wait()
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+
+
+def empty_log(path: str) -> None:
     """Start the shard's log afresh, now that this attempt holds the lock.
 
     Not earlier: an agent refused the lock must not wipe the log of the
@@ -111,99 +232,190 @@ def _empty_log(path: str) -> None:
         pass
 
 
-def _already_done(record_path: Path, start: Record, skip: List[str]) -> bool:
-    """True when this shard already has one of the ``skip`` outcomes under this plan."""
-    existing = read_record(record_path)
-    return (
-        isinstance(existing, Record)
-        and existing.fingerprint == start.fingerprint
-        and existing.outcome in skip
-        and existing.attempt != start.attempt
-    )
+# --- Records, in the format of lokt_tasks.results ---------------------------
+
+#: Record fields that may hold null (the others may not).
+OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 
-def run_and_record(record_path: Path, start: Record, command: List[str], agent: Optional[AgentWatch] = None) -> int:
-    received: List[int] = []
-
-    def forward(signum, _frame):
-        received.append(signum)
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    child = None
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    try:
-        began = time.monotonic()
-        start.started_at = utc_now()  # after any wait for the lock
-        if start.log:
-            _empty_log(start.log)
-        write_record(record_path, start)
-        try:
-            child = subprocess.Popen(command)
-        except OSError as error:
-            returncode = 127 if isinstance(error, FileNotFoundError) else 126
-            print(f"lokt-tasks: cannot run {command[0]!r}: {error.strerror}", file=sys.stderr, flush=True)
-        else:
-            if received:  # a signal came between the start record and the child
-                child.send_signal(received[0])
-            returncode = _wait(child, agent)
-            if returncode is None:
-                return AGENT_GONE
-        final = _finish(start, returncode, received, time.monotonic() - began)
-        write_record(record_path, final)
-    finally:
-        for sig, handler in previous.items():  # once stopped, more signals must not cut our exit short
-            signal.signal(sig, signal.SIG_IGN if received else handler)
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _wait(child: subprocess.Popen, agent: Optional[AgentWatch]) -> Optional[int]:
-    """The command's return code; None if the agent died and the command was stopped."""
-    while True:
-        try:
-            return child.wait(timeout=WATCH_INTERVAL if agent is not None else None)
-        except subprocess.TimeoutExpired:
-            pass
-        if agent is not None and agent.gone():
-            _stop_orphaned(child)
-            return None
-
-
-def _stop_orphaned(child: subprocess.Popen) -> None:
-    """End the command of a dead agent: SIGTERM, SIGKILL after the grace period.
-
-    With the embedded engine the recorder leads its own process group, which
-    holds the command's children too: they are killed with it (and so is the
-    recorder, which has nothing left to write).
-    """
-    child.terminate()
-    try:
-        child.wait(timeout=ORPHAN_GRACE)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-    if os.getpgrp() == os.getpid():
-        os.killpg(os.getpid(), signal.SIGKILL)
-
-
-def _finish(start: Record, returncode: int, received: List[int], duration: float) -> Record:
-    final = Record(**vars(start))
-    final.ended_at = utc_now()
-    final.duration = round(duration, 3)
+def final_record(start: dict, returncode: int, received: list, duration: float) -> dict:
+    final = dict(start, ended_at=utc_now(), duration=round(duration, 3))
     if returncode < 0:
-        final.signal = signal_name(-returncode)
-        final.exit_code = None
+        final["signal"] = signal_name(-returncode)
+        final["exit_code"] = None
     else:
-        final.exit_code = returncode
+        final["exit_code"] = returncode
     if received:
-        final.outcome = "interrupted"
-        final.message = f"stopped by {signal_name(received[0])}"
+        final["outcome"] = "interrupted"
+        final["message"] = f"stopped by {signal_name(received[0])}"
     elif returncode == 0:
-        final.outcome = "passed"
+        final["outcome"] = "passed"
     else:
-        final.outcome = "failed"
+        final["outcome"] = "failed"
     return final
 
 
+def already_done(record_path: str, start: dict, skip: list) -> bool:
+    """True when this shard already has one of the ``skip`` outcomes under this plan.
+
+    A record that cannot be read is not done. The check of its fields is
+    lighter than ``results.read_record``'s (our start record's fields, with
+    the same JSON types, or null where a record may leave them empty); a
+    record that passes here but not there can only be hand-made, and
+    ``verify`` still calls it corrupt, never passed.
+    """
+    try:
+        with open(record_path, "rb") as handle:
+            existing = json.loads(handle.read())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(existing, dict):
+        return False
+    existing.setdefault("attempt", "")  # records from before attempts were kept
+    for name, ours in start.items():
+        theirs = existing.get(name)
+        if theirs is None and name in OPTIONAL_FIELDS:
+            continue
+        if ours is not None and type(theirs) is not type(ours):
+            return False
+    return (
+        existing["version"] == start["version"]
+        and existing["fingerprint"] == start["fingerprint"]
+        and existing["outcome"] in skip
+        and existing["attempt"] != start["attempt"]
+    )
+
+
+def write_record(path: str, record: dict) -> None:
+    """Write ``record`` atomically and durably, as ``results.write_record`` does
+    (through ``atomic.write_atomically``).
+
+    Temp file in the same directory, fsync, rename over the old record,
+    fsync the directory: readers see the old record or the new one, never a
+    mix, and after a machine crash the rename is not lost.
+    """
+    text = json.dumps(record, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    directory, name = os.path.split(path)
+    temp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory or ".")
+
+
+def fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # Some filesystems refuse fsync on directories; the rename still happened.
+    finally:
+        os.close(fd)
+
+
+def utc_now() -> str:
+    """Now as ``results.utc_now`` writes it: ``2024-05-01T12:00:00.123456Z``."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % (nanoseconds // 1000)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9, as ``results.signal_name`` names it."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIG%d" % signum
+
+
+# --- Processes: minimal copies of lokt_tasks.lockfile's checks ---------------
+
+
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0): EPERM still means the process exists."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time as lokt stores it, or None where it cannot be read."""
+    if sys.platform.startswith("linux"):
+        try:
+            return int(linux_stat_fields(pid)[19])
+        except (IndexError, ValueError):
+            return None
+    if sys.platform == "darwin":
+        return darwin_start_time(pid)
+    return None
+
+
+def is_zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped (told on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fields = linux_stat_fields(pid)
+    return bool(fields) and fields[0] in (b"Z", b"X")
+
+
+def linux_stat_fields(pid: int) -> list:
+    """/proc/PID/stat from field 3 on (after the command name); empty if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return []
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def darwin_start_time(pid: int) -> int | None:
+    """kinfo_proc's p_starttime from sysctl, in ns since the epoch."""
+    import ctypes  # macOS only, and only here: it is slow to import
+
+    try:
+        sysctl = ctypes.CDLL(None, use_errno=True).sysctl
+        sysctl.argtypes = [
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        sysctl.restype = ctypes.c_int
+        mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
+        size = ctypes.c_size_t(0)
+        if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
+            return None
+        buffer = ctypes.create_string_buffer(size.value)
+        if sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
+            return None
+    except (OSError, AttributeError, ctypes.ArgumentError):
+        return None
+    # A timeval: 64-bit tv_sec, then 32-bit tv_usec (and padding lokt ignores too).
+    seconds = int.from_bytes(buffer.raw[0:8], "little", signed=True)
+    microseconds = int.from_bytes(buffer.raw[8:12], "little", signed=True)
+    return seconds * 1_000_000_000 + microseconds * 1_000
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -2,9 +2,9 @@
 
 ``shard``, ``shard --id next`` and ``shard-all`` all come through
 :func:`run_shard`, so a shard behaves the same whichever command ran it.
-The records themselves are written by :mod:`lokt_tasks.recorder` inside the
-lock; this layer decides what to ask the engine, then reads the record back
-to learn the truth rather than trusting an exit code.
+The records themselves are written by the recorder (``recorder.py``) inside
+the lock; this layer decides what to ask the engine, then reads the record
+back to learn the truth rather than trusting an exit code.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Collection, Optional, Tuple
+from typing import Collection, List, Optional, Sequence, Tuple
 
 from .durations import durations_from_junit, merge_durations
 from .engine import Engine, GuardResult, Identity, StopRequest
@@ -28,6 +28,10 @@ from .results import Record, RecordStore, utc_now
 #: already passed it (queue mode); "lost" means the recorder died before it
 #: could write the final record (the start record stays: verify says crashed).
 RAN = ("passed", "failed", "interrupted")
+
+#: The recorder script. It starts once per shard, so it runs isolated and
+#: without site-packages (``-I -S``): it needs only the standard library.
+RECORDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recorder.py")
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,7 @@ def run_shard(
     start = _start_record(shard, settings, log_path)
 
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
-    argv = [sys.executable, "-m", "lokt_tasks.recorder", str(record_path), json.dumps(asdict(start))]
-    if skip:
-        argv += ["--skip", ",".join(skip)]
-    argv += ["--", *command]
+    argv = recorder_argv(record_path, start, command, skip)
 
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
@@ -117,6 +118,16 @@ def run_shard(
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(settings.durations_file, timings)
     return ShardOutcome(shard, record.outcome, guard, record)
+
+
+def recorder_argv(record_path: Path, start: Record, command: Sequence[str], skip: Collection[str] = ()) -> List[str]:
+    """The command line that runs ``command`` through the recorder, which
+    writes ``start`` (stamped with the real start time) and the final record
+    to ``record_path``."""
+    argv = [sys.executable or "python3", "-I", "-S", RECORDER, str(record_path), json.dumps(asdict(start))]
+    if skip:
+        argv += ["--skip", ",".join(skip)]
+    return argv + ["--", *command]
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

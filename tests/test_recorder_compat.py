@@ -1,0 +1,205 @@
+"""The recorder script against the record format of lokt_tasks.results.
+
+The recorder stands alone (it imports nothing from lokt_tasks, to start
+fast), so these tests hold the two together: every record it writes must be
+read back by ``results.read_record`` as a valid Record, byte for byte in the
+format ``results`` itself writes. The recorder runs exactly as run_shard
+starts it: ``python -I -S recorder.py``, without the package on sys.path.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lokt_tasks.results import Record, read_record, record_to_json
+from lokt_tasks.run import RECORDER, recorder_argv
+from scratch import wait_for
+
+#: All the recorder may import: the standard library, and ctypes on macOS only.
+STANDARD_MODULES = {"__future__", "ctypes", "json", "os", "signal", "sys", "time"}
+
+
+def start_record(**changes) -> Record:
+    record = Record(
+        task="checks",
+        shard=2,
+        total=3,
+        fingerprint="f" * 16,
+        run_key="local",
+        lock_name="checks-shard-2",
+        agent="ann",
+        owner="me/ann",
+        host="here",
+        pid=os.getpid(),
+        engine="embedded",
+        started_at="2024-05-01T12:00:00.000000Z",
+        items=4,
+        attempt="a" * 32,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def python(code: str):
+    return [sys.executable, "-c", code]
+
+
+def run_recorder(path: Path, command, start: Record = None, skip=()):
+    argv = recorder_argv(path, start or start_record(), command, skip)
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+
+def read_back(path: Path) -> Record:
+    """The record as results reads it, checked to be in results' own format."""
+    record = read_record(path)
+    assert isinstance(record, Record), record
+    assert path.read_text(encoding="utf-8") == record_to_json(record)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert [name for name in os.listdir(path.parent) if name.endswith(".tmp")] == []
+    return record
+
+
+def test_the_recorder_imports_only_standard_modules():
+    tree = ast.parse(Path(RECORDER).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in the recorder"
+            imported.add(node.module.split(".")[0])
+    assert imported <= STANDARD_MODULES
+
+
+def test_it_runs_without_the_package_on_sys_path():
+    probe = subprocess.run(
+        recorder_argv(Path("unused"), start_record(), ["true"])[:3] + ["-c", "import lokt_tasks"],
+        stderr=subprocess.PIPE,
+    )
+    assert probe.returncode != 0 and b"ModuleNotFoundError" in probe.stderr
+
+
+def test_a_passing_command(tmp_path):
+    path = tmp_path / "shard-2.json"
+    result = run_recorder(path, python("pass"))
+    assert result.returncode == 0, result.stderr
+    record = read_back(path)
+    assert (record.outcome, record.exit_code, record.signal, record.message) == ("passed", 0, None, "")
+    assert record.started_at != start_record().started_at  # stamped when the command started
+    assert record.ended_at >= record.started_at and isinstance(record.duration, float)
+    assert dataclasses.replace(record, started_at="", ended_at=None, duration=None, exit_code=None, outcome="running") == dataclasses.replace(
+        start_record(), started_at=""
+    )
+
+
+def test_a_failing_command(tmp_path):
+    path = tmp_path / "shard-2.json"
+    result = run_recorder(path, python("import sys; sys.exit(3)"))
+    assert result.returncode == 3
+    record = read_back(path)
+    assert (record.outcome, record.exit_code, record.signal) == ("failed", 3, None)
+
+
+def test_a_command_killed_by_a_signal(tmp_path):
+    path = tmp_path / "shard-2.json"
+    result = run_recorder(path, python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    assert result.returncode == 128 + signal.SIGKILL
+    record = read_back(path)
+    assert (record.outcome, record.exit_code, record.signal) == ("failed", None, "SIGKILL")
+
+
+def test_a_command_that_cannot_run(tmp_path):
+    path = tmp_path / "shard-2.json"
+    result = run_recorder(path, [str(tmp_path / "no-such-program")])
+    assert result.returncode == 127
+    assert b"cannot run" in result.stderr
+    assert read_back(path).exit_code == 127
+
+
+def test_an_interrupted_command_and_its_start_record(tmp_path):
+    path = tmp_path / "shard-2.json"
+    started = tmp_path / "started"
+    log = tmp_path / "shard-2.log"
+    log.write_text("an earlier attempt's output\n")
+    command = python(f"import time; open({str(started)!r}, 'w').close(); time.sleep(60)")
+    recorder = subprocess.Popen(recorder_argv(path, start_record(log=str(log)), command))
+    try:
+        wait_for(started.exists)
+        running = read_back(path)
+        assert (running.outcome, running.ended_at, running.log) == ("running", None, str(log))
+        assert log.read_text() == ""  # emptied once the lock was ours
+        recorder.send_signal(signal.SIGTERM)
+        assert recorder.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        recorder.kill()
+        recorder.wait()
+    record = read_back(path)
+    assert (record.outcome, record.signal, record.message) == ("interrupted", "SIGTERM", "stopped by SIGTERM")
+    assert record.started_at == running.started_at
+
+
+@pytest.mark.parametrize(
+    "existing, runs",
+    [
+        ("done", False),
+        ("other plan", True),
+        ("same attempt", True),
+        ("garbage", True),
+        ("wrong types", True),
+    ],
+)
+def test_skip_runs_nothing_only_for_a_readable_record_that_is_done(tmp_path, existing, runs):
+    path = tmp_path / "shard-2.json"
+    done = dataclasses.replace(start_record(attempt="b" * 32, log=None), outcome="passed", exit_code=0)
+    text = {
+        "done": record_to_json(done),
+        "other plan": record_to_json(dataclasses.replace(done, fingerprint="0" * 16)),
+        "same attempt": record_to_json(dataclasses.replace(done, attempt=start_record().attempt)),
+        "garbage": '{"outcome": "passed", "finger',
+        "wrong types": record_to_json(done).replace('"shard": 2', '"shard": "2"'),
+    }[existing]
+    path.write_text(text)
+    marker = tmp_path / "ran"
+    log = tmp_path / "shard-2.log"
+    start = start_record(log=str(log))
+    result = run_recorder(path, python(f"open({str(marker)!r}, 'w').close()"), start, skip=("passed", "failed"))
+    assert result.returncode == 0, result.stderr
+    assert marker.exists() == runs
+    if runs:
+        assert read_back(path).outcome == "passed"
+    else:
+        assert path.read_text() == text
+
+
+def test_nothing_runs_when_the_agent_is_already_gone(tmp_path):
+    agent = subprocess.Popen(python("pass"))
+    agent.wait()
+    path = tmp_path / "shard-2.json"
+    marker = tmp_path / "ran"
+    result = run_recorder(path, python(f"open({str(marker)!r}, 'w').close()"), start_record(pid=agent.pid))
+    assert result.returncode == 125
+    assert not marker.exists() and not path.exists()
+
+
+def test_the_command_of_an_agent_that_dies_is_stopped_and_the_start_record_stays(tmp_path):
+    agent = subprocess.Popen(python("import time; time.sleep(60)"))
+    path = tmp_path / "shard-2.json"
+    started = tmp_path / "started"
+    command = python(f"import time; open({str(started)!r}, 'w').close(); time.sleep(60)")
+    recorder = subprocess.Popen(recorder_argv(path, start_record(pid=agent.pid), command))
+    try:
+        wait_for(started.exists)
+        agent.kill()
+        agent.wait()
+        assert recorder.wait(timeout=30) == 125
+    finally:
+        agent.kill()
+        recorder.kill()
+        recorder.wait()
+    assert read_back(path).outcome == "running"
