@@ -68,8 +68,14 @@ Commands
     A shard whose command line the system could not start (over ARG_MAX,
     with the environment) is a configuration error at plan time.
 
-Estimates and balance are in seconds when the durations file knows any of
-the task's items, else in bytes when items are files, else in items.
+Estimates and balance (``PlanStats.unit``) are in seconds when the
+durations file knows any of the task's items, whatever the split: looking
+times up costs nothing per file, and ``shard-all`` starts the shards with the
+largest estimate first. Without timings, a split by name counts items: it
+places items by name alone, so it never reads file sizes (a ``stat`` per
+file would be most of the time a plan of 100,000 files takes). The other
+splits, explicit shards and ``"per-item"`` count bytes when items are files,
+else items.
 """
 from __future__ import annotations
 
@@ -196,20 +202,20 @@ def build_plan(
                 f"a shard count of {shards} cannot change that"
             )
         all_items = sorted({item for group in groups for item in group})
-        costs, unit = _item_costs(all_items, config.root, durations)
         split = "explicit"
+        costs, unit = _item_costs(all_items, config.root, durations, split)
     else:
         items = _collect_items(config, task) if task.collect is not None else _glob_task_items(config, task)
         count = _shard_count(config, task, shards, len(items), warnings)
-        costs, unit = _item_costs(items, config.root, durations)
         split = "per-item" if task.per_item and shards is None else task.split
+        costs, unit = _item_costs(items, config.root, durations, split)
         groups = _split(items, count, split, config.root, costs, unit)
 
     total = len(groups)
     built = []
     for index, group in enumerate(groups, start=1):
         items_tuple = tuple(group)
-        weight = math.fsum([costs[item] for item in items_tuple])
+        weight = math.fsum(map(costs.__getitem__, items_tuple))
         built.append(Shard(
             task=task.name,
             index=index,
@@ -308,7 +314,8 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
     if limit <= 0:
         return
     pointer = struct.calcsize("P")
-    arguments = [len(os.fsencode(arg)) + 1 for arg in shard.argv]
+    # ASCII text is as many bytes as characters in any file system encoding.
+    arguments = [(len(arg) if arg.isascii() else len(os.fsencode(arg))) + 1 for arg in shard.argv]
     size = sum(arguments) + pointer * len(arguments)
     size += sum(len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items())
     where = f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
@@ -374,10 +381,9 @@ def without_excluded(items: Sequence[str], exclude: Sequence[str]) -> List[str]:
     if not exclude:
         return list(items)
     patterns = [_CompiledPattern(_segments(pattern)) for pattern in exclude]
-    # For each parent directory: None if it is excluded itself, else the
-    # patterns that could still match a path in it, with what each needs
-    # from the last segment.
-    by_parent: Dict[str, Optional[List[Tuple[_CompiledPattern, Tuple[int, ...]]]]] = {}
+    # For each parent directory: None if it is excluded itself, else a test
+    # of the last segment for each pattern that could still match a path in it.
+    by_parent: Dict[str, Optional[List[Callable[[str], bool]]]] = {}
     kept = []
     for item in items:
         parent, _, name = item.rpartition("/")
@@ -388,22 +394,22 @@ def without_excluded(items: Sequence[str], exclude: Sequence[str]) -> List[str]:
             continue
         if not waiting or name in ("", "."):
             kept.append(item)  # nothing can match it, or the path is its parent's, not excluded
-        elif not any(pattern.ends_with(positions, name) for pattern, positions in waiting):
+        elif not any(matches(name) for matches in waiting):
             kept.append(item)
     return kept
 
 
 def _patterns_for_parent(
     parent: str, patterns: Sequence["_CompiledPattern"], exclude: Sequence[str]
-) -> Optional[List[Tuple["_CompiledPattern", Tuple[int, ...]]]]:
+) -> Optional[List[Callable[[str], bool]]]:
     if is_excluded(parent, exclude):
         return None
     parent_segments = _segments(parent)
     waiting = []
     for pattern in patterns:
-        positions = pattern.file_positions(pattern.after(parent_segments))
-        if positions:
-            waiting.append((pattern, positions))
+        matches = pattern.file_matcher(pattern.after(parent_segments))
+        if matches is not None:
+            waiting.append(matches)
     return waiting
 
 
@@ -440,7 +446,7 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
                 entries = list(listing)
         except OSError:
             continue  # unreadable or vanished: skipped, as os.walk does
-        file_positions = compiled.file_positions(positions)
+        file_matches = compiled.file_matcher(positions)
         for entry in entries:
             name = entry.name
             if _is_dir(entry):
@@ -451,7 +457,7 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
                 inner = compiled.advance(positions, name)
                 if compiled.can_continue(inner) and not is_excluded(relative, exclude):
                     pending.append((entry.path, relative, inner))
-            elif file_positions and compiled.ends_with(file_positions, name) and _is_file(entry):
+            elif file_matches is not None and file_matches(name) and _is_file(entry):
                 found.append(relative_dir + "/" + name if relative_dir else name)
     return sorted(found)
 
@@ -525,6 +531,19 @@ class _CompiledPattern:
             if position < len(self.segments)
             and self.only_stars_from[position if self.matchers[position] is None else position + 1]
         )
+
+    def file_matcher(self, positions: FrozenSet[int]) -> Optional[Callable[[str], bool]]:
+        """A test of whether a name, as the last segment, completes the match; None if none can.
+
+        It runs once per file name, so when one segment is left to match,
+        that segment's own matcher is the test.
+        """
+        file_positions = self.file_positions(positions)
+        if not file_positions:
+            return None
+        if len(file_positions) == 1 and self.matchers[file_positions[0]] is not None:
+            return self.matchers[file_positions[0]]
+        return lambda name: self.ends_with(file_positions, name)
 
     def ends_with(self, file_positions: Tuple[int, ...], name: str) -> bool:
         """Whether ``name``, as the last segment, completes the match."""
@@ -724,7 +743,7 @@ def _split(items: List[str], count: int, split: str, root: Path, costs: Mapping[
         return _contiguous(items, count)
     if split == "size":
         # Costs not in seconds are already the sizes: no need to stat every file again.
-        weights = costs if unit != "seconds" else _item_costs(items, root, {})[0]
+        weights = costs if unit != "seconds" else _item_costs(items, root, {}, split)[0]
         return _longest_first(items, count, weights)
     return _longest_first(items, count, costs)
 
@@ -752,12 +771,21 @@ def _longest_first(items: List[str], count: int, weights: Mapping[str, float]) -
     return [sorted(group) for group in groups]
 
 
-def _item_costs(items: Sequence[str], root: Path, durations: Mapping[str, float]) -> Tuple[Dict[str, float], str]:
-    """Each item's estimated work, and its unit: seconds, else bytes, else items."""
-    known = {item: float(durations[item]) for item in items if item in durations}
+def _item_costs(
+    items: Sequence[str], root: Path, durations: Mapping[str, float], split: str
+) -> Tuple[Dict[str, float], str]:
+    """Each item's estimated work, and its unit: seconds, else bytes, else items.
+
+    A split by name never reads file sizes: it places items by name alone, so
+    sizes would only be shown, and one ``stat`` per file would be most of
+    the time a large plan takes. Without timings it counts items instead.
+    """
+    known = {item: float(durations[item]) for item in items if item in durations} if durations else {}
     if known:
         mean = math.fsum(known.values()) / len(known)
         return {item: known.get(item, mean) for item in items}, "seconds"
+    if split == "name":
+        return dict.fromkeys(items, 1.0), "items"
     sizes = {}
     root_text = str(root)
     prefix = root_text if root_text.endswith("/") else root_text + "/"
@@ -817,9 +845,10 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
     ``version`` (1), ``task``, ``cwd``, ``split`` (name, size, timings,
     per-item or explicit), ``shards`` (list, by index) with ``index``,
     ``total``, ``lock_name``, ``fingerprint``, ``items``, ``argv`` (``{junit}``
-    unexpanded), ``estimate`` (seconds or null) and ``weight``; ``stats`` with
-    ``unit``, ``items``, ``total``, ``ideal``, ``lower_bound``, ``largest``,
-    ``balance`` and ``heaviest_item``; ``warnings`` (list of strings).
+    unexpanded), ``estimate`` (seconds or null) and ``weight`` (in the stats'
+    ``unit``); ``stats`` with ``unit`` (seconds, bytes or items), ``items``,
+    ``total``, ``ideal``, ``lower_bound``, ``largest``, ``balance`` and
+    ``heaviest_item``; ``warnings`` (list of strings).
     """
     stats = plan.stats
     return {
@@ -865,14 +894,17 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
     lines = [
         f"task '{plan.task}': {item_total} item(s) in {len(plan.shards)} shard(s), split: {plan.split}",
     ]
-    header = ("shard", "items", _WEIGHT_HEADERS[unit], "lock", "fingerprint")
-    rows = [
-        (f"{shard.index}/{shard.total}", str(len(shard.items)), format_weight(shard.weight, unit), shard.lock_name, shard.fingerprint)
-        for shard in plan.shards
-    ]
+    header = ["shard", "items", "lock", "fingerprint"]
+    rows = [[f"{shard.index}/{shard.total}", str(len(shard.items)), shard.lock_name, shard.fingerprint] for shard in plan.shards]
+    right_aligned: Tuple[int, ...] = (1,)
+    if unit != "items":  # in items, a shard's weight is its item count, already shown
+        header.insert(2, _WEIGHT_HEADERS[unit])
+        for row, shard in zip(rows, plan.shards):
+            row.insert(2, format_weight(shard.weight, unit))
+        right_aligned = (1, 2)
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     for row in [header, *rows]:
-        cells = [cell.rjust(widths[column]) if column in (1, 2) else cell.ljust(widths[column]) for column, cell in enumerate(row)]
+        cells = [cell.rjust(widths[column]) if column in right_aligned else cell.ljust(widths[column]) for column, cell in enumerate(row)]
         lines.append("  " + "  ".join(cells).rstrip())
     if stats and plan.shards:
         lines.append(
@@ -889,11 +921,11 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
     return "\n".join(lines)
 
 
-_WEIGHT_HEADERS = {"seconds": "estimate", "bytes": "size", "items": "weight"}
+_WEIGHT_HEADERS = {"seconds": "estimate", "bytes": "size"}
 
 
 def format_weight(value: float, unit: str) -> str:
-    """``12.3s`` / ``2m05s`` / ``1h02m`` for seconds, ``12.3 KB`` for bytes, a count for items."""
+    """``12.3s`` / ``2m05s`` / ``1h02m`` for seconds, ``12.3 KB`` for bytes, ``3.3 items`` for items."""
     if unit == "seconds":
         if value < 60:
             return f"{value:.1f}s"
@@ -907,4 +939,5 @@ def format_weight(value: float, unit: str) -> str:
             if value < 1024 or suffix == "GB":
                 return f"{value:.0f} {suffix}" if suffix == "B" else f"{value:.1f} {suffix}"
             value /= 1024
-    return f"{value:g}"
+    count = f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+    return "1 item" if count == "1" else f"{count} items"

@@ -59,6 +59,38 @@ def test_name_split_is_contiguous_sorted_chunks(tmp_path):
     assert plan.warnings == ()
 
 
+def test_name_split_counts_items_without_timings_and_seconds_with_them(tmp_path):
+    make_files(tmp_path, TEN, {name: 100 * (index + 1) for index, name in enumerate(TEN)})
+    toml = """\
+        [tasks.test]
+        run = "pytest {items}"
+        glob = "tests/test_*.py"
+        shards = 3
+        split = "%s"
+    """
+    by_count = plan_for(tmp_path, toml % "name", durations={"tests/unrelated.py": 5.0})
+    assert [shard.weight for shard in by_count.shards] == [4.0, 3.0, 3.0]
+    assert [shard.estimate for shard in by_count.shards] == [None, None, None]
+    assert (by_count.stats.unit, by_count.stats.total, by_count.stats.largest) == ("items", 10.0, 4.0)
+    assert by_count.stats.balance == pytest.approx(4 / (10 / 3))
+    text = render_plan(by_count)
+    assert "  shard  items  lock" in text and "  1/3        4  test-shard-1" in text
+    assert "total 10 items; ideal 3.3 items per shard; lower bound 3.3 items; balance 1.20 (1.00 is even)" in text
+    data = plan_to_json(by_count)
+    assert data["stats"]["unit"] == "items" and [shard["weight"] for shard in data["shards"]] == [4.0, 3.0, 3.0]
+
+    by_time = plan_for(tmp_path, toml % "name", durations={"tests/test_a.py": 8.0, "tests/test_j.py": 2.0})
+    assert groups(by_time) == groups(by_count)
+    # Items without a time weigh the mean (5 s): 8+5+5+5, 5+5+5, 5+5+2.
+    assert [shard.estimate for shard in by_time.shards] == [23.0, 15.0, 12.0]
+    assert by_time.stats.unit == "seconds"
+    assert "  shard  items  estimate  lock" in render_plan(by_time)
+
+    by_size = plan_for(tmp_path, toml % "size")
+    assert by_size.stats.unit == "bytes"
+    assert by_size.stats.total == sum(100 * (index + 1) for index in range(10))
+
+
 def test_same_plan_in_another_checkout_created_in_another_order(tmp_path):
     toml = """\
         [tasks.test]
