@@ -285,7 +285,7 @@ def test_killing_only_the_agent_stops_its_command_and_the_shard_is_crashed(proje
         agent.kill()
         agent.wait(timeout=30)
     try:
-        recorder = [pid for pid, command in below.items() if "lokt_tasks.recorder" in command]
+        recorder = [pid for pid, command in below.items() if "lokt_tasks/recorder.py" in command]
         assert recorder, "no recorder found below the agent"
         wait_for(lambda: not alive(recorder[0]))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on
@@ -315,7 +315,7 @@ def test_killing_only_lokt_guard_stops_the_command_it_guarded(project):
         guard = [pid for pid, command in below.items() if command.split()[0].endswith("lokt") and " guard " in command]
         assert guard, below
         os.kill(guard[0], signal.SIGKILL)
-        recorder = [pid for pid, command in below.items() if "lokt_tasks.recorder" in command]
+        recorder = [pid for pid, command in below.items() if "lokt_tasks/recorder.py" in command]
         assert recorder, below
         wait_for(lambda: not alive(recorder[0]))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on

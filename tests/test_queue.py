@@ -210,7 +210,7 @@ def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_n
     agent = start_cli(project, "shard", "checks", "--id", "next", "--agent", "ann")
     try:
         wait_for(lambda: "check_01.py" in ran(project))
-        recorder = wait_for(lambda: [pid for pid in descendants(agent.pid) if b"lokt_tasks.recorder" in _cmdline(pid)])
+        recorder = wait_for(lambda: [pid for pid in descendants(agent.pid) if b"lokt_tasks/recorder.py" in _cmdline(pid)])
         os.killpg(os.getpgid(recorder[0]), signal.SIGKILL)  # the recorder and its command, not the agent
         output = finish(agent)
     finally:
