@@ -271,7 +271,7 @@ def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: i
     argv: List[str] = []
     for token in tokens:
         if token == (Placeholder("items"),):
-            argv.extend(_as_argument(item, root) for item in items)
+            argv.extend(_as_arguments(items, root))
             continue
         text = ""
         for part in token:
@@ -336,10 +336,8 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
             )
 
 
-def _as_argument(item: str, root: Path) -> str:
-    if item.startswith("-") and os.path.lexists(root / item):
-        return "./" + item
-    return item
+def _as_arguments(items: Sequence[str], root: Path) -> List[str]:
+    return ["./" + item if item.startswith("-") and os.path.lexists(root / item) else item for item in items]
 
 
 # ---------------------------------------------------------------- items
@@ -782,6 +780,8 @@ def _item_costs(
     """
     known = {item: float(durations[item]) for item in items if item in durations} if durations else {}
     if known:
+        if len(known) == len(items):
+            return known, "seconds"  # every item timed: no mean to fill in
         mean = math.fsum(known.values()) / len(known)
         return {item: known.get(item, mean) for item in items}, "seconds"
     if split == "name":
