@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Collection, List, Optional, Sequence, Tuple
@@ -20,7 +19,7 @@ from typing import Collection, List, Optional, Sequence, Tuple
 from .durations import durations_from_junit, merge_durations
 from .engine import Engine, GuardResult, Identity, StopRequest
 from .plan import JUNIT_PLACEHOLDER, Shard
-from .results import Record, RecordStore, utc_now
+from .results import Record, RecordStore, new_start_record
 
 #: What a shard run came to, from the point of view of the agent that asked.
 #: "passed", "failed" and "interrupted" mean the command ran; "held",
@@ -146,20 +145,13 @@ def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
 
 
 def _start_record(shard: Shard, settings: RunSettings, log_path: Optional[Path]) -> Record:
-    return Record(
-        task=shard.task,
-        shard=shard.index,
-        total=shard.total,
-        fingerprint=shard.fingerprint,
+    return new_start_record(
+        shard,
         run_key=settings.run_key,
-        lock_name=shard.lock_name,
         agent=settings.identity.agent,
         owner=settings.identity.owner,
         host=socket.gethostname(),
         pid=os.getpid(),
         engine=settings.engine.name,
-        started_at=utc_now(),
         log=str(log_path) if log_path else None,
-        items=len(shard.items),
-        attempt=uuid.uuid4().hex,
     )
