@@ -51,8 +51,9 @@ def project(tmp_path):
 
 
 def descendants(pid: int) -> Dict[int, str]:
-    """Every process below pid, with its command line."""
-    table = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "args="], capture_output=True, text=True, check=True).stdout
+    """Every process below pid, with its whole command line (``-ww``: ps
+    cuts it to $COLUMNS otherwise, even into a pipe)."""
+    table = subprocess.run(["ps", "-ww", "-A", "-o", "pid=", "-o", "ppid=", "-o", "args="], capture_output=True, text=True, check=True).stdout
     children: Dict[int, List[int]] = {}
     args: Dict[int, str] = {}
     for line in table.splitlines():

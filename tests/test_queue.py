@@ -229,5 +229,5 @@ def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_n
 
 
 def _cmdline(pid: int) -> bytes:
-    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True)
+    result = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True)
     return result.stdout
