@@ -42,7 +42,7 @@ from lokt_tasks.config import load_config
 from lokt_tasks.engine import find_lokt_binary, make_identity, select_engine
 from lokt_tasks.plan import build_plan
 from lokt_tasks.results import RecordStore, finish, new_start_record
-from lokt_tasks.run import RunSettings, run_shard
+from lokt_tasks.run import RunSettings, recorder_argv, run_shard
 from lokt_tasks.verdict import judge_live, render_table, verdict_to_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -306,8 +306,8 @@ def bench_overhead(work: Path, sizes: Sizes, jobs: int, lokt: Optional[str], say
 
     startup = {
         "python -c pass": [run_checked([sys.executable, "-c", "pass"], cwd=project, env=env).wall for _ in range(sizes.repeat + 2)],
-        "python -c 'import lokt_tasks.recorder'": [
-            run_checked([sys.executable, "-c", "import lokt_tasks.recorder"], cwd=project, env=env).wall for _ in range(sizes.repeat + 2)
+        "python -I -S -c pass": [
+            run_checked([sys.executable, "-I", "-S", "-c", "pass"], cwd=project, env=env).wall for _ in range(sizes.repeat + 2)
         ],
         "lokt-tasks --version": [run_checked(lokt_tasks_command("--version"), cwd=project, env=env).wall for _ in range(sizes.repeat + 2)],
     }
@@ -429,7 +429,7 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
     record_path.parent.mkdir(parents=True, exist_ok=True)
     start = new_start_record(shard, run_key="per-shard-recorder", agent=identity.agent, owner=identity.owner,
                              host=identity.host, pid=os.getpid(), engine="none")
-    recorder = [sys.executable, "-m", "lokt_tasks.recorder", str(record_path), json.dumps(asdict(start)), "--", "true"]
+    recorder = recorder_argv(record_path, start, ["true"])
 
     cases: List[Tuple[str, str, Callable[[], None]]] = [
         ("true", "the command alone, started from Python", spawn(["true"])),
@@ -438,9 +438,9 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
         cases.append(("lokt guard", "`lokt guard --ttl 1m NAME -- true`", spawn([lokt, "guard", "--ttl", "1m", "bench-bare", "--", "true"])))
     cases.append(("embedded guard", "embedded engine: lock, run true, release", guard("embedded")))
     if lokt:
-        cases.append(("lokt engine guard", "lokt engine: lokt guard + launcher around true", guard("lokt")))
+        cases.append(("lokt engine guard", "lokt engine, any command: lokt guard + launcher around true", guard("lokt")))
     cases.append(("python start", "`python -c pass`", spawn([sys.executable, "-c", "pass"])))
-    cases.append(("recorder", "recorder process around true: start, import, two record writes", spawn(recorder)))
+    cases.append(("recorder", "the recorder around true, as the lokt engine starts it: two record writes", spawn(recorder)))
     cases.append(("run_shard, embedded", "one whole shard as shard-all runs it", shard_run("embedded")))
     if lokt:
         cases.append(("run_shard, lokt", "one whole shard as shard-all runs it", shard_run("lokt")))

@@ -20,9 +20,11 @@ Every step appends lokt's audit event to audit.log.
 
 The lock file's pid is this process (as ``lokt guard`` records itself, not
 the command): the lock lives as long as the agent that holds it. The
-command runs in its own session, so if the agent is killed with SIGKILL the
-command keeps running, no longer locked (the same happens to a command under
-a killed ``lokt guard``).
+command runs in its own session, so a Ctrl-C at the terminal reaches only
+the agent, which forwards it. If the agent is killed outright, its
+``Watchdog`` (a process that outlives it, see watchdog.py) stops the
+command, which would otherwise run on, no longer locked. (Under a killed
+``lokt guard`` a command does run on.)
 
 Stricter than lokt, on purpose:
 - Never re-entrant. lokt lets the same owner overwrite a lock; here a lock
@@ -54,9 +56,12 @@ from typing import BinaryIO, Callable, Mapping, Optional, Sequence, Union
 from . import lockfile
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
+    STOP_GRACE,
     Engine,
     GuardResult,
     Holder,
+    Identity,
+    InsideLock,
     StopRequest,
     check_guard_arguments,
     effective_ttl,
@@ -348,8 +353,67 @@ class Heartbeat:
                 return
 
 
+WATCHDOG = Path(__file__).with_name("watchdog.py")
+
+
+class Watchdog:
+    """Our line to ``watchdog.py``: it stops the commands we started if we die.
+
+    Started at the first command, once per engine, in a session of its own;
+    it ends when we do (see watchdog.py). Tell it of each command once it
+    runs (``watch``) and again once it is reaped (``forget``).
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._lock = threading.Lock()
+        self._process: "Optional[subprocess.Popen[bytes]]" = None
+
+    def watch(self, pid: int) -> None:
+        start = lockfile.process_start_time(pid) if sys.platform.startswith("linux") else None
+        self._send(f"+{pid} {'-' if start is None else start}\n")
+
+    def forget(self, pid: int) -> None:
+        self._send(f"-{pid}\n")
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            for _ in range(2):  # a watchdog that died is started again, once
+                if self._process is None:
+                    self._process = self._start()
+                try:
+                    self._process.stdin.write(line.encode("ascii"))
+                    self._process.stdin.flush()
+                    return
+                except OSError:
+                    self._process = None
+
+    def _start(self) -> "subprocess.Popen[bytes]":
+        process = subprocess.Popen(
+            [sys.executable or "python3", "-I", "-S", str(WATCHDOG), str(self.grace)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        # Reaped by a thread of ours once it exits, so that no zombie is left.
+        threading.Thread(target=process.wait, name="lokt-tasks-watchdog", daemon=True).start()
+        return process
+
+
 class EmbeddedEngine(Engine):
     name = "embedded"
+    holds_lock_in_process = True
+
+    def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
+        super().__init__(identity, root, grace=grace)
+        self._watchdog: Optional[Watchdog] = None
+
+    @property
+    def watchdog(self) -> Watchdog:
+        """This engine's watchdog, given the grace the engine has when it first runs a command."""
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.grace)
+        return self._watchdog
 
     def describe(self) -> str:
         return "embedded engine"
@@ -367,6 +431,8 @@ class EmbeddedEngine(Engine):
         cwd: Optional[Path] = None,
         on_start: Optional[Callable[[int], None]] = None,
         stop: Optional[StopRequest] = None,
+        started: Optional[Callable[[], bool]] = None,  # not needed: it starts the command itself
+        inside: Optional[InsideLock] = None,
     ) -> GuardResult:
         command = check_guard_arguments(lock_name, argv, cwd)
         if stop is not None and stop.is_set():
@@ -392,7 +458,14 @@ class EmbeddedEngine(Engine):
                 cleanup.callback(heartbeat.stop)
             if stop is not None and stop.is_set():
                 return interrupted_before_start(stop)
-            result = self._run(command, output, env, cwd, on_start, stop)
+            if inside is not None and not inside.begin():
+                return GuardResult("skipped", message="nothing to run")
+            if stop is not None and stop.is_set():
+                result = interrupted_before_start(stop)
+            else:
+                result = self._run(command, output, env, cwd, on_start, stop)
+            if inside is not None:
+                inside.end(result)
         if heartbeat is not None and heartbeat.lost:
             result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
         return result
@@ -466,6 +539,7 @@ class EmbeddedEngine(Engine):
         except OSError as error:
             return _not_started(command[0], error, output)
         try:
+            self.watchdog.watch(process.pid)
             if on_start is not None:
                 on_start(process.pid)
             forwarded = supervise(process, stop, self.grace, lambda signum: _signal(process, signum))
@@ -473,6 +547,9 @@ class EmbeddedEngine(Engine):
             kill_group(process.pid)
             process.wait()
             raise
+        finally:
+            if process.returncode is not None:
+                self.watchdog.forget(process.pid)
         return ran_result(process.returncode, forwarded)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "GuardResult",
     "Holder",
     "Identity",
+    "InsideLock",
     "LoktEngine",
     "StopRequest",
     "find_lock_root",
@@ -105,6 +106,7 @@ class GuardResult:
     - "frozen": the lock name is frozen; ``holder`` is who froze it. Nothing ran.
     - "interrupted": a stop request came before the command started. Nothing
       ran; ``interrupted`` is the signal number.
+    - "skipped": the lock was ours, but ``InsideLock.begin`` said to run nothing.
     - "error": the engine failed before the command started; ``message`` says why.
     ``interrupted`` is the signal number (SIGINT/SIGTERM) we received and
     forwarded to the command while it ran, or None.
@@ -120,6 +122,23 @@ class GuardResult:
     @property
     def ran(self) -> bool:
         return self.state == "ran"
+
+
+@dataclass(frozen=True)
+class InsideLock:
+    """What the caller does itself while the lock is held, around the command,
+    with an engine that holds its locks in this process
+    (``Engine.holds_lock_in_process``): the run layer writes a shard's
+    records here, so that they are written under the lock.
+
+    ``begin()`` runs once the lock is ours; if it returns False nothing runs
+    and the guard's state is "skipped". Otherwise ``end(result)`` runs once
+    the command has ended, or was stopped before it started, before the lock
+    is released.
+    """
+
+    begin: Callable[[], bool]
+    end: Callable[[GuardResult], None]
 
 
 class StopRequest:
@@ -331,6 +350,9 @@ class Engine:
     """
 
     name = ""
+    #: True when the lock holder is this process (the embedded engine): only
+    #: then can ``guard`` run an ``InsideLock`` under the lock.
+    holds_lock_in_process = False
 
     def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
         self.identity = identity
@@ -353,12 +375,23 @@ class Engine:
         cwd: Optional[Path] = None,
         on_start: Optional[Callable[[int], None]] = None,
         stop: Optional[StopRequest] = None,
+        started: Optional[Callable[[], bool]] = None,
+        inside: Optional[InsideLock] = None,
     ) -> GuardResult:
         """Run argv (never through a shell) while holding lock_name.
 
         ``log``: None lets the command write to our stdout/stderr; a path
         gets both appended. ``on_start(pid)`` is called once the command
         runs. ``timeout`` (with ``wait``): None or <= 0 means 10 minutes.
+
+        ``started``: for a command that leaves its own proof of having
+        started (the recorder writes its start record), a check of that
+        proof. An engine that cannot see the command start by itself (lokt)
+        then runs argv as it is, not wrapped in its launcher, and takes the
+        exit code it gets as the command's. Not with ``on_start``.
+
+        ``inside``: steps to take under the lock before and after the
+        command (see InsideLock); only where ``holds_lock_in_process``.
 
         The command runs in its own session, so a Ctrl-C at the terminal
         reaches only us. When ``stop`` is set, its signal is sent once to the
@@ -462,7 +495,9 @@ class LoktEngine(Engine):
 
     The command is wrapped in ``launcher.py``, whose ``started``/``ended``
     files say whether it ran and how it ended: lokt's exit code 2 cannot tell
-    "held" from "the command exited 2", and 255 hides the signal.
+    "held" from "the command exited 2", and 255 hides the signal. A command
+    that proves its own start (``started``, the recorder) runs unwrapped,
+    which saves starting a second Python per shard.
     """
 
     name = "lokt"
@@ -513,13 +548,19 @@ class LoktEngine(Engine):
         cwd: Optional[Path] = None,
         on_start: Optional[Callable[[int], None]] = None,
         stop: Optional[StopRequest] = None,
+        started: Optional[Callable[[], bool]] = None,
+        inside: Optional[InsideLock] = None,
     ) -> GuardResult:
         command = check_guard_arguments(lock_name, argv, cwd)
+        if started is not None and on_start is not None:
+            raise ValueError("on_start needs the launcher: not with started")
+        if inside is not None:
+            raise ValueError("lokt holds the lock in its own process: no InsideLock")
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop)
         state_dir = Path(tempfile.mkdtemp(prefix="lokt-tasks-"))
         try:
-            return self._guard(lock_name, command, state_dir, ttl, wait, timeout, log, env, cwd, on_start, stop)
+            return self._guard(lock_name, command, state_dir, ttl, wait, timeout, log, env, cwd, on_start, stop, started)
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -536,10 +577,13 @@ class LoktEngine(Engine):
         cwd: Optional[Path],
         on_start: Optional[Callable[[int], None]],
         stop: Optional[StopRequest],
+        started: Optional[Callable[[], bool]],
     ) -> GuardResult:
-        launcher = [sys.executable or "python3", "-I", "-S", str(LAUNCHER), str(state_dir)]
-        launcher.append("1" if log is not None else "0")
-        full_command = self.guard_command(lock_name, ttl, wait, timeout) + launcher + command
+        full_command = self.guard_command(lock_name, ttl, wait, timeout)
+        if started is None:
+            full_command += [sys.executable or "python3", "-I", "-S", str(LAUNCHER), str(state_dir)]
+            full_command.append("1" if log is not None else "0")
+        full_command += command
         lokt_stderr = state_dir / "lokt-stderr"
         watcher = StartWatcher(state_dir / "started", on_start)
         with ExitStack() as files:
@@ -569,10 +613,16 @@ class LoktEngine(Engine):
                 self._remove_leftover(lock_name, process.pid)
                 raise
         if process.returncode < 0:
+            # lokt guard was killed: what it ran would go on, no longer locked.
+            kill_group(process.pid)
             self._remove_leftover(lock_name, process.pid)
         lokt_message = _read_text(lokt_stderr)
         ended = state_dir / "ended"
-        if watcher.started or ended.exists():
+        if started is None:
+            ran = watcher.started or ended.exists()
+        else:  # lokt exits 0 only with the command's own 0
+            ran = process.returncode == 0 or started()
+        if ran:
             if lokt_message and log is not None:
                 with open(log, "a", encoding="utf-8") as handle:
                     handle.write(lokt_message + "\n")

@@ -294,7 +294,8 @@ def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: i
 
 
 #: Room kept on the command line for what runs in front of the shard's
-#: command: the recorder with its start record, and lokt guard's launcher.
+#: command with the lokt engine: lokt guard, and the recorder with the
+#: fields of the shard's record.
 COMMAND_LINE_HEADROOM = 16 * 1024
 
 

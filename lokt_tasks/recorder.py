@@ -1,10 +1,11 @@
-"""The recorder: the process that runs *inside* the lock, around the command.
+"""The recorder: the process that runs *inside* ``lokt guard``, around the command.
 
-``python -I -S .../lokt_tasks/recorder.py RECORD_FILE START_JSON [--skip OUTCOMES] -- CMD...``
+``python -I -S .../lokt_tasks/recorder.py RECORD FIELDS [--skip OUTCOMES] [--merge-stderr] -- CMD...``
 
-Whatever engine holds the lock (``lokt guard`` or the embedded one), it runs
-this process, not the shard command itself. Because the recorder lives inside
-the guard, both records are written while the lock is held:
+With the lokt engine, ``lokt guard`` runs this process, not the shard
+command itself (the embedded engine holds the lock in the agent's own
+process and records there, see ``run.py``). Because the recorder lives
+inside the guard, both records are written while the lock is held:
 
 - the start record proves the command really started, so an exit code of 2
   from ``lokt guard`` ("held") can never be mistaken for the command's own 2;
@@ -13,41 +14,52 @@ the guard, both records are written while the lock is held:
 
 It forwards SIGINT and SIGTERM to the command and records the shard as
 interrupted. It exits with the command's exit code, or 128 + N when the
-command died of signal N, as a shell would.
+command died of signal N, as a shell would. ``--merge-stderr`` sends the
+command's stderr to its stdout (the shard's log), as lokt's own stderr is
+kept apart then.
 
 The command lives only as long as the agent that asked for it (the ``pid``
-of the start record). The recorder runs in a session of its own, so killing
-the agent or its process group (a CI timeout, a closed terminal) does not
-reach it. With the embedded engine the agent *is* the lock holder: once it is
-dead any agent may take the lock, and a command still running would run
-twice. With lokt, a ``lokt guard --wait`` left behind by a killed agent would
-run the shard long after nobody waits for it. So when the agent is gone the
-recorder runs nothing, or stops the command it runs (SIGTERM, then SIGKILL
-after a grace period), and writes no final record: the start record stays,
-and ``verify`` calls the shard crashed, as it is.
+in FIELDS). The recorder runs in a session of its own, so killing the agent
+or its process group (a CI timeout, a closed terminal) does not reach it.
+A ``lokt guard --wait`` left behind by a killed agent would run the shard
+long after nobody waits for it, and a command left running would race the
+rerun. So when the agent is gone the recorder runs nothing, or stops the
+command it runs (SIGTERM, then SIGKILL after a grace period), and writes no
+final record: the start record stays, and ``verify`` calls the shard
+crashed, as it is.
 
 Why it stands alone. The recorder starts once per shard, so its start-up
 time is part of every shard's overhead. It therefore runs as a plain script,
 isolated (``-I``: bytecode caches are used whatever ``PYTHON*`` variables
-say) and without site-packages (``-S``), and imports only the few standard
-modules it needs, never ``lokt_tasks``: the package's record and lock
-modules pull in dataclasses, datetime, tempfile, socket and more, which cost
-several times an interpreter's own start. So the recorder handles records as
-plain dicts, in exactly the format of :mod:`lokt_tasks.results` (the start
-record comes from ``dataclasses.asdict``; ``write_record`` and
-``record_from_dict`` define what is written and read back, and
-tests/test_recorder_compat.py holds the two together), and keeps its own
-minimal copies of :func:`lokt_tasks.atomic.write_atomically` and of the
-process checks of :mod:`lokt_tasks.lockfile` (pid alive, zombie, start
-time).
+say) and without site-packages (``-S``), and on its usual path imports no
+module that is not already loaded when Python starts, except ``_signal``:
+``json`` (which pulls in ``re``) and ``signal`` (``enum``) would each cost
+about as much again as the interpreter's own start. So:
+
+- FIELDS is the record's other fields, already in JSON, from
+  ``results.unstamped_json``. The recorder writes a record as the lines of
+  the stamped fields (``results.STAMPED_FIELDS``: outcome, exit code, times
+  ...) put in front of those, exactly as ``results.record_to_json`` lays a
+  record out. The stamped values are numbers, null, or plain ASCII words the
+  recorder makes itself, so they need no JSON encoder.
+- ``json`` is imported only to read back a record that already exists
+  (``--skip``), and ``signal`` only to name a signal that stopped a command.
+
+tests/test_recorder_compat.py holds the two formats together. The recorder
+also keeps its own minimal copies of :func:`lokt_tasks.atomic.write_atomically`
+and of the process checks of :mod:`lokt_tasks.lockfile` (pid alive, zombie,
+start time).
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 import time
+
+try:
+    import _signal as signal  # the C module that ``signal`` wraps in enums
+except ImportError:  # not CPython
+    import signal
 
 #: Exit code of the recorder when the shard was already done and nothing ran.
 ALREADY_DONE = 0
@@ -65,31 +77,38 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+USAGE_LINE = "usage: recorder.py RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--merge-stderr] -- CMD..."
+OPTIONS_WITH_VALUES = ("--agent", "--log", "--skip")
+
+
 def main(argv: list) -> int:
     try:
         separator = argv.index("--")
     except ValueError:
-        print("usage: recorder.py RECORD START_JSON [--skip OUTCOMES] -- CMD...", file=sys.stderr)
+        separator = len(argv)
+    command = argv[separator + 1 :]
+    positional, options = [], {}
+    words = iter(argv[:separator])
+    for word in words:
+        if word == "--merge-stderr":
+            options[word] = True
+        elif word in OPTIONS_WITH_VALUES:
+            options[word] = next(words, "")
+        else:
+            positional.append(word)
+    agent_pid = options.get("--agent", "")
+    if len(positional) != 2 or not command or not agent_pid.isdigit() or not positional[1].startswith("{\n"):
+        print(USAGE_LINE, file=sys.stderr)
         return USAGE
-    options, command = argv[:separator], argv[separator + 1 :]
-    if len(options) < 2 or not command:
-        print("recorder: need RECORD, START_JSON and a command", file=sys.stderr)
-        return USAGE
-    record_path = options[0]
-    try:
-        start = json.loads(options[1])
-    except ValueError:
-        start = None
-    if not isinstance(start, dict) or not isinstance(start.get("pid"), int):
-        print("recorder: START_JSON is not a start record", file=sys.stderr)
-        return USAGE
-    skip = options[3].split(",") if options[2:3] == ["--skip"] and len(options) > 3 else []
-    agent = AgentWatch(start["pid"])
+    record_path, fields = positional
+    agent = AgentWatch(int(agent_pid))
     if agent.gone():
         return AGENT_GONE
-    if skip and already_done(record_path, start, skip):
+    skip = options.get("--skip", "").split(",") if options.get("--skip") else []
+    if skip and already_done(record_path, fields, skip):
         return ALREADY_DONE
-    return run_and_record(record_path, start, command, agent)
+    shard = ShardRecord(record_path, fields, options.get("--log") or None)
+    return run_and_record(shard, command, agent, merge_stderr="--merge-stderr" in options)
 
 
 class AgentWatch:
@@ -125,8 +144,9 @@ class Command:
         self.returncode = None
         self.held = []
 
-    def start(self, argv: list) -> None:
-        pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=RESTORED_SIGNALS)
+    def start(self, argv: list, merge_stderr: bool = False) -> None:
+        file_actions = [(os.POSIX_SPAWN_DUP2, 1, 2)] if merge_stderr else []
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=file_actions, setsigdef=RESTORED_SIGNALS)
         self.pid = pid
         if self.held:
             self.send(self.held[0])
@@ -162,7 +182,7 @@ class Command:
         return self.returncode
 
 
-def run_and_record(record_path: str, start: dict, command: list, agent: AgentWatch) -> int:
+def run_and_record(shard: "ShardRecord", command: list, agent: AgentWatch, merge_stderr: bool = False) -> int:
     received = []
     child = Command()
 
@@ -173,20 +193,22 @@ def run_and_record(record_path: str, start: dict, command: list, agent: AgentWat
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         began = time.monotonic()
-        record = dict(start, started_at=utc_now())  # after any wait for the lock
-        if record.get("log"):
-            empty_log(record["log"])
-        write_record(record_path, record)
+        started_at = utc_now()  # after any wait for the lock
+        if shard.log:
+            empty_log(shard.log)
+        shard.write(outcome="running", exit_code=None, signal=None, message="", started_at=started_at, ended_at=None, duration=None)
         try:
-            child.start(command)
+            child.start(command, merge_stderr)
         except OSError as error:
             returncode = 127 if isinstance(error, FileNotFoundError) else 126
-            print(f"lokt-tasks: cannot run {command[0]!r}: {error.strerror}", file=sys.stderr, flush=True)
+            stream = sys.stdout if merge_stderr else sys.stderr
+            print(f"lokt-tasks: cannot run {command[0]!r}: {error.strerror}", file=stream, flush=True)
         else:
             returncode = wait_watching(child, agent)
             if returncode is None:
                 return AGENT_GONE
-        write_record(record_path, final_record(record, returncode, received, time.monotonic() - began))
+        duration = round(time.monotonic() - began, 3)
+        shard.write(**final_stamps(returncode, received), started_at=started_at, ended_at=utc_now(), duration=duration)
     finally:
         for sig, handler in previous.items():  # once stopped, more signals must not cut our exit short
             signal.signal(sig, signal.SIG_IGN if received else handler)
@@ -238,24 +260,42 @@ def empty_log(path: str) -> None:
 OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 
-def final_record(start: dict, returncode: int, received: list, duration: float) -> dict:
-    final = dict(start, ended_at=utc_now(), duration=round(duration, 3))
+class ShardRecord:
+    """The record file of this attempt: FIELDS from the agent, plus the stamps."""
+
+    def __init__(self, path: str, fields: str, log: str | None) -> None:
+        self.path = path
+        self.fields = fields
+        self.log = log
+
+    def write(self, **stamps) -> None:
+        """Write the record with ``stamps`` (``results.STAMPED_FIELDS``, in that order)."""
+        lines = "".join('  "%s": %s,\n' % (name, json_value(value)) for name, value in stamps.items())
+        write_atomically(self.path, "{\n" + lines + self.fields[2:] + "\n")
+
+
+def json_value(value: object) -> str:
+    """A stamp in JSON: null, a number, or one of our own plain ASCII words."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return '"%s"' % value
+    return repr(value)
+
+
+def final_stamps(returncode: int, received: list) -> dict:
+    """outcome, exit_code, signal and message of the final record."""
+    stamps = {"outcome": "failed", "exit_code": returncode, "signal": None, "message": ""}
     if returncode < 0:
-        final["signal"] = signal_name(-returncode)
-        final["exit_code"] = None
-    else:
-        final["exit_code"] = returncode
+        stamps.update(exit_code=None, signal=signal_name(-returncode))
     if received:
-        final["outcome"] = "interrupted"
-        final["message"] = f"stopped by {signal_name(received[0])}"
+        stamps.update(outcome="interrupted", message="stopped by " + signal_name(received[0]))
     elif returncode == 0:
-        final["outcome"] = "passed"
-    else:
-        final["outcome"] = "failed"
-    return final
+        stamps["outcome"] = "passed"
+    return stamps
 
 
-def already_done(record_path: str, start: dict, skip: list) -> bool:
+def already_done(record_path: str, fields: str, skip: list) -> bool:
     """True when this shard already has one of the ``skip`` outcomes under this plan.
 
     A record that cannot be read is not done. The check of its fields is
@@ -266,12 +306,19 @@ def already_done(record_path: str, start: dict, skip: list) -> bool:
     """
     try:
         with open(record_path, "rb") as handle:
-            existing = json.loads(handle.read())
-    except (OSError, ValueError):
+            data = handle.read()
+    except OSError:
+        return False
+    import json  # only when there is a record to read: it costs as much as starting Python
+
+    try:
+        existing, start = json.loads(data), json.loads(fields)
+    except ValueError:
         return False
     if not isinstance(existing, dict):
         return False
     existing.setdefault("attempt", "")  # records from before attempts were kept
+    start.update(outcome="running", message="", started_at="")
     for name, ours in start.items():
         theirs = existing.get(name)
         if theirs is None and name in OPTIONAL_FIELDS:
@@ -286,21 +333,19 @@ def already_done(record_path: str, start: dict, skip: list) -> bool:
     )
 
 
-def write_record(path: str, record: dict) -> None:
-    """Write ``record`` atomically and durably, as ``results.write_record`` does
-    (through ``atomic.write_atomically``).
+def write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` as ``atomic.write_atomically`` does.
 
     Temp file in the same directory, fsync, rename over the old record,
     fsync the directory: readers see the old record or the new one, never a
     mix, and after a machine crash the rename is not lost.
     """
-    text = json.dumps(record, sort_keys=True, indent=2, allow_nan=False) + "\n"
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with open(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
+            handle.write(text.encode("ascii"))
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
             os.fsync(handle.fileno())
@@ -335,6 +380,8 @@ def utc_now() -> str:
 
 def signal_name(signum: int) -> str:
     """``SIGKILL`` for 9, as ``results.signal_name`` names it."""
+    import signal  # the full module, with names: only when a signal stopped the command
+
     try:
         return signal.Signals(signum).name
     except ValueError:

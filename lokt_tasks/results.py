@@ -221,9 +221,29 @@ def record_to_dict(record: Record) -> Dict[str, object]:
     return dataclasses.asdict(record)
 
 
+#: The fields that say how an attempt went, stamped on when it starts and ends.
+#: A record file lists them first, in this order, then the other fields by
+#: name: the recorder writes records by putting these lines in front of the
+#: rest, which it gets from the agent already in JSON (see recorder.py).
+STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
+
+
 def record_to_json(record: Record) -> str:
-    """The exact text of a record file: sorted keys, two-space indent, newline."""
-    return json.dumps(record_to_dict(record), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    """The exact text of a record file: the stamped fields, then the others
+    sorted; two-space indent, ASCII, a final newline."""
+    data = record_to_dict(record)
+    ordered = {name: data.pop(name) for name in STAMPED_FIELDS}
+    ordered.update(sorted(data.items()))
+    return json.dumps(ordered, indent=2, allow_nan=False) + "\n"
+
+
+def unstamped_json(record: Record) -> str:
+    """The fields of ``record`` that the recorder does not stamp, as the JSON
+    object it puts the stamped ones in front of."""
+    data = record_to_dict(record)
+    for name in STAMPED_FIELDS:
+        del data[name]
+    return json.dumps(dict(sorted(data.items())), indent=2, allow_nan=False)
 
 
 # Which JSON types each field accepts; bool is excluded from int on purpose

@@ -1,31 +1,33 @@
-"""Run one shard under its lock, through the recorder, and report what happened.
+"""Run one shard under its lock, record it, and report what happened.
 
 ``shard``, ``shard --id next`` and ``shard-all`` all come through
 :func:`run_shard`, so a shard behaves the same whichever command ran it.
-The records themselves are written by the recorder (``recorder.py``) inside
-the lock; this layer decides what to ask the engine, then reads the record
-back to learn the truth rather than trusting an exit code.
+Both records are written while the lock is held: by this process when the
+engine holds the lock here (embedded, :class:`ShardRecords`), by the
+recorder (``recorder.py``) that ``lokt guard`` runs around the command
+otherwise. This layer then reads the record back to learn the truth rather
+than trusting an exit code.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Collection, List, Optional, Sequence, Tuple
 
 from .durations import durations_from_junit, merge_durations
-from .engine import Engine, GuardResult, Identity, StopRequest
+from .engine import Engine, GuardResult, Identity, InsideLock, StopRequest
 from .plan import JUNIT_PLACEHOLDER, Shard
-from .results import Record, RecordStore, new_start_record
+from .results import Record, RecordStore, finish, new_start_record, read_record, signal_name, unstamped_json, utc_now, write_record
 
 #: What a shard run came to, from the point of view of the agent that asked.
 #: "passed", "failed" and "interrupted" mean the command ran; "held",
 #: "frozen" and "error" mean it did not; "done" means another agent had
 #: already passed it (queue mode); "lost" means the recorder died before it
 #: could write the final record (the start record stays: verify says crashed).
+#: "error" is also a record that could not be written.
 RAN = ("passed", "failed", "interrupted")
 
 #: The recorder script. It starts once per shard, so it runs isolated and
@@ -87,20 +89,22 @@ def run_shard(
     start = _start_record(shard, settings, log_path)
 
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
-    argv = recorder_argv(record_path, start, command, skip)
-
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
-    guard = settings.engine.guard(
-        shard.lock_name,
-        argv,
-        ttl=settings.ttl,
-        wait=settings.wait,
-        timeout=settings.timeout,
-        log=log_path,
-        cwd=settings.cwd,
-        stop=stop,
-    )
+    engine = settings.engine
+    options = dict(ttl=settings.ttl, wait=settings.wait, timeout=settings.timeout, log=log_path, cwd=settings.cwd, stop=stop)
+    if engine.holds_lock_in_process:
+        records = ShardRecords(record_path, start, skip, stop)
+        try:
+            guard = engine.guard(shard.lock_name, command, inside=InsideLock(records.begin, records.end), **options)
+        except OSError as error:
+            message = f"cannot write {record_path}: {error.strerror or error}"
+            return ShardOutcome(shard, "error", GuardResult("error", message=message))
+        if guard.state == "skipped":
+            return ShardOutcome(shard, "done", guard, records.existing)
+    else:
+        argv = recorder_argv(record_path, start, command, skip, merge_stderr=to_log)
+        guard = engine.guard(shard.lock_name, argv, started=lambda: _has_started(record_path, start), **options)
     if not guard.ran:
         return ShardOutcome(shard, guard.state, guard)
 
@@ -119,14 +123,96 @@ def run_shard(
     return ShardOutcome(shard, record.outcome, guard, record)
 
 
-def recorder_argv(record_path: Path, start: Record, command: Sequence[str], skip: Collection[str] = ()) -> List[str]:
+class ShardRecords:
+    """A shard's start and final records, written by this process, for an
+    engine that holds the lock here (``InsideLock``): what the recorder
+    script does inside ``lokt guard``, with the same records."""
+
+    def __init__(self, path: Path, start: Record, skip: Collection[str], stop: Optional[StopRequest] = None) -> None:
+        self.path = path
+        self.start = start
+        self.skip = skip
+        self.stop = stop
+        #: The record that made ``begin`` run nothing.
+        self.existing: Optional[Record] = None
+
+    def begin(self) -> bool:
+        """Write the start record, now that the lock is ours; False when the
+        shard is already done (one of the ``skip`` outcomes) under this plan."""
+        if self.skip:
+            existing = read_record(self.path)
+            if isinstance(existing, Record) and _already_done(existing, self.start, self.skip):
+                self.existing = existing
+                return False
+        if self.start.log:
+            _empty_log(self.start.log)
+        self.start = replace(self.start, started_at=utc_now())
+        write_record(self.path, self.start)
+        return True
+
+    def end(self, result: GuardResult) -> None:
+        """Write the final record: the command ended, or a stop came first.
+
+        A stop asked for while the command ran makes it interrupted, even if
+        the command ended before the stop was passed on (a Ctrl-C at the
+        terminal may reach both at once), as the recorder counts any signal
+        it received.
+        """
+        signal = signal_name(result.signal) if result.signal else None
+        stopped_by = result.interrupted or (self.stop.signum if self.stop is not None and self.stop.is_set() else None)
+        if stopped_by:
+            outcome, message = "interrupted", f"stopped by {signal_name(stopped_by)}"
+        else:
+            outcome, message = ("passed" if result.exit_code == 0 else "failed"), ""
+        write_record(self.path, finish(self.start, outcome=outcome, exit_code=result.exit_code, signal=signal, message=message))
+
+
+def _already_done(existing: Record, start: Record, skip: Collection[str]) -> bool:
+    """Done under this plan by another attempt, as the recorder's ``already_done``."""
+    return (
+        existing.outcome in skip
+        and existing.version == start.version
+        and existing.fingerprint == start.fingerprint
+        and existing.attempt != start.attempt
+    )
+
+
+def _empty_log(path: str) -> None:
+    """Start the shard's log afresh, now that this attempt holds the lock
+    (the engine opened it for appending: output goes on at its new end)."""
+    try:
+        os.truncate(path, 0)
+    except OSError:
+        pass
+
+
+def recorder_argv(
+    record_path: Path,
+    start: Record,
+    command: Sequence[str],
+    skip: Collection[str] = (),
+    *,
+    merge_stderr: bool = False,
+) -> List[str]:
     """The command line that runs ``command`` through the recorder, which
     writes ``start`` (stamped with the real start time) and the final record
-    to ``record_path``."""
-    argv = [sys.executable or "python3", "-I", "-S", RECORDER, str(record_path), json.dumps(asdict(start))]
+    to ``record_path``. ``merge_stderr`` sends the command's stderr to its
+    stdout."""
+    argv = [sys.executable or "python3", "-I", "-S", RECORDER, str(record_path), unstamped_json(start)]
+    argv += ["--agent", str(start.pid)]
+    if start.log:
+        argv += ["--log", start.log]
     if skip:
         argv += ["--skip", ",".join(skip)]
+    if merge_stderr:
+        argv.append("--merge-stderr")
     return argv + ["--", *command]
+
+
+def _has_started(record_path: Path, start: Record) -> bool:
+    """Whether the recorder wrote this attempt's start record (or a later one)."""
+    record = read_record(record_path)
+    return isinstance(record, Record) and record.attempt == start.attempt
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

@@ -1,16 +1,19 @@
 """kill -9 at every point of a shard's life, with real processes.
 
-A shard goes: agent plans, takes the lock (or waits for it), the recorder
-writes the start record, the command runs, the recorder writes the final
-record, the lock is released. An agent killed at any of these points must
+A shard goes: agent plans, takes the lock (or waits for it), the start
+record is written, the command runs, the final record is written, the lock
+is released. With the embedded engine the agent holds the lock and writes
+the records; with lokt, `lokt guard` holds it and the recorder inside it
+writes them. An agent killed at any of these points must
 never leave a shard that ``verify`` calls passed, must not leave a lock
 that blocks the next agent, and one rerun must complete the verdict.
 
-The engine, ``lokt guard``, the recorder and the command run in sessions of
-their own (so that a Ctrl-C at the terminal reaches only the agent). A CI
-timeout kills the whole process tree; ``kill_tree`` does that. Killing only
-the agent (or only its process group, which is the same here) is tested
-separately: the recorder notices and stops the command itself.
+``lokt guard``, the recorder and the command run in sessions of their own
+(so that a Ctrl-C at the terminal reaches only the agent). A CI timeout
+kills the whole process tree; ``kill_tree`` does that. Killing only the
+agent (or only its process group, which is the same here) is tested
+separately: the embedded engine's watchdog, or lokt's recorder, notices and
+stops the command.
 
 Each test runs with the embedded engine, and with lokt when ``lokt`` is on
 PATH.
@@ -30,6 +33,7 @@ import pytest
 from lokt_tasks import errors
 from lokt_tasks.lockfile import is_zombie, pid_alive
 from lokt_tasks.results import read_record
+from lokt_tasks.run import RECORDER
 from scratch import PASS, WAIT, checks, cli, git, lock_files, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 
 needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run")
@@ -272,12 +276,12 @@ def test_killed_after_the_command_passed_before_the_final_record(tmp_path, engin
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_killing_only_the_agent_stops_its_command_and_the_shard_is_crashed(project, engine):
-    """The recorder outlives the agent (it runs in a session of its own) and
-    watches it: once the agent is dead it stops the command and writes no
-    final record. With the embedded engine the dead agent was the lock
-    holder, so letting the command go on would let a second agent run the
-    shard at the same time; with lokt, `lokt guard` releases the lock once
-    the recorder is done."""
+    """The command runs in a session of its own, so killing the agent does
+    not reach it. With the embedded engine the dead agent was the lock
+    holder: letting the command go on would let a second agent run the shard
+    at the same time, so the agent's watchdog stops it. With lokt, the
+    recorder inside `lokt guard` watches the agent, stops the command and
+    writes no final record; `lokt guard` then releases the lock."""
     agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine)
     try:
         wait_for(lambda: "check_1.py" in ran(project))
@@ -286,9 +290,9 @@ def test_killing_only_the_agent_stops_its_command_and_the_shard_is_crashed(proje
         agent.kill()
         agent.wait(timeout=30)
     try:
-        recorder = [pid for pid, command in below.items() if "lokt_tasks/recorder.py" in command]
-        assert recorder, "no recorder found below the agent"
-        wait_for(lambda: not alive(recorder[0]))
+        command = [pid for pid, args in below.items() if "run_checks.py" in args]
+        assert command, below
+        wait_for(lambda: not any(alive(pid) for pid in command))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on
         report = verdict(project)
         assert states(report)[0] == "crashed", report["shards"][0]
@@ -316,7 +320,7 @@ def test_killing_only_lokt_guard_stops_the_command_it_guarded(project):
         guard = [pid for pid, command in below.items() if command.split()[0].endswith("lokt") and " guard " in command]
         assert guard, below
         os.kill(guard[0], signal.SIGKILL)
-        recorder = [pid for pid, command in below.items() if "lokt_tasks/recorder.py" in command]
+        recorder = [pid for pid, command in below.items() if command.split()[2:4] == ["-S", RECORDER]]
         assert recorder, below
         wait_for(lambda: not alive(recorder[0]))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on

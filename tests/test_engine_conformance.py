@@ -222,6 +222,38 @@ def test_killed_holder_leaves_a_lock_the_next_agent_takes(engine_name, tmp_path,
     assert any(e["event"] == "auto-prune" for e in audit_events(root))
 
 
+@pytest.mark.parametrize("command_ends", ["on SIGTERM", "only on SIGKILL"])
+def test_embedded_agent_killed_outright_has_its_command_group_stopped(tmp_path, root, spawn, command_ends):
+    """The embedded agent holds the lock itself: once it is dead the lock is
+    anyone's, so its watchdog stops the command (in a session of its own)
+    and what the command started: SIGTERM, then SIGKILL after the grace."""
+    child = tmp_path / "child.pid"
+    trap = "trap '' TERM; " if command_ends == "only on SIGKILL" else ""
+    script = trap + 'sleep 60 & echo $! > "$1"; wait'
+    agent = spawn("embedded", "A", ["/bin/sh", "-c", script, "hold", str(child)], ttl=1, grace=0.5)
+    command_pid = agent.wait_started()
+    wait_for(lambda: child.exists() and child.read_text().strip(), "the command's child")
+    grandchild = int(child.read_text())
+    agent.process.kill()
+    agent.process.wait()
+    wait_for(lambda: process_gone(command_pid) and process_gone(grandchild), "the command and its child to be stopped")
+    assert lock_file(root).exists()  # the dead agent's lock, pruned by the next agent
+    assert spawn("embedded", "B", ["true"], ttl=1).result()["state"] == "ran"
+
+
+def test_embedded_watchdog_ends_with_its_agent(tmp_path, root, spawn):
+    def watchdogs():
+        listing = subprocess.run(["ps", "-ww", "-A", "-o", "args="], capture_output=True, text=True).stdout
+        return [line for line in listing.splitlines() if "lokt_tasks/watchdog.py 0.137" in line]
+
+    agent = spawn("embedded", "A", hold_until(tmp_path / "go"), ttl=1, grace=0.137)
+    agent.wait_started()
+    assert len(watchdogs()) == 1
+    (tmp_path / "go").touch()
+    assert agent.result()["state"] == "ran"
+    wait_for(lambda: watchdogs() == [], "the watchdog to end")
+
+
 def test_live_holder_is_never_stolen_even_when_expired(engine_name, tmp_path, root):
     sleeper = subprocess.Popen(["sleep", "30"])
     try:

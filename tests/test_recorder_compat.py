@@ -23,7 +23,7 @@ from lokt_tasks.run import RECORDER, recorder_argv
 from scratch import wait_for
 
 #: All the recorder may import: the standard library, and ctypes on macOS only.
-STANDARD_MODULES = {"__future__", "ctypes", "json", "os", "signal", "sys", "time"}
+STANDARD_MODULES = {"__future__", "_signal", "ctypes", "json", "os", "signal", "sys", "time"}
 
 
 def start_record(**changes) -> Record:
@@ -120,6 +120,42 @@ def test_a_command_that_cannot_run(tmp_path):
     assert result.returncode == 127
     assert b"cannot run" in result.stderr
     assert read_back(path).exit_code == 127
+
+
+def test_fields_that_json_escapes_are_written_back_as_they_were(tmp_path):
+    path = tmp_path / "shard-2.json"
+    log = tmp_path / "logs \u00e5 \"quoted\" \\ $(x)" / "shard-2.log"
+    log.parent.mkdir()
+    log.write_text("an earlier attempt's output")
+    start = start_record(agent="\u00e5nn \U0001f600", owner='me/"ann"\\', host="h\u00f8st", log=str(log))
+    result = run_recorder(path, python("pass"), start)
+    assert result.returncode == 0, result.stderr
+    record = read_back(path)
+    assert (record.agent, record.owner, record.host, record.log) == (start.agent, start.owner, start.host, str(log))
+    assert log.read_text() == ""  # found by its path
+
+
+def test_merge_stderr_sends_the_command_s_stderr_to_its_stdout(tmp_path):
+    command = python("import sys; sys.stderr.write('to stderr')")
+    apart = subprocess.run(recorder_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60)
+    merged = subprocess.run(recorder_argv(tmp_path / "b.json", start_record(), command, merge_stderr=True), capture_output=True, timeout=60)
+    assert (apart.stdout, apart.stderr) == (b"", b"to stderr")
+    assert (merged.stdout, merged.stderr) == (b"to stderr", b"")
+    missing = subprocess.run(recorder_argv(tmp_path / "c.json", start_record(), [str(tmp_path / "nothing")], merge_stderr=True), capture_output=True, timeout=60)
+    assert missing.returncode == 127 and b"cannot run" in missing.stdout and missing.stderr == b""
+
+
+def test_a_passing_shard_imports_nothing_beyond_os_sys_and_time(tmp_path):
+    """Start-up is most of a shard's overhead: json (with re) or signal
+    (with enum) would double it. Checked by what is imported, not by timing."""
+    argv = recorder_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
+    result = subprocess.run(argv[:3] + ["-X", "importtime"] + argv[3:], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert imported & {"json", "re", "enum", "signal", "subprocess", "lokt_tasks"} == set(), sorted(imported)
+    bare = subprocess.run(argv[:3] + ["-X", "importtime", "-c", "import os, sys, time"], capture_output=True, timeout=60).stderr.decode()
+    at_start = {line.split("|")[-1].strip() for line in bare.splitlines() if line.startswith("import time:")}
+    assert imported - at_start <= {"__future__", "_signal"}, sorted(imported - at_start)
 
 
 def test_an_interrupted_command_and_its_start_record(tmp_path):

@@ -18,6 +18,7 @@ from lokt_tasks.errors import UsageError
 from lokt_tasks.plan import Shard
 from lokt_tasks.results import (
     LOCAL_RUN_KEY,
+    STAMPED_FIELDS,
     CorruptRecord,
     Record,
     RecordStore,
@@ -60,7 +61,7 @@ def make_record(**changes) -> Record:
 # --- Writing and reading ----------------------------------------------------
 
 
-def test_a_record_round_trips_as_sorted_indented_json(tmp_path):
+def test_a_record_round_trips_as_indented_json_with_its_outcome_first(tmp_path):
     store = RecordStore(tmp_path)
     record = make_record(outcome="failed", exit_code=3, ended_at="2024-05-01T12:00:05.5Z", duration=5.5)
 
@@ -68,7 +69,11 @@ def test_a_record_round_trips_as_sorted_indented_json(tmp_path):
 
     assert path == tmp_path / "test" / "abc123def456" / "shard-1.json"
     text = path.read_text(encoding="utf-8")
-    assert text == json.dumps(record_to_dict(record), sort_keys=True, indent=2) + "\n"
+    lines = text.splitlines()
+    assert lines[1:3] == ['  "outcome": "failed",', '  "exit_code": 3,']
+    names = [line.split('"')[1] for line in lines[1:-1]]
+    assert names[:7] == list(STAMPED_FIELDS) and names[7:] == sorted(names[7:])
+    assert json.loads(text) == record_to_dict(record) and text.endswith("}\n")
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert store.read("test", "abc123def456", 1) == record
     assert store.read_run("test", "abc123def456") == {1: record}
