@@ -78,9 +78,8 @@ def run_shard(
 
     ``to_log`` sends the command's output to the shard's log file instead of
     the terminal. ``skip`` lists record outcomes ("passed", "failed") that
-    make the recorder run nothing, because the shard is already done under
-    this plan: a check made *inside* the lock, so that two agents never both
-    run it.
+    make nothing run, because the shard is already done under this plan: a
+    check made *inside* the lock, so that two agents never both run it.
     """
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
@@ -95,11 +94,9 @@ def run_shard(
     options = dict(ttl=settings.ttl, wait=settings.wait, timeout=settings.timeout, log=log_path, cwd=settings.cwd, stop=stop)
     if engine.holds_lock_in_process:
         records = ShardRecords(record_path, start, skip, stop)
-        try:
-            guard = engine.guard(shard.lock_name, command, inside=InsideLock(records.begin, records.end), **options)
-        except OSError as error:
-            message = f"cannot write {record_path}: {error.strerror or error}"
-            return ShardOutcome(shard, "error", GuardResult("error", message=message))
+        guard = engine.guard(shard.lock_name, command, inside=InsideLock(records.begin, records.end), **options)
+        if records.error:
+            return ShardOutcome(shard, "error", GuardResult("error", message=records.error))
         if guard.state == "skipped":
             return ShardOutcome(shard, "done", guard, records.existing)
     else:
@@ -135,6 +132,8 @@ class ShardRecords:
         self.stop = stop
         #: The record that made ``begin`` run nothing.
         self.existing: Optional[Record] = None
+        #: Why a record could not be written (the shard is then an error).
+        self.error = ""
 
     def begin(self) -> bool:
         """Write the start record, now that the lock is ours; False when the
@@ -147,8 +146,7 @@ class ShardRecords:
         if self.start.log:
             _empty_log(self.start.log)
         self.start = replace(self.start, started_at=utc_now())
-        write_record(self.path, self.start)
-        return True
+        return self._write(self.start)
 
     def end(self, result: GuardResult) -> None:
         """Write the final record: the command ended, or a stop came first.
@@ -164,7 +162,15 @@ class ShardRecords:
             outcome, message = "interrupted", f"stopped by {signal_name(stopped_by)}"
         else:
             outcome, message = ("passed" if result.exit_code == 0 else "failed"), ""
-        write_record(self.path, finish(self.start, outcome=outcome, exit_code=result.exit_code, signal=signal, message=message))
+        self._write(finish(self.start, outcome=outcome, exit_code=result.exit_code, signal=signal, message=message))
+
+    def _write(self, record: Record) -> bool:
+        try:
+            write_record(self.path, record)
+        except OSError as error:
+            self.error = f"cannot write {self.path}: {error.strerror or error}"
+            return False
+        return True
 
 
 def _already_done(existing: Record, start: Record, skip: Collection[str]) -> bool:

@@ -317,7 +317,7 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
     if outcome.state == "interrupted" or stop.is_set():
         raise Exit(f"lokt-tasks: {label} interrupted", code=128 + (stop.signum or signal.SIGINT))
     if outcome.state == "lost":
-        raise Exit(f"lokt-tasks: {label}: the recorder ended before writing the final record", code=errors.INCOMPLETE)
+        raise Exit(f"lokt-tasks: {label}: ended without its final record (the recorder died)", code=errors.INCOMPLETE)
     raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
 
 

@@ -87,6 +87,17 @@ def test_a_shard_held_by_another_agent_runs_nothing_and_names_the_holder(tmp_pat
     assert states(verdict(project))[0] == "passed"
 
 
+def test_a_record_that_cannot_be_written_is_an_error_and_nothing_runs(tmp_path):
+    project = make_project(tmp_path / "p", checks(SIX))
+    record = project / ".git" / "lokt-tasks" / "checks" / "k1" / "shard-1.json"
+    record.mkdir(parents=True)  # a directory where the record goes: no write can replace it
+    result = cli(project, "shard", "checks", "--id", "1", "--run", "k1", "--engine", "embedded")
+    assert result.returncode == errors.ENGINE, result.stderr
+    assert "cannot write" in result.stderr and "shard-1.json" in result.stderr
+    assert ran(project) == []
+    assert lock_files(project) == []
+
+
 def test_kill_9_mid_shard_is_crashed_never_passed_and_a_rerun_completes(tmp_path):
     suite = checks(SIX)
     suite["check_1.py"] = WAIT
