@@ -367,7 +367,10 @@ class Watchdog:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._lock = threading.Lock()
-        self._process: "Optional[subprocess.Popen[bytes]]" = None
+        #: The write end of the watchdog's stdin: ours alone, closed when we
+        #: are (or when this object is collected), which ends the watchdog.
+        self._pipe: Optional[BinaryIO] = None
+        self._unavailable = False
 
     def watch(self, pid: int) -> None:
         start = lockfile.process_start_time(pid) if sys.platform.startswith("linux") else None
@@ -379,25 +382,44 @@ class Watchdog:
     def _send(self, line: str) -> None:
         with self._lock:
             for _ in range(2):  # a watchdog that died is started again, once
-                if self._process is None:
-                    self._process = self._start()
+                if self._unavailable:
+                    return
+                if self._pipe is None:
+                    try:
+                        self._pipe = self._start()
+                    except OSError as error:
+                        self._unavailable = True
+                        print(
+                            f"lokt-tasks: warning: cannot start the watchdog ({error.strerror or error}):"
+                            " if this agent is killed, its commands will run on",
+                            file=sys.stderr,
+                        )
+                        return
                 try:
-                    self._process.stdin.write(line.encode("ascii"))
-                    self._process.stdin.flush()
+                    self._pipe.write(line.encode("ascii"))
+                    self._pipe.flush()
                     return
                 except OSError:
-                    self._process = None
+                    self._pipe.close()
+                    self._pipe = None
 
-    def _start(self) -> "subprocess.Popen[bytes]":
-        process = subprocess.Popen(
-            [sys.executable or "python3", "-I", "-S", str(WATCHDOG), str(self.grace)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    def _start(self) -> BinaryIO:
+        read_end, write_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable or "python3", "-I", "-S", str(WATCHDOG), str(self.grace)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
         # Reaped by a thread of ours once it exits, so that no zombie is left.
         threading.Thread(target=process.wait, name="lokt-tasks-watchdog", daemon=True).start()
-        return process
+        return os.fdopen(write_end, "wb")
 
 
 class EmbeddedEngine(Engine):

@@ -1,6 +1,8 @@
 """The recorder: the process that runs *inside* ``lokt guard``, around the command.
 
-``python -I -S .../lokt_tasks/recorder.py RECORD FIELDS [--skip OUTCOMES] [--merge-stderr] -- CMD...``
+``python -I -S .../lokt_tasks/recorder.py RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--merge-stderr] -- CMD...``
+
+(``run.recorder_argv`` builds it: PID is the agent's, PATH the shard's log.)
 
 With the lokt engine, ``lokt guard`` runs this process, not the shard
 command itself (the embedded engine holds the lock in the agent's own
@@ -18,8 +20,7 @@ command died of signal N, as a shell would. ``--merge-stderr`` sends the
 command's stderr to its stdout (the shard's log), as lokt's own stderr is
 kept apart then.
 
-The command lives only as long as the agent that asked for it (the ``pid``
-in FIELDS). The recorder runs in a session of its own, so killing the agent
+The command lives only as long as the agent that asked for it (``--agent``). The recorder runs in a session of its own, so killing the agent
 or its process group (a CI timeout, a closed terminal) does not reach it.
 A ``lokt guard --wait`` left behind by a killed agent would run the shard
 long after nobody waits for it, and a command left running would race the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import pytest
@@ -85,6 +86,20 @@ def test_a_shard_held_by_another_agent_runs_nothing_and_names_the_holder(tmp_pat
         first.wait(timeout=30)
     assert first.returncode == 0
     assert states(verdict(project))[0] == "passed"
+
+
+@pytest.mark.parametrize("engine", ["embedded", pytest.param("lokt", marks=pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH"))])
+def test_a_command_that_exits_2_failed_it_was_not_held(tmp_path, engine):
+    """lokt guard exits 2 when the lock is held, and with the command's own 2."""
+    project = make_project(tmp_path / "p", checks(SIX), shards=1)
+    (project / "run_checks.py").write_text("import sys\nprint('usage error')\nsys.exit(2)\n")
+    git(project, "commit", "-qam", "exit 2")
+    result = cli(project, "shard", "checks", "--id", "1", "--engine", engine)
+    assert result.returncode == errors.FAILED, result.stderr
+    assert "held" not in result.stderr
+    report = verdict(project)
+    assert states(report) == ["failed"] and report["shards"][0]["exit_code"] == 2
+    assert lock_files(project) == []
 
 
 def test_a_record_that_cannot_be_written_is_an_error_and_nothing_runs(tmp_path):
