@@ -605,7 +605,8 @@ def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
 
 def _git_env() -> Dict[str, str]:
     env = dict(os.environ)
-    # Reading the key must not take the index lock other git commands need.
+    # Reading the key must not take the index lock other git commands need
+    # (for git diff, see _DIFF_ARGS).
     env["GIT_OPTIONAL_LOCKS"] = "0"
     return env
 
@@ -628,8 +629,12 @@ def _git_output(cwd: Path, *args: str) -> Optional[str]:
 
 
 # Options that pin the diff's text against personal git configuration, so the
-# same tree gives the same digest in every shell and worktree.
+# same tree gives the same digest in every shell and worktree. Without
+# diff.autoRefreshIndex=false, git diff rewrites the index (under its lock)
+# after a file was touched but not changed, whatever GIT_OPTIONAL_LOCKS says.
 _DIFF_ARGS = (
+    "-c",
+    "diff.autoRefreshIndex=false",
     "diff",
     "HEAD",
     "--binary",
