@@ -51,19 +51,18 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping, Optional, Sequence, Union
+from typing import BinaryIO, Mapping, Optional, Sequence, Union
 
 from . import lockfile
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
     STOP_GRACE,
     Engine,
+    GuardRequest,
     GuardResult,
     Holder,
     Identity,
-    InsideLock,
     StopRequest,
-    check_guard_arguments,
     effective_ttl,
     frozen_message,
     heartbeat_interval,
@@ -440,35 +439,18 @@ class EmbeddedEngine(Engine):
     def describe(self) -> str:
         return "embedded engine"
 
-    def guard(
-        self,
-        lock_name: str,
-        argv: Sequence[str],
-        *,
-        ttl: float,
-        wait: bool = False,
-        timeout: Optional[float] = None,
-        log: Optional[Path] = None,
-        env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[Path] = None,
-        on_start: Optional[Callable[[int], None]] = None,
-        stop: Optional[StopRequest] = None,
-        started: Optional[Callable[[], bool]] = None,  # not needed: it starts the command itself
-        inside: Optional[InsideLock] = None,
-    ) -> GuardResult:
-        command = check_guard_arguments(lock_name, argv, cwd)
-        if stop is not None and stop.is_set():
-            return interrupted_before_start(stop)
-        lifetime = effective_ttl(ttl)
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        lock_name, stop, inside = request.lock_name, request.stop, request.inside
+        lifetime = effective_ttl(request.ttl)
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, lock, log
             try:
-                output = open_log(log, cleanup)
+                output = open_log(request.log, cleanup)
             except OSError as error:
-                return GuardResult("error", message=f"cannot open log {log}: {error.strerror or error}")
+                return GuardResult("error", message=f"cannot open log {request.log}: {error.strerror or error}")
             me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
             try:
-                claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
+                claim = self._acquire(lock_name, me, int(lifetime), request.wait, request.timeout, stop)
             except OSError as error:
                 return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
             if isinstance(claim, GuardResult):
@@ -485,7 +467,7 @@ class EmbeddedEngine(Engine):
             if stop is not None and stop.is_set():
                 result = interrupted_before_start(stop)
             else:
-                result = self._run(command, output, env, cwd, on_start, stop)
+                result = self._run(request, output)
             if inside is not None:
                 inside.end(result)
         if heartbeat is not None and heartbeat.lost:
@@ -547,24 +529,17 @@ class EmbeddedEngine(Engine):
             time.sleep(SETTLE_PAUSE)
         return None
 
-    def _run(
-        self,
-        command: Sequence[str],
-        output: Optional[BinaryIO],
-        env: Optional[Mapping[str, str]],
-        cwd: Optional[Path],
-        on_start: Optional[Callable[[int], None]],
-        stop: Optional[StopRequest],
-    ) -> GuardResult:
+    def _run(self, request: GuardRequest, output: Optional[BinaryIO]) -> GuardResult:
+        command = request.command
         try:
-            process = _start(command, output, self.child_env(env), cwd)
+            process = _start(command, output, self.child_env(request.env), request.cwd)
         except OSError as error:
             return _not_started(command[0], error, output)
         try:
             self.watchdog.watch(process.pid)
-            if on_start is not None:
-                on_start(process.pid)
-            forwarded = supervise(process, stop, self.grace, lambda signum: _signal(process, signum))
+            if request.on_start is not None:
+                request.on_start(process.pid)
+            forwarded = supervise(process, request.stop, self.grace, lambda signum: _signal(process, signum))
         except BaseException:
             kill_group(process.pid)
             process.wait()

@@ -51,6 +51,7 @@ from .lockfile import LockData, LockFileError, validate_lock_name
 __all__ = [
     "ENGINE_CHOICES",
     "Engine",
+    "GuardRequest",
     "GuardResult",
     "Holder",
     "Identity",
@@ -139,6 +140,25 @@ class InsideLock:
 
     begin: Callable[[], bool]
     end: Callable[[GuardResult], None]
+
+
+@dataclass(frozen=True)
+class GuardRequest:
+    """One call of ``Engine.guard``, its arguments checked: what an engine's
+    ``_guard`` gets (see ``Engine.guard`` for what each one means)."""
+
+    lock_name: str
+    command: List[str]
+    ttl: float
+    wait: bool = False
+    timeout: Optional[float] = None
+    log: Optional[Path] = None
+    env: Optional[Mapping[str, str]] = None
+    cwd: Optional[Path] = None
+    on_start: Optional[Callable[[int], None]] = None
+    stop: Optional["StopRequest"] = None
+    started: Optional[Callable[[], bool]] = None
+    inside: Optional[InsideLock] = None
 
 
 class StopRequest:
@@ -401,6 +421,21 @@ class Engine:
 
         Raises UsageError for a bad lock name, empty argv or missing cwd.
         """
+        validate_lock_name(lock_name)
+        command = [str(arg) for arg in argv]
+        if not command:
+            raise UsageError(f"no command to run under lock {lock_name!r}")
+        if cwd is not None and not Path(cwd).is_dir():
+            raise UsageError(f"working directory does not exist: {cwd}")
+        if inside is not None and not self.holds_lock_in_process:
+            raise ValueError(f"the {self.name} engine holds its locks in another process: no InsideLock")
+        if stop is not None and stop.is_set():
+            return interrupted_before_start(stop)
+        request = GuardRequest(lock_name, command, ttl, wait, timeout, log, env, cwd, on_start, stop, started, inside)
+        return self._guard(request)
+
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        """The engine's own part of ``guard``."""
         raise NotImplementedError
 
     def holder(self, lock_name: str) -> Optional[Holder]:
@@ -457,17 +492,6 @@ class Engine:
             LOKT_ROOT=str(self.root),
         )
         return merged
-
-
-def check_guard_arguments(lock_name: str, argv: Sequence[str], cwd: Optional[Path]) -> List[str]:
-    """Refuse what can be refused before touching any lock."""
-    validate_lock_name(lock_name)
-    command = [str(arg) for arg in argv]
-    if not command:
-        raise UsageError(f"no command to run under lock {lock_name!r}")
-    if cwd is not None and not Path(cwd).is_dir():
-        raise UsageError(f"working directory does not exist: {cwd}")
-    return command
 
 
 class StartWatcher:
@@ -535,57 +559,24 @@ class LoktEngine(Engine):
                 command += ["--timeout", format_duration(timeout)]
         return command + [lock_name, "--"]
 
-    def guard(
-        self,
-        lock_name: str,
-        argv: Sequence[str],
-        *,
-        ttl: float,
-        wait: bool = False,
-        timeout: Optional[float] = None,
-        log: Optional[Path] = None,
-        env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[Path] = None,
-        on_start: Optional[Callable[[int], None]] = None,
-        stop: Optional[StopRequest] = None,
-        started: Optional[Callable[[], bool]] = None,
-        inside: Optional[InsideLock] = None,
-    ) -> GuardResult:
-        command = check_guard_arguments(lock_name, argv, cwd)
-        if started is not None and on_start is not None:
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        if request.started is not None and request.on_start is not None:
             raise ValueError("on_start needs the launcher: not with started")
-        if inside is not None:
-            raise ValueError("lokt holds the lock in its own process: no InsideLock")
-        if stop is not None and stop.is_set():
-            return interrupted_before_start(stop)
         state_dir = Path(tempfile.mkdtemp(prefix="lokt-tasks-"))
         try:
-            return self._guard(lock_name, command, state_dir, ttl, wait, timeout, log, env, cwd, on_start, stop, started)
+            return self._guard_in(state_dir, request)
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
 
-    def _guard(
-        self,
-        lock_name: str,
-        command: List[str],
-        state_dir: Path,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        log: Optional[Path],
-        env: Optional[Mapping[str, str]],
-        cwd: Optional[Path],
-        on_start: Optional[Callable[[int], None]],
-        stop: Optional[StopRequest],
-        started: Optional[Callable[[], bool]],
-    ) -> GuardResult:
-        full_command = self.guard_command(lock_name, ttl, wait, timeout)
+    def _guard_in(self, state_dir: Path, request: GuardRequest) -> GuardResult:
+        lock_name, log, started = request.lock_name, request.log, request.started
+        full_command = self.guard_command(lock_name, request.ttl, request.wait, request.timeout)
         if started is None:
             full_command += [sys.executable or "python3", "-I", "-S", str(LAUNCHER), str(state_dir)]
             full_command.append("1" if log is not None else "0")
-        full_command += command
+        full_command += request.command
         lokt_stderr = state_dir / "lokt-stderr"
-        watcher = StartWatcher(state_dir / "started", on_start)
+        watcher = StartWatcher(state_dir / "started", request.on_start)
         with ExitStack() as files:
             try:
                 stdout = open_log(log, files)
@@ -598,14 +589,14 @@ class LoktEngine(Engine):
                     full_command,
                     stdout=stdout,
                     stderr=stderr,
-                    env=self.child_env(env),
-                    cwd=cwd,
+                    env=self.child_env(request.env),
+                    cwd=request.cwd,
                     start_new_session=True,
                 )
             except OSError as error:
                 return GuardResult("error", message=f"cannot run {self.binary}: {error.strerror or error}")
             try:
-                forwarded = supervise(process, stop, self.grace, process.send_signal, watcher.check)
+                forwarded = supervise(process, request.stop, self.grace, process.send_signal, watcher.check)
                 watcher.check()
             except BaseException:
                 kill_group(process.pid)
@@ -631,7 +622,7 @@ class LoktEngine(Engine):
             return GuardResult("interrupted", interrupted=forwarded, message="stopped before the command started")
         message = _last_error_line(lokt_message)
         if process.returncode == 2:
-            return self._refused(lock_name, message, wait, timeout)
+            return self._refused(lock_name, message, request.wait, request.timeout)
         if process.returncode < 0:
             message = f"lokt guard was killed by signal {-process.returncode} before the command started"
         elif not message:

@@ -83,7 +83,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_hostile_file_names_reach_the_command_byte_for_byte_as_one_argument_each(tmp_path):
     toml = (
         '[defaults]\nengine = "embedded"\n\n'
-        f'[tasks.names]\nrun = "{{python}} dump_argv.py {{shard}} {{items}}"\nglob = ["*.item"]\nshards = 3\n'
+        '[tasks.names]\nrun = "{python} dump_argv.py {shard} {items}"\nglob = ["*.item"]\nshards = 3\n'
     )
     files = {name: "" for name in HOSTILE_NAMES}
     files["dump_argv.py"] = DUMP_ARGV

@@ -327,9 +327,9 @@ def test_hostile_names_arrive_as_single_arguments(tmp_path):
 
 def test_leading_dash_is_only_prefixed_for_existing_paths(tmp_path):
     make_files(tmp_path, ["-v.py"])
-    plan = plan_for(tmp_path, f"""\
+    plan = plan_for(tmp_path, """\
         [tasks.test]
-        run = "pytest {{items}}"
+        run = "pytest {items}"
         [[tasks.test.shard]]
         items = ["-v.py", "-k"]
     """)
