@@ -20,14 +20,24 @@ from typing import Collection, List, Optional, Sequence, Tuple
 from .durations import durations_from_junit, merge_durations
 from .engine import Engine, GuardResult, Identity, InsideLock, StopRequest
 from .plan import JUNIT_PLACEHOLDER, Shard
-from .results import Record, RecordStore, finish, new_start_record, read_record, signal_name, unstamped_json, utc_now, write_record
+from .results import (
+    Record,
+    RecordStore,
+    finish,
+    new_start_record,
+    read_record,
+    signal_name,
+    unstamped_json,
+    utc_now,
+    write_record,
+)
 
 #: What a shard run came to, from the point of view of the agent that asked.
 #: "passed", "failed" and "interrupted" mean the command ran; "held",
-#: "frozen" and "error" mean it did not; "done" means another agent had
-#: already passed it (queue mode); "lost" means the recorder died before it
-#: could write the final record (the start record stays: verify says crashed).
-#: "error" is also a record that could not be written.
+#: "frozen" and "error" (the engine failed, or a record could not be
+#: written) mean it did not; "done" means another agent had already passed
+#: it (queue mode); "lost" means lokt's recorder died before it could write
+#: the final record (the start record stays: verify says crashed).
 RAN = ("passed", "failed", "interrupted")
 
 #: The recorder script. It starts once per shard, so it runs isolated and
@@ -216,7 +226,7 @@ def recorder_argv(
 
 
 def _has_started(record_path: Path, start: Record) -> bool:
-    """Whether the recorder wrote this attempt's start record (or a later one)."""
+    """Whether the recorder has written a record of this attempt (start or final)."""
     record = read_record(record_path)
     return isinstance(record, Record) and record.attempt == start.attempt
 
