@@ -156,7 +156,7 @@ class GuardRequest:
     env: Optional[Mapping[str, str]] = None
     cwd: Optional[Path] = None
     on_start: Optional[Callable[[int], None]] = None
-    stop: Optional["StopRequest"] = None
+    stop: Optional[StopRequest] = None
     started: Optional[Callable[[], bool]] = None
     inside: Optional[InsideLock] = None
 
@@ -431,7 +431,20 @@ class Engine:
             raise ValueError(f"the {self.name} engine holds its locks in another process: no InsideLock")
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop)
-        request = GuardRequest(lock_name, command, ttl, wait, timeout, log, env, cwd, on_start, stop, started, inside)
+        request = GuardRequest(
+            lock_name=lock_name,
+            command=command,
+            ttl=ttl,
+            wait=wait,
+            timeout=timeout,
+            log=log,
+            env=env,
+            cwd=cwd,
+            on_start=on_start,
+            stop=stop,
+            started=started,
+            inside=inside,
+        )
         return self._guard(request)
 
     def _guard(self, request: GuardRequest) -> GuardResult:
