@@ -408,7 +408,10 @@ class Watchdog:
             process = subprocess.Popen(
                 [sys.executable or "python3", "-I", "-S", str(WATCHDOG), str(self.grace)],
                 stdin=read_end,
+                # Holding no output of ours: whoever reads our output (a pipe,
+                # $(...)) would otherwise wait for the watchdog's end too.
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError:
