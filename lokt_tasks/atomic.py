@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Optional
 
 
-def write_atomically(path: Path, data: bytes, *, mode: Optional[int] = 0o644, prefix: Optional[str] = None) -> None:
+def write_atomically(
+    path: Path,
+    data: bytes,
+    *,
+    mode: Optional[int] = 0o644,
+    prefix: Optional[str] = None,
+    durable: bool = True,
+) -> None:
     """Replace ``path`` with ``data``; its directory must exist.
 
     ``mode`` None keeps the temporary file's 0600, as lokt's own lock files
     have. ``prefix`` names the temporary file (default ``.<name>.``).
+    ``durable`` False skips both fsyncs: still atomic for readers, but a
+    machine crash may lose the new content or leave the file empty.
     """
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -28,7 +37,8 @@ def write_atomically(path: Path, data: bytes, *, mode: Optional[int] = 0o644, pr
             handle.flush()
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temporary, str(path))
     except BaseException:
         try:
@@ -36,7 +46,8 @@ def write_atomically(path: Path, data: bytes, *, mode: Optional[int] = 0o644, pr
         except OSError:
             pass
         raise
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:

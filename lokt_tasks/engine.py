@@ -33,16 +33,17 @@ import getpass
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from . import lockfile
 from .errors import EngineError, UsageError
@@ -344,21 +345,50 @@ def supervise(
     forwarded, or None. ``watch`` is called at every poll."""
     forwarded: Optional[int] = None
     kill_at: Optional[float] = None
-    while True:
-        try:
-            process.wait(timeout=POLL_INTERVAL)
-            return forwarded
-        except subprocess.TimeoutExpired:
-            pass
-        if watch is not None:
-            watch()
-        if forwarded is None and stop is not None and stop.is_set():
-            forwarded = stop.signum or signal.SIGINT
-            send_stop(forwarded)
-            kill_at = time.monotonic() + grace
-        if kill_at is not None and time.monotonic() >= kill_at:
-            kill_group(process.pid)
-            kill_at = None
+    with exit_waiter(process) as has_exited:
+        while not has_exited(POLL_INTERVAL):
+            if watch is not None:
+                watch()
+            if forwarded is None and stop is not None and stop.is_set():
+                forwarded = stop.signum or signal.SIGINT
+                send_stop(forwarded)
+                kill_at = time.monotonic() + grace
+            if kill_at is not None and time.monotonic() >= kill_at:
+                kill_group(process.pid)
+                kill_at = None
+    return forwarded
+
+
+@contextmanager
+def exit_waiter(process: "subprocess.Popen[bytes]") -> Iterator[Callable[[float], bool]]:
+    """A function that waits up to a timeout for ``process`` to end, and
+    tells whether it has (reaping it).
+
+    On Linux it waits on a pidfd, so it returns the moment the process ends.
+    Elsewhere ``Popen.wait`` polls in doubling sleeps, so the end of a short
+    command can be noticed some milliseconds late, which every shard pays.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
+        yield lambda timeout: _popen_wait(process, timeout)
+        return
+    try:
+        def has_exited(timeout: float) -> bool:
+            select.select([pidfd], [], [], timeout)
+            return process.poll() is not None
+
+        yield has_exited
+    finally:
+        os.close(pidfd)
+
+
+def _popen_wait(process: "subprocess.Popen[bytes]", timeout: float) -> bool:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 class Engine:

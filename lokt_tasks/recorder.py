@@ -1,8 +1,10 @@
 """The recorder: the process that runs *inside* ``lokt guard``, around the command.
 
-``python -I -S .../lokt_tasks/recorder.py RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--merge-stderr] -- CMD...``
+``recorder.py RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--merge-stderr] -- CMD...``
 
-(``run.recorder_argv`` builds it: PID is the agent's, PATH the shard's log.)
+``run.recorder_argv`` builds the command line (PID is the agent's, PATH the
+shard's log), which imports this module and calls :func:`main` (see
+``run.RECORDER_BOOTSTRAP``); it also runs as a plain script.
 
 With the lokt engine, ``lokt guard`` runs this process, not the shard
 command itself (the embedded engine holds the lock in the agent's own
@@ -30,10 +32,12 @@ final record: the start record stays, and ``verify`` calls the shard
 crashed, as it is.
 
 Why it stands alone. The recorder starts once per shard, so its start-up
-time is part of every shard's overhead. It therefore runs as a plain script,
-isolated (``-I``: bytecode caches are used whatever ``PYTHON*`` variables
-say) and without site-packages (``-S``), and on its usual path imports no
-module that is not already loaded when Python starts, except ``_signal``:
+time is part of every shard's overhead. It therefore runs isolated (``-I``:
+bytecode caches are used whatever ``PYTHON*`` variables say), without
+site-packages (``-S``), imported rather than run by path (a script is
+compiled on every start, an imported module's bytecode is cached), and on
+its usual path imports nothing beyond the package's tiny ``__init__`` and
+the modules loaded when Python starts, except ``_signal``:
 ``json`` (which pulls in ``re``) and ``signal`` (``enum``) would each cost
 about as much again as the interpreter's own start. So:
 
@@ -270,9 +274,10 @@ class ShardRecord:
         self.log = log
 
     def write(self, **stamps) -> None:
-        """Write the record with ``stamps`` (``results.STAMPED_FIELDS``, in that order)."""
+        """Write the record with ``stamps`` (``results.STAMPED_FIELDS``, in that
+        order); durably unless it is the start record, as ``results.write_record``."""
         lines = "".join('  "%s": %s,\n' % (name, json_value(value)) for name, value in stamps.items())
-        write_atomically(self.path, "{\n" + lines + self.fields[2:] + "\n")
+        write_atomically(self.path, "{\n" + lines + self.fields[2:] + "\n", durable=stamps["outcome"] != "running")
 
 
 def json_value(value: object) -> str:
@@ -334,12 +339,13 @@ def already_done(record_path: str, fields: str, skip: list) -> bool:
     )
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str, durable: bool = True) -> None:
     """Replace ``path`` with ``text`` as ``atomic.write_atomically`` does.
 
     Temp file in the same directory, fsync, rename over the old record,
     fsync the directory: readers see the old record or the new one, never a
-    mix, and after a machine crash the rename is not lost.
+    mix, and after a machine crash the rename is not lost. ``durable`` False
+    skips both fsyncs.
     """
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
@@ -349,7 +355,8 @@ def write_atomically(path: str, text: str) -> None:
             handle.write(text.encode("ascii"))
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         try:
@@ -357,7 +364,8 @@ def write_atomically(path: str, text: str) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(directory or ".")
+    if durable:
+        fsync_dir(directory or ".")
 
 
 def fsync_dir(directory: str) -> None:

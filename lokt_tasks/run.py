@@ -40,9 +40,18 @@ from .results import (
 #: the final record (the start record stays: verify says crashed).
 RAN = ("passed", "failed", "interrupted")
 
-#: The recorder script. It starts once per shard, so it runs isolated and
-#: without site-packages (``-I -S``): it needs only the standard library.
+#: The recorder's source file.
 RECORDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recorder.py")
+
+#: How the recorder is started, once per shard: isolated and without
+#: site-packages (``-I -S``), as it needs only the standard library; and
+#: imported rather than run by path, so that Python uses its cached bytecode
+#: instead of compiling it each time. The directory that holds lokt_tasks is
+#: put last on sys.path, so it cannot hide a standard module.
+RECORDER_BOOTSTRAP = (
+    "import sys; sys.path.append(%r); from lokt_tasks.recorder import main; sys.exit(main(sys.argv[1:]))"
+    % os.path.dirname(os.path.dirname(RECORDER))
+)
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,7 @@ def recorder_argv(
     writes ``start`` (stamped with the real start time) and the final record
     to ``record_path``. ``merge_stderr`` sends the command's stderr to its
     stdout."""
-    argv = [sys.executable or "python3", "-I", "-S", RECORDER, str(record_path), unstamped_json(start)]
+    argv = [sys.executable or "python3", "-I", "-S", "-c", RECORDER_BOOTSTRAP, str(record_path), unstamped_json(start)]
     argv += ["--agent", str(start.pid)]
     if start.log:
         argv += ["--log", start.log]

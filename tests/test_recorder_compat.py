@@ -77,14 +77,6 @@ def test_the_recorder_imports_only_standard_modules():
     assert imported <= STANDARD_MODULES
 
 
-def test_it_runs_without_the_package_on_sys_path():
-    probe = subprocess.run(
-        recorder_argv(Path("unused"), start_record(), ["true"])[:3] + ["-c", "import lokt_tasks"],
-        stderr=subprocess.PIPE,
-    )
-    assert probe.returncode != 0 and b"ModuleNotFoundError" in probe.stderr
-
-
 def test_a_passing_command(tmp_path):
     path = tmp_path / "shard-2.json"
     result = run_recorder(path, python("pass"))
@@ -152,10 +144,22 @@ def test_a_passing_shard_imports_nothing_beyond_os_sys_and_time(tmp_path):
     result = subprocess.run(argv[:3] + ["-X", "importtime"] + argv[3:], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if line.startswith("import time:")}
-    assert imported & {"json", "re", "enum", "signal", "subprocess", "lokt_tasks"} == set(), sorted(imported)
+    assert imported & {"json", "re", "enum", "signal", "subprocess", "dataclasses", "lokt_tasks.results"} == set(), sorted(imported)
     bare = subprocess.run(argv[:3] + ["-X", "importtime", "-c", "import os, sys, time"], capture_output=True, timeout=60).stderr.decode()
     at_start = {line.split("|")[-1].strip() for line in bare.splitlines() if line.startswith("import time:")}
-    assert imported - at_start <= {"__future__", "_signal"}, sorted(imported - at_start)
+    assert imported - at_start <= {"__future__", "_signal", "lokt_tasks", "lokt_tasks.recorder"}, sorted(imported - at_start)
+
+
+def test_it_is_imported_from_its_bytecode_cache_and_shadows_no_standard_module(tmp_path):
+    """Imported, not run by path: Python compiles a script on every start
+    but keeps an imported module's bytecode. The package's directory goes
+    last on sys.path."""
+    argv = recorder_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
+    assert argv[1:4] == ["-I", "-S", "-c"]
+    probe = argv[4].replace("from lokt_tasks.recorder import main; sys.exit(main(sys.argv[1:]))", "print(sys.path[-1])")
+    result = subprocess.run([*argv[:4], probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == str(Path(RECORDER).parent.parent)
+    assert subprocess.run(argv, timeout=60).returncode == 0
 
 
 def test_an_interrupted_command_and_its_start_record(tmp_path):
