@@ -110,8 +110,9 @@ class GuardResult:
       ran; ``interrupted`` is the signal number.
     - "skipped": the lock was ours, but ``InsideLock.begin`` said to run nothing.
     - "error": the engine failed before the command started; ``message`` says why.
-    ``interrupted`` is the signal number (SIGINT/SIGTERM) we received and
-    forwarded to the command while it ran, or None.
+    ``interrupted`` is the signal number (SIGINT/SIGTERM) of a stop request
+    that came while the command ran, forwarded to it unless it had just
+    ended, or None.
     """
 
     state: str
@@ -341,8 +342,10 @@ def supervise(
     watch: Optional[Callable[[], None]] = None,
 ) -> Optional[int]:
     """Wait for process to end. Forward a stop request once; SIGKILL its
-    process group if it outlives the grace period. Returns the signal
-    forwarded, or None. ``watch`` is called at every poll."""
+    process group if it outlives the grace period. Returns the signal of a
+    stop request that came while the process ran (forwarded, unless the
+    process ended first: a Ctrl-C at the terminal can reach both at once),
+    or None. ``watch`` is called at every poll."""
     forwarded: Optional[int] = None
     kill_at: Optional[float] = None
     with exit_waiter(process) as has_exited:
@@ -356,6 +359,8 @@ def supervise(
             if kill_at is not None and time.monotonic() >= kill_at:
                 kill_group(process.pid)
                 kill_at = None
+    if forwarded is None and stop is not None and stop.is_set():
+        return stop.signum or signal.SIGINT
     return forwarded
 
 

@@ -20,6 +20,7 @@ from typing import Collection, List, Optional, Sequence, Tuple
 from .durations import durations_from_junit, merge_durations
 from .engine import Engine, GuardResult, Identity, InsideLock, StopRequest
 from .plan import JUNIT_PLACEHOLDER, Shard
+from .recorder import empty_log
 from .results import (
     Record,
     RecordStore,
@@ -112,7 +113,7 @@ def run_shard(
     engine = settings.engine
     options = dict(ttl=settings.ttl, wait=settings.wait, timeout=settings.timeout, log=log_path, cwd=settings.cwd, stop=stop)
     if engine.holds_lock_in_process:
-        records = ShardRecords(record_path, start, skip, stop)
+        records = ShardRecords(record_path, start, skip)
         guard = engine.guard(shard.lock_name, command, inside=InsideLock(records.begin, records.end), **options)
         if records.error:
             return ShardOutcome(shard, "error", GuardResult("error", message=records.error))
@@ -144,11 +145,10 @@ class ShardRecords:
     engine that holds the lock here (``InsideLock``): what the recorder
     script does inside ``lokt guard``, with the same records."""
 
-    def __init__(self, path: Path, start: Record, skip: Collection[str], stop: Optional[StopRequest] = None) -> None:
+    def __init__(self, path: Path, start: Record, skip: Collection[str]) -> None:
         self.path = path
         self.start = start
         self.skip = skip
-        self.stop = stop
         #: The record that made ``begin`` run nothing.
         self.existing: Optional[Record] = None
         #: Why a record could not be written (the shard is then an error).
@@ -163,22 +163,15 @@ class ShardRecords:
                 self.existing = existing
                 return False
         if self.start.log:
-            _empty_log(self.start.log)
+            empty_log(self.start.log)
         self.start = replace(self.start, started_at=utc_now())
         return self._write(self.start)
 
     def end(self, result: GuardResult) -> None:
-        """Write the final record: the command ended, or a stop came first.
-
-        A stop asked for while the command ran makes it interrupted, even if
-        the command ended before the stop was passed on (a Ctrl-C at the
-        terminal may reach both at once), as the recorder counts any signal
-        it received.
-        """
+        """Write the final record: the command ended, or a stop came first."""
         signal = signal_name(result.signal) if result.signal else None
-        stopped_by = result.interrupted or (self.stop.signum if self.stop is not None and self.stop.is_set() else None)
-        if stopped_by:
-            outcome, message = "interrupted", f"stopped by {signal_name(stopped_by)}"
+        if result.interrupted:
+            outcome, message = "interrupted", f"stopped by {signal_name(result.interrupted)}"
         else:
             outcome, message = ("passed" if result.exit_code == 0 else "failed"), ""
         self._write(finish(self.start, outcome=outcome, exit_code=result.exit_code, signal=signal, message=message))
@@ -200,15 +193,6 @@ def _already_done(existing: Record, start: Record, skip: Collection[str]) -> boo
         and existing.fingerprint == start.fingerprint
         and existing.attempt != start.attempt
     )
-
-
-def _empty_log(path: str) -> None:
-    """Start the shard's log afresh, now that this attempt holds the lock
-    (the engine opened it for appending: output goes on at its new end)."""
-    try:
-        os.truncate(path, 0)
-    except OSError:
-        pass
 
 
 def recorder_argv(
