@@ -63,12 +63,17 @@ def make_project(root: Path, checks: Dict[str, str], *, shards: int = 3, extra_t
         f'glob = ["checks/check_*.py"]\nshards = {shards}\n{extra_toml}'
     )
     (root / ".gitignore").write_text("ran.log\n*.go\n")
+    commit_new_repository(root)
+    return root
+
+
+def commit_new_repository(root: Path, message: str = "scratch") -> None:
+    """Make ``root`` a git repository with everything in it committed."""
     git(root, "init", "-q")
     git(root, "config", "user.email", "test@example.com")
     git(root, "config", "user.name", "test")
     git(root, "add", "-A")
-    git(root, "commit", "-qm", "scratch")
-    return root
+    git(root, "commit", "-qm", message)
 
 
 def set_check(root: Path, name: str, body: str) -> None:

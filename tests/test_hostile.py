@@ -17,7 +17,7 @@ from typing import Dict, List
 import pytest
 
 from lokt_tasks import errors
-from scratch import PASS, checks, cli, git, lock_files, make_project, ran
+from scratch import PASS, checks, cli, commit_new_repository, lock_files, make_project, ran
 
 PYTHON = json.dumps(sys.executable)  # a TOML basic string
 
@@ -58,11 +58,7 @@ def make_scratch(root: Path, toml: str, files: Dict[str, str]) -> Path:
     (root / "shards.toml").write_text(toml)
     for name, text in files.items():
         (root / name).write_text(text)
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "test@example.com")
-    git(root, "config", "user.name", "test")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "scratch")
+    commit_new_repository(root)
     return root
 
 

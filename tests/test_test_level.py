@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
 
-from scratch import PYTHON, cli, git
+from scratch import PYTHON, cli, commit_new_repository
 
 SUITE = {
     "conftest.py": """\
@@ -85,11 +85,7 @@ def pytest_project(root: Path) -> Path:
         path.write_text(text)
     (root / "shards.toml").write_text(SHARDS_TOML)
     (root / ".gitignore").write_text("ran.log\n__pycache__/\n")
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "test@example.com")
-    git(root, "config", "user.name", "test")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "pytest suite")
+    commit_new_repository(root, "pytest suite")
     return root
 
 
