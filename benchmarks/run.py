@@ -39,10 +39,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lokt_tasks
 from lokt_tasks.config import load_config
-from lokt_tasks.engine import find_lokt_binary, make_identity, select_engine
+from lokt_tasks.attempt import Attempt
+from lokt_tasks.engine import make_identity
+from lokt_tasks.lokt_engine import find_lokt_binary
 from lokt_tasks.plan import build_plan
-from lokt_tasks.results import RecordStore, finish, new_start_record
-from lokt_tasks.run import RunSettings, recorder_argv, run_shard
+from lokt_tasks.results import RecordStore, finish, new_start_record, unstamped_json
+from lokt_tasks.run import RunSettings, run_shard, select_engine
 from lokt_tasks.verdict import judge_live, render_table, verdict_to_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -408,9 +410,15 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
 
     def guard(engine_name: str) -> Callable[[], None]:
         engine = select_engine(engine_name, identity, root=lock_root)
+        fields = unstamped_json(new_start_record(shard, run_key="per-shard-guard", agent=identity.agent,
+                                                 owner=identity.owner, host=identity.host, pid=os.getpid(),
+                                                 engine=engine_name))
+        path = store.record_path(shard.task, "per-shard-guard", shard.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
 
         def run() -> None:
-            result = engine.guard("bench-" + engine_name, ["true"], ttl=60.0, cwd=project)
+            attempt = Attempt(path, fields, ["true"])
+            result = engine.guard("bench-" + engine_name, attempt, ttl=60.0, cwd=project)
             if result.state != "ran" or result.exit_code != 0:
                 raise SystemExit("per-shard benchmark: %s guard gave %s" % (engine_name, result))
         return run
@@ -425,11 +433,11 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
                 raise SystemExit("per-shard benchmark: run_shard gave %s" % outcome.state)
         return run
 
-    record_path = store.record_path(shard.task, "per-shard-recorder", shard.index)
+    record_path = store.record_path(shard.task, "per-shard-attempt", shard.index)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    start = new_start_record(shard, run_key="per-shard-recorder", agent=identity.agent, owner=identity.owner,
+    start = new_start_record(shard, run_key="per-shard-attempt", agent=identity.agent, owner=identity.owner,
                              host=identity.host, pid=os.getpid(), engine="none")
-    recorder = recorder_argv(record_path, start, ["true"])
+    attempt_process = Attempt(record_path, unstamped_json(start), ["true"]).argv(os.getpid())
 
     cases: List[Tuple[str, str, Callable[[], None]]] = [
         ("true", "the command alone, started from Python", spawn(["true"])),
@@ -438,9 +446,10 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
         cases.append(("lokt guard", "`lokt guard --ttl 1m NAME -- true`", spawn([lokt, "guard", "--ttl", "1m", "bench-bare", "--", "true"])))
     cases.append(("embedded guard", "embedded engine: lock, run true, release", guard("embedded")))
     if lokt:
-        cases.append(("lokt engine guard", "lokt engine, any command: lokt guard + launcher around true", guard("lokt")))
+        cases.append(("lokt engine guard", "lokt engine: lokt guard + the attempt process around true", guard("lokt")))
     cases.append(("python start", "`python -c pass`", spawn([sys.executable, "-c", "pass"])))
-    cases.append(("recorder", "the recorder around true, as the lokt engine starts it: two record writes", spawn(recorder)))
+    cases.append(("attempt process", "the attempt around true, as the lokt engine starts it: two record writes",
+                  spawn(attempt_process)))
     cases.append(("run_shard, embedded", "one whole shard as shard-all runs it", shard_run("embedded")))
     if lokt:
         cases.append(("run_shard, lokt", "one whole shard as shard-all runs it", shard_run("lokt")))
@@ -894,7 +903,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lokt-tasks-bench-") as temporary:
         work = Path(temporary).resolve()
-        # Every Python process started from here (lokt-tasks, its recorder)
+        # Every Python process started from here (lokt-tasks, its attempt processes)
         # keeps a bytecode cache, in the temporary directory, as a normal
         # install does; with PYTHONDONTWRITEBYTECODE set, each one would
         # compile lokt-tasks from source at every start.

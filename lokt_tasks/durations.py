@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from .atomic import write_atomically
+from .system import write_atomically
 from .config import display_path
 from .errors import ConfigError
 

@@ -51,29 +51,24 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Mapping, Optional, Sequence, Union
+from typing import BinaryIO, Dict, Optional, Union
 
-from . import lockfile
+from . import lockfile, system
+from .attempt import Attempt
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
     STOP_GRACE,
     Engine,
-    GuardRequest,
     GuardResult,
     Holder,
     Identity,
     StopRequest,
     effective_ttl,
     frozen_message,
-    heartbeat_interval,
     held_message,
     holder_from_lock,
     interrupted_before_start,
-    kill_group,
-    open_log,
-    ran_result,
-    supervise,
-    timeout_message,
+    ran,
 )
 from .lockfile import (
     CorruptLockFile,
@@ -104,7 +99,7 @@ class Claimant:
     @classmethod
     def current(cls, owner: str, agent_id: str, host: str) -> "Claimant":
         pid = os.getpid()
-        return cls(owner, host, pid, agent_id, lockfile.process_start_time(pid) or 0)
+        return cls(owner, host, pid, agent_id, system.process_start_time(pid) or 0)
 
     def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
         return LockData(
@@ -352,9 +347,6 @@ class Heartbeat:
                 return
 
 
-WATCHDOG = Path(__file__).with_name("watchdog.py")
-
-
 class Watchdog:
     """Our line to ``watchdog.py``: it stops the commands we started if we die.
 
@@ -372,7 +364,7 @@ class Watchdog:
         self._unavailable = False
 
     def watch(self, pid: int) -> None:
-        start = lockfile.process_start_time(pid) if sys.platform.startswith("linux") else None
+        start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
         self._send(f"+{pid} {'-' if start is None else start}\n")
 
     def forget(self, pid: int) -> None:
@@ -406,7 +398,7 @@ class Watchdog:
         read_end, write_end = os.pipe()
         try:
             process = subprocess.Popen(
-                [sys.executable or "python3", "-I", "-S", str(WATCHDOG), str(self.grace)],
+                system.bootstrap("watchdog") + [str(self.grace)],
                 stdin=read_end,
                 # Holding no output of ours: whoever reads our output (a pipe,
                 # $(...)) would otherwise wait for the watchdog's end too.
@@ -442,40 +434,66 @@ class EmbeddedEngine(Engine):
     def describe(self) -> str:
         return "embedded engine"
 
-    def _guard(self, request: GuardRequest) -> GuardResult:
-        lock_name, stop, inside = request.lock_name, request.stop, request.inside
-        lifetime = effective_ttl(request.ttl)
+    def _guard(
+        self,
+        lock_name: str,
+        attempt: Attempt,
+        ttl: float,
+        wait: bool,
+        timeout: Optional[float],
+        env: Dict[str, str],
+        cwd: Optional[Path],
+        stop: StopRequest,
+    ) -> GuardResult:
+        lifetime = effective_ttl(ttl)
         heartbeat = None
-        with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, lock, log
-            try:
-                output = open_log(request.log, cleanup)
-            except OSError as error:
-                return GuardResult("error", message=f"cannot open log {request.log}: {error.strerror or error}")
+        with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
             me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
             try:
-                claim = self._acquire(lock_name, me, int(lifetime), request.wait, request.timeout, stop)
+                claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
             except OSError as error:
                 return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
             if isinstance(claim, GuardResult):
                 return claim
             cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
             if lifetime > 0:
-                heartbeat = Heartbeat(self.root, lock_name, me, heartbeat_interval(lifetime))
+                heartbeat = Heartbeat(self.root, lock_name, me, max(lifetime / 2, 0.5))
                 heartbeat.start()
                 cleanup.callback(heartbeat.stop)
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 return interrupted_before_start(stop)
-            if inside is not None and not inside.begin():
-                return GuardResult("skipped", message="nothing to run")
-            if stop is not None and stop.is_set():
-                result = interrupted_before_start(stop)
-            else:
-                result = self._run(request, output)
-            if inside is not None:
-                inside.end(result)
+            try:
+                result = self._attempt(attempt, env, cwd, stop)
+            except OSError as error:  # from begin or finish: the record
+                return GuardResult("error", message=f"cannot write {attempt.record}: {error.strerror or error}")
         if heartbeat is not None and heartbeat.lost:
             result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
         return result
+
+    def _attempt(self, attempt: Attempt, env: Dict[str, str], cwd: Optional[Path],
+                 stop: StopRequest) -> GuardResult:
+        """The attempt, in this process, under the lock we hold."""
+        if not attempt.begin():
+            return GuardResult("skipped", message="nothing to run")
+        if stop.is_set():
+            attempt.finish(None, stop.asked())
+            return interrupted_before_start(stop)
+        child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
+        if isinstance(child, int):
+            attempt.finish(child, None)
+            return ran(child)
+        try:
+            self.watchdog.watch(child.pid)
+            returncode, stopped_by = attempt.wait(child, stopped=stop.asked, grace=self.grace)
+        except BaseException:
+            child.kill_group()
+            child.wait()
+            raise
+        finally:
+            if child.returncode is not None:
+                self.watchdog.forget(child.pid)
+        attempt.finish(returncode, stopped_by)
+        return ran(returncode, stopped_by)
 
     def _acquire(
         self,
@@ -507,10 +525,7 @@ class EmbeddedEngine(Engine):
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
                 holder = self._holder_of(name, attempt.holder)
-                message = held_message(name, holder)
-                if wait:
-                    message = timeout_message(timeout, message)
-                return GuardResult("held", holder=holder, message=message)
+                return GuardResult("held", holder=holder, message=held_message(name, holder, wait, timeout))
             pause = min(backoff(tries), remaining)
             tries += 1
             if stop is not None:
@@ -531,57 +546,3 @@ class EmbeddedEngine(Engine):
                 return holder
             time.sleep(SETTLE_PAUSE)
         return None
-
-    def _run(self, request: GuardRequest, output: Optional[BinaryIO]) -> GuardResult:
-        command = request.command
-        try:
-            process = _start(command, output, self.child_env(request.env), request.cwd)
-        except OSError as error:
-            return _not_started(command[0], error, output)
-        try:
-            self.watchdog.watch(process.pid)
-            if request.on_start is not None:
-                request.on_start(process.pid)
-            forwarded = supervise(process, request.stop, self.grace, lambda signum: _signal(process, signum))
-        except BaseException:
-            kill_group(process.pid)
-            process.wait()
-            raise
-        finally:
-            if process.returncode is not None:
-                self.watchdog.forget(process.pid)
-        return ran_result(process.returncode, forwarded)
-
-
-def _start(command: Sequence[str], output: Optional[BinaryIO], env: Mapping[str, str], cwd: Optional[Path]) -> "subprocess.Popen[bytes]":
-    return subprocess.Popen(
-        list(command),
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not None else None,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-    )
-
-
-def _not_started(program: str, error: OSError, output: Optional[BinaryIO]) -> GuardResult:
-    """A command that cannot be executed ends like under a shell: 127 / 126."""
-    code = 127 if isinstance(error, FileNotFoundError) else 126
-    reason = "command not found" if code == 127 else (error.strerror or str(error))
-    line = f"lokt-tasks: {program}: {reason}\n"
-    if output is not None:
-        output.write(line.encode("utf-8", "replace"))
-    else:
-        sys.stderr.write(line)
-        sys.stderr.flush()
-    return GuardResult("ran", exit_code=code)
-
-
-def _signal(process: "subprocess.Popen[bytes]", signum: int) -> None:
-    """Forward a stop to the command we started, and only to it, as lokt
-    guard does: a command that runs others (a recorder, make, a test
-    runner) forwards it itself, so its children get it exactly once."""
-    try:
-        process.send_signal(signum)
-    except ProcessLookupError:
-        pass

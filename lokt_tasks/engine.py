@@ -1,10 +1,12 @@
-"""The lock engine: run one command under a lokt lock.
+"""The lock engine: acquire a lock, hold it while an attempt runs, release it.
 
 Two engines speak the same on-disk protocol (see ``lockfile``), so agents
 using either exclude each other: ``lokt`` drives the real binary
-(``lokt guard``), ``embedded`` implements the protocol in Python for machines
-without lokt. ``select_engine`` picks one: ``auto`` takes lokt when it is
-found (``$LOKT_BIN``, else ``lokt`` on PATH) and the embedded engine otherwise.
+(``lokt guard``, in ``lokt_engine``), ``embedded`` implements the protocol in
+Python for machines without lokt (``embedded``). This module holds what they
+share; ``run.select_engine`` picks one. An engine runs an
+:class:`~lokt_tasks.attempt.Attempt` and never calls back into the run layer:
+whether the command started is told by the attempt's own record.
 
 Identity. lokt lets a caller whose owner equals the lock's owner re-enter the
 lock, so two agents of one OS user would both "acquire" it. Every agent
@@ -30,53 +32,24 @@ means a lock that never expires (and no renewal).
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import secrets
-import select
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
 from . import lockfile
+from .attempt import STOP_GRACE, Attempt
 from .errors import EngineError, UsageError
 from .lockfile import LockData, LockFileError, validate_lock_name
 
-__all__ = [
-    "ENGINE_CHOICES",
-    "Engine",
-    "GuardRequest",
-    "GuardResult",
-    "Holder",
-    "Identity",
-    "InsideLock",
-    "LoktEngine",
-    "StopRequest",
-    "find_lock_root",
-    "find_lokt_binary",
-    "format_duration",
-    "make_identity",
-    "select_engine",
-    "validate_lock_name",
-]
-
-ENGINE_CHOICES = ("auto", "lokt", "embedded")
-
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
-#: After forwarding a stop signal, how long the command gets before SIGKILL.
-STOP_GRACE = 10.0
-#: How often a guard looks at the stop request and the command.
+#: How often a stop request is looked at while waiting.
 POLL_INTERVAL = 0.025
-
-LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 @dataclass(frozen=True)
@@ -96,7 +69,7 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What happened when we asked to run a command under a lock.
+    """What happened when we asked to run an attempt under a lock.
 
     ``state`` is one of:
     - "ran": the command started; ``exit_code`` (or ``signal``, the number of
@@ -108,11 +81,11 @@ class GuardResult:
     - "frozen": the lock name is frozen; ``holder`` is who froze it. Nothing ran.
     - "interrupted": a stop request came before the command started. Nothing
       ran; ``interrupted`` is the signal number.
-    - "skipped": the lock was ours, but ``InsideLock.begin`` said to run nothing.
-    - "error": the engine failed before the command started; ``message`` says why.
+    - "skipped": the lock was ours, but the attempt found its shard done.
+    - "error": the engine failed, or a record could not be written; ``message``
+      says why.
     ``interrupted`` is the signal number (SIGINT/SIGTERM) of a stop request
-    that came while the command ran, forwarded to it unless it had just
-    ended, or None.
+    that came while the command ran, or None.
     """
 
     state: str
@@ -125,42 +98,6 @@ class GuardResult:
     @property
     def ran(self) -> bool:
         return self.state == "ran"
-
-
-@dataclass(frozen=True)
-class InsideLock:
-    """What the caller does itself while the lock is held, around the command,
-    with an engine that holds its locks in this process
-    (``Engine.holds_lock_in_process``): the run layer writes a shard's
-    records here, so that they are written under the lock.
-
-    ``begin()`` runs once the lock is ours; if it returns False nothing runs
-    and the guard's state is "skipped". Otherwise ``end(result)`` runs once
-    the command has ended, or was stopped before it started, before the lock
-    is released.
-    """
-
-    begin: Callable[[], bool]
-    end: Callable[[GuardResult], None]
-
-
-@dataclass(frozen=True)
-class GuardRequest:
-    """One call of ``Engine.guard``, its arguments checked: what an engine's
-    ``_guard`` gets (see ``Engine.guard`` for what each one means)."""
-
-    lock_name: str
-    command: List[str]
-    ttl: float
-    wait: bool = False
-    timeout: Optional[float] = None
-    log: Optional[Path] = None
-    env: Optional[Mapping[str, str]] = None
-    cwd: Optional[Path] = None
-    on_start: Optional[Callable[[int], None]] = None
-    stop: Optional[StopRequest] = None
-    started: Optional[Callable[[], bool]] = None
-    inside: Optional[InsideLock] = None
 
 
 class StopRequest:
@@ -183,6 +120,10 @@ class StopRequest:
 
     def is_set(self) -> bool:
         return self._requested
+
+    def asked(self) -> Optional[int]:
+        """The signal of the stop asked for, or None: what ``Attempt.wait`` polls."""
+        return (self.signum or signal.SIGINT) if self._requested else None
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to timeout seconds; True as soon as a stop is requested."""
@@ -248,21 +189,11 @@ def find_lock_root(cwd: Path) -> Path:
     return Path(base) / ".lokt"
 
 
-def format_duration(seconds: float) -> str:
-    """A lokt (Go) duration: "600s", "1.5s". lokt refuses bare numbers."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text or '0'}s"
-
-
 def effective_ttl(ttl: float) -> float:
     """0 (no TTL) or at least one second: lokt stores whole seconds."""
     if ttl <= 0:
         return 0.0
     return max(float(ttl), 1.0)
-
-
-def heartbeat_interval(ttl: float) -> float:
-    return max(ttl / 2, 0.5)
 
 
 def holder_from_lock(lock: LockData, name: str) -> Holder:
@@ -279,19 +210,19 @@ def holder_from_lock(lock: LockData, name: str) -> Holder:
     )
 
 
-def describe_holder(holder: Holder) -> str:
-    """lokt's way of naming a holder: owner (agent: A)@host (pid N)."""
-    agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
-    return f"{holder.owner}{agent}@{holder.host} (pid {holder.pid})"
-
-
-def held_message(name: str, holder: Optional[Holder]) -> str:
+def held_message(name: str, holder: Optional[Holder], wait: bool, timeout: Optional[float]) -> str:
+    """lokt's words for a lock it could not take, naming the holder as lokt does:
+    owner (agent: A)@host (pid N); after a wait, how long it waited."""
     if holder is None:
-        return f'lock "{name}" is held by another agent (its lock file is being written)'
-    return f'lock "{name}" held by {describe_holder(holder)} for {int(holder.age_sec)}s'
-
-
-def timeout_message(timeout: Optional[float], message: str) -> str:
+        message = f'lock "{name}" is held by another agent (its lock file is being written)'
+    else:
+        agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
+        message = (
+            f'lock "{name}" held by {holder.owner}{agent}@{holder.host} (pid {holder.pid})'
+            f" for {int(holder.age_sec)}s"
+        )
+    if not wait:
+        return message
     limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
     return f"timeout after {limit:g}s waiting: {message}"
 
@@ -303,13 +234,6 @@ def frozen_message(name: str, holder: Optional[Holder]) -> str:
     return f'lock "{name}" is frozen by {holder.owner}{agent}@{holder.host}'
 
 
-def ran_result(returncode: int, interrupted: Optional[int] = None, message: str = "") -> GuardResult:
-    """A finished command: Popen's negative return code means killed by a signal."""
-    if returncode < 0:
-        return GuardResult("ran", signal=-returncode, interrupted=interrupted, message=message)
-    return GuardResult("ran", exit_code=returncode, interrupted=interrupted, message=message)
-
-
 def interrupted_before_start(stop: StopRequest) -> GuardResult:
     return GuardResult(
         "interrupted",
@@ -318,82 +242,11 @@ def interrupted_before_start(stop: StopRequest) -> GuardResult:
     )
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL a command's whole process group (it runs in its own session)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def open_log(log: Optional[Path], files: ExitStack) -> Optional[BinaryIO]:
-    """The command's log, opened for appending (closed with files), or None."""
-    if log is None:
-        return None
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    return files.enter_context(open(log, "ab"))
-
-
-def supervise(
-    process: "subprocess.Popen[bytes]",
-    stop: Optional[StopRequest],
-    grace: float,
-    send_stop: Callable[[int], None],
-    watch: Optional[Callable[[], None]] = None,
-) -> Optional[int]:
-    """Wait for process to end. Forward a stop request once; SIGKILL its
-    process group if it outlives the grace period. Returns the signal of a
-    stop request that came while the process ran (forwarded, unless the
-    process ended first: a Ctrl-C at the terminal can reach both at once),
-    or None. ``watch`` is called at every poll."""
-    forwarded: Optional[int] = None
-    kill_at: Optional[float] = None
-    with exit_waiter(process) as has_exited:
-        while not has_exited(POLL_INTERVAL):
-            if watch is not None:
-                watch()
-            if forwarded is None and stop is not None and stop.is_set():
-                forwarded = stop.signum or signal.SIGINT
-                send_stop(forwarded)
-                kill_at = time.monotonic() + grace
-            if kill_at is not None and time.monotonic() >= kill_at:
-                kill_group(process.pid)
-                kill_at = None
-    if forwarded is None and stop is not None and stop.is_set():
-        return stop.signum or signal.SIGINT
-    return forwarded
-
-
-@contextmanager
-def exit_waiter(process: "subprocess.Popen[bytes]") -> Iterator[Callable[[float], bool]]:
-    """A function that waits up to a timeout for ``process`` to end, and
-    tells whether it has (reaping it).
-
-    On Linux it waits on a pidfd, so it returns the moment the process ends.
-    Elsewhere ``Popen.wait`` polls in doubling sleeps, so the end of a short
-    command can be noticed some milliseconds late, which every shard pays.
-    """
-    try:
-        pidfd = os.pidfd_open(process.pid)  # type: ignore[attr-defined]
-    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
-        yield lambda timeout: _popen_wait(process, timeout)
-        return
-    try:
-        def has_exited(timeout: float) -> bool:
-            select.select([pidfd], [], [], timeout)
-            return process.poll() is not None
-
-        yield has_exited
-    finally:
-        os.close(pidfd)
-
-
-def _popen_wait(process: "subprocess.Popen[bytes]", timeout: float) -> bool:
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
+def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
+    """A finished command: a negative return code means killed by that signal."""
+    if returncode < 0:
+        return GuardResult("ran", signal=-returncode, interrupted=interrupted)
+    return GuardResult("ran", exit_code=returncode, interrupted=interrupted)
 
 
 class Engine:
@@ -405,9 +258,6 @@ class Engine:
     """
 
     name = ""
-    #: True when the lock holder is this process (the embedded engine): only
-    #: then can ``guard`` run an ``InsideLock`` under the lock.
-    holds_lock_in_process = False
 
     def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
         self.identity = identity
@@ -420,70 +270,48 @@ class Engine:
     def guard(
         self,
         lock_name: str,
-        argv: Sequence[str],
+        attempt: Attempt,
         *,
         ttl: float,
         wait: bool = False,
         timeout: Optional[float] = None,
-        log: Optional[Path] = None,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[Path] = None,
-        on_start: Optional[Callable[[int], None]] = None,
         stop: Optional[StopRequest] = None,
-        started: Optional[Callable[[], bool]] = None,
-        inside: Optional[InsideLock] = None,
     ) -> GuardResult:
-        """Run argv (never through a shell) while holding lock_name.
+        """Run ``attempt`` while holding lock_name.
 
-        ``log``: None lets the command write to our stdout/stderr; a path
-        gets both appended. ``on_start(pid)`` is called once the command
-        runs. ``timeout`` (with ``wait``): None or <= 0 means 10 minutes.
+        ``ttl`` in seconds (0: a lock that never expires); ``timeout`` (with
+        ``wait``): None or <= 0 means 10 minutes. The command runs in a
+        session of its own with ``env`` (default ours) and lokt's identity
+        variables, in ``cwd``, so a Ctrl-C at the terminal reaches only us.
+        When ``stop`` is set, its signal is sent once to the command (as lokt
+        guard does: to the process started, which passes it on to its own
+        children); after ``self.grace`` seconds the command's whole process
+        group is killed. The lock is released either way.
 
-        ``started``: for a command that leaves its own proof of having
-        started (the recorder writes its start record), a check of that
-        proof. An engine that cannot see the command start by itself (lokt)
-        then runs argv as it is, not wrapped in its launcher, and takes the
-        exit code it gets as the command's. Not with ``on_start``.
-
-        ``inside``: steps to take under the lock before and after the
-        command (see InsideLock); only where ``holds_lock_in_process``.
-
-        The command runs in its own session, so a Ctrl-C at the terminal
-        reaches only us. When ``stop`` is set, its signal is sent once to the
-        command (as lokt guard does: to the process started, which passes it
-        on to its own children); after ``self.grace`` seconds the command's
-        whole process group is killed. The lock is released either way.
-
-        Raises UsageError for a bad lock name, empty argv or missing cwd.
+        Raises UsageError for a bad lock name or a missing cwd.
         """
         validate_lock_name(lock_name)
-        command = [str(arg) for arg in argv]
-        if not command:
-            raise UsageError(f"no command to run under lock {lock_name!r}")
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")
-        if inside is not None and not self.holds_lock_in_process:
-            raise ValueError(f"the {self.name} engine holds its locks in another process: no InsideLock")
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop)
-        request = GuardRequest(
-            lock_name=lock_name,
-            command=command,
-            ttl=ttl,
-            wait=wait,
-            timeout=timeout,
-            log=log,
-            env=env,
-            cwd=cwd,
-            on_start=on_start,
-            stop=stop,
-            started=started,
-            inside=inside,
-        )
-        return self._guard(request)
+        return self._guard(lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd,
+                           stop or StopRequest())
 
-    def _guard(self, request: GuardRequest) -> GuardResult:
-        """The engine's own part of ``guard``."""
+    def _guard(
+        self,
+        lock_name: str,
+        attempt: Attempt,
+        ttl: float,
+        wait: bool,
+        timeout: Optional[float],
+        env: Dict[str, str],
+        cwd: Optional[Path],
+        stop: StopRequest,
+    ) -> GuardResult:
+        """The engine's own part of ``guard``, its arguments checked."""
         raise NotImplementedError
 
     def holder(self, lock_name: str) -> Optional[Holder]:
@@ -540,220 +368,3 @@ class Engine:
             LOKT_ROOT=str(self.root),
         )
         return merged
-
-
-class StartWatcher:
-    """Notice the launcher's ``started`` file and report the pid once."""
-
-    def __init__(self, path: Path, on_start: Optional[Callable[[int], None]]) -> None:
-        self.path = path
-        self.on_start = on_start
-        self.started = False
-
-    def check(self) -> None:
-        if self.started:
-            return
-        try:
-            pid = int(self.path.read_text())
-        except (OSError, ValueError):
-            return
-        self.started = True
-        if self.on_start is not None:
-            self.on_start(pid)
-
-
-class LoktEngine(Engine):
-    """``lokt guard`` runs the command; lokt owns the lock, its renewal and release.
-
-    The command is wrapped in ``launcher.py``, whose ``started``/``ended``
-    files say whether it ran and how it ended: lokt's exit code 2 cannot tell
-    "held" from "the command exited 2", and 255 hides the signal. A command
-    that proves its own start (``started``, the recorder) runs unwrapped,
-    which saves starting a second Python per shard.
-    """
-
-    name = "lokt"
-
-    def __init__(self, identity: Identity, root: Path, binary: str, *, grace: float = STOP_GRACE) -> None:
-        super().__init__(identity, root, grace=grace)
-        self.binary = binary
-        self._version: Optional[str] = None
-
-    def describe(self) -> str:
-        if self._version is None:
-            try:
-                output = subprocess.run(
-                    [self.binary, "version"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    universal_newlines=True,
-                    timeout=10,
-                ).stdout.strip()
-            except (OSError, subprocess.TimeoutExpired):
-                output = ""
-            self._version = output.splitlines()[0] if output else "lokt (version unknown)"
-        return f"{self._version} at {self.binary}"
-
-    def guard_command(self, lock_name: str, ttl: float, wait: bool, timeout: Optional[float]) -> List[str]:
-        """``lokt guard`` with its flags before the name (Go's flag parsing
-        stops at the first non-flag word) and durations with units."""
-        command = [self.binary, "guard"]
-        lifetime = effective_ttl(ttl)
-        if lifetime > 0:
-            command += ["--ttl", format_duration(lifetime)]
-        if wait:
-            command.append("--wait")
-            if timeout is not None and timeout > 0:
-                command += ["--timeout", format_duration(timeout)]
-        return command + [lock_name, "--"]
-
-    def _guard(self, request: GuardRequest) -> GuardResult:
-        if request.started is not None and request.on_start is not None:
-            raise ValueError("on_start needs the launcher: not with started")
-        state_dir = Path(tempfile.mkdtemp(prefix="lokt-tasks-"))
-        try:
-            return self._guard_in(state_dir, request)
-        finally:
-            shutil.rmtree(state_dir, ignore_errors=True)
-
-    def _guard_in(self, state_dir: Path, request: GuardRequest) -> GuardResult:
-        lock_name, log, started = request.lock_name, request.log, request.started
-        full_command = self.guard_command(lock_name, request.ttl, request.wait, request.timeout)
-        if started is None:
-            full_command += [sys.executable or "python3", "-I", "-S", str(LAUNCHER), str(state_dir)]
-            full_command.append("1" if log is not None else "0")
-        full_command += request.command
-        lokt_stderr = state_dir / "lokt-stderr"
-        watcher = StartWatcher(state_dir / "started", request.on_start)
-        with ExitStack() as files:
-            try:
-                stdout = open_log(log, files)
-            except OSError as error:
-                return GuardResult("error", message=f"cannot open log {log}: {error.strerror or error}")
-            # With a log, lokt's own messages are kept apart from the command's output.
-            stderr = files.enter_context(open(lokt_stderr, "wb")) if log is not None else None
-            try:
-                process = subprocess.Popen(
-                    full_command,
-                    stdout=stdout,
-                    stderr=stderr,
-                    env=self.child_env(request.env),
-                    cwd=request.cwd,
-                    start_new_session=True,
-                )
-            except OSError as error:
-                return GuardResult("error", message=f"cannot run {self.binary}: {error.strerror or error}")
-            try:
-                forwarded = supervise(process, request.stop, self.grace, process.send_signal, watcher.check)
-                watcher.check()
-            except BaseException:
-                kill_group(process.pid)
-                process.wait()
-                self._remove_leftover(lock_name, process.pid)
-                raise
-        if process.returncode < 0:
-            # lokt guard was killed: what it ran would go on, no longer locked.
-            kill_group(process.pid)
-            self._remove_leftover(lock_name, process.pid)
-        lokt_message = _read_text(lokt_stderr)
-        ended = state_dir / "ended"
-        if started is None:
-            ran = watcher.started or ended.exists()
-        else:  # lokt exits 0 only with the command's own 0
-            ran = process.returncode == 0 or started()
-        if ran:
-            if lokt_message and log is not None:
-                with open(log, "a", encoding="utf-8") as handle:
-                    handle.write(lokt_message + "\n")
-            return self._ran(ended, process.returncode, forwarded)
-        if forwarded is not None:
-            return GuardResult("interrupted", interrupted=forwarded, message="stopped before the command started")
-        message = _last_error_line(lokt_message)
-        if process.returncode == 2:
-            return self._refused(lock_name, message, request.wait, request.timeout)
-        if process.returncode < 0:
-            message = f"lokt guard was killed by signal {-process.returncode} before the command started"
-        elif not message:
-            message = f"lokt guard failed with exit code {process.returncode} before the command started"
-        return GuardResult("error", message=message)
-
-    def _ran(self, ended: Path, returncode: int, forwarded: Optional[int]) -> GuardResult:
-        """How the command ended, from the launcher; from lokt if it could not say."""
-        text = _read_text(ended)
-        if text:
-            outcome = json.loads(text)
-            if outcome.get("signal"):
-                return GuardResult("ran", signal=int(outcome["signal"]), interrupted=forwarded)
-            return GuardResult("ran", exit_code=int(outcome["exit_code"]), interrupted=forwarded)
-        return ran_result(returncode, forwarded)
-
-    def _refused(self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]) -> GuardResult:
-        """Exit 2 and no sign of the command: held or frozen, said by the files.
-
-        With --wait, lokt only gives up with 2 when frozen or timed out.
-        """
-        freeze = self.frozen_by(lock_name)
-        if "frozen" in lokt_message or (not lokt_message and freeze is not None):
-            return GuardResult("frozen", holder=freeze, message=frozen_message(lock_name, freeze))
-        holder = self.holder(lock_name)
-        message = held_message(lock_name, holder)
-        if wait:
-            message = timeout_message(timeout, message)
-        return GuardResult("held", holder=holder, message=message)
-
-    def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
-        """lokt was killed before it could release: remove its lock, ours only."""
-        path = lockfile.lock_path(self.root, lock_name)
-        try:
-            lock = lockfile.read_lock(path)
-        except (OSError, LockFileError):
-            return
-        if lock.owner == self.identity.owner and lock.pid == lokt_pid and lock.host == self.identity.host:
-            lockfile.remove_file(path)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _last_error_line(text: str) -> str:
-    """lokt's one-line reason ("error: ..."), without the prefix."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: ") :]
-    return lines[-1] if lines else ""
-
-
-def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """$LOKT_BIN if set (it must be an executable file), else lokt on PATH."""
-    environ = os.environ if env is None else env
-    configured = environ.get("LOKT_BIN", "")
-    if configured:
-        if os.path.isfile(configured) and os.access(configured, os.X_OK):
-            return os.path.abspath(configured)
-        raise EngineError(f"LOKT_BIN={configured} is not an executable file")
-    return shutil.which("lokt", path=environ.get("PATH"))
-
-
-def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
-    """The engine for choice "auto", "lokt" or "embedded", on one lock root."""
-    if choice not in ENGINE_CHOICES:
-        raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINE_CHOICES))
-    lock_root = Path(root) if root is not None else find_lock_root(Path.cwd())
-    if choice in ("auto", "lokt"):
-        binary = find_lokt_binary()
-        if binary is not None:
-            return LoktEngine(identity, lock_root, binary)
-        if choice == "lokt":
-            raise EngineError(
-                'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
-                ' or use engine = "embedded"'
-            )
-    # Imported here: the embedded engine is built on this module.
-    from .embedded import EmbeddedEngine
-
-    return EmbeddedEngine(identity, lock_root)

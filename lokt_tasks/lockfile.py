@@ -17,7 +17,6 @@ import json
 import os
 import re
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from .atomic import fsync_directory, write_atomically
+from . import system
 from .errors import UsageError
 
 LOCK_VERSION = 1
@@ -269,7 +268,7 @@ def create_exclusive(path: Path) -> bool:
 
 def write_lock(path: Path, lock: LockData) -> None:
     """Replace the file atomically, with lokt's temporary name and mode (0600)."""
-    write_atomically(path, lock.to_json().encode("utf-8"), mode=None, prefix=".lock-")
+    system.write_atomically(path, lock.to_json().encode("utf-8"), mode=None, prefix=".lock-")
 
 
 def remove_file(path: Path) -> bool:
@@ -278,7 +277,7 @@ def remove_file(path: Path) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_directory(path.parent)
+    system.fsync_directory(path.parent)
     return True
 
 
@@ -366,92 +365,6 @@ def host_name() -> str:
         return "unknown"
 
 
-def pid_alive(pid: int) -> bool:
-    """kill(pid, 0) as lokt does: EPERM still means the process exists."""
-    if pid <= 0:
-        return True  # kill(0, 0) succeeds for lokt too; never call such a holder dead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start_time(pid: int) -> Optional[int]:
-    """What lokt stores as pid_start_ns, or None where it cannot be read.
-
-    Linux: field 22 of /proc/PID/stat (clock ticks since boot, not ns).
-    macOS: kinfo_proc's p_starttime from sysctl, in ns since the epoch.
-    """
-    if sys.platform.startswith("linux"):
-        return _linux_start_time(pid)
-    if sys.platform == "darwin":
-        return _darwin_start_time(pid)
-    return None
-
-
-def _linux_stat_fields(pid: int) -> List[bytes]:
-    """/proc/PID/stat from field 3 on (after the command name, which may
-    itself contain spaces and parentheses); empty if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return []
-    return data[data.rfind(b")") + 2 :].split()
-
-
-def _linux_start_time(pid: int) -> Optional[int]:
-    fields = _linux_stat_fields(pid)
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def is_zombie(pid: int) -> bool:
-    """A process that has exited but was not reaped (Linux only).
-
-    kill(pid, 0) still succeeds for it, so lokt calls it alive; where no
-    init reaps orphans (containers without one), it stays so forever.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    fields = _linux_stat_fields(pid)
-    return bool(fields) and fields[0] in (b"Z", b"X")
-
-
-def _darwin_start_time(pid: int) -> Optional[int]:
-    import ctypes
-
-    try:
-        sysctl = ctypes.CDLL(None, use_errno=True).sysctl
-        sysctl.argtypes = [
-            ctypes.POINTER(ctypes.c_int),
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_size_t),
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-        ]
-        sysctl.restype = ctypes.c_int
-        mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
-        size = ctypes.c_size_t(0)
-        if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
-            return None
-        buffer = ctypes.create_string_buffer(size.value)
-        if sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
-            return None
-    except (OSError, AttributeError, ctypes.ArgumentError):
-        return None
-    # kinfo_proc starts with p_starttime, a timeval: a 64-bit tv_sec, then a
-    # 32-bit tv_usec and 4 bytes of padding, which lokt does not read either.
-    seconds, microseconds = struct.unpack_from("<qi", buffer.raw, 0)
-    return seconds * 1_000_000_000 + microseconds * 1_000
-
-
 def pid_status(lock: LockData, host: Optional[str] = None) -> str:
     """"alive", "dead" or "unknown" (another host) for a lock's holder.
 
@@ -461,10 +374,10 @@ def pid_status(lock: LockData, host: Optional[str] = None) -> str:
     """
     if lock.host != (host or host_name()):
         return "unknown"
-    if not pid_alive(lock.pid) or (lock.pid > 0 and is_zombie(lock.pid)):
+    if system.process_gone(lock.pid):
         return "dead"
     if lock.pid_start_ns:
-        current = process_start_time(lock.pid)
+        current = system.process_start_time(lock.pid)
         if current is not None and current != lock.pid_start_ns:
             return "dead"
     return "alive"

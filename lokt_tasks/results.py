@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
-from .atomic import write_atomically
+from .attempt import STAMPED_FIELDS, record_text
 from .errors import LoktTasksError, UsageError
+from .system import utc_now, write_atomically
 
 if TYPE_CHECKING:
     from .plan import Shard
@@ -115,11 +116,6 @@ _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
 )
-
-
-def utc_now() -> str:
-    """The current time as RFC 3339 UTC with microseconds: ``2024-05-01T12:00:00.123456Z``."""
-    return format_time(datetime.datetime.now(datetime.timezone.utc))
 
 
 def format_time(moment: datetime.datetime) -> str:
@@ -221,25 +217,16 @@ def record_to_dict(record: Record) -> Dict[str, object]:
     return dataclasses.asdict(record)
 
 
-#: The fields that say how an attempt went, stamped on when it starts and ends.
-#: A record file lists them first, in this order, then the other fields by
-#: name: the recorder writes records by putting these lines in front of the
-#: rest, which it gets from the agent already in JSON (see recorder.py).
-STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
-
-
 def record_to_json(record: Record) -> str:
-    """The exact text of a record file: the stamped fields, then the others
-    sorted; two-space indent, ASCII, a final newline."""
+    """The exact text of a record file, as an attempt writes it: the stamped
+    fields (``attempt.STAMPED_FIELDS``), then the others sorted."""
     data = record_to_dict(record)
-    ordered = {name: data.pop(name) for name in STAMPED_FIELDS}
-    ordered.update(sorted(data.items()))
-    return json.dumps(ordered, indent=2, allow_nan=False) + "\n"
+    return record_text({name: data[name] for name in STAMPED_FIELDS}, unstamped_json(record))
 
 
 def unstamped_json(record: Record) -> str:
-    """The fields of ``record`` that the recorder does not stamp, as the JSON
-    object it puts the stamped ones in front of."""
+    """The fields of ``record`` that an attempt does not stamp, as the JSON
+    object (two-space indent, ASCII) it puts the stamped ones in front of."""
     data = record_to_dict(record)
     for name in STAMPED_FIELDS:
         del data[name]
@@ -342,14 +329,6 @@ def _refuse_constant(name: str) -> object:
     raise ValueError("%s is not valid JSON" % name)
 
 
-def signal_name(signum: int) -> str:
-    """``SIGKILL`` for 9: the name a record stores for the signal that ended a command."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "SIG%d" % signum
-
-
 def write_record(path: Path, record: Record) -> Path:
     """Write ``record`` to ``path`` atomically; a final record durably too.
 
@@ -363,7 +342,7 @@ def write_record(path: Path, record: Record) -> Path:
     """
     path = Path(path)
     durable = record.outcome != "running"
-    write_atomically(path, record_to_json(record).encode("utf-8"), mode=0o644, durable=durable)
+    write_atomically(path, record_to_json(record).encode("ascii"), durable=durable)
     return path
 
 

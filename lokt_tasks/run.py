@@ -2,57 +2,56 @@
 
 ``shard``, ``shard --id next`` and ``shard-all`` all come through
 :func:`run_shard`, so a shard behaves the same whichever command ran it.
-Both records are written while the lock is held: by this process when the
-engine holds the lock here (embedded, :class:`ShardRecords`), by the
-recorder (``recorder.py``) that ``lokt guard`` runs around the command
-otherwise. This layer then reads the record back to learn the truth rather
-than trusting an exit code.
+The shard's attempt (``attempt.Attempt``) writes both records while the
+lock is held, in this process with the embedded engine, inside ``lokt
+guard`` with the lokt engine. This layer then reads the record back to
+learn the truth rather than trusting an exit code.
 """
 from __future__ import annotations
 
 import os
 import socket
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, List, Optional, Sequence, Tuple
+from typing import Collection, Optional, Tuple
 
+from .attempt import Attempt
 from .durations import durations_from_junit, merge_durations
-from .engine import Engine, GuardResult, Identity, InsideLock, StopRequest
+from .embedded import EmbeddedEngine
+from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
+from .errors import EngineError, UsageError
+from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard
-from .recorder import empty_log
-from .results import (
-    Record,
-    RecordStore,
-    finish,
-    new_start_record,
-    read_record,
-    signal_name,
-    unstamped_json,
-    utc_now,
-    write_record,
-)
+from .results import Record, RecordStore, new_start_record, unstamped_json
+
+ENGINE_CHOICES = ("auto", "lokt", "embedded")
 
 #: What a shard run came to, from the point of view of the agent that asked.
 #: "passed", "failed" and "interrupted" mean the command ran; "held",
 #: "frozen" and "error" (the engine failed, or a record could not be
 #: written) mean it did not; "done" means another agent had already passed
-#: it (queue mode); "lost" means lokt's recorder died before it could write
-#: the final record (the start record stays: verify says crashed).
+#: it (queue mode); "lost" means the attempt died before it could write the
+#: final record (the start record stays: verify says crashed).
 RAN = ("passed", "failed", "interrupted")
 
-#: The recorder's source file.
-RECORDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recorder.py")
 
-#: How the recorder is started, once per shard: isolated and without
-#: site-packages (``-I -S``), as it needs only the standard library; and
-#: imported rather than run by path, so that Python uses its cached bytecode
-#: instead of compiling it each time. The directory that holds lokt_tasks is
-#: put last on sys.path, so it cannot hide a standard module.
-RECORDER_BOOTSTRAP = (
-    "import sys; sys.path.append(%r); from lokt_tasks.recorder import main; sys.exit(main(sys.argv[1:]))"
-    % os.path.dirname(os.path.dirname(RECORDER))
-)
+def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
+    """The engine for choice "auto", "lokt" or "embedded", on one lock root:
+    ``auto`` takes lokt when it is found ($LOKT_BIN, else ``lokt`` on PATH)
+    and the embedded engine otherwise."""
+    if choice not in ENGINE_CHOICES:
+        raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINE_CHOICES))
+    lock_root = Path(root) if root is not None else find_lock_root(Path.cwd())
+    if choice in ("auto", "lokt"):
+        binary = find_lokt_binary()
+        if binary is not None:
+            return LoktEngine(identity, lock_root, binary)
+        if choice == "lokt":
+            raise EngineError(
+                'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
+                ' or use engine = "embedded"'
+            )
+    return EmbeddedEngine(identity, lock_root)
 
 
 @dataclass(frozen=True)
@@ -106,23 +105,20 @@ def run_shard(
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None
     junit_path = store.junit_path(shard.task, settings.run_key, shard.index)
     start = _start_record(shard, settings, log_path)
-
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
-    engine = settings.engine
-    options = dict(ttl=settings.ttl, wait=settings.wait, timeout=settings.timeout, log=log_path, cwd=settings.cwd, stop=stop)
-    if engine.holds_lock_in_process:
-        records = ShardRecords(record_path, start, skip)
-        guard = engine.guard(shard.lock_name, command, inside=InsideLock(records.begin, records.end), **options)
-        if records.error:
-            return ShardOutcome(shard, "error", GuardResult("error", message=records.error))
-        if guard.state == "skipped":
-            return ShardOutcome(shard, "done", guard, records.existing)
-    else:
-        argv = recorder_argv(record_path, start, command, skip, merge_stderr=to_log)
-        guard = engine.guard(shard.lock_name, argv, started=lambda: _has_started(record_path, start), **options)
-    if not guard.ran:
+    attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
+    guard = settings.engine.guard(
+        shard.lock_name,
+        attempt,
+        ttl=settings.ttl,
+        wait=settings.wait,
+        timeout=settings.timeout,
+        cwd=settings.cwd,
+        stop=stop,
+    )
+    if not guard.ran and guard.state != "skipped":
         return ShardOutcome(shard, guard.state, guard)
 
     record = store.read(shard.task, settings.run_key, shard.index)
@@ -131,97 +127,17 @@ def run_shard(
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
     if record.outcome == "running":
         return ShardOutcome(shard, "lost", guard, record)
-    if shard.wants_junit and settings.durations_file is not None and _file_state(junit_path) not in (None, report_before):
+    if (
+        shard.wants_junit
+        and settings.durations_file is not None
+        and _file_state(junit_path) not in (None, report_before)
+    ):
         try:
             timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
         except ValueError:
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(settings.durations_file, timings)
     return ShardOutcome(shard, record.outcome, guard, record)
-
-
-class ShardRecords:
-    """A shard's start and final records, written by this process, for an
-    engine that holds the lock here (``InsideLock``): what the recorder
-    script does inside ``lokt guard``, with the same records."""
-
-    def __init__(self, path: Path, start: Record, skip: Collection[str]) -> None:
-        self.path = path
-        self.start = start
-        self.skip = skip
-        #: The record that made ``begin`` run nothing.
-        self.existing: Optional[Record] = None
-        #: Why a record could not be written (the shard is then an error).
-        self.error = ""
-
-    def begin(self) -> bool:
-        """Write the start record, now that the lock is ours; False when the
-        shard is already done (one of the ``skip`` outcomes) under this plan."""
-        if self.skip:
-            existing = read_record(self.path)
-            if isinstance(existing, Record) and _already_done(existing, self.start, self.skip):
-                self.existing = existing
-                return False
-        if self.start.log:
-            empty_log(self.start.log)
-        self.start = replace(self.start, started_at=utc_now())
-        return self._write(self.start)
-
-    def end(self, result: GuardResult) -> None:
-        """Write the final record: the command ended, or a stop came first."""
-        signal = signal_name(result.signal) if result.signal else None
-        if result.interrupted:
-            outcome, message = "interrupted", f"stopped by {signal_name(result.interrupted)}"
-        else:
-            outcome, message = ("passed" if result.exit_code == 0 else "failed"), ""
-        self._write(finish(self.start, outcome=outcome, exit_code=result.exit_code, signal=signal, message=message))
-
-    def _write(self, record: Record) -> bool:
-        try:
-            write_record(self.path, record)
-        except OSError as error:
-            self.error = f"cannot write {self.path}: {error.strerror or error}"
-            return False
-        return True
-
-
-def _already_done(existing: Record, start: Record, skip: Collection[str]) -> bool:
-    """Done under this plan by another attempt, as the recorder's ``already_done``."""
-    return (
-        existing.outcome in skip
-        and existing.version == start.version
-        and existing.fingerprint == start.fingerprint
-        and existing.attempt != start.attempt
-    )
-
-
-def recorder_argv(
-    record_path: Path,
-    start: Record,
-    command: Sequence[str],
-    skip: Collection[str] = (),
-    *,
-    merge_stderr: bool = False,
-) -> List[str]:
-    """The command line that runs ``command`` through the recorder, which
-    writes ``start`` (stamped with the real start time) and the final record
-    to ``record_path``. ``merge_stderr`` sends the command's stderr to its
-    stdout."""
-    argv = [sys.executable or "python3", "-I", "-S", "-c", RECORDER_BOOTSTRAP, str(record_path), unstamped_json(start)]
-    argv += ["--agent", str(start.pid)]
-    if start.log:
-        argv += ["--log", start.log]
-    if skip:
-        argv += ["--skip", ",".join(skip)]
-    if merge_stderr:
-        argv.append("--merge-stderr")
-    return argv + ["--", *command]
-
-
-def _has_started(record_path: Path, start: Record) -> bool:
-    """Whether the recorder has written a record of this attempt (start or final)."""
-    record = read_record(record_path)
-    return isinstance(record, Record) and record.attempt == start.attempt
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

@@ -23,11 +23,11 @@ from .ci import shard_from_env, touch_bazel_status_file
 from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
 from .durations import pin_durations
-from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity, select_engine
+from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
 from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
-from .run import RunSettings, ShardOutcome, run_shard
+from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .verdict import Verdict, holder_is_live, judge_live, render_table, tail, verdict_to_json, verdict_to_junit
 
@@ -317,7 +317,7 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
     if outcome.state == "interrupted" or stop.is_set():
         raise Exit(f"lokt-tasks: {label} interrupted", code=128 + (stop.signum or signal.SIGINT))
     if outcome.state == "lost":
-        raise Exit(f"lokt-tasks: {label}: ended without its final record (the recorder died)", code=errors.INCOMPLETE)
+        raise Exit(f"lokt-tasks: {label}: ended without its final record (its attempt died)", code=errors.INCOMPLETE)
     raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
 
 

@@ -1,7 +1,6 @@
 """The watchdog: stops the embedded engine's commands if their agent dies.
 
-``python -I -S .../lokt_tasks/watchdog.py GRACE``, started once by an
-embedded engine, in a session of its own, with a pipe as its stdin. The
+``system.bootstrap("watchdog") + [GRACE]``, started once by an embedded engine, in a session of its own, with a pipe as its stdin. The
 engine writes one line per command it starts and one per command it has
 reaped::
 
@@ -24,23 +23,25 @@ now belongs to another process (a different start time) is left alone. It
 ignores SIGINT, SIGTERM and SIGHUP: a signal sent to every process of a run
 ends the agent, and the watchdog must outlive it to do its work.
 
-It starts once per agent, not once per shard, and stands alone for the same
-reason as the recorder: a plain script, isolated and without site-packages,
-that imports only the standard library.
+It starts once per agent, not once per shard, and like the attempt process
+imports only the standard library, through ``system``.
 """
-import os
-import signal
+from __future__ import annotations
+
 import sys
 import time
+
+from . import system
 
 #: How often the watchdog looks whether the stopped groups are gone.
 POLL_INTERVAL = 0.05
 
 
-def main(argv):
+def main(argv: list) -> int:
     grace = float(argv[0]) if argv else 10.0
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)  # it ends with its agent, not before
+    # NOTE: it ends with its agent, not before: a signal sent to every
+    # process of a run ends the agent, and the watchdog must outlive it.
+    system.on_signals((*system.STOP_SIGNALS, system.SIGHUP))
     watched = {}
     for line in sys.stdin:
         word = line.split()
@@ -49,54 +50,20 @@ def main(argv):
         elif len(word) == 1 and word[0].startswith("-"):
             watched.pop(int(word[0][1:]), None)
     groups = [group for group, start in watched.items() if not reused(group, start)]
-    stop_groups(groups, grace)
-    return 0
-
-
-def stop_groups(groups, grace):
-    """SIGTERM every group, then SIGKILL the ones still there after ``grace``."""
     for group in groups:
-        send(group, signal.SIGTERM)
+        system.signal_group(group, system.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
-        groups = [group for group in groups if send(group, 0)]
+        groups = [group for group in groups if system.signal_group(group, 0)]
     for group in groups:
-        send(group, signal.SIGKILL)
+        system.signal_group(group, system.SIGKILL)
+    return 0
 
 
-def send(group, signum):
-    """Signal a process group; False once it has no process left."""
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reused(pid, start_time):
+def reused(pid: int, start_time: int | None) -> bool:
     """True when ``pid`` now belongs to a process that started after ours did."""
     if start_time is None:
         return False
-    now = process_start_time(pid)
+    now = system.process_start_time(pid)
     return now is not None and now != start_time
-
-
-def process_start_time(pid):
-    """The start time of ``pid`` in clock ticks since boot (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -7,8 +7,9 @@ Used by the engine tests to race agents, kill them and signal them:
         [--timeout S] [--log FILE] [--grace S] -- ARGV...
 
 The GuardResult goes to --result as JSON; --started receives the command's
-pid once it runs. SIGINT and SIGTERM become a stop request, as in the run
-layer. The module also holds the helpers the tests use to drive agents.
+pid once it runs (the command is started through a shell that writes its
+own pid, then execs it). SIGINT and SIGTERM become a stop request, as in the
+run layer. The module also holds the helpers the tests use to drive agents.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -35,10 +37,39 @@ def write_json(path: Path, value: object) -> None:
     os.replace(temp, path)
 
 
+#: Writes its own pid to "$0" (atomically), then becomes the command.
+REPORT_PID = 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec "$@"'
+
+
+def attempt_for(directory: Path, command: Sequence[str], log: Optional[Path] = None):
+    """A bare attempt at running ``command``: its record in ``directory``."""
+    from lokt_tasks.attempt import Attempt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    attempt_id = uuid.uuid4().hex
+    fields = json.dumps({"attempt": attempt_id}, indent=2)
+    return Attempt(directory / f"{attempt_id}.json", fields, list(command), log=str(log) if log else None)
+
+
+class Guarding:
+    """An engine whose ``guard`` takes a command, as the tests want to write it."""
+
+    def __init__(self, engine, directory: Path) -> None:
+        self.engine = engine
+        self.directory = directory
+
+    def guard(self, name, command, *, log=None, **options):
+        return self.engine.guard(name, attempt_for(self.directory, command, log), **options)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 def main(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(REPO))
-    from lokt_tasks.engine import StopRequest, make_identity, select_engine
+    from lokt_tasks.engine import StopRequest, make_identity
     from lokt_tasks.errors import LoktTasksError
+    from lokt_tasks.run import select_engine
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", required=True)
@@ -60,22 +91,18 @@ def main(argv: Sequence[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.request(number))
 
-    def on_start(pid: int) -> None:
-        if args.started is not None:
-            write_json(args.started, pid)
-
+    if args.started is not None:
+        command = ["/bin/sh", "-c", REPORT_PID, str(args.started), *command]
     try:
         engine = select_engine(args.engine, make_identity(args.agent), root=args.root)
         if args.grace is not None:
             engine.grace = args.grace
         result = engine.guard(
             args.name,
-            command,
+            attempt_for(args.result.parent / "attempts", command, args.log),
             ttl=args.ttl,
             wait=args.wait,
             timeout=args.timeout,
-            log=args.log,
-            on_start=on_start,
             stop=stop,
         )
     except LoktTasksError as error:

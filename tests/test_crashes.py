@@ -31,9 +31,11 @@ from typing import Dict, List, Sequence, Set
 import pytest
 
 from lokt_tasks import errors
-from lokt_tasks.lockfile import is_zombie, pid_alive
 from lokt_tasks.results import read_record
-from lokt_tasks.run import RECORDER_BOOTSTRAP
+from lokt_tasks.system import bootstrap, is_zombie, pid_alive
+
+#: What the command line of an attempt process holds.
+ATTEMPT_BOOTSTRAP = bootstrap("attempt")[4]
 from scratch import PASS, WAIT, checks, cli, git, lock_files, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 
 needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run")
@@ -320,9 +322,9 @@ def test_killing_only_lokt_guard_stops_the_command_it_guarded(project):
         guard = [pid for pid, command in below.items() if command.split()[0].endswith("lokt") and " guard " in command]
         assert guard, below
         os.kill(guard[0], signal.SIGKILL)
-        recorder = [pid for pid, command in below.items() if RECORDER_BOOTSTRAP in command and pid not in guard]
-        assert recorder, below
-        wait_for(lambda: not alive(recorder[0]))
+        attempt = [pid for pid, command in below.items() if ATTEMPT_BOOTSTRAP in command and pid not in guard]
+        assert attempt, below
+        wait_for(lambda: not alive(attempt[0]))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on
         assert ran(project) == ["check_1.py"]
         assert states(verdict(project))[0] != "passed"

@@ -19,10 +19,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_agent import OWNER_BASE, Agent, agent_env, kill_process_group_of  # noqa: E402
+from engine_agent import OWNER_BASE, Agent, Guarding, agent_env, kill_process_group_of  # noqa: E402
 
-from lokt_tasks import lockfile  # noqa: E402
-from lokt_tasks.engine import make_identity, select_engine  # noqa: E402
+from lokt_tasks import lockfile, system  # noqa: E402
+from lokt_tasks.engine import make_identity  # noqa: E402
+from lokt_tasks.run import select_engine  # noqa: E402
 from lokt_tasks.errors import UsageError  # noqa: E402
 from lokt_tasks.lockfile import LockData  # noqa: E402
 
@@ -58,7 +59,8 @@ def spawn(tmp_path, root):
 
 
 def in_process(engine_name, root, agent):
-    return select_engine(engine_name, make_identity(agent, env={"LOKT_OWNER": OWNER_BASE}), root=root)
+    engine = select_engine(engine_name, make_identity(agent, env={"LOKT_OWNER": OWNER_BASE}), root=root)
+    return Guarding(engine, root.parent / "attempts")
 
 
 def hold_until(path):
@@ -100,7 +102,7 @@ def process_gone(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return lockfile.is_zombie(pid)
+    return system.is_zombie(pid)
 
 
 def write_lock(root, **fields):
@@ -244,7 +246,8 @@ def test_embedded_agent_killed_outright_has_its_command_group_stopped(tmp_path, 
 def test_embedded_watchdog_ends_with_its_agent(tmp_path, root, spawn):
     def watchdogs():
         listing = subprocess.run(["ps", "-ww", "-A", "-o", "args="], capture_output=True, text=True).stdout
-        return [line for line in listing.splitlines() if "lokt_tasks/watchdog.py 0.137" in line]
+        marker = "from lokt_tasks.watchdog import main; sys.exit(main(sys.argv[1:])) 0.137"
+        return [line for line in listing.splitlines() if marker in line]
 
     agent = spawn("embedded", "A", hold_until(tmp_path / "go"), ttl=1, grace=0.137)
     agent.wait_started()
@@ -261,7 +264,7 @@ def test_live_holder_is_never_stolen_even_when_expired(engine_name, tmp_path, ro
         text = write_lock(
             root,
             pid=sleeper.pid,
-            pid_start_ns=lockfile.process_start_time(sleeper.pid) or 0,
+            pid_start_ns=system.process_start_time(sleeper.pid) or 0,
             acquired_ns=now - 120 * 10**9,
             expires_ns=now - 60 * 10**9,
         )
@@ -289,7 +292,7 @@ def test_dead_holder_is_pruned(engine_name, root, how):
             finished.wait()
             write_lock(root, pid=finished.pid)
         else:
-            write_lock(root, pid=sleeper.pid, pid_start_ns=(lockfile.process_start_time(sleeper.pid) or 0) + 12345)
+            write_lock(root, pid=sleeper.pid, pid_start_ns=(system.process_start_time(sleeper.pid) or 0) + 12345)
 
         result = in_process(engine_name, root, "B").guard(NAME, ["true"], ttl=1)
 
@@ -393,25 +396,25 @@ EXITS = [
 
 @pytest.mark.parametrize("command, exit_code, signum", EXITS, ids=lambda value: str(value))
 def test_exit_codes_and_signals_come_back_as_ran(engine_name, root, command, exit_code, signum):
-    started = []
-
-    result = in_process(engine_name, root, "A").guard(NAME, command, ttl=1, on_start=started.append)
+    result = in_process(engine_name, root, "A").guard(NAME, command, ttl=1)
 
     assert (result.state, result.exit_code, result.signal) == ("ran", exit_code, signum)
-    assert len(started) == (0 if exit_code == 127 else 1)
+    (record,) = [json.loads(path.read_text()) for path in (root.parent / "attempts").iterdir()]
+    assert (record["exit_code"], record["signal"]) == (exit_code, signum and signal.Signals(signum).name)
+    assert record["outcome"] == ("passed" if exit_code == 0 else "failed")
     assert not lock_file(root).exists()
 
 
-def test_output_is_appended_to_the_log(engine_name, tmp_path, root):
+def test_output_goes_to_the_log_started_afresh_once_the_lock_is_ours(engine_name, tmp_path, root):
     log = tmp_path / "logs" / "shard.log"
     log.parent.mkdir()
-    log.write_text("before\n")
+    log.write_text("an earlier attempt's output\n")
     command = ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]
 
     result = in_process(engine_name, root, "A").guard(NAME, command, ttl=1, log=log)
 
     assert (result.state, result.exit_code) == ("ran", 3)
-    assert log.read_text().splitlines() == ["before", "to-stdout", "to-stderr"]
+    assert log.read_text().splitlines() == ["to-stdout", "to-stderr"]
 
 
 def test_command_sees_its_lokt_identity(engine_name, tmp_path, root):

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lokt_tasks import lockfile
+from lokt_tasks import lockfile, system
 from lokt_tasks.embedded import EmbeddedEngine
-from lokt_tasks.engine import (
-    LoktEngine,
-    StopRequest,
-    find_lock_root,
-    format_duration,
-    make_identity,
-    select_engine,
-)
+from lokt_tasks.engine import StopRequest, find_lock_root, make_identity
+from lokt_tasks.lokt_engine import LoktEngine, format_duration
+from lokt_tasks.run import select_engine
 from lokt_tasks.errors import EngineError, UsageError
 from lokt_tasks.lockfile import CorruptLockFile, EmptyLockFile, LockData, UnsupportedVersion
 
@@ -292,7 +287,7 @@ def test_an_unreaped_holder_counts_as_dead():
     child = subprocess.Popen(["true"])
     try:
         deadline = time.monotonic() + 10
-        while not lockfile.is_zombie(child.pid) and time.monotonic() < deadline:
+        while not system.is_zombie(child.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         lock = LockData("z", "x", lockfile.host_name(), child.pid)
         assert lockfile.pid_status(lock) == "dead"

@@ -236,7 +236,7 @@ def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_n
 
 def _is_recorder(command: bytes) -> bool:
     """The recorder itself, not the `lokt guard` that runs it."""
-    return b"from lokt_tasks.recorder import main" in command and b" guard " not in command
+    return b"from lokt_tasks.attempt import main" in command and b" guard " not in command
 
 
 def _cmdline(pid: int) -> bytes:

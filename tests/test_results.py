@@ -31,10 +31,9 @@ from lokt_tasks.results import (
     read_record,
     record_to_dict,
     safe_component,
-    signal_name,
     unsafe_component,
-    utc_now,
 )
+from lokt_tasks.system import signal_name, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from typing import List, Sequence
 import pytest
 
 from lokt_tasks import errors
-from lokt_tasks.lockfile import is_zombie, pid_alive
+from lokt_tasks.system import is_zombie, pid_alive
 from lokt_tasks.results import Record, read_record
 from scratch import PASS, WAIT, checks, lock_files, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 

@@ -1,10 +1,10 @@
-"""The recorder script against the record format of lokt_tasks.results.
+"""An attempt as a process of its own, against the record format of results.
 
-The recorder stands alone (it imports nothing from lokt_tasks, to start
-fast), so these tests hold the two together: every record it writes must be
-read back by ``results.read_record`` as a valid Record, byte for byte in the
-format ``results`` itself writes. The recorder runs exactly as run_shard
-starts it: ``python -I -S recorder.py``, without the package on sys.path.
+The attempt module imports only the standard library (through ``system``),
+to start fast inside ``lokt guard``, so these tests hold it to the format:
+every record it writes must be read back by ``results.read_record`` as a
+valid Record, byte for byte in the format ``results`` itself writes. The
+attempt runs exactly as the lokt engine starts it (``Attempt.argv``).
 """
 from __future__ import annotations
 
@@ -18,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from lokt_tasks.results import Record, read_record, record_to_json
-from lokt_tasks.run import RECORDER, recorder_argv
+from lokt_tasks import attempt, system
+from lokt_tasks.attempt import Attempt
+from lokt_tasks.results import Record, read_record, record_to_json, unstamped_json
 from scratch import wait_for
 
-#: All the recorder may import: the standard library, and ctypes on macOS only.
-STANDARD_MODULES = {"__future__", "_signal", "ctypes", "json", "os", "signal", "sys", "time"}
+#: All an attempt may import: the standard library (ctypes on macOS only),
+#: and of the package only ``system``.
+STANDARD_MODULES = {"__future__", "_signal", "ctypes", "json", "os", "signal", "subprocess", "sys", "time"}
+
+
+def attempt_argv(path: Path, start: Record, command, skip=(), *, log=None):
+    """The attempt process's command line, as the lokt engine builds it."""
+    return Attempt(path, unstamped_json(start), command, log=log or start.log, skip=skip).argv(start.pid)
 
 
 def start_record(**changes) -> Record:
@@ -50,8 +57,8 @@ def python(code: str):
     return [sys.executable, "-c", code]
 
 
-def run_recorder(path: Path, command, start: Record = None, skip=()):
-    argv = recorder_argv(path, start or start_record(), command, skip)
+def run_attempt_process(path: Path, command, start: Record = None, skip=()):
+    argv = attempt_argv(path, start or start_record(), command, skip)
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
 
 
@@ -65,21 +72,23 @@ def read_back(path: Path) -> Record:
     return record
 
 
-def test_the_recorder_imports_only_standard_modules():
-    tree = ast.parse(Path(RECORDER).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [attempt, system])
+def test_the_attempt_imports_only_standard_modules(module):
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            assert (node.level, node.module, [alias.name for alias in node.names]) == (1, None, ["system"])
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import in the recorder"
             imported.add(node.module.split(".")[0])
     assert imported <= STANDARD_MODULES
 
 
 def test_a_passing_command(tmp_path):
     path = tmp_path / "shard-2.json"
-    result = run_recorder(path, python("pass"))
+    result = run_attempt_process(path, python("pass"))
     assert result.returncode == 0, result.stderr
     record = read_back(path)
     assert (record.outcome, record.exit_code, record.signal, record.message) == ("passed", 0, None, "")
@@ -92,7 +101,7 @@ def test_a_passing_command(tmp_path):
 
 def test_a_failing_command(tmp_path):
     path = tmp_path / "shard-2.json"
-    result = run_recorder(path, python("import sys; sys.exit(3)"))
+    result = run_attempt_process(path, python("import sys; sys.exit(3)"))
     assert result.returncode == 3
     record = read_back(path)
     assert (record.outcome, record.exit_code, record.signal) == ("failed", 3, None)
@@ -100,7 +109,7 @@ def test_a_failing_command(tmp_path):
 
 def test_a_command_killed_by_a_signal(tmp_path):
     path = tmp_path / "shard-2.json"
-    result = run_recorder(path, python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    result = run_attempt_process(path, python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     assert result.returncode == 128 + signal.SIGKILL
     record = read_back(path)
     assert (record.outcome, record.exit_code, record.signal) == ("failed", None, "SIGKILL")
@@ -108,9 +117,9 @@ def test_a_command_killed_by_a_signal(tmp_path):
 
 def test_a_command_that_cannot_run(tmp_path):
     path = tmp_path / "shard-2.json"
-    result = run_recorder(path, [str(tmp_path / "no-such-program")])
+    result = run_attempt_process(path, [str(tmp_path / "no-such-program")])
     assert result.returncode == 127
-    assert b"cannot run" in result.stderr
+    assert f"lokt-tasks: {tmp_path / 'no-such-program'}: command not found".encode() in result.stderr
     assert read_back(path).exit_code == 127
 
 
@@ -120,45 +129,51 @@ def test_fields_that_json_escapes_are_written_back_as_they_were(tmp_path):
     log.parent.mkdir()
     log.write_text("an earlier attempt's output")
     start = start_record(agent="\u00e5nn \U0001f600", owner='me/"ann"\\', host="h\u00f8st", log=str(log))
-    result = run_recorder(path, python("pass"), start)
+    result = run_attempt_process(path, python("pass"), start)
     assert result.returncode == 0, result.stderr
     record = read_back(path)
     assert (record.agent, record.owner, record.host, record.log) == (start.agent, start.owner, start.host, str(log))
     assert log.read_text() == ""  # found by its path
 
 
-def test_merge_stderr_sends_the_command_s_stderr_to_its_stdout(tmp_path):
-    command = python("import sys; sys.stderr.write('to stderr')")
-    apart = subprocess.run(recorder_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60)
-    merged = subprocess.run(recorder_argv(tmp_path / "b.json", start_record(), command, merge_stderr=True), capture_output=True, timeout=60)
-    assert (apart.stdout, apart.stderr) == (b"", b"to stderr")
-    assert (merged.stdout, merged.stderr) == (b"to stderr", b"")
-    missing = subprocess.run(recorder_argv(tmp_path / "c.json", start_record(), [str(tmp_path / "nothing")], merge_stderr=True), capture_output=True, timeout=60)
-    assert missing.returncode == 127 and b"cannot run" in missing.stdout and missing.stderr == b""
+def test_with_a_log_both_streams_go_to_it_and_without_one_they_stay_apart(tmp_path):
+    command = python("import sys; sys.stdout.write('to stdout '); sys.stdout.flush(); sys.stderr.write('to stderr')")
+    apart = subprocess.run(attempt_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60)
+    log = tmp_path / "b.log"
+    merged = subprocess.run(attempt_argv(tmp_path / "b.json", start_record(), command, log=str(log)), capture_output=True, timeout=60)
+    assert (apart.stdout, apart.stderr) == (b"to stdout ", b"to stderr")
+    assert (merged.stdout, merged.stderr) == (b"", b"")
+    assert log.read_bytes() == b"to stdout to stderr"
+    log = tmp_path / "c.log"
+    missing = subprocess.run(attempt_argv(tmp_path / "c.json", start_record(), [str(tmp_path / "nothing")], log=str(log)), capture_output=True, timeout=60)
+    assert missing.returncode == 127 and (missing.stdout, missing.stderr) == (b"", b"")
+    assert b"command not found" in log.read_bytes()
 
 
 def test_a_passing_shard_imports_nothing_beyond_os_sys_and_time(tmp_path):
     """Start-up is most of a shard's overhead: json (with re) or signal
     (with enum) would double it. Checked by what is imported, not by timing."""
-    argv = recorder_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
+    argv = attempt_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
     result = subprocess.run(argv[:3] + ["-X", "importtime"] + argv[3:], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if line.startswith("import time:")}
     assert imported & {"json", "re", "enum", "signal", "subprocess", "dataclasses", "lokt_tasks.results"} == set(), sorted(imported)
     bare = subprocess.run(argv[:3] + ["-X", "importtime", "-c", "import os, sys, time"], capture_output=True, timeout=60).stderr.decode()
     at_start = {line.split("|")[-1].strip() for line in bare.splitlines() if line.startswith("import time:")}
-    assert imported - at_start <= {"__future__", "_signal", "lokt_tasks", "lokt_tasks.recorder"}, sorted(imported - at_start)
+    allowed = {"__future__", "_signal", "lokt_tasks", "lokt_tasks.attempt", "lokt_tasks.system"}
+    assert imported - at_start <= allowed, sorted(imported - at_start)
 
 
 def test_it_is_imported_from_its_bytecode_cache_and_shadows_no_standard_module(tmp_path):
     """Imported, not run by path: Python compiles a script on every start
     but keeps an imported module's bytecode. The package's directory goes
     last on sys.path."""
-    argv = recorder_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
+    argv = attempt_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
     assert argv[1:4] == ["-I", "-S", "-c"]
-    probe = argv[4].replace("from lokt_tasks.recorder import main; sys.exit(main(sys.argv[1:]))", "print(sys.path[-1])")
+    probe = argv[4].replace("from lokt_tasks.attempt import main; sys.exit(main(sys.argv[1:]))", "print(sys.path[-1])")
+    assert probe != argv[4]
     result = subprocess.run([*argv[:4], probe], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == str(Path(RECORDER).parent.parent)
+    assert result.stdout.strip() == str(Path(attempt.__file__).parent.parent)
     assert subprocess.run(argv, timeout=60).returncode == 0
 
 
@@ -168,17 +183,17 @@ def test_an_interrupted_command_and_its_start_record(tmp_path):
     log = tmp_path / "shard-2.log"
     log.write_text("an earlier attempt's output\n")
     command = python(f"import time; open({str(started)!r}, 'w').close(); time.sleep(60)")
-    recorder = subprocess.Popen(recorder_argv(path, start_record(log=str(log)), command))
+    attempt_process = subprocess.Popen(attempt_argv(path, start_record(log=str(log)), command))
     try:
         wait_for(started.exists)
         running = read_back(path)
         assert (running.outcome, running.ended_at, running.log) == ("running", None, str(log))
         assert log.read_text() == ""  # emptied once the lock was ours
-        recorder.send_signal(signal.SIGTERM)
-        assert recorder.wait(timeout=30) == 128 + signal.SIGTERM
+        attempt_process.send_signal(signal.SIGTERM)
+        assert attempt_process.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
-        recorder.kill()
-        recorder.wait()
+        attempt_process.kill()
+        attempt_process.wait()
     record = read_back(path)
     assert (record.outcome, record.signal, record.message) == ("interrupted", "SIGTERM", "stopped by SIGTERM")
     assert record.started_at == running.started_at
@@ -208,7 +223,7 @@ def test_skip_runs_nothing_only_for_a_readable_record_that_is_done(tmp_path, exi
     marker = tmp_path / "ran"
     log = tmp_path / "shard-2.log"
     start = start_record(log=str(log))
-    result = run_recorder(path, python(f"open({str(marker)!r}, 'w').close()"), start, skip=("passed", "failed"))
+    result = run_attempt_process(path, python(f"open({str(marker)!r}, 'w').close()"), start, skip=("passed", "failed"))
     assert result.returncode == 0, result.stderr
     assert marker.exists() == runs
     if runs:
@@ -222,7 +237,7 @@ def test_nothing_runs_when_the_agent_is_already_gone(tmp_path):
     agent.wait()
     path = tmp_path / "shard-2.json"
     marker = tmp_path / "ran"
-    result = run_recorder(path, python(f"open({str(marker)!r}, 'w').close()"), start_record(pid=agent.pid))
+    result = run_attempt_process(path, python(f"open({str(marker)!r}, 'w').close()"), start_record(pid=agent.pid))
     assert result.returncode == 125
     assert not marker.exists() and not path.exists()
 
@@ -232,14 +247,14 @@ def test_the_command_of_an_agent_that_dies_is_stopped_and_the_start_record_stays
     path = tmp_path / "shard-2.json"
     started = tmp_path / "started"
     command = python(f"import time; open({str(started)!r}, 'w').close(); time.sleep(60)")
-    recorder = subprocess.Popen(recorder_argv(path, start_record(pid=agent.pid), command))
+    attempt_process = subprocess.Popen(attempt_argv(path, start_record(pid=agent.pid), command))
     try:
         wait_for(started.exists)
         agent.kill()
         agent.wait()
-        assert recorder.wait(timeout=30) == 125
+        assert attempt_process.wait(timeout=30) == 125
     finally:
         agent.kill()
-        recorder.kill()
-        recorder.wait()
+        attempt_process.kill()
+        attempt_process.wait()
     assert read_back(path).outcome == "running"

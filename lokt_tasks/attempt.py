@@ -1,0 +1,344 @@
+"""One attempt at a shard: its records, its command, its signals, written once.
+
+An attempt runs while its shard's lock is held, and every step of it
+happens under that lock:
+
+1. ``begin``: if ``skip`` names outcomes and the record already holds one of
+   them, from another attempt under the same plan, the shard is done: run
+   nothing. Else empty the log and write the start record (outcome
+   "running"), which proves the command started: ``lokt guard`` exits 2
+   both for "held" and for a command's own 2, so its exit code cannot.
+2. ``start``: the command, never through a shell, in a session of its own,
+   stdout and stderr to the log. One that cannot start ends as under a
+   shell: 127 (not found) or 126.
+3. ``wait``: forward a stop (SIGINT/SIGTERM) to the command once, SIGKILL
+   its process group if it outlives the grace period; and if the attempt is
+   abandoned (its agent died), stop the command and owe no final record.
+4. ``finish``: stamp how it ended (outcome, exit code, signal, times) and
+   write the final record durably, before the lock is released, so that
+   the next agent to claim the shard sees it done.
+
+The embedded engine holds its locks in the agent and calls these steps in
+its own process. The lokt engine has ``lokt guard`` run :func:`main` in a
+process of its own (``system.bootstrap("attempt")``)::
+
+    RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] -- CMD...
+
+which watches the agent (PID) and exits with the command's exit code, or
+128 + N when signal N ended it, as a shell would.
+
+A record file is the stamped fields (``STAMPED_FIELDS``, in that order)
+followed by the rest, which the agent passes already in JSON
+(``results.unstamped_json``): the attempt needs no JSON encoder, as the
+stamps are numbers, null or plain ASCII words it makes itself. That and
+the imports: this module starts once per shard inside ``lokt guard``, so it
+imports only the standard library modules Python loads at start-up, plus
+``system``; ``json`` (which costs as much as starting Python) only to read
+a record back. The strings it writes ("running", "passed", ...) are the
+values of ``states.Outcome``, which it cannot import for that reason.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import system
+
+#: After a stop was forwarded (or the agent died): how long the command gets
+#: before its process group is killed.
+STOP_GRACE = 10.0
+#: How often a running attempt looks at stop requests and its agent.
+POLL_INTERVAL = 0.025
+
+#: Exit codes of the attempt process itself, when it runs no command.
+ALREADY_DONE = 0
+AGENT_GONE = 125
+USAGE = 64  # EX_USAGE
+CANNOT_WRITE = 73  # EX_CANTCREAT: a record could not be written
+
+#: The fields stamped on when an attempt starts and ends, first in a record.
+STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
+#: Record fields that may hold null (the others may not).
+OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
+
+USAGE_LINE = "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] -- CMD..."
+
+
+class Attempt:
+    """One attempt: its record file, the record's other fields (a JSON object
+    as ``results.unstamped_json`` writes it, with a unique ``attempt`` id),
+    the command, the log (None: the command writes to our stdout/stderr) and
+    the outcomes that make it run nothing (``skip``)."""
+
+    def __init__(
+        self,
+        record: str | os.PathLike,
+        fields: str,
+        command: list,
+        *,
+        log: str | None = None,
+        skip: tuple = (),
+    ) -> None:
+        if not fields.startswith("{\n") or not command:
+            raise ValueError("an attempt needs record fields in JSON and a command")
+        self.record = os.fspath(record)
+        self.fields = fields
+        self.command = [str(word) for word in command]
+        self.log = log
+        self.skip = tuple(skip)
+        self.started_at = ""
+        self._began = 0.0
+
+    # --- the steps -------------------------------------------------------------
+
+    def begin(self) -> bool:
+        """Under the lock: False if the shard is already done, else start the
+        log afresh and write the start record. Raises OSError when the record
+        cannot be written (nothing has run then)."""
+        if self.skip and already_done(self.record, self.fields, self.skip):
+            return False
+        if self.log:
+            # NOTE: only now: an agent refused the lock must not wipe the log
+            # of the one that holds it.
+            try:
+                os.truncate(self.log, 0)
+            except OSError:
+                pass
+        self.started_at, self._began = system.utc_now(), time.monotonic()
+        self._write("running", None, None, "", None, None, durable=False)
+        return True
+
+    def start(self, *, env: dict | None = None, cwd: str | None = None,
+              new_session: bool = True) -> system.Child | int:
+        """Start the command (see ``system.start``): its Child, or the
+        shell's return code (127 or 126) when it could not start, the reason
+        written where its output goes."""
+        fd = None
+        try:
+            if self.log:
+                fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
+        except OSError as error:
+            code, reason = system.not_started(self.command[0], error)
+            line = "lokt-tasks: %s: %s\n" % (self.command[0], reason)
+            os.write(2 if fd is None else fd, line.encode("utf-8", "replace"))
+            return code
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def wait(self, child: system.Child | int, *, stopped, abandoned=None,
+             grace: float = STOP_GRACE) -> tuple | None:
+        """Wait for the command :meth:`start` gave: see :func:`supervise`."""
+        if isinstance(child, int):
+            return child, None
+        return supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
+
+    def finish(self, returncode: int | None, stopped_by: int | None) -> None:
+        """Write the final record, durably: the command's return code (-N:
+        killed by signal N; None: it never started) and the stop signal that
+        came while it ran, or None. Raises OSError."""
+        code = returncode if returncode is not None and returncode >= 0 else None
+        signal = system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
+        if stopped_by:
+            outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
+        else:
+            outcome, message = ("passed" if returncode == 0 else "failed"), ""
+        duration = round(time.monotonic() - self._began, 3)
+        self._write(outcome, code, signal, message, system.utc_now(), duration)
+
+    # --- the record ---------------------------------------------------------------
+
+    def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
+        # NOTE: the start record is not fsynced (it costs more than the rest of
+        # a shard's bookkeeping): after a machine crash it can only be missing
+        # or empty, which verify reports as missing or corrupt, never passed.
+        stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
+        text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
+        system.write_atomically(self.record, text.encode("ascii"), durable=durable)
+
+    def argv(self, agent_pid: int) -> list:
+        """The command line that runs this attempt in a process of its own
+        (inside ``lokt guard``), watching the agent ``agent_pid``."""
+        argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
+        if self.log:
+            argv += ["--log", self.log]
+        if self.skip:
+            argv += ["--skip", ",".join(self.skip)]
+        return argv + ["--", *self.command]
+
+    def own_record(self) -> dict | None:
+        """This attempt's record as last written (start or final), or None."""
+        import json
+
+        try:
+            with open(self.record, "rb") as handle:
+                record = json.loads(handle.read())
+            mine = json.loads(self.fields)["attempt"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return record if isinstance(record, dict) and record.get("attempt") == mine else None
+
+
+def record_text(stamps: dict, fields: str) -> str:
+    """A record file's text: ``stamps`` as lines in front of ``fields`` (a
+    JSON object, two-space indent), ASCII, with a final newline."""
+    lines = "".join('  "%s": %s,\n' % (name, _json_value(value)) for name, value in stamps.items())
+    return "{\n" + lines + fields[2:] + "\n"
+
+
+def _json_value(value: object) -> str:
+    """A stamp in JSON: null, a number, or one of our own plain ASCII words."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return '"%s"' % value
+    return repr(value)
+
+
+def already_done(record_path: str, fields: str, skip: tuple) -> bool:
+    """True when the record holds one of the ``skip`` outcomes, written by
+    another attempt under the same plan (version and fingerprint).
+
+    A record that cannot be read is not done. The check of its fields is
+    lighter than ``results.read_record``'s (the fields of ours, with the same
+    JSON types, or null where a record may leave them empty); a record that
+    passes here but not there can only be hand-made, and ``verify`` still
+    calls it corrupt, never passed.
+    """
+    try:
+        with open(record_path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    import json  # only when there is a record to read
+
+    try:
+        existing, ours = json.loads(data), json.loads(fields)
+    except ValueError:
+        return False
+    if not isinstance(existing, dict):
+        return False
+    existing.setdefault("attempt", "")  # records from before attempts were kept
+    ours.update(outcome="running", message="", started_at="")
+    for name, value in ours.items():
+        theirs = existing.get(name)
+        if theirs is None and name in OPTIONAL_FIELDS:
+            continue
+        if value is not None and type(theirs) is not type(value):
+            return False
+    return (
+        existing.get("version") == ours.get("version")
+        and existing.get("fingerprint") == ours.get("fingerprint")
+        and existing["outcome"] in skip
+        and existing["attempt"] != ours.get("attempt")
+    )
+
+
+def supervise(child: system.Child, *, stopped, abandoned=None,
+              grace: float = STOP_GRACE) -> tuple | None:
+    """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
+    None when ``abandoned()`` said so (the child is stopped then).
+
+    ``stopped()`` returns the number of a stop signal asked for, or None: it
+    is forwarded once to the child itself (which passes it on to its own
+    children, as ``lokt guard`` does); after ``grace`` seconds the child's
+    whole process group is killed.
+    """
+    forwarded = kill_at = None
+    while child.wait(POLL_INTERVAL) is None:
+        signum = stopped()
+        if forwarded is None and signum:
+            forwarded, kill_at = signum, time.monotonic() + grace
+            child.send(signum)
+        if kill_at is not None and time.monotonic() >= kill_at:
+            child.kill_group()
+            kill_at = None
+        if abandoned is not None and abandoned():
+            stop_orphaned(child, grace)
+            return None
+    # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
+    # terminal can reach both at once.
+    return child.returncode, forwarded or stopped()
+
+
+def stop_orphaned(child: system.Child, grace: float) -> None:
+    """End the command of a dead agent: SIGTERM, then SIGKILL to its whole
+    process group after ``grace`` seconds (or at once if it ended)."""
+    child.send(system.SIGTERM)
+    child.wait(grace)
+    child.kill_group(system.SIGKILL)
+    child.wait()
+
+
+# --- The attempt as a process of its own, inside ``lokt guard`` ------------------
+
+
+class AgentWatch:
+    """Whether the agent that asked for this attempt has died: its pid gone,
+    a zombie, or reused (another start time)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start_time = system.process_start_time(pid)
+
+    def gone(self) -> bool:
+        if system.process_gone(self.pid):
+            return True
+        return self.start_time is not None and system.process_start_time(self.pid) != self.start_time
+
+
+def main(argv: list) -> int:
+    """Run one attempt as ``lokt guard``'s command (see the module docstring).
+
+    The command lives only as long as the agent that asked for it: killed
+    outright (a CI timeout, kill -9), the agent leaves ``lokt guard`` (in a
+    session of its own) running, and a command left running would race the
+    rerun of its shard. So with the agent gone the attempt runs nothing, or
+    stops the command, and writes no final record: the start record stays,
+    and ``verify`` calls the shard crashed, as it is.
+    """
+    try:
+        separator = argv.index("--")
+    except ValueError:
+        separator = len(argv)
+    positional, options, words = [], {}, iter(argv[:separator])
+    for word in words:
+        if word in ("--agent", "--log", "--skip"):
+            options[word] = next(words, "")
+        else:
+            positional.append(word)
+    command = argv[separator + 1 :]
+    agent_pid = options.get("--agent", "")
+    if len(positional) != 2 or not command or not agent_pid.isdigit() or not positional[1].startswith("{\n"):
+        print(USAGE_LINE, file=sys.stderr)
+        return USAGE
+    skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
+    attempt = Attempt(positional[0], positional[1], command, log=options.get("--log") or None, skip=skip)
+    agent = AgentWatch(int(agent_pid))
+    if agent.gone():
+        return AGENT_GONE
+
+    received: list = []
+    previous = system.on_signals(system.STOP_SIGNALS, lambda number, _frame: received.append(number))
+    try:
+        if not attempt.begin():
+            return ALREADY_DONE
+        # NOTE: the command stays in the process group ``lokt guard`` leads,
+        # so that the agent can end all three at once after the grace period.
+        child = attempt.start(new_session=False)
+        ended = attempt.wait(child, stopped=lambda: received[0] if received else None,
+                             abandoned=agent.gone)
+        if ended is None:
+            return AGENT_GONE
+        attempt.finish(*ended)
+    except OSError as error:  # from begin or finish: the record cannot be written
+        reason = error.strerror or error
+        print("lokt-tasks: cannot write %s: %s" % (attempt.record, reason), file=sys.stderr)
+        return CANNOT_WRITE
+    finally:
+        # NOTE: once stopped, more signals must not cut our exit short.
+        system.restore_signals(previous, ignore=bool(received))
+    returncode = ended[0]
+    return 128 - returncode if returncode < 0 else returncode

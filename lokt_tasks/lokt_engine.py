@@ -1,0 +1,185 @@
+"""The lokt engine: ``lokt guard`` holds the lock; lokt owns its renewal and release.
+
+lokt runs the attempt as a process of its own (``Attempt.argv``), which
+runs the command and writes its records while lokt holds the lock. The
+attempt's record, not lokt's exit code, says whether the command ran: lokt
+exits 2 both when the lock is held and when the command itself exits 2,
+and 255 for every command killed by a signal.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from . import lockfile, system
+from .attempt import Attempt, supervise
+from .engine import (
+    STOP_GRACE,
+    Engine,
+    GuardResult,
+    Identity,
+    StopRequest,
+    effective_ttl,
+    frozen_message,
+    held_message,
+)
+from .errors import EngineError
+from .lockfile import LockFileError
+
+
+def format_duration(seconds: float) -> str:
+    """A lokt (Go) duration: "600s", "1.5s". lokt refuses bare numbers."""
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"{text or '0'}s"
+
+
+class LoktEngine(Engine):
+    name = "lokt"
+
+    def __init__(self, identity: Identity, root: Path, binary: str, *,
+                 grace: float = STOP_GRACE) -> None:
+        super().__init__(identity, root, grace=grace)
+        self.binary = binary
+        self._version: Optional[str] = None
+
+    def describe(self) -> str:
+        if self._version is None:
+            try:
+                output = subprocess.run(
+                    [self.binary, "version"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    universal_newlines=True,
+                    timeout=10,
+                ).stdout.strip()
+            except (OSError, subprocess.TimeoutExpired):
+                output = ""
+            self._version = output.splitlines()[0] if output else "lokt (version unknown)"
+        return f"{self._version} at {self.binary}"
+
+    def guard_command(self, lock_name: str, ttl: float, wait: bool,
+                      timeout: Optional[float]) -> List[str]:
+        """``lokt guard`` with its flags before the name (Go's flag parsing
+        stops at the first non-flag word) and durations with units."""
+        command = [self.binary, "guard"]
+        lifetime = effective_ttl(ttl)
+        if lifetime > 0:
+            command += ["--ttl", format_duration(lifetime)]
+        if wait:
+            command.append("--wait")
+            if timeout is not None and timeout > 0:
+                command += ["--timeout", format_duration(timeout)]
+        return command + [lock_name, "--"]
+
+    def _guard(
+        self,
+        lock_name: str,
+        attempt: Attempt,
+        ttl: float,
+        wait: bool,
+        timeout: Optional[float],
+        env: Dict[str, str],
+        cwd: Optional[Path],
+        stop: StopRequest,
+    ) -> GuardResult:
+        argv = self.guard_command(lock_name, ttl, wait, timeout) + attempt.argv(os.getpid())
+        # NOTE: with a log, lokt's own messages are kept apart from the
+        # command's output, and added to the log only when the command ran.
+        with tempfile.TemporaryFile() as lokt_output:
+            out = lokt_output.fileno() if attempt.log else None
+            try:
+                guard = system.start(argv, stdout=out, env=env, cwd=str(cwd) if cwd else None)
+            except OSError as error:
+                return GuardResult("error", message=f"cannot run {self.binary}: {error.strerror or error}")
+            try:
+                ended = supervise(guard, stopped=stop.asked, grace=self.grace)
+            except BaseException:
+                guard.kill_group()
+                guard.wait()
+                self._remove_leftover(lock_name, guard.pid)
+                raise
+            lokt_output.seek(0)
+            lokt_message = lokt_output.read().decode("utf-8", "replace").strip()
+        assert ended is not None  # never abandoned
+        returncode, forwarded = ended
+        if returncode < 0:
+            # lokt guard was killed: what it ran would go on, no longer locked.
+            guard.kill_group()
+            self._remove_leftover(lock_name, guard.pid)
+        own = attempt.own_record()
+        if own is not None:
+            return self._ran(attempt, own, returncode, forwarded, lokt_message)
+        if returncode == 0 and attempt.skip:
+            return GuardResult("skipped", message="nothing to run")
+        if forwarded is not None:
+            return GuardResult("interrupted", interrupted=forwarded,
+                               message="stopped before the command started")
+        message = _last_error_line(lokt_message)
+        if returncode == 2:
+            return self._refused(lock_name, message, wait, timeout)
+        if returncode < 0:
+            message = f"lokt guard was killed by signal {-returncode} before the command started"
+        elif not message:
+            message = f"lokt guard failed with exit code {returncode} before the command started"
+        return GuardResult("error", message=message)
+
+    def _ran(self, attempt: Attempt, own: Mapping, returncode: int, forwarded: Optional[int],
+             lokt_message: str) -> GuardResult:
+        """How the command ended, from its final record; from lokt's exit code
+        when the attempt died before it could write one."""
+        if lokt_message and attempt.log:
+            with open(attempt.log, "a", encoding="utf-8") as handle:
+                handle.write(lokt_message + "\n")
+        if own.get("outcome") == "running":
+            code = returncode if returncode >= 0 else None
+            return GuardResult("ran", exit_code=code, signal=None if code is not None else -returncode,
+                               interrupted=forwarded)
+        signum = system.signal_number(own["signal"]) if own.get("signal") else None
+        return GuardResult("ran", exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded)
+
+    def _refused(self, lock_name: str, lokt_message: str, wait: bool,
+                 timeout: Optional[float]) -> GuardResult:
+        """Exit 2 and no record of the attempt: held or frozen, said by the files.
+
+        With --wait, lokt only gives up with 2 when frozen or timed out.
+        """
+        freeze = self.frozen_by(lock_name)
+        if "frozen" in lokt_message or (not lokt_message and freeze is not None):
+            return GuardResult("frozen", holder=freeze, message=frozen_message(lock_name, freeze))
+        holder = self.holder(lock_name)
+        return GuardResult("held", holder=holder, message=held_message(lock_name, holder, wait, timeout))
+
+    def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
+        """lokt was killed before it could release: remove its lock, ours only."""
+        path = lockfile.lock_path(self.root, lock_name)
+        try:
+            lock = lockfile.read_lock(path)
+        except (OSError, LockFileError):
+            return
+        mine = (self.identity.owner, lokt_pid, self.identity.host)
+        if (lock.owner, lock.pid, lock.host) == mine:
+            lockfile.remove_file(path)
+
+
+def _last_error_line(text: str) -> str:
+    """lokt's one-line reason ("error: ..."), without the prefix."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: ") :]
+    return lines[-1] if lines else ""
+
+
+def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """$LOKT_BIN if set (it must be an executable file), else lokt on PATH."""
+    environ = os.environ if env is None else env
+    configured = environ.get("LOKT_BIN", "")
+    if configured:
+        if os.path.isfile(configured) and os.access(configured, os.X_OK):
+            return os.path.abspath(configured)
+        raise EngineError(f"LOKT_BIN={configured} is not an executable file")
+    return shutil.which("lokt", path=environ.get("PATH"))

@@ -1,0 +1,360 @@
+"""What lokt-tasks asks of the operating system, defined once.
+
+Processes (alive, zombie, start time), signal names, starting a command
+(and the shell's 126/127 rule when it cannot start), atomic file writes and
+the UTC clock. Every layer uses these, including the two processes that
+must start fast (the attempt inside ``lokt guard`` and the watchdog), so
+this module imports only what Python has loaded at start-up anyway:
+``signal`` (which pulls in ``enum``) and ``ctypes`` are imported where a
+function needs them, ``subprocess`` only in the agent's own process.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+try:
+    import _signal  # the C module that ``signal`` wraps in enums: cheap to import
+except ImportError:  # not CPython
+    import signal as _signal
+
+SIGHUP, SIGINT, SIGTERM, SIGKILL = _signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM, _signal.SIGKILL
+#: The signals that ask a run to stop: Ctrl-C, and what CI systems send.
+STOP_SIGNALS = (SIGINT, SIGTERM)
+#: Signals Python ignores for itself; a command gets their default back.
+RESTORED_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+#: The shell's exit codes for a command that could not start.
+NOT_FOUND = 127
+NOT_EXECUTABLE = 126
+
+
+# --- Processes ----------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0), as lokt checks a holder: EPERM still means it exists.
+
+    A pid of 0 or less is never called dead (kill(0, 0) succeeds for lokt too).
+    """
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped yet (told on Linux only).
+
+    kill(pid, 0) still succeeds for it, so lokt calls it alive; where PID 1
+    reaps orphans late (many containers), a killed process stays one for
+    seconds.
+    """
+    fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
+    return bool(fields) and fields[0] in (b"Z", b"X")
+
+
+def process_gone(pid: int) -> bool:
+    """Dead or a zombie: a process that will run no more code."""
+    return not pid_alive(pid) or (pid > 0 and is_zombie(pid))
+
+
+def process_start_time(pid: int) -> int | None:
+    """What lokt stores as ``pid_start_ns``, or None where it cannot be read.
+
+    Linux: field 22 of /proc/PID/stat (clock ticks since boot, not ns,
+    whatever lokt's field name says). macOS: kinfo_proc's p_starttime from
+    sysctl, in ns since the epoch. (Both as lokt's own source reads them.)
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            return int(_linux_stat_fields(pid)[19])
+        except (IndexError, ValueError):
+            return None
+    if sys.platform == "darwin":
+        return _darwin_start_time(pid)
+    return None
+
+
+def _linux_stat_fields(pid: int) -> list:
+    """/proc/PID/stat from field 3 on (after the command name, which may
+    itself hold spaces and parentheses); empty if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return []
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def _darwin_start_time(pid: int) -> int | None:
+    import ctypes  # macOS only, and slow to import
+
+    try:
+        sysctl = ctypes.CDLL(None, use_errno=True).sysctl
+        sysctl.argtypes = [
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        sysctl.restype = ctypes.c_int
+        mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
+        size = ctypes.c_size_t(0)
+        if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
+            return None
+        buffer = ctypes.create_string_buffer(size.value)
+        if sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value < 16:
+            return None
+    except (OSError, AttributeError, ctypes.ArgumentError):
+        return None
+    # kinfo_proc starts with p_starttime, a timeval: a 64-bit tv_sec, then a
+    # 32-bit tv_usec and 4 bytes of padding, which lokt does not read either.
+    seconds = int.from_bytes(buffer.raw[0:8], "little", signed=True)
+    microseconds = int.from_bytes(buffer.raw[8:12], "little", signed=True)
+    return seconds * 1_000_000_000 + microseconds * 1_000
+
+
+def signal_group(group: int, signum: int) -> bool:
+    """Send ``signum`` to a process group; False once it has no process left."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def on_signals(signums: tuple, handler=None) -> dict:
+    """Handle ``signums`` with ``handler`` (None: ignore them); the previous
+    handlers, to restore."""
+    action = _signal.SIG_IGN if handler is None else handler
+    return {signum: _signal.signal(signum, action) for signum in signums}
+
+
+def restore_signals(previous: dict, *, ignore: bool = False) -> None:
+    """Put back the handlers :func:`on_signals` returned (or ignore the signals)."""
+    for signum, handler in previous.items():
+        _signal.signal(signum, _signal.SIG_IGN if ignore else handler)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9: how records name the signal that ended a command."""
+    import signal  # the full module, with names: only when a signal is named
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIG%d" % signum
+
+
+def signal_number(name: str) -> int | None:
+    """9 for ``SIGKILL`` (or ``SIG9``), the inverse of :func:`signal_name`."""
+    import signal
+
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        digits = name[3:] if name.startswith("SIG") else ""
+        return int(digits) if digits.isdigit() else None
+
+
+# --- Commands -----------------------------------------------------------------
+
+
+class Child:
+    """A command started by :func:`start`: its pid, and its return code once
+    reaped (-N when signal N killed it, as subprocess says)."""
+
+    def __init__(self, pid: int, *, own_group: bool, keep: object = None) -> None:
+        self.pid = pid
+        #: Whether it leads a process group of its own (its own session).
+        self.own_group = own_group
+        self.returncode: int | None = None
+        # NOTE: a subprocess.Popen must live until we have reaped its pid
+        # ourselves: once collected, subprocess may reap it first, from any
+        # thread that starts another process, and its exit status is lost.
+        self._popen = keep
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The return code; None if still running after ``timeout`` seconds.
+
+        Polls in doubling sleeps from 0.5 ms to 25 ms, so that a short
+        command's end is seen at once and a long one costs little.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while self._reap(0 if deadline is None else os.WNOHANG) is None:
+            remaining = deadline - time.monotonic() if deadline is not None else 0.025
+            if remaining <= 0:
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.025)
+        return self.returncode
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, flags)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                if self._popen is not None:
+                    self._popen.returncode = self.returncode  # type: ignore[attr-defined]
+        return self.returncode
+
+    def send(self, signum: int) -> None:
+        """Signal the command itself, never once it is reaped (its pid may be
+        someone else's by then)."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill_group(self, signum: int = SIGKILL) -> None:
+        """Signal the command's whole process group if it leads one, else
+        the command alone."""
+        if self.own_group:
+            signal_group(self.pid, signum)
+        else:
+            self.send(signum)
+
+
+def start(
+    argv: list,
+    *,
+    stdout: int | None = None,
+    env: dict | None = None,
+    cwd: str | None = None,
+    new_session: bool = True,
+) -> Child:
+    """Start ``argv`` (never through a shell), in a session of its own
+    unless ``new_session`` is False.
+
+    ``stdout`` is a file descriptor that receives both stdout and stderr
+    (the shard's log), or None to inherit ours. Raises OSError when the
+    program cannot be started (see :func:`not_started`).
+
+    # NOTE: posix_spawn is the cheap way (subprocess costs the attempt
+    # process more to import than the rest of its start), but it cannot
+    # change directory; only the agent asks for ``cwd``, and it has
+    # subprocess loaded already.
+    """
+    if cwd is None:
+        actions = [] if stdout is None else [
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stdout, 2),
+        ]
+        pid = os.posix_spawnp(
+            argv[0], argv, os.environ if env is None else env,
+            file_actions=actions, setsid=new_session, setsigdef=RESTORED_SIGNALS,
+        )
+        return Child(pid, own_group=new_session)
+    import subprocess
+
+    process = subprocess.Popen(
+        argv,
+        stdout=stdout,
+        stderr=None if stdout is None else subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=new_session,
+    )
+    return Child(process.pid, own_group=new_session, keep=process)
+
+
+def not_started(program: str, error: OSError) -> tuple:
+    """A command that could not start ends as under a shell: (127, "command
+    not found") when there is no such program, else (126, the OS's reason)."""
+    if isinstance(error, FileNotFoundError):
+        return NOT_FOUND, "command not found"
+    return NOT_EXECUTABLE, error.strerror or str(error)
+
+
+def bootstrap(module: str) -> list:
+    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python.
+
+    Isolated and without site-packages (``-I -S``), since it needs only the
+    standard library, and imported rather than run by path, so that Python
+    uses the module's cached bytecode instead of compiling it each time. The
+    directory holding lokt_tasks goes last on sys.path: it cannot hide a
+    standard module.
+    """
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
+        "sys.exit(main(sys.argv[1:]))" % (package_parent, module)
+    )
+    return [sys.executable or "python3", "-I", "-S", "-c", code]
+
+
+# --- Files and time -----------------------------------------------------------
+
+
+def write_atomically(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    mode: int | None = 0o644,
+    prefix: str | None = None,
+    durable: bool = True,
+) -> None:
+    """Replace ``path`` with ``data``; its directory must exist.
+
+    A temporary file in the same directory, fsynced, renamed over the old
+    one, then the directory fsynced: a reader sees the old content or the
+    new, never a mix, and a machine crash does not lose the rename.
+    ``mode`` None keeps the temporary file's 0600, as lokt's lock files
+    have; ``prefix`` names the temporary file (default ``.<name>.``);
+    ``durable`` False skips both fsyncs (still atomic for readers). Raises
+    OSError, leaving no temporary file behind.
+    """
+    directory, name = os.path.split(os.fspath(path))
+    temporary = os.path.join(directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex()))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_directory(directory or ".")
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a create, rename or remove in ``directory`` survive a crash."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename happened all the same
+    finally:
+        os.close(fd)
+
+
+def utc_now() -> str:
+    """Now as RFC 3339 UTC with microseconds: ``2024-05-01T12:00:00.123456Z``."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return stamp + ".%06dZ" % (nanoseconds // 1000)
