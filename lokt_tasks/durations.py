@@ -146,9 +146,9 @@ def durations_from_junit(xml_path: Path, items: Iterable[str], root: Optional[Pa
 
     found: Dict[str, float] = {}
     for item in items:
-        seconds = _item_seconds(item, keyed)
-        if seconds is not None:
-            found[item] = _round(seconds)
+        item_seconds = _item_seconds(item, keyed)
+        if item_seconds is not None:
+            found[item] = _round(item_seconds)
     return found
 
 

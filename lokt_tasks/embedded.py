@@ -123,7 +123,7 @@ class Claimant:
 
 
 @dataclass(frozen=True)
-class Attempt:
+class LockTry:
     """One try at the lock: ours, refused (holder may be unknown), or an error."""
 
     acquired: Optional[LockData] = None
@@ -143,11 +143,12 @@ def sweep(root: Path, me: Claimant) -> None:
 
 
 def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
+    lock: Optional[LockData] = None
     try:
         text = lockfile.read_text(path)
-        lock: Optional[LockData] = lockfile.parse_lock(text)
+        lock = lockfile.parse_lock(text)
     except CorruptLockFile:
-        lock, reason = None, "corrupted"
+        reason = "corrupted"
     except (OSError, LockFileError):
         return  # gone, empty (mid-acquire), newer version: not ours to judge
     else:
@@ -159,7 +160,7 @@ def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
         reason = "expired+dead_pid" if status == "dead" else "expired"
     if not lockfile.remove_if_unchanged(path, text):
         return
-    extra = {"sweep_reason": reason}
+    extra: Dict[str, object] = {"sweep_reason": reason}
     if lock is not None:
         extra.update(pruned_owner=lock.owner, pruned_host=lock.host, pruned_pid=lock.pid)
     # lokt writes sweep events without agent_id and lock_id.
@@ -198,7 +199,7 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
     return None
 
 
-def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
     """One non-blocking try, as lokt's Acquire (but never re-entrant)."""
     path = lockfile.lock_path(root, name)
     if lockfile.create_exclusive(path):
@@ -209,31 +210,31 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
     except FileNotFoundError:
         return _retry_create(root, path, name, me, ttl_sec)
     except UnsupportedVersion as error:
-        return Attempt(error=f"lock {name!r}: {error}")
+        return LockTry(error=f"lock {name!r}: {error}")
     except CorruptLockFile:
         if lockfile.remove_if_unchanged(path, text):
             me.audit(root, "corrupt-break", name)
             return _retry_create(root, path, name, me, ttl_sec)
-        return Attempt()
+        return LockTry()
     except (OSError, EmptyLockFile):
-        return Attempt()  # being written by another acquirer: held
+        return LockTry()  # being written by another acquirer: held
     if lockfile.pid_status(existing, me.host) == "dead":
         if lockfile.remove_if_unchanged(path, text):
             extra = {"pruned_owner": existing.owner, "pruned_host": existing.host, "pruned_pid": existing.pid}
             me.audit(root, "auto-prune", name, lock_id=existing.lock_id, extra=extra)
-            attempt = _retry_create(root, path, name, me, ttl_sec)
-            if attempt.acquired is not None:
-                return attempt
-            existing = _read_or(path, existing)
+            retry = _retry_create(root, path, name, me, ttl_sec)
+            if retry.acquired is not None:
+                return retry
+            existing = _read_or(path, existing) or existing
     extra = {"holder_owner": existing.owner, "holder_host": existing.host, "holder_pid": existing.pid}
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
-    return Attempt(holder=existing)
+    return LockTry(holder=existing)
 
 
-def _retry_create(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+def _retry_create(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
     if lockfile.create_exclusive(path):
         return _write_new(root, path, name, me, ttl_sec)
-    return Attempt(holder=_read_or(path, None))
+    return LockTry(holder=_read_or(path, None))
 
 
 def _read_or(path: Path, fallback: Optional[LockData]) -> Optional[LockData]:
@@ -243,16 +244,16 @@ def _read_or(path: Path, fallback: Optional[LockData]) -> Optional[LockData]:
         return fallback
 
 
-def _write_new(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> Attempt:
+def _write_new(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
     """Fill the empty file we created; give the name back if that fails."""
     lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
     try:
         lockfile.write_lock(path, lock)
     except OSError as error:
         lockfile.remove_file(path)
-        return Attempt(error=f"cannot write lock file {path}: {error}")
+        return LockTry(error=f"cannot write lock file {path}: {error}")
     me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
-    return Attempt(acquired=lock)
+    return LockTry(acquired=lock)
 
 
 def break_stale(root: Path, name: str, me: Claimant) -> None:
@@ -484,7 +485,7 @@ class EmbeddedEngine(Engine):
             return ran(child)
         try:
             self.watchdog.watch(child.pid)
-            returncode, stopped_by = attempt.wait(child, stopped=stop.asked, grace=self.grace)
+            ended = attempt.wait(child, stopped=stop.asked, grace=self.grace)
         except BaseException:
             child.kill_group()
             child.wait()
@@ -492,8 +493,9 @@ class EmbeddedEngine(Engine):
         finally:
             if child.returncode is not None:
                 self.watchdog.forget(child.pid)
-        attempt.finish(returncode, stopped_by)
-        return ran(returncode, stopped_by)
+        assert ended is not None  # never abandoned here
+        attempt.finish(*ended)
+        return ran(*ended)
 
     def _acquire(
         self,
@@ -511,20 +513,20 @@ class EmbeddedEngine(Engine):
         except UnsupportedVersion as error:
             return GuardResult("error", message=f"freeze of {name!r}: {error}")
         if freeze is not None:
-            holder = holder_from_lock(freeze, name)
-            return GuardResult("frozen", holder=holder, message=frozen_message(name, holder))
+            froze = holder_from_lock(freeze, name)
+            return GuardResult("frozen", holder=froze, message=frozen_message(name, froze))
         limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
         deadline = time.monotonic() + limit
         tries = 0
         while True:
-            attempt = acquire_once(self.root, name, me, ttl_sec)
-            if attempt.acquired is not None:
-                return attempt.acquired
-            if attempt.error:
-                return GuardResult("error", message=attempt.error)
+            tried = acquire_once(self.root, name, me, ttl_sec)
+            if tried.acquired is not None:
+                return tried.acquired
+            if tried.error:
+                return GuardResult("error", message=tried.error)
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
-                holder = self._holder_of(name, attempt.holder)
+                holder = self._holder_of(name, tried.holder)
                 return GuardResult("held", holder=holder, message=held_message(name, holder, wait, timeout))
             pause = min(backoff(tries), remaining)
             tries += 1

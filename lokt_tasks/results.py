@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .attempt import STAMPED_FIELDS, record_text
 from .errors import LoktTasksError, UsageError
@@ -279,7 +279,7 @@ def record_from_dict(data: object) -> Record:
     version = data.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version != RECORD_VERSION:
         raise ValueError("record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION))
-    values = {}
+    values: Dict[str, Any] = {}
     for name, (types, optional) in _FIELD_TYPES.items():
         if name not in data and name in _FIELD_DEFAULTS:
             values[name] = _FIELD_DEFAULTS[name]
@@ -660,8 +660,9 @@ def _tracked_changes_digest(top: Path, excludes: Sequence[str] = ()) -> Optional
         except OSError as error:
             raise LoktTasksError("cannot run git to compute the run key: %s" % error) from None
         with process:
-            assert process.stdout is not None
-            for chunk in iter(lambda: process.stdout.read(65536), b""):
+            stdout = process.stdout
+            assert stdout is not None
+            for chunk in iter(lambda: stdout.read(65536), b""):
                 seen_any = True
                 digest.update(chunk)
         errors.seek(0)

@@ -15,7 +15,7 @@ import sys
 import time
 
 try:
-    import _signal  # the C module that ``signal`` wraps in enums: cheap to import
+    import _signal  # type: ignore[import-not-found]  # wrapped in enums by ``signal``: cheap
 except ImportError:  # not CPython
     import signal as _signal
 
