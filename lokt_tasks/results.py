@@ -38,10 +38,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .atomic import write_atomically
 from .errors import LoktTasksError, UsageError
+from .states import RecordOutcome
 
 if TYPE_CHECKING:
     from .plan import Shard
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 RECORD_VERSION = 1
 
 #: Outcomes a record can hold. "running" is the start record.
-OUTCOMES = ("running", "passed", "failed", "interrupted", "error")
+OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)
 
 #: Environment variable naming the run key, for when ``--run`` is not given.
 RUN_ENV = "LOKT_TASKS_RUN"
