@@ -20,10 +20,11 @@ from .engine import StopRequest
 from .plan import Plan, Shard
 from .results import Record
 from .run import RunSettings, ShardOutcome, run_shard
+from .states import FINISHED_OUTCOMES, PASSED_OUTCOMES, Progress, RunOutcome, ordered
 from .verdict import holder_is_live
 
 #: Called as on_change(shard, state, outcome_or_None) when a shard starts
-#: ("running") or ends (its outcome state). Called from worker threads.
+#: (Progress.RUNNING) or ends (its RunOutcome). Called from worker threads.
 OnChange = Callable[[Shard, str, Optional[ShardOutcome]], None]
 
 #: Queue mode looks again at shards held by other agents after this many
@@ -45,7 +46,7 @@ def run_all(
     jobs: int,
     stop: StopRequest,
     on_change: OnChange,
-    skip: Collection[str] = ("passed",),
+    skip: Collection[str] = ordered(PASSED_OUTCOMES),
 ) -> List[ShardOutcome]:
     """Run every shard, at most ``jobs`` at once, each output to its log file.
 
@@ -62,7 +63,7 @@ def run_all(
                 if not pending:
                     return
                 shard = pending.pop(0)
-            on_change(shard, "running", None)
+            on_change(shard, Progress.RUNNING, None)
             outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
             with lock:
                 outcomes.append(outcome)
@@ -125,7 +126,7 @@ def run_queue(
         if outcome is not None:
             outcomes.append(outcome)
             ran_here.add(outcome.shard.index)
-            if outcome.state == "error":
+            if outcome.state == RunOutcome.ERROR:
                 break
             pause, deadline, announced = QUEUE_POLL_START, None, []
             continue
@@ -168,18 +169,24 @@ def _claim_next(
         if holder_is_live(settings.engine.holder(shard.lock_name)):
             held.append(shard)  # looked at without trying: no deny line, no process
             continue
-        on_change(shard, "running", None)
-        outcome = run_shard(shard, settings, to_log=to_log, skip=("passed", "failed"), stop=stop)
+        on_change(shard, Progress.RUNNING, None)
+        skip = ordered(FINISHED_OUTCOMES)
+        outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
         on_change(shard, outcome.state, outcome)
-        if outcome.state == "held":
+        if outcome.state == RunOutcome.HELD:
             held.append(shard)  # another agent took it between our look and our try
-        elif outcome.state not in ("frozen", "done"):
+        elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
             return outcome, held
     return None, held
 
 
 def is_finished(record: object, shard: Shard) -> bool:
-    return isinstance(record, Record) and record.fingerprint == shard.fingerprint and record.outcome in ("passed", "failed")
+    """Whether ``record`` gives ``shard`` a final outcome under this plan."""
+    return (
+        isinstance(record, Record)
+        and record.fingerprint == shard.fingerprint
+        and record.outcome in FINISHED_OUTCOMES
+    )
 
 
 @contextmanager
