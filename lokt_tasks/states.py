@@ -16,6 +16,10 @@ and printed, so members compare equal to those words, and ``str()``, f-strings,
 vocabulary it appears in ("passed" is a pass wherever it is written), so one
 colour map serves them all.
 
+The recorder starts once per shard without site-packages and imports next
+to nothing, so it writes record outcomes as literals rather than import this
+module; ``tests/test_states.py`` pins the values it relies on.
+
 The policy sets below name the decisions that are taken on these words in more
 than one place (a command, its help text, the docs), so that they cannot drift
 apart. They are frozensets; :func:`ordered` lists one in the order its states
