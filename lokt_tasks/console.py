@@ -10,26 +10,20 @@ import os
 import sys
 import threading
 import time
-from typing import Dict, Optional, Sequence, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO, Union
 
-from colorama import Fore, Style
+from colorama import Style
 
-STATE_COLORS = {
-    "passed": Fore.GREEN,
-    "failed": Fore.RED,
-    "crashed": Fore.RED,
-    "corrupt": Fore.RED,
-    "error": Fore.RED,
-    "lost": Fore.RED,
-    "running": Fore.CYAN,
-    "waiting": Style.DIM,
-    "held": Fore.YELLOW,
-    "frozen": Fore.YELLOW,
-    "interrupted": Fore.YELLOW,
-    "missing": Fore.YELLOW,
-    "outdated": Fore.YELLOW,
-    "done": Fore.GREEN,
-}
+from .states import COLORS, Progress, RunOutcome
+from .text import Cell, format_seconds, paint, table
+
+#: The board's state column fits every word it can show, so it never shifts.
+STATE_WIDTH = max(len(state) for vocabulary in (Progress, RunOutcome) for state in vocabulary)
+
+#: Elapsed times are right-aligned in this many characters ("59m59s").
+# NOTE: with the table's two-space gap this keeps the board's layout of old
+# (one space, then the time right-aligned in seven).
+ELAPSED_WIDTH = 6
 
 
 def wants_color(stream: TextIO, env=os.environ) -> bool:
@@ -47,13 +41,16 @@ class Console:
         self.color = wants_color(self.stream) if color is None else color
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
+    def color_of(self, state: str) -> str:
+        """The colour code of ``state`` (see states.COLORS), or "" without colour."""
+        return COLORS.get(state, "") if self.color else ""
+
     def paint(self, text: str, state: str) -> str:
-        if not self.color or state not in STATE_COLORS:
-            return text
-        return f"{STATE_COLORS[state]}{text}{Style.RESET_ALL}"
+        """``text`` in the colour of ``state`` (any state word, or states.WARNING)."""
+        return paint(text, self.color_of(state))
 
     def dim(self, text: str) -> str:
-        return f"{Style.DIM}{text}{Style.RESET_ALL}" if self.color else text
+        return paint(text, Style.DIM) if self.color else text
 
     def say(self, text: str = "") -> None:
         self.stream.write(text + "\n")
@@ -76,7 +73,7 @@ class LiveBoard:
     def __init__(self, console: Console, labels: Sequence[str]):
         self.console = console
         self.labels = list(labels)
-        self.states: Dict[str, str] = {label: "waiting" for label in labels}
+        self.states: Dict[str, str] = {label: Progress.WAITING for label in labels}
         self.started: Dict[str, float] = {}
         self.ended: Dict[str, float] = {}
         self.details: Dict[str, str] = {}
@@ -103,7 +100,7 @@ class LiveBoard:
         with self._lock:
             self.states[label] = state
             self.details[label] = detail
-            if state == "running":
+            if state == Progress.RUNNING:
                 self.started[label] = now
                 self.ended.pop(label, None)
             elif label in self.started:
@@ -115,14 +112,18 @@ class LiveBoard:
     def _elapsed(self, label: str, now: float) -> str:
         if label not in self.started:
             return ""
-        seconds = self.ended.get(label, now) - self.started[label]
-        return f"{seconds:6.1f}s"
+        return format_seconds(self.ended.get(label, now) - self.started[label])
 
     def _line(self, label: str, now: float) -> str:
         state = self.states[label]
-        detail = self.details.get(label, "")
-        text = f"{label:<{self._width()}}  {self.console.paint(f'{state:<11}', state)} {self._elapsed(label, now):>7}"
-        return f"{text}  {detail}".rstrip()
+        cells: List[Union[str, Cell]] = [
+            label,
+            Cell(str(state), self.console.color_of(state)),
+            self._elapsed(label, now),
+            self.details.get(label, ""),
+        ]
+        widths = (self._width(), STATE_WIDTH, ELAPSED_WIDTH)
+        return table([cells], right={2}, widths=widths, indent="")[0]
 
     def _width(self) -> int:
         return max((len(label) for label in self.labels), default=0)

@@ -41,9 +41,9 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from .system import write_atomically
 from .config import display_path
 from .errors import ConfigError
+from .system import write_atomically
 
 #: Seconds are stored with this many decimals: milliseconds are plenty for
 #: balancing, and fewer digits mean fewer meaningless diffs.

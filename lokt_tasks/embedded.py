@@ -78,6 +78,7 @@ from .lockfile import (
     UnsupportedVersion,
     append_audit,
 )
+from .states import GuardState
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
@@ -364,6 +365,11 @@ class Watchdog:
         self._pipe: Optional[BinaryIO] = None
         self._unavailable = False
 
+    def prepare(self) -> None:
+        """Have the watchdog running before a command starts, so that the
+        command is told to it at once (an empty line, which it ignores)."""
+        self._send("\n")
+
     def watch(self, pid: int) -> None:
         start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
         self._send(f"+{pid} {'-' if start is None else start}\n")
@@ -453,7 +459,7 @@ class EmbeddedEngine(Engine):
             try:
                 claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
             except OSError as error:
-                return GuardResult("error", message=f"lock root {self.root} is unusable: {error}")
+                return GuardResult(GuardState.ERROR, message=f"lock root {self.root} is unusable: {error}")
             if isinstance(claim, GuardResult):
                 return claim
             cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
@@ -466,7 +472,7 @@ class EmbeddedEngine(Engine):
             try:
                 result = self._attempt(attempt, env, cwd, stop)
             except OSError as error:  # from begin or finish: the record
-                return GuardResult("error", message=f"cannot write {attempt.record}: {error.strerror or error}")
+                return GuardResult(GuardState.ERROR, message=f"cannot write {attempt.record}: {error.strerror or error}")
         if heartbeat is not None and heartbeat.lost:
             result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
         return result
@@ -475,10 +481,14 @@ class EmbeddedEngine(Engine):
                  stop: StopRequest) -> GuardResult:
         """The attempt, in this process, under the lock we hold."""
         if not attempt.begin():
-            return GuardResult("skipped", message="nothing to run")
+            return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
             attempt.finish(None, stop.asked())
             return interrupted_before_start(stop)
+        # NOTE: an agent killed between starting the command and telling the
+        # watchdog would leave it running; starting the watchdog first keeps
+        # that window to one write.
+        self.watchdog.prepare()
         child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
         if isinstance(child, int):
             attempt.finish(child, None)
@@ -511,10 +521,10 @@ class EmbeddedEngine(Engine):
         try:
             freeze = active_freeze(self.root, name, me)
         except UnsupportedVersion as error:
-            return GuardResult("error", message=f"freeze of {name!r}: {error}")
+            return GuardResult(GuardState.ERROR, message=f"freeze of {name!r}: {error}")
         if freeze is not None:
             froze = holder_from_lock(freeze, name)
-            return GuardResult("frozen", holder=froze, message=frozen_message(name, froze))
+            return GuardResult(GuardState.FROZEN, holder=froze, message=frozen_message(name, froze))
         limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
         deadline = time.monotonic() + limit
         tries = 0
@@ -523,11 +533,11 @@ class EmbeddedEngine(Engine):
             if tried.acquired is not None:
                 return tried.acquired
             if tried.error:
-                return GuardResult("error", message=tried.error)
+                return GuardResult(GuardState.ERROR, message=tried.error)
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
                 holder = self._holder_of(name, tried.holder)
-                return GuardResult("held", holder=holder, message=held_message(name, holder, wait, timeout))
+                return GuardResult(GuardState.HELD, holder=holder, message=held_message(name, holder, wait, timeout))
             pause = min(backoff(tries), remaining)
             tries += 1
             if stop is not None:

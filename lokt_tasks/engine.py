@@ -45,6 +45,7 @@ from . import lockfile
 from .attempt import STOP_GRACE, Attempt
 from .errors import EngineError, UsageError
 from .lockfile import LockData, LockFileError, validate_lock_name
+from .states import GuardState
 
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
@@ -88,7 +89,7 @@ class GuardResult:
     that came while the command ran, or None.
     """
 
-    state: str
+    state: GuardState
     exit_code: Optional[int] = None
     signal: Optional[int] = None
     holder: Optional[Holder] = None
@@ -97,7 +98,7 @@ class GuardResult:
 
     @property
     def ran(self) -> bool:
-        return self.state == "ran"
+        return self.state == GuardState.RAN
 
 
 class StopRequest:
@@ -235,8 +236,7 @@ def frozen_message(name: str, holder: Optional[Holder]) -> str:
 
 
 def interrupted_before_start(stop: StopRequest) -> GuardResult:
-    return GuardResult(
-        "interrupted",
+    return GuardResult(GuardState.INTERRUPTED,
         interrupted=stop.signum or signal.SIGINT,
         message="stopped before the command started",
     )
@@ -245,8 +245,8 @@ def interrupted_before_start(stop: StopRequest) -> GuardResult:
 def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
     """A finished command: a negative return code means killed by that signal."""
     if returncode < 0:
-        return GuardResult("ran", signal=-returncode, interrupted=interrupted)
-    return GuardResult("ran", exit_code=returncode, interrupted=interrupted)
+        return GuardResult(GuardState.RAN, signal=-returncode, interrupted=interrupted)
+    return GuardResult(GuardState.RAN, exit_code=returncode, interrupted=interrupted)
 
 
 class Engine:

@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional
 
 from . import lockfile, system
 from .attempt import Attempt, supervise
+from .config import format_duration
 from .engine import (
     STOP_GRACE,
     Engine,
@@ -29,12 +30,7 @@ from .engine import (
 )
 from .errors import EngineError
 from .lockfile import LockFileError
-
-
-def format_duration(seconds: float) -> str:
-    """A lokt (Go) duration: "600s", "1.5s". lokt refuses bare numbers."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text or '0'}s"
+from .states import GuardState, RecordOutcome
 
 
 class LoktEngine(Engine):
@@ -64,7 +60,8 @@ class LoktEngine(Engine):
     def guard_command(self, lock_name: str, ttl: float, wait: bool,
                       timeout: Optional[float]) -> List[str]:
         """``lokt guard`` with its flags before the name (Go's flag parsing
-        stops at the first non-flag word) and durations with units."""
+        stops at the first non-flag word) and durations with units (lokt
+        refuses bare numbers)."""
         command = [self.binary, "guard"]
         lifetime = effective_ttl(ttl)
         if lifetime > 0:
@@ -94,7 +91,7 @@ class LoktEngine(Engine):
             try:
                 guard = system.start(argv, stdout=out, env=env, cwd=str(cwd) if cwd else None)
             except OSError as error:
-                return GuardResult("error", message=f"cannot run {self.binary}: {error.strerror or error}")
+                return GuardResult(GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}")
             try:
                 ended = supervise(guard, stopped=stop.asked, grace=self.grace)
             except BaseException:
@@ -114,9 +111,9 @@ class LoktEngine(Engine):
         if own is not None:
             return self._ran(attempt, own, returncode, forwarded, lokt_message)
         if returncode == 0 and attempt.skip:
-            return GuardResult("skipped", message="nothing to run")
+            return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if forwarded is not None:
-            return GuardResult("interrupted", interrupted=forwarded,
+            return GuardResult(GuardState.INTERRUPTED, interrupted=forwarded,
                                message="stopped before the command started")
         message = _last_error_line(lokt_message)
         if returncode == 2:
@@ -125,7 +122,7 @@ class LoktEngine(Engine):
             message = f"lokt guard was killed by signal {-returncode} before the command started"
         elif not message:
             message = f"lokt guard failed with exit code {returncode} before the command started"
-        return GuardResult("error", message=message)
+        return GuardResult(GuardState.ERROR, message=message)
 
     def _ran(self, attempt: Attempt, own: Mapping, returncode: int, forwarded: Optional[int],
              lokt_message: str) -> GuardResult:
@@ -134,12 +131,12 @@ class LoktEngine(Engine):
         if lokt_message and attempt.log:
             with open(attempt.log, "a", encoding="utf-8") as handle:
                 handle.write(lokt_message + "\n")
-        if own.get("outcome") == "running":
+        if own.get("outcome") == RecordOutcome.RUNNING:
             code = returncode if returncode >= 0 else None
-            return GuardResult("ran", exit_code=code, signal=None if code is not None else -returncode,
+            return GuardResult(GuardState.RAN, exit_code=code, signal=None if code is not None else -returncode,
                                interrupted=forwarded)
         signum = system.signal_number(own["signal"]) if own.get("signal") else None
-        return GuardResult("ran", exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded)
+        return GuardResult(GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded)
 
     def _refused(self, lock_name: str, lokt_message: str, wait: bool,
                  timeout: Optional[float]) -> GuardResult:
@@ -149,9 +146,9 @@ class LoktEngine(Engine):
         """
         freeze = self.frozen_by(lock_name)
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
-            return GuardResult("frozen", holder=freeze, message=frozen_message(lock_name, freeze))
+            return GuardResult(GuardState.FROZEN, holder=freeze, message=frozen_message(lock_name, freeze))
         holder = self.holder(lock_name)
-        return GuardResult("held", holder=holder, message=held_message(lock_name, holder, wait, timeout))
+        return GuardResult(GuardState.HELD, holder=holder, message=held_message(lock_name, holder, wait, timeout))
 
     def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
         """lokt was killed before it could release: remove its lock, ours only."""

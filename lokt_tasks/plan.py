@@ -89,8 +89,8 @@ import re
 import shlex
 import stat
 import struct
-import sys
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
@@ -108,6 +108,7 @@ from .config import (
 )
 from .durations import load_durations
 from .errors import ConfigError, UsageError
+from .text import format_seconds, shorten, table
 
 #: Left in a shard's argv by the plan; the run layer replaces it with the
 #: path where the command should write its JUnit XML report.
@@ -294,7 +295,7 @@ def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: i
 
 
 #: Room kept on the command line for what runs in front of the shard's
-#: command with the lokt engine: lokt guard, and the recorder with the
+#: command with the lokt engine: lokt guard, and the attempt process with the
 #: fields of the shard's record.
 COMMAND_LINE_HEADROOM = 16 * 1024
 
@@ -324,7 +325,7 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
         raise config_error(
             config.path, key,
             f"{where} needs a command line of {size:,} bytes with the environment, over this system's limit "
-            f"of {limit - COMMAND_LINE_HEADROOM:,} (ARG_MAX less {COMMAND_LINE_HEADROOM:,} kept for the recorder); "
+            f"of {limit - COMMAND_LINE_HEADROOM:,} (ARG_MAX less {COMMAND_LINE_HEADROOM:,} kept for the attempt process); "
             f"use more shards",
         )
     if sys.platform.startswith("linux"):
@@ -896,17 +897,17 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
         f"task '{plan.task}': {item_total} item(s) in {len(plan.shards)} shard(s), split: {plan.split}",
     ]
     header = ["shard", "items", "lock", "fingerprint"]
-    rows = [[f"{shard.index}/{shard.total}", str(len(shard.items)), shard.lock_name, shard.fingerprint] for shard in plan.shards]
-    right_aligned: Tuple[int, ...] = (1,)
+    rows = [
+        [f"{shard.index}/{shard.total}", str(len(shard.items)), shard.lock_name, shard.fingerprint]
+        for shard in plan.shards
+    ]
+    right_aligned = {1}
     if unit != "items":  # in items, a shard's weight is its item count, already shown
         header.insert(2, _WEIGHT_HEADERS[unit])
         for row, shard in zip(rows, plan.shards):
             row.insert(2, format_weight(shard.weight, unit))
-        right_aligned = (1, 2)
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    for row in [header, *rows]:
-        cells = [cell.rjust(widths[column]) if column in right_aligned else cell.ljust(widths[column]) for column, cell in enumerate(row)]
-        lines.append("  " + "  ".join(cells).rstrip())
+        right_aligned = {1, 2}
+    lines.extend(table([header, *rows], right=right_aligned))
     if stats and plan.shards:
         lines.append(
             f"total {format_weight(stats.total, unit)}; ideal {format_weight(stats.ideal, unit)} per shard; "
@@ -915,8 +916,8 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
     lines.append(f"commands (run in {plan.cwd}):")
     for shard in plan.shards:
         command = shlex.join(shard.argv)
-        if not full and len(command) > width:
-            command = command[:width - 3] + "..."
+        if not full:
+            command = shorten(command, width)
         lines.append(f"  {shard.index}: {command}")
     lines.extend(f"warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)
@@ -928,13 +929,7 @@ _WEIGHT_HEADERS = {"seconds": "estimate", "bytes": "size"}
 def format_weight(value: float, unit: str) -> str:
     """``12.3s`` / ``2m05s`` / ``1h02m`` for seconds, ``12.3 KB`` for bytes, ``3.3 items`` for items."""
     if unit == "seconds":
-        if value < 60:
-            return f"{value:.1f}s"
-        minutes, seconds = divmod(int(round(value)), 60)
-        if minutes < 60:
-            return f"{minutes}m{seconds:02d}s"
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours}h{minutes:02d}m"
+        return format_seconds(value)
     if unit == "bytes":
         for suffix in ("B", "KB", "MB", "GB"):
             if value < 1024 or suffix == "GB":

@@ -38,10 +38,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .attempt import STAMPED_FIELDS, record_text
 from .errors import LoktTasksError, UsageError
+from .states import RecordOutcome
 from .system import utc_now, write_atomically
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 RECORD_VERSION = 1
 
 #: Outcomes a record can hold. "running" is the start record.
-OUTCOMES = ("running", "passed", "failed", "interrupted", "error")
+OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)
 
 #: Environment variable naming the run key, for when ``--run`` is not given.
 RUN_ENV = "LOKT_TASKS_RUN"
@@ -83,7 +84,7 @@ class Record:
     engine: str
     #: RFC 3339 UTC timestamps; ``ended_at`` is None in the start record.
     started_at: str
-    outcome: str = "running"
+    outcome: str = RecordOutcome.RUNNING
     ended_at: Optional[str] = None
     duration: Optional[float] = None
     exit_code: Optional[int] = None
@@ -116,12 +117,6 @@ _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
 )
-
-
-def format_time(moment: datetime.datetime) -> str:
-    """``moment`` (timezone-aware) as RFC 3339 UTC with microseconds and a ``Z``."""
-    utc = moment.astimezone(datetime.timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + "%06dZ" % utc.microsecond
 
 
 def parse_time(text: str) -> datetime.datetime:
@@ -197,7 +192,7 @@ def finish(
     ended_at: Optional[str] = None,
 ) -> Record:
     """A copy of a start record with how the shard ended and how long it took."""
-    if outcome not in OUTCOMES or outcome == "running":
+    if outcome not in OUTCOMES or outcome == RecordOutcome.RUNNING:
         raise ValueError("not a final outcome: %r" % (outcome,))
     ended_at = ended_at or utc_now()
     duration = (parse_time(ended_at) - parse_time(record.started_at)).total_seconds()
@@ -341,7 +336,7 @@ def write_record(path: Path, record: Record) -> Path:
     the verdict just the same. The directory must exist.
     """
     path = Path(path)
-    durable = record.outcome != "running"
+    durable = record.outcome != RecordOutcome.RUNNING
     write_atomically(path, record_to_json(record).encode("ascii"), durable=durable)
     return path
 

@@ -23,17 +23,9 @@ from .errors import EngineError, UsageError
 from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard
 from .results import Record, RecordStore, new_start_record, unstamped_json
+from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
 
 ENGINE_CHOICES = ("auto", "lokt", "embedded")
-
-#: What a shard run came to, from the point of view of the agent that asked.
-#: "passed", "failed" and "interrupted" mean the command ran; "held",
-#: "frozen" and "error" (the engine failed, or a record could not be
-#: written) mean it did not; "done" means another agent had already passed
-#: it (queue mode); "lost" means the attempt died before it could write the
-#: final record (the start record stays: verify says crashed).
-RAN = ("passed", "failed", "interrupted")
-
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
     """The engine for choice "auto", "lokt" or "embedded", on one lock root:
@@ -72,13 +64,13 @@ class RunSettings:
 @dataclass(frozen=True)
 class ShardOutcome:
     shard: Shard
-    state: str
+    state: RunOutcome
     guard: GuardResult
     record: Optional[Record] = None
 
     @property
     def ran(self) -> bool:
-        return self.state in RAN
+        return self.state in RAN_OUTCOMES
 
     @property
     def log(self) -> Optional[str]:
@@ -118,15 +110,15 @@ def run_shard(
         cwd=settings.cwd,
         stop=stop,
     )
-    if not guard.ran and guard.state != "skipped":
-        return ShardOutcome(shard, guard.state, guard)
+    if not guard.ran and guard.state != GuardState.SKIPPED:
+        return ShardOutcome(shard, RunOutcome(guard.state), guard)
 
     record = store.read(shard.task, settings.run_key, shard.index)
     if not isinstance(record, Record) or record.attempt != start.attempt:
-        state = "done" if skip and isinstance(record, Record) else "lost"
+        state = RunOutcome.DONE if skip and isinstance(record, Record) else RunOutcome.LOST
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
-    if record.outcome == "running":
-        return ShardOutcome(shard, "lost", guard, record)
+    if record.outcome == RecordOutcome.RUNNING:
+        return ShardOutcome(shard, RunOutcome.LOST, guard, record)
     if (
         shard.wants_junit
         and settings.durations_file is not None
@@ -137,7 +129,7 @@ def run_shard(
         except ValueError:
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(settings.durations_file, timings)
-    return ShardOutcome(shard, record.outcome, guard, record)
+    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

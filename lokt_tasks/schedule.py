@@ -3,7 +3,7 @@
 Both modes hand shards out longest first, so the slowest shard starts as
 early as possible, and both claim a shard only through its lock: another
 agent holding it is never run over. The check for "already done" is made
-again by the recorder inside the lock, so two agents racing for the same
+again by the shard's attempt inside the lock, so two agents racing for the same
 shard never both run it.
 """
 from __future__ import annotations
@@ -20,10 +20,11 @@ from .engine import StopRequest
 from .plan import Plan, Shard
 from .results import Record
 from .run import RunSettings, ShardOutcome, run_shard
+from .states import FINISHED_OUTCOMES, PASSED_OUTCOMES, Progress, RunOutcome, ordered
 from .verdict import holder_is_live
 
 #: Called as on_change(shard, state, outcome_or_None) when a shard starts
-#: ("running") or ends (its outcome state). Called from worker threads.
+#: (Progress.RUNNING) or ends (its RunOutcome). Called from worker threads.
 OnChange = Callable[[Shard, str, Optional[ShardOutcome]], None]
 
 #: Queue mode looks again at shards held by other agents after this many
@@ -45,7 +46,7 @@ def run_all(
     jobs: int,
     stop: StopRequest,
     on_change: OnChange,
-    skip: Collection[str] = ("passed",),
+    skip: Collection[str] = ordered(PASSED_OUTCOMES),
 ) -> List[ShardOutcome]:
     """Run every shard, at most ``jobs`` at once, each output to its log file.
 
@@ -62,7 +63,7 @@ def run_all(
                 if not pending:
                     return
                 shard = pending.pop(0)
-            on_change(shard, "running", None)
+            on_change(shard, Progress.RUNNING, None)
             outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
             with lock:
                 outcomes.append(outcome)
@@ -97,10 +98,10 @@ def run_queue(
       it for now. It is looked at again on every later pass, so when its
       holder dies the shard is claimable again: the engine prunes a dead
       holder's lock (and an expired one from another host), and the
-      recorder runs the shard because its record has no final outcome.
+      attempt runs the shard because its record has no final outcome.
     - A frozen shard is left alone and not waited for.
     - A shard this agent already ran is not run by it again, whatever came
-      of it: a failure is final, and a shard whose recorder died ("lost")
+      of it: a failure is final, and a shard whose attempt died ("lost")
       or that was stopped by a signal is left to another agent or a rerun,
       so that one agent never loops on a shard that cannot finish.
 
@@ -110,7 +111,7 @@ def run_queue(
     agent's shard is run again. It waits at most ``patience`` seconds in a
     row (None: until those shards finish); ``on_wait`` is told which shards
     it waits for whenever that list changes. The check for "already done"
-    is made again by the recorder inside the lock, so two agents racing for
+    is made again by the attempt inside the lock, so two agents racing for
     a shard never both run it. Returns the outcomes of the shards this agent
     ran, in the order it ran them; an engine error ends the queue.
     """
@@ -125,7 +126,7 @@ def run_queue(
         if outcome is not None:
             outcomes.append(outcome)
             ran_here.add(outcome.shard.index)
-            if outcome.state == "error":
+            if outcome.state == RunOutcome.ERROR:
                 break
             pause, deadline, announced = QUEUE_POLL_START, None, []
             continue
@@ -168,18 +169,24 @@ def _claim_next(
         if holder_is_live(settings.engine.holder(shard.lock_name)):
             held.append(shard)  # looked at without trying: no deny line, no process
             continue
-        on_change(shard, "running", None)
-        outcome = run_shard(shard, settings, to_log=to_log, skip=("passed", "failed"), stop=stop)
+        on_change(shard, Progress.RUNNING, None)
+        skip = ordered(FINISHED_OUTCOMES)
+        outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
         on_change(shard, outcome.state, outcome)
-        if outcome.state == "held":
+        if outcome.state == RunOutcome.HELD:
             held.append(shard)  # another agent took it between our look and our try
-        elif outcome.state not in ("frozen", "done"):
+        elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
             return outcome, held
     return None, held
 
 
 def is_finished(record: object, shard: Shard) -> bool:
-    return isinstance(record, Record) and record.fingerprint == shard.fingerprint and record.outcome in ("passed", "failed")
+    """Whether ``record`` gives ``shard`` a final outcome under this plan."""
+    return (
+        isinstance(record, Record)
+        and record.fingerprint == shard.fingerprint
+        and record.outcome in FINISHED_OUTCOMES
+    )
 
 
 @contextmanager

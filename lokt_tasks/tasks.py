@@ -29,7 +29,28 @@ from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
-from .verdict import Verdict, holder_is_live, judge_live, render_table, tail, verdict_to_json, verdict_to_junit
+from .states import (
+    LOCKED_OUT,
+    PASSED_OUTCOMES,
+    RAN_OUTCOMES,
+    RERUN_BY_FAILED,
+    SHOW_LOG_OUTCOMES,
+    WAITED_ON,
+    WARNING,
+    RunOutcome,
+    ShardState,
+    ordered,
+)
+from .text import word_list
+from .verdict import (
+    Verdict,
+    holder_is_live,
+    judge_live,
+    render_table,
+    tail,
+    verdict_to_json,
+    verdict_to_junit,
+)
 
 COMMON_HELP = {
     "config": "Path of shards.toml (default: found by walking up from the current directory).",
@@ -39,6 +60,9 @@ COMMON_HELP = {
     "engine": "Lock engine: auto (lokt if found, else embedded), lokt or embedded.",
     "agent": "Name of this agent (default: $LOKT_AGENT_ID, else generated). Each agent gets its own lokt owner.",
 }
+
+#: The states ``shard-all --failed`` runs again, for its help and its messages.
+RERUN_WORDS = word_list(ordered(RERUN_BY_FAILED))
 
 
 def user_errors(body):
@@ -105,7 +129,7 @@ def _setup(
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
     durations = None
-    if task_config.split == "timings" and pin:
+    if task_config.split == "timings" and pin and task_config.durations is not None:
         pinned = store.run_dir(task_name, run_key) / "durations.json"
         durations = pin_durations(task_config.durations, pinned)
     plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
@@ -162,7 +186,7 @@ def plan(c, task, json=False, shards=None, config=None):
     console = Console()
     console.say(render_plan(setup.plan))
     for warning in setup.plan.warnings:
-        console.say(console.paint(f"warning: {warning}", "missing"))
+        console.say(console.paint(f"warning: {warning}", WARNING))
 
 
 @task(
@@ -232,7 +256,7 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
 
     Exit codes: 0 when every shard this agent ran passed (also when it ran
     none), 3 when one failed, 4 when one ended without a final record (its
-    recorder died) or was stopped by a signal sent to it alone, 6 on an engine
+    attempt died) or was stopped by a signal sent to it alone, 6 on an engine
     error, 130/143 when this agent was interrupted.
     """
     def finished(shard) -> bool:
@@ -254,19 +278,26 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
         )
     if stop.is_set():
         raise Exit("lokt-tasks: interrupted", code=128 + (stop.signum or signal.SIGINT))
-    ran = [o for o in outcomes if o.ran or o.state == "lost"]
-    tally = ", ".join(f"{sum(o.state == state for o in ran)} {state}" for state in ("passed", "failed", "interrupted", "lost") if any(o.state == state for o in ran))
+    # NOTE: a lost shard counts as run: its command may well have run, only
+    # its final record is missing.
+    tallied = ordered(RAN_OUTCOMES | {RunOutcome.LOST})
+    ran = [o for o in outcomes if o.state in tallied]
+    tally = ", ".join(
+        f"{sum(o.state == state for o in ran)} {state}"
+        for state in tallied
+        if any(o.state == state for o in ran)
+    )
     summary = f"queue: agent {settings.identity.agent} ran {len(ran)} shard{'s' if len(ran) != 1 else ''}" + (f" ({tally})" if tally else "")
     left = [s for s in setup.plan.shards if not finished(s)]
     if not left:
         console.say(f"{summary}; every shard is finished")
     else:
         console.say(f"{summary}; {len(left)} shard{'s are' if len(left) != 1 else ' is'} not finished: {_held_list(left, settings.engine)}")
-    if any(o.state == "error" for o in outcomes):
+    if any(o.state == RunOutcome.ERROR for o in outcomes):
         raise Exit(code=errors.ENGINE)
-    if any(o.state == "failed" for o in outcomes):
+    if any(o.state == RunOutcome.FAILED for o in outcomes):
         raise Exit(code=errors.FAILED)
-    if any(o.state in ("lost", "interrupted") for o in outcomes):
+    if any(o.state in (RunOutcome.LOST, RunOutcome.INTERRUPTED) for o in outcomes):
         raise Exit(code=errors.INCOMPLETE)
 
 
@@ -287,12 +318,12 @@ def _held_list(shards, engine) -> str:
 
 def _outcome_detail(outcome: ShardOutcome) -> str:
     record = outcome.record
-    if outcome.state in ("held", "frozen"):
+    if outcome.state in LOCKED_OUT:
         holder = outcome.guard.holder
         if holder is None:
             return f" ({outcome.guard.message})" if outcome.guard.message else ""
         return f" by {holder.owner} (agent {holder.agent_id}, pid {holder.pid} on {holder.host}, for {holder.age_sec:.0f}s)"
-    if outcome.state == "error":
+    if outcome.state == RunOutcome.ERROR:
         return f": {outcome.guard.message}"
     if record is None:
         return ""
@@ -306,18 +337,19 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
 def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> None:
     label = outcome.shard.lock_name
     detail = _outcome_detail(outcome)
-    if outcome.state == "passed":
-        console.say(f"{label}: {console.paint('passed', 'passed')}")
+    if outcome.state == RunOutcome.PASSED:
+        console.say(f"{label}: {console.paint(outcome.state, outcome.state)}")
         return
-    if outcome.state in ("held", "frozen"):
-        what = "held" if outcome.state == "held" else "frozen"
-        raise Exit(f"lokt-tasks: {label} is {what}{detail}; nothing ran", code=errors.HELD)
-    if outcome.state == "error":
+    if outcome.state in LOCKED_OUT:
+        message = f"lokt-tasks: {label} is {outcome.state}{detail}; nothing ran"
+        raise Exit(message, code=errors.HELD)
+    if outcome.state == RunOutcome.ERROR:
         raise Exit(f"lokt-tasks: error: {label}{detail}", code=errors.ENGINE)
-    if outcome.state == "interrupted" or stop.is_set():
+    if outcome.state == RunOutcome.INTERRUPTED or stop.is_set():
         raise Exit(f"lokt-tasks: {label} interrupted", code=128 + (stop.signum or signal.SIGINT))
-    if outcome.state == "lost":
-        raise Exit(f"lokt-tasks: {label}: ended without its final record (its attempt died)", code=errors.INCOMPLETE)
+    if outcome.state == RunOutcome.LOST:
+        message = f"lokt-tasks: {label}: ended without its final record (its attempt died)"
+        raise Exit(message, code=errors.INCOMPLETE)
     raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
 
 
@@ -327,7 +359,7 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
         "task": "Task name from shards.toml.",
         "jobs": "How many shards run at once (default: the task's jobs, else the CPU count).",
         "force": "Run shards that already passed under this run key and plan too.",
-        "failed": "Run only the shards whose latest record is failed, crashed, interrupted or missing.",
+        "failed": f"Run only the shards that are {RERUN_WORDS} (see verify).",
         "agent": COMMON_HELP["agent"],
         "engine": COMMON_HELP["engine"],
         "run": COMMON_HELP["run"],
@@ -349,7 +381,13 @@ def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=
     wanted = _select(before, failed=failed, force=force)
     todo = [s for s in setup.plan.shards if s.index in wanted]
     if not todo:
-        why = "no shard is failed, crashed, interrupted or missing" if failed else "every shard already passed under this run and plan (use --force to run them again)"
+        if failed:
+            why = f"no shard is {RERUN_WORDS}"
+        else:
+            why = (
+                "every shard already passed under this run and plan"
+                " (use --force to run them again)"
+            )
         console.say(f"nothing to run: {why}")
     else:
         stop = StopRequest()
@@ -360,7 +398,10 @@ def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=
             board.update(labels[shard.index], state, _outcome_detail(outcome) if outcome else "")
 
         with stop_on_signals(stop), board:
-            outcomes = run_all(todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=() if force else ("passed",))
+            skip = () if force else ordered(PASSED_OUTCOMES)
+            outcomes = run_all(
+                todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip
+            )
         _show_failures(outcomes, console)
         if stop.is_set():
             raise Exit("lokt-tasks: interrupted; running shards were stopped and their locks released", code=128 + (stop.signum or signal.SIGINT))
@@ -372,17 +413,21 @@ def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=
 
 def _select(verdict: Verdict, *, failed: bool, force: bool) -> set:
     if failed:
-        return {row.shard for row in verdict.rows if row.state in ("failed", "crashed", "interrupted", "missing", "outdated", "corrupt")}
+        return {row.shard for row in verdict.rows if row.state in RERUN_BY_FAILED}
     if force:
         return {row.shard for row in verdict.rows}
-    return {row.shard for row in verdict.rows if row.state != "passed"}
+    return {row.shard for row in verdict.rows if row.state != ShardState.PASSED}
 
 
 def _show_failures(outcomes: List[ShardOutcome], console: Console) -> None:
     for outcome in outcomes:
-        if outcome.state in ("failed", "lost", "error") and outcome.log:
+        if outcome.state in SHOW_LOG_OUTCOMES and outcome.log:
             console.say("")
-            console.say(console.paint(f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}: last lines of {outcome.log}", outcome.state))
+            heading = (
+                f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
+                f" last lines of {outcome.log}"
+            )
+            console.say(console.paint(heading, outcome.state))
             console.say(tail(Path(outcome.log), 20).rstrip("\n"))
 
 
@@ -391,7 +436,7 @@ def _show_failures(outcomes: List[ShardOutcome], console: Console) -> None:
         "task": "Task name from shards.toml.",
         "json": "Print the verdict as JSON (see README: verdict JSON).",
         "junit": "Also write the verdict as JUnit XML to this file, one testcase per shard.",
-        "wait": "Poll until no shard is running or missing, or until --timeout.",
+        "wait": f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
         "timeout": "With --wait: how long to wait, as a duration with a unit (default 10m).",
         "engine": COMMON_HELP["engine"],
         "run": COMMON_HELP["run"],
@@ -407,7 +452,11 @@ def verify(c, task, json=False, junit=None, wait=False, timeout=None, engine=Non
     settings = _settings(setup, engine=engine, agent=None)
     deadline = time.monotonic() + (parse_duration(timeout) if timeout else 600.0)
     verdict = _judge(setup, settings.engine)
-    while wait and any(row.state in ("running", "missing") for row in verdict.rows) and time.monotonic() < deadline:
+    while (
+        wait
+        and any(row.state in WAITED_ON for row in verdict.rows)
+        and time.monotonic() < deadline
+    ):
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         verdict = _judge(setup, settings.engine)
     if junit:

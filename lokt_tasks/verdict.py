@@ -65,43 +65,38 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Union
-
-from colorama import Fore, Style
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import errors
 from .results import CorruptRecord, Record, RecordStore, parse_time
+from .states import (
+    COLORS,
+    INCOMPLETE_STATES,
+    SHOW_LOG_STATES,
+    OverallVerdict,
+    RecordOutcome,
+    ShardState,
+)
+from .text import Cell, format_seconds, paint, shorten, table
 
 if TYPE_CHECKING:
     from .engine import Holder
     from .plan import Plan, Shard
 
 #: Per-shard states, in the order they are explained in the README.
-STATES = ("passed", "failed", "running", "crashed", "interrupted", "missing", "outdated", "corrupt")
+STATES: Tuple[ShardState, ...] = tuple(ShardState)
 
 #: Overall verdicts and the exit code each one leaves with.
-VERDICT_EXIT_CODES = {
-    "passed": errors.PASSED,
-    "failed": errors.FAILED,
-    "incomplete": errors.INCOMPLETE,
+VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
+    OverallVerdict.PASSED: errors.PASSED,
+    OverallVerdict.FAILED: errors.FAILED,
+    OverallVerdict.INCOMPLETE: errors.INCOMPLETE,
 }
 
 JSON_VERSION = 1
 
 #: Lines of a failed shard's log put into its JUnit failure.
 JUNIT_LOG_LINES = 50
-
-_STATE_COLORS = {
-    "passed": Fore.GREEN,
-    "failed": Fore.RED,
-    "crashed": Fore.RED,
-    "corrupt": Fore.RED,
-    "running": Fore.YELLOW,
-    "missing": Fore.YELLOW,
-    "interrupted": Fore.YELLOW,
-    "outdated": Fore.YELLOW,
-}
-_VERDICT_COLORS = {"passed": Fore.GREEN, "failed": Fore.RED, "incomplete": Fore.YELLOW}
 
 
 @dataclass(frozen=True)
@@ -110,8 +105,7 @@ class Row:
 
     shard: int
     lock_name: str
-    #: One of STATES.
-    state: str
+    state: ShardState
     #: Human text: exit code, signal, lock holder, corrupt file and reason.
     detail: str
     #: The record found for this shard (None if none, or corrupt).
@@ -131,8 +125,7 @@ class Verdict:
     task: str
     run_key: str
     rows: Tuple[Row, ...]
-    #: "passed", "failed" or "incomplete".
-    state: str
+    state: OverallVerdict
     #: Shard numbers that have records but are not in the plan (ignored).
     stray_shards: Tuple[int, ...] = ()
 
@@ -141,7 +134,7 @@ class Verdict:
         return VERDICT_EXIT_CODES[self.state]
 
     @property
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> Dict[ShardState, int]:
         """Rows per state, for every state in STATES (zeros included)."""
         counts = {state: 0 for state in STATES}
         for row in self.rows:
@@ -195,7 +188,7 @@ def judge_live(
     for _ in range(rounds):
         moved_on = False
         for row in verdict.rows:
-            if row.state != "crashed":
+            if row.state != ShardState.CRASHED:
                 continue
             again = store.read(plan.task, run_key, row.shard)
             if again == records.get(row.shard):
@@ -212,12 +205,12 @@ def judge_live(
     return verdict
 
 
-def _overall(rows: Tuple[Row, ...]) -> str:
-    if any(row.state == "failed" for row in rows):
-        return "failed"
-    if rows and all(row.state == "passed" for row in rows):
-        return "passed"
-    return "incomplete"
+def _overall(rows: Tuple[Row, ...]) -> OverallVerdict:
+    if any(row.state == ShardState.FAILED for row in rows):
+        return OverallVerdict.FAILED
+    if rows and all(row.state == ShardState.PASSED for row in rows):
+        return OverallVerdict.PASSED
+    return OverallVerdict.INCOMPLETE
 
 
 def holder_is_live(holder: Optional[Holder]) -> bool:
@@ -247,7 +240,12 @@ def _judge_shard(
     record = found if isinstance(found, Record) else None
     log = record.log if record is not None else None
 
-    def row(state: str, detail: str, duration: Optional[float] = None, live: Optional[Holder] = None) -> Row:
+    def row(
+        state: ShardState,
+        detail: str,
+        duration: Optional[float] = None,
+        live: Optional[Holder] = None,
+    ) -> Row:
         return Row(
             shard=shard.index,
             lock_name=shard.lock_name,
@@ -262,29 +260,34 @@ def _judge_shard(
 
     if holder_is_live(holder):
         assert holder is not None
-        return row("running", describe_holder(holder), _elapsed(record, shard, now), holder)
+        elapsed = _elapsed(record, shard, now)
+        return row(ShardState.RUNNING, describe_holder(holder), elapsed, holder)
     if isinstance(found, CorruptRecord):
-        return row("corrupt", "unreadable record %s: %s" % (found.path, found.reason))
+        return row(ShardState.CORRUPT, "unreadable record %s: %s" % (found.path, found.reason))
     if record is None:
-        return row("missing", "no record")
+        return row(ShardState.MISSING, "no record")
     if record.fingerprint != shard.fingerprint:
         return row(
-            "outdated",
+            ShardState.OUTDATED,
             "recorded for another plan (outcome %s, fingerprint %s)" % (record.outcome, record.fingerprint[:12]),
         )
     outcome = record.outcome
-    if outcome == "passed":
-        return row("passed", "", record.duration)
-    if outcome == "failed":
-        return row("failed", _with_message(_how_it_ended(record), record.message), record.duration)
-    if outcome == "error":
-        return row("failed", "engine error: %s" % (record.message or "no message"), record.duration)
-    if outcome == "interrupted":
+    if outcome == RecordOutcome.PASSED:
+        return row(ShardState.PASSED, "", record.duration)
+    if outcome == RecordOutcome.FAILED:
+        how = _with_message(_how_it_ended(record), record.message)
+        return row(ShardState.FAILED, how, record.duration)
+    if outcome == RecordOutcome.ERROR:
+        # NOTE: the engine failed before the command ran: a human has to look,
+        # so it counts as a failure, not as unfinished.
+        how = "engine error: %s" % (record.message or "no message")
+        return row(ShardState.FAILED, how, record.duration)
+    if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
-        return row("interrupted", _with_message(how, record.message), record.duration)
-    if outcome == "running":
-        return row("crashed", _crash_detail(record, holder))
-    return row("corrupt", "record has unknown outcome %r" % (outcome,))
+        return row(ShardState.INTERRUPTED, _with_message(how, record.message), record.duration)
+    if outcome == RecordOutcome.RUNNING:
+        return row(ShardState.CRASHED, _crash_detail(record, holder))
+    return row(ShardState.CORRUPT, "record has unknown outcome %r" % (outcome,))
 
 
 def _how_it_ended(record: Record) -> str:
@@ -314,7 +317,11 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
 
 
 def _elapsed(record: Optional[Record], shard: Shard, now: datetime.datetime) -> Optional[float]:
-    if record is None or record.outcome != "running" or record.fingerprint != shard.fingerprint:
+    if (
+        record is None
+        or record.outcome != RecordOutcome.RUNNING
+        or record.fingerprint != shard.fingerprint
+    ):
         return None
     try:
         started = parse_time(record.started_at)
@@ -342,7 +349,7 @@ def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
 
 def _row_to_json(row: Row) -> Dict[str, object]:
     record = row.record
-    running = row.state == "running"
+    running = row.state == ShardState.RUNNING
     if running and row.holder is not None:
         agent: Optional[str] = row.holder.agent_id
         host: Optional[str] = row.holder.host
@@ -350,7 +357,11 @@ def _row_to_json(row: Row) -> Dict[str, object]:
         agent = record.agent if record else None
         host = record.host if record else None
     started_at = record.started_at if record else None
-    if running and (record is None or record.outcome != "running" or record.fingerprint != row.fingerprint):
+    if running and (
+        record is None
+        or record.outcome != RecordOutcome.RUNNING
+        or record.fingerprint != row.fingerprint
+    ):
         started_at = None
     return {
         "shard": row.shard,
@@ -392,8 +403,9 @@ def verdict_to_junit(verdict: Verdict) -> str:
     suite.set("name", "lokt-tasks.%s" % verdict.task)
     counts = verdict.counts
     suite.set("tests", str(len(verdict.rows)))
-    suite.set("failures", str(counts["failed"]))
-    suite.set("errors", str(len(verdict.rows) - counts["failed"] - counts["passed"]))
+    failures, passes = counts[ShardState.FAILED], counts[ShardState.PASSED]
+    suite.set("failures", str(failures))
+    suite.set("errors", str(len(verdict.rows) - failures - passes))
     suite.set("skipped", "0")
     suite.set("time", _junit_time(sum(row.duration or 0.0 for row in verdict.rows)))
     properties = ElementTree.SubElement(suite, "properties")
@@ -406,9 +418,9 @@ def verdict_to_junit(verdict: Verdict) -> str:
         case.set("classname", verdict.task)
         case.set("name", "shard-%d" % row.shard)
         case.set("time", _junit_time(row.duration or 0.0))
-        if row.state == "passed":
+        if row.state == ShardState.PASSED:
             continue
-        if row.state == "failed":
+        if row.state == ShardState.FAILED:
             problem = ElementTree.SubElement(case, "failure")
             problem.set("message", xml_safe(row.detail))
         else:
@@ -416,7 +428,8 @@ def verdict_to_junit(verdict: Verdict) -> str:
             problem.set("message", xml_safe("%s: %s" % (row.state, row.detail)))
         problem.set("type", row.state)
         body = row.detail
-        log_tail = tail(row.log, JUNIT_LOG_LINES) if row.log and row.state != "running" else ""
+        shows_log = row.log and row.state != ShardState.RUNNING
+        log_tail = tail(row.log, JUNIT_LOG_LINES) if shows_log else ""
         if log_tail:
             body = "%s\n--- last %d lines of %s ---\n%s" % (row.detail, JUNIT_LOG_LINES, row.log, log_tail)
         problem.text = xml_safe(body)
@@ -431,39 +444,20 @@ def _junit_time(seconds: float) -> str:
 # --- Text table -------------------------------------------------------------
 
 
-def format_duration(seconds: Optional[float]) -> str:
-    """``4.2s``, ``2m05s``, ``1h02m``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return "%.1fs" % seconds
-    whole = int(round(seconds))
-    if whole < 3600:
-        return "%dm%02ds" % (whole // 60, whole % 60)
-    return "%dh%02dm" % (whole // 3600, (whole % 3600) // 60)
-
-
 def render_table(verdict: Verdict, *, color: bool) -> str:
     """The verdict as aligned text: one row per shard, then a summary line.
 
     Pure: returns the text (no trailing newline); colour codes only when
     ``color`` is true.
     """
-    header = ("shard", "state", "time", "detail")
-    cells = [(str(row.shard), row.state, format_duration(row.duration), row.detail) for row in verdict.rows]
-    shard_width, state_width, time_width = (max(len(line[column]) for line in [header] + cells) for column in range(3))
-
-    def line(shard: str, state: str, duration: str, detail: str) -> str:
-        padded_state = state.ljust(state_width)
-        if color and state in _STATE_COLORS:
-            padded_state = _STATE_COLORS[state] + padded_state + Style.RESET_ALL
-        text = "  %s  %s  %s  %s" % (shard.ljust(shard_width), padded_state, duration.rjust(time_width), detail)
-        return text.rstrip()
-
-    lines = ["%s, run %s" % (verdict.task, verdict.run_key), line(*header)]
-    lines.extend(line(*cell) for cell in cells)
+    rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "detail"]]
     for row in verdict.rows:
-        if row.log and row.state in ("failed", "crashed", "interrupted"):
+        state = Cell(str(row.state), COLORS.get(row.state, "") if color else "")
+        rows.append([str(row.shard), state, format_seconds(row.duration), row.detail])
+    lines = ["%s, run %s" % (verdict.task, verdict.run_key)]
+    lines.extend(table(rows, right={2}))
+    for row in verdict.rows:
+        if row.log and row.state in SHOW_LOG_STATES:
             lines.append("log of shard %d: %s" % (row.shard, row.log))
     if verdict.stray_shards:
         numbers = ", ".join(str(index) for index in verdict.stray_shards)
@@ -476,7 +470,7 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
     """``verdict: FAILED - 2 passed, 1 failed (shard 3: exit 1)``."""
     word = verdict.state.upper()
     if color:
-        word = _VERDICT_COLORS[verdict.state] + word + Style.RESET_ALL
+        word = paint(word, COLORS[verdict.state])
     counts = verdict.counts
     parts = ["%d %s" % (counts[state], state) for state in STATES if counts[state]]
     text = "verdict: %s - %s" % (word, ", ".join(parts) if parts else "no shards")
@@ -486,20 +480,16 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
 
 def _problem_notes(verdict: Verdict, limit: int = 3) -> str:
     """The first few shards that did not pass, failed ones first."""
-    failed = [row for row in verdict.rows if row.state == "failed"]
-    others = [row for row in verdict.rows if row.state not in ("passed", "failed")]
+    failed = [row for row in verdict.rows if row.state == ShardState.FAILED]
+    others = [row for row in verdict.rows if row.state in INCOMPLETE_STATES]
     problems = failed + others
     notes = []
     for row in problems[:limit]:
-        detail = _shorten(row.detail, 60) if row.state == "failed" else row.state
+        detail = shorten(row.detail, 60) if row.state == ShardState.FAILED else row.state
         notes.append("shard %d: %s" % (row.shard, detail))
     if len(problems) > limit:
         notes.append("%d more" % (len(problems) - limit))
     return "; ".join(notes)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # --- Logs -------------------------------------------------------------------

@@ -3,16 +3,16 @@
 A shard goes: agent plans, takes the lock (or waits for it), the start
 record is written, the command runs, the final record is written, the lock
 is released. With the embedded engine the agent holds the lock and writes
-the records; with lokt, `lokt guard` holds it and the recorder inside it
+the records; with lokt, `lokt guard` holds it and the attempt process inside it
 writes them. An agent killed at any of these points must
 never leave a shard that ``verify`` calls passed, must not leave a lock
 that blocks the next agent, and one rerun must complete the verdict.
 
-``lokt guard``, the recorder and the command run in sessions of their own
+``lokt guard``, the attempt process and the command run in sessions of their own
 (so that a Ctrl-C at the terminal reaches only the agent). A CI timeout
 kills the whole process tree; ``kill_tree`` does that. Killing only the
 agent (or only its process group, which is the same here) is tested
-separately: the embedded engine's watchdog, or lokt's recorder, notices and
+separately: the embedded engine's watchdog, or lokt's attempt process, notices and
 stops the command.
 
 Each test runs with the embedded engine, and with lokt when ``lokt`` is on
@@ -164,7 +164,7 @@ def rerun_completes(project: Path, engine: str) -> None:
 def test_killed_while_waiting_for_the_lock_never_runs_the_shard(project, engine):
     """Only the waiting agent's process group is killed. With lokt, `lokt
     guard --wait` lives in a session of its own and outlives the agent: it
-    takes the lock once A lets go, and the recorder, seeing its agent dead,
+    takes the lock once A lets go, and the attempt process, seeing its agent dead,
     runs nothing."""
     holder = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine, "--agent", "A")
     try:
@@ -230,12 +230,12 @@ def test_killed_during_the_command_is_crashed_and_either_engine_reruns_it(projec
 
 # --- (d) command ended, final record not written -------------------------------
 
-#: Runs the checks; the first time, stops its parent (the recorder) before
+#: Runs the checks; the first time, stops its parent (the attempt process) before
 #: exiting, so the command's end is never recorded. Then tells the test.
 STOPPER = """\
 import os, signal, subprocess, sys
 code = subprocess.call([sys.executable, "run_checks.py", *sys.argv[1:]])
-flag = os.environ["STOP_RECORDER"]
+flag = os.environ["STOP_PARENT"]
 if os.path.exists(flag):
     os.unlink(flag)
     os.kill(os.getppid(), signal.SIGSTOP)
@@ -251,10 +251,10 @@ def test_killed_after_the_command_passed_before_the_final_record(tmp_path, engin
     toml = (project / "shards.toml").read_text().replace("run_checks.py {items}", "stopper.py {items}")
     (project / "shards.toml").write_text(toml)
     git(project, "add", "-A")
-    git(project, "commit", "-qm", "stop the recorder once")
-    flag = tmp_path / "stop-recorder"
+    git(project, "commit", "-qm", "stop the attempt process once")
+    flag = tmp_path / "stop-attempt"
     flag.write_text("")
-    env = {"STOP_RECORDER": str(flag)}
+    env = {"STOP_PARENT": str(flag)}
 
     agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine, env=env)
     try:
@@ -282,7 +282,7 @@ def test_killing_only_the_agent_stops_its_command_and_the_shard_is_crashed(proje
     not reach it. With the embedded engine the dead agent was the lock
     holder: letting the command go on would let a second agent run the shard
     at the same time, so the agent's watchdog stops it. With lokt, the
-    recorder inside `lokt guard` watches the agent, stops the command and
+    attempt process inside `lokt guard` watches the agent, stops the command and
     writes no final record; `lokt guard` then releases the lock."""
     agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine)
     try:

@@ -38,9 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import json
+
 import pytest
 
 from lokt_tasks.config import load_config
+from lokt_tasks.states import (
+    INCOMPLETE_STATES,
+    RERUN_BY_FAILED,
+    WAITED_ON,
+    GuardState,
+    OverallVerdict,
+    ShardState,
+    ordered,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -555,3 +566,98 @@ def test_every_toml_example_loads_as_a_shards_toml(tmp_path):
         except Exception as error:  # any failure is a broken example
             problems.append(f"{block.name}: {error}")
     assert not problems, "\n".join(problems)
+
+
+# --- states named in the docs -----------------------------------------------
+
+VERDICT_MODULE = REPO / "lokt_tasks" / "verdict.py"
+WORDS = r"\w+(?:,\s+\w+)*"
+
+
+def prose(path: Path) -> str:
+    """The file's text with line breaks and runs of blanks as single spaces."""
+    return re.sub(r"\s+", " ", path.read_text(encoding="utf-8"))
+
+
+def listed_states(pattern: str, paths: List[Path]) -> List[Tuple[str, List[str]]]:
+    """Every list of words ``pattern`` finds (group ``words``, "a, b or c"), by file."""
+    found = []
+    for path in paths:
+        for match in re.finditer(pattern, prose(path)):
+            words = re.split(r",\s+|\s+or\s+", match.group("words"))
+            found.append((path.relative_to(REPO).as_posix(), words))
+    return found
+
+
+def test_the_readme_explains_every_shard_state_in_order():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("**Verdict.**"):]
+    table = section[section.index("| state |"):]
+    rows = re.findall(r"^\| (\w+) \| .+ \|$", table[: table.index("\n\n")], re.M)
+    assert rows[1:] == [str(state) for state in ShardState]
+
+
+def test_the_verdict_module_explains_every_shard_state_in_order():
+    text = VERDICT_MODULE.read_text(encoding="utf-8")
+    rows = text[text.index("=" * 12): text.index("The overall verdict")]
+    assert re.findall(r"^(\w+) {2,}", rows, re.M) == [str(state) for state in ShardState]
+
+
+@pytest.mark.parametrize("path", [REPO / "README.md", VERDICT_MODULE], ids=lambda p: p.name)
+def test_counts_in_the_json_examples_list_every_state_in_order(path):
+    counts = re.search(r'"counts": (\{[^}]*\})', path.read_text(encoding="utf-8"))
+    assert counts, f"no counts example in {path.name}"
+    assert list(json.loads(counts.group(1))) == [str(state) for state in ShardState]
+
+
+def test_the_overall_verdicts_are_the_documented_ones():
+    sentence = re.search(r"The verdict is (\*passed\*.*?) otherwise", prose(REPO / "README.md"))
+    assert sentence
+    assert re.findall(r"\*(\w+)\*", sentence.group(1)) == [str(word) for word in OverallVerdict]
+
+
+def test_what_failed_reruns_is_the_same_everywhere():
+    found = listed_states(
+        rf"--failed`? reruns (?:only )?(?:shards that are )?(?P<words>{WORDS} or \w+)", DOCS
+    )
+    assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
+    wanted = [str(state) for state in ordered(RERUN_BY_FAILED)]
+    assert [(path, words) for path, words in found if words != wanted] == []
+    in_words = ", ".join(wanted[:-1]) + " or " + wanted[-1]
+    assert in_words in command_help("shard-all")
+
+
+def test_what_verify_waits_on_is_in_its_help():
+    wanted = [str(state) for state in ordered(WAITED_ON)]
+    assert "no shard is " + ", ".join(wanted[:-1]) + " or " + wanted[-1] in command_help("verify")
+
+
+def command_help(command: str) -> str:
+    """``lokt-tasks --help COMMAND``, its lines joined as one line of prose.
+
+    Read through the command line: invoke takes the help texts off a task
+    object while it builds a parser, so they cannot be read from the task.
+    """
+    shown = subprocess.run(
+        [sys.executable, "-m", "lokt_tasks", "--help", command],
+        capture_output=True, text=True, check=True, env=block_env(),
+    ).stdout
+    return re.sub(r"\s+", " ", shown)
+
+
+def test_exit_code_4_names_every_incomplete_state():
+    found = listed_states(rf"some shard is (?P<words>{WORDS} or (?:its record is )?\w+)", DOCS)
+    assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
+    wanted = [str(state) for state in ordered(INCOMPLETE_STATES)]
+    cleaned = [
+        (path, [word.replace("its record is ", "") for word in words]) for path, words in found
+    ]
+    assert [(path, words) for path, words in cleaned if words != wanted] == []
+
+
+def test_the_engine_results_in_the_architecture_are_the_guard_states():
+    text = prose(REPO / "docs" / "architecture.md")
+    sentence = re.search(r"The engine reports what happened: (.*?)\.", text)
+    assert sentence
+    without_asides = re.sub(r" \([^)]*\)", "", sentence.group(1))
+    assert re.split(r",\s+|\s+or\s+", without_asides) == [str(state) for state in GuardState]

@@ -466,7 +466,7 @@ open(sys.argv[1], "w").write(str(len(received)))
 
 
 def test_a_command_that_forwards_signals_passes_on_exactly_one(engine_name, tmp_path, spawn):
-    """Like the recorder: the engine signals the command, the command its child."""
+    """Like an attempt process: the engine signals the command, the command its child."""
     count = tmp_path / "count"
     agent = spawn(engine_name, "A", [sys.executable, "-c", FORWARDING_PARENT, COUNTING_CHILD, str(count)])
     agent.wait_started()

@@ -18,7 +18,8 @@ import pytest
 from lokt_tasks import lockfile, system
 from lokt_tasks.embedded import EmbeddedEngine
 from lokt_tasks.engine import StopRequest, find_lock_root, make_identity
-from lokt_tasks.lokt_engine import LoktEngine, format_duration
+from lokt_tasks.config import parse_duration
+from lokt_tasks.lokt_engine import LoktEngine
 from lokt_tasks.run import select_engine
 from lokt_tasks.errors import EngineError, UsageError
 from lokt_tasks.lockfile import CorruptLockFile, EmptyLockFile, LockData, UnsupportedVersion
@@ -250,9 +251,11 @@ def test_lokt_guard_flags_come_before_the_name_with_units(tmp_path):
     assert engine.guard_command("n", 0, False, None) == ["/bin/lokt", "guard", "n", "--"]
 
 
-@pytest.mark.parametrize("seconds, text", [(600, "600s"), (1.5, "1.5s"), (0.25, "0.25s"), (1 / 3, "0.333s")])
+@pytest.mark.parametrize("seconds, text", [(600, "600s"), (1.5, "1500ms"), (2.25, "2250ms"), (7 / 3, "2333333us")])
 def test_durations_have_units(seconds, text):
-    assert format_duration(seconds) == text
+    command = LoktEngine(make_identity("a"), Path("/r"), "/bin/lokt").guard_command("n", 1, True, seconds)
+    assert command[command.index("--timeout") + 1] == text
+    assert parse_duration(text) == pytest.approx(seconds, rel=1e-6)
 
 
 # Reading lock state --------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_kill_9_mid_shard_is_crashed_never_passed_and_a_rerun_completes(tmp_path
     project = make_project(tmp_path / "p", suite)
     agent = start_cli(project, "shard", "checks", "--id", "1")
     wait_for(lambda: "check_1.py" in ran(project))
-    kill_group(agent)  # the agent, its recorder and its command, as a CI timeout would
+    kill_group(agent)  # the agent, its attempt process and its command, as a CI timeout would
 
     report = verdict(project)
     assert states(report)[0] == "crashed"

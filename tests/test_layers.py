@@ -19,14 +19,16 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 #: Bottom first. The first layer imports nothing of the package.
 LAYERS: List[Set[str]] = [
-    {"__init__", "errors", "system", "states", "text"},
-    {"attempt", "lockfile", "config", "ci"},
-    {"watchdog", "engine", "results", "durations"},
+    {"__init__", "errors", "states", "system", "text"},
+    {"attempt", "ci", "config", "console", "lockfile"},
+    {"durations", "engine", "watchdog"},
     {"embedded", "lokt_engine", "plan"},
+    {"results"},
     {"run", "verdict"},
-    {"schedule", "console"},
+    {"schedule"},
     {"tasks"},
-    {"cli", "__main__"},
+    {"cli"},
+    {"__main__"},
 ]
 
 
@@ -62,7 +64,9 @@ def upward_imports(imports: Dict[str, Set[str]], layers: List[Set[str]]) -> List
 
 
 def real_imports() -> Dict[str, Set[str]]:
-    return {path.stem: package_imports(path) for path in PACKAGE.glob("*.py")}
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    # NOTE: ``from . import __version__`` names a value, not a module.
+    return {path.stem: package_imports(path) & modules for path in PACKAGE.glob("*.py")}
 
 
 def test_every_module_has_a_layer():
@@ -77,8 +81,8 @@ def test_every_import_points_down():
 def test_the_check_finds_an_upward_import_and_a_cycle():
     imports = real_imports()
     imports["results"] = imports["results"] | {"verdict"}
-    imports["engine"] = imports["engine"] | {"results"}
-    assert upward_imports(imports, LAYERS) == [("engine", "results"), ("results", "verdict")]
+    imports["engine"] = imports["engine"] | {"embedded"}
+    assert upward_imports(imports, LAYERS) == [("engine", "embedded"), ("results", "verdict")]
 
 
 def test_the_architecture_doc_lists_each_module_in_its_layer():

@@ -101,7 +101,7 @@ def is_running(pid: int) -> bool:
 
 def kill_agent_and_its_commands(agent: subprocess.Popen) -> None:
     """SIGKILL an agent and every process it started, whatever their group:
-    cleanup that does not wait for a recorder to notice its agent is gone
+    cleanup that does not wait for an attempt process to notice its agent is gone
     (the engine runs each shard's command in a session of its own)."""
     groups = {agent.pid}
     for pid in descendants(agent.pid):
@@ -166,7 +166,7 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
         assert "checks-shard-1 (held by agent doomed" in impatient.stdout
 
         # kill -9 of the agent's process group, as a CI timeout does: the
-        # recorder (in a session of its own) sees its agent gone and stops
+        # attempt process (in a session of its own) sees its agent gone and stops
         # the command. The gate opens only then, so that the orphaned
         # command cannot pass shard 1 on behalf of a dead agent.
         orphans = descendants(doomed.pid)
@@ -206,9 +206,9 @@ def test_twenty_per_item_shards_over_two_agents_each_run_once_and_a_failure_exit
     assert [row["shard"] for row in report["shards"] if row["state"] != "passed"] == [7]
 
 
-@pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: only the lokt engine runs a recorder process")
-def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_next_one(tmp_path):
-    """With lokt, the records are written by the recorder inside `lokt
+@pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: only the lokt engine runs an attempt process")
+def test_a_shard_whose_attempt_process_is_killed_is_not_rerun_by_its_agent_but_by_the_next_one(tmp_path):
+    """With lokt, the records are written by the attempt process inside `lokt
     guard`; the embedded engine writes them from the agent itself."""
     suite = checks(names(2))
     suite["check_01.py"] = WAIT
@@ -216,8 +216,8 @@ def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_n
     agent = start_cli(project, "shard", "checks", "--id", "next", "--agent", "ann", "--engine", "lokt")
     try:
         wait_for(lambda: "check_01.py" in ran(project))
-        recorder = wait_for(lambda: [pid for pid in descendants(agent.pid) if _is_recorder(_cmdline(pid))])
-        os.killpg(os.getpgid(recorder[0]), signal.SIGKILL)  # the recorder and its command, not the agent
+        attempt = wait_for(lambda: [pid for pid in descendants(agent.pid) if _is_attempt(_cmdline(pid))])
+        os.killpg(os.getpgid(attempt[0]), signal.SIGKILL)  # the attempt process and its command, not the agent
         output = finish(agent)
     finally:
         if agent.poll() is None:
@@ -234,8 +234,8 @@ def test_a_shard_whose_recorder_is_killed_is_not_rerun_by_its_agent_but_by_the_n
     assert verdict(project)["verdict"] == "passed"
 
 
-def _is_recorder(command: bytes) -> bool:
-    """The recorder itself, not the `lokt guard` that runs it."""
+def _is_attempt(command: bytes) -> bool:
+    """The attempt process itself, not the `lokt guard` that runs it."""
     return b"from lokt_tasks.attempt import main" in command and b" guard " not in command
 
 

@@ -25,7 +25,6 @@ from lokt_tasks.results import (
     current_run_key,
     default_results_dir,
     finish,
-    format_time,
     new_start_record,
     parse_time,
     read_record,
@@ -301,6 +300,11 @@ def test_start_and_final_records_from_a_shard():
     assert start.outcome == "running"
     with pytest.raises(ValueError):
         finish(start, outcome="running")
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """``moment`` as RFC 3339 UTC with microseconds, as records write times."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_utc_now_is_rfc3339_utc_with_microseconds_and_parses_back():

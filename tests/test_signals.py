@@ -133,8 +133,8 @@ def test_shard_all_given_a_burst_of_signals(waiting):
 
 
 def test_shard_given_a_burst_at_every_process_of_the_shard(waiting):
-    """As if agent, recorder and command shared the terminal's process group:
-    the recorder gets the burst too, while it stops the command and writes."""
+    """As if agent, attempt process and command shared the terminal's process group:
+    the attempt process gets the burst too, while it stops the command and writes."""
     agent = start_cli(waiting, "shard", "checks", "--id", "3")
     try:
         wait_for(lambda: len(ran(waiting)) == 1)

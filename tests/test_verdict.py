@@ -17,9 +17,9 @@ from lokt_tasks import errors
 from lokt_tasks.engine import Holder
 from lokt_tasks.plan import Plan, Shard
 from lokt_tasks.results import CorruptRecord, Record, RecordStore
+from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
     STATES,
-    format_duration,
     judge,
     judge_live,
     render_table,
@@ -407,7 +407,7 @@ def test_summary_lists_problems_failed_first():
 
 @pytest.mark.parametrize("seconds, text", [(None, "-"), (0.04, "0.0s"), (4.25, "4.2s"), (59.9, "59.9s"), (125, "2m05s"), (3725, "1h02m")])
 def test_durations_read_easily(seconds, text):
-    assert format_duration(seconds) == text
+    assert format_seconds(seconds) == text
 
 
 # --- Log tails --------------------------------------------------------------
