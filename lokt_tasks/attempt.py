@@ -12,8 +12,10 @@ happens under that lock:
    stdout and stderr to the log. One that cannot start ends as under a
    shell: 127 (not found) or 126.
 3. ``wait``: forward a stop (SIGINT/SIGTERM) to the command once, SIGKILL
-   its process group if it outlives the grace period; and if the attempt is
-   abandoned (its agent died), stop the command and owe no final record.
+   its process group if it outlives the grace period; once it ended, stop
+   what is left of its process group (SIGTERM, then SIGKILL). If the attempt
+   is abandoned (its agent died, its lock was lost), stop the whole group
+   and owe no final record.
 4. ``finish``: stamp how it ended (outcome, exit code, signal, times) and
    write the final record durably, before the lock is released, so that
    the next agent to claim the shard sees it done.
@@ -22,10 +24,12 @@ The embedded engine holds its locks in the agent and calls these steps in
 its own process. The lokt engine has ``lokt guard`` run :func:`main` in a
 process of its own (``system.bootstrap("attempt")``)::
 
-    RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] -- CMD...
+    RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
+           [--lock PATH] [--grace SECONDS] -- CMD...
 
-which watches the agent (PID) and exits with the command's exit code, or
-128 + N when signal N ended it, as a shell would.
+which watches the agent (PID), its guard and the lock file (PATH), and exits
+with the command's exit code, or 128 + N when signal N ended it, as a shell
+would.
 
 A record file is the stamped fields (``STAMPED_FIELDS``, in that order)
 followed by the rest, which the agent passes already in JSON
@@ -56,13 +60,17 @@ ALREADY_DONE = 0
 AGENT_GONE = 125
 USAGE = 64  # EX_USAGE
 CANNOT_WRITE = 73  # EX_CANTCREAT: a record could not be written
+LOCK_LOST = 75  # EX_TEMPFAIL: the lock is not (or no longer) ours
 
 #: The fields stamped on when an attempt starts and ends, first in a record.
 STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
 #: Record fields that may hold null (the others may not).
 OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
-USAGE_LINE = "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] -- CMD..."
+USAGE_LINE = (
+    "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]"
+    " [--lock PATH] [--grace SECONDS] -- CMD..."
+)
 
 
 class Attempt:
@@ -130,15 +138,26 @@ class Attempt:
 
     def wait(self, child: system.Child | int, *, stopped, abandoned=None,
              grace: float = STOP_GRACE) -> tuple | None:
-        """Wait for the command :meth:`start` gave: see :func:`supervise`."""
+        """Wait for the command :meth:`start` gave (see :func:`supervise`),
+        then for the rest of its process group: what the command started and
+        left behind (a wrapper's test runner, a server) gets SIGTERM, then
+        SIGKILL after ``grace``, so that nothing of the shard runs on once its
+        lock is released. None when abandoned (the group is stopped then)."""
         if isinstance(child, int):
             return child, None
-        return supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
+        ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
+        if ended is not None and system.group_alive(child.pid):
+            system.stop_groups([child.pid], grace)
+        return ended
 
-    def finish(self, returncode: int | None, stopped_by: int | None) -> None:
+    def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
         """Write the final record, durably: the command's return code (-N:
         killed by signal N; None: it never started) and the stop signal that
-        came while it ran, or None. Raises OSError."""
+        came while it ran, or None. False, writing nothing, when the record
+        is no longer this attempt's (another agent took the shard over, as it
+        may once our lock was lost). Raises OSError."""
+        if not self._record_is_ours():
+            return False
         code = returncode if returncode is not None and returncode >= 0 else None
         signal = system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
         if stopped_by:
@@ -147,6 +166,20 @@ class Attempt:
             outcome, message = ("passed" if returncode == 0 else "failed"), ""
         duration = round(time.monotonic() - self._began, 3)
         self._write(outcome, code, signal, message, system.utc_now(), duration)
+        return True
+
+    def _record_is_ours(self) -> bool:
+        """Whether the record file still holds this attempt's id (a substring
+        check: json costs the attempt process more than the rest of a shard)."""
+        mark = '"attempt": "'
+        start = self.fields.find(mark) + len(mark)
+        attempt_id = self.fields[start : self.fields.find('"', start)]
+        try:
+            with open(self.record, "rb") as handle:
+                text = handle.read()
+        except OSError:
+            return False
+        return ('"attempt": "%s"' % attempt_id).encode("ascii") in text
 
     # --- the record ---------------------------------------------------------------
 
@@ -158,10 +191,15 @@ class Attempt:
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
-    def argv(self, agent_pid: int) -> list:
+    def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
         """The command line that runs this attempt in a process of its own
-        (inside ``lokt guard``), watching the agent ``agent_pid``."""
+        inside ``lokt guard``, watching the agent ``agent_pid`` and the lock
+        file ``lock`` (see :class:`Watch`)."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
+        if lock:
+            argv += ["--lock", lock]
+        if grace != STOP_GRACE:
+            argv += ["--grace", repr(grace)]
         if self.log:
             argv += ["--log", self.log]
         if self.skip:
@@ -264,40 +302,61 @@ def supervise(child: system.Child, *, stopped, abandoned=None,
 
 
 def stop_orphaned(child: system.Child, grace: float) -> None:
-    """End the command of a dead agent: SIGTERM, then SIGKILL to its whole
-    process group after ``grace`` seconds (or at once if it ended)."""
-    child.send(system.SIGTERM)
-    child.wait(grace)
-    child.kill_group(system.SIGKILL)
+    """End the command of an attempt that is abandoned (its agent died, or
+    its lock was lost): SIGTERM to its whole process group, then SIGKILL
+    after ``grace`` seconds, and reap it."""
+    system.stop_groups([child.pid], grace)
     child.wait()
 
 
 # --- The attempt as a process of its own, inside ``lokt guard`` ------------------
 
 
-class AgentWatch:
-    """Whether the agent that asked for this attempt has died: its pid gone,
-    a zombie, or reused (another start time)."""
+class Watch:
+    """Whether an attempt running inside ``lokt guard`` is abandoned: its
+    agent died (pid gone, a zombie, or reused: another start time), the
+    ``lokt guard`` that runs it died (we were handed to another parent), or
+    the lock is no longer that guard's (``lock``: its lock file, which lokt
+    writes with ``"pid": N,`` on a line of its own)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.start_time = system.process_start_time(pid)
+    def __init__(self, agent_pid: int, lock: str | None) -> None:
+        self.agent_pid = agent_pid
+        self.agent_start = system.process_start_time(agent_pid)
+        self.guard_pid = os.getppid()
+        self.lock = lock
 
-    def gone(self) -> bool:
-        if system.process_gone(self.pid):
+    def agent_gone(self) -> bool:
+        if system.process_gone(self.agent_pid):
             return True
-        return self.start_time is not None and system.process_start_time(self.pid) != self.start_time
+        now = system.process_start_time(self.agent_pid)
+        return self.agent_start is not None and now != self.agent_start
+
+    def lock_lost(self) -> bool:
+        if self.lock is None:
+            return False
+        try:
+            with open(self.lock, "rb") as handle:
+                text = handle.read()
+        except OSError:
+            return True
+        return (b'"pid": %d,' % self.guard_pid) not in text
+
+    def abandoned(self) -> bool:
+        return self.agent_gone() or os.getppid() != self.guard_pid or self.lock_lost()
 
 
 def main(argv: list) -> int:
     """Run one attempt as ``lokt guard``'s command (see the module docstring).
 
-    The command lives only as long as the agent that asked for it: killed
-    outright (a CI timeout, kill -9), the agent leaves ``lokt guard`` (in a
-    session of its own) running, and a command left running would race the
-    rerun of its shard. So with the agent gone the attempt runs nothing, or
-    stops the command, and writes no final record: the start record stays,
-    and ``verify`` calls the shard crashed, as it is.
+    The command lives only as long as the agent that asked for it and the
+    lock that covers it. Killed outright (a CI timeout, kill -9), the agent
+    leaves ``lokt guard`` (in a session of its own) running; a guard killed
+    alone, or a lock taken over (the guard was stopped past its TTL, or
+    another agent of the same name re-entered it, as lokt allows one owner),
+    leaves the command unlocked. Either way a command left running would
+    race the rerun of its shard: the attempt stops its whole process group
+    and writes no final record (the start record stays, and ``verify`` calls
+    the shard crashed, as it is), or runs nothing at all.
     """
     try:
         separator = argv.index("--")
@@ -305,7 +364,7 @@ def main(argv: list) -> int:
         separator = len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
-        if word in ("--agent", "--log", "--skip"):
+        if word in ("--agent", "--log", "--skip", "--lock", "--grace"):
             options[word] = next(words, "")
         else:
             positional.append(word)
@@ -316,23 +375,27 @@ def main(argv: list) -> int:
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     attempt = Attempt(positional[0], positional[1], command, log=options.get("--log") or None, skip=skip)
-    agent = AgentWatch(int(agent_pid))
-    if agent.gone():
+    grace = float(options.get("--grace") or STOP_GRACE)
+    watch = Watch(int(agent_pid), options.get("--lock") or None)
+    if watch.agent_gone():
         return AGENT_GONE
+    if watch.lock_lost():
+        return LOCK_LOST
 
     received: list = []
     previous = system.on_signals(system.STOP_SIGNALS, lambda number, _frame: received.append(number))
     try:
         if not attempt.begin():
             return ALREADY_DONE
-        # NOTE: the command stays in the process group ``lokt guard`` leads,
-        # so that the agent can end all three at once after the grace period.
+        # NOTE: the command leads a process group of its own, in lokt guard's
+        # session, so that the whole of it can be stopped without us.
         child = attempt.start(new_session=False)
         ended = attempt.wait(child, stopped=lambda: received[0] if received else None,
-                             abandoned=agent.gone)
+                             abandoned=watch.abandoned, grace=grace)
         if ended is None:
-            return AGENT_GONE
-        attempt.finish(*ended)
+            return LOCK_LOST if watch.lock_lost() else AGENT_GONE
+        if not attempt.finish(*ended):
+            return LOCK_LOST
     except OSError as error:  # from begin or finish: the record cannot be written
         reason = error.strerror or error
         print("lokt-tasks: cannot write %s: %s" % (attempt.record, reason), file=sys.stderr)

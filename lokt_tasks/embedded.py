@@ -49,9 +49,9 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Optional, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Union
 
 from . import lockfile, system
 from .attempt import Attempt
@@ -97,11 +97,6 @@ class Claimant:
     agent_id: str
     pid_start_ns: int
 
-    @classmethod
-    def current(cls, owner: str, agent_id: str, host: str) -> "Claimant":
-        pid = os.getpid()
-        return cls(owner, host, pid, agent_id, system.process_start_time(pid) or 0)
-
     def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
         return LockData(
             name=name,
@@ -115,6 +110,10 @@ class Claimant:
             ttl_sec=ttl_sec,
             expires_ns=at_ns + ttl_sec * 1_000_000_000 if ttl_sec > 0 else None,
         )
+
+    def who(self) -> Dict[str, Any]:
+        """Who we are in audit lines."""
+        return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
 
     def audit(self, root: Path, event: str, name: str, **fields) -> None:
         line = lockfile.audit_line(
@@ -201,60 +200,30 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
 
 
 def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    """One non-blocking try, as lokt's Acquire (but never re-entrant)."""
+    """One non-blocking try, as lokt's Acquire (but never re-entrant, and a
+    lock that nobody can hold any more is pruned: see ``prune_abandoned``)."""
     path = lockfile.lock_path(root, name)
-    if lockfile.create_exclusive(path):
-        return _write_new(root, path, name, me, ttl_sec)
+    for _ in range(3):  # the name is taken again and again only under a race
+        lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
+        try:
+            lockfile.create_lock(path, lock)
+        except FileExistsError:
+            if lockfile.prune_abandoned(root, name, **me.who()):
+                continue
+            break
+        except OSError as error:
+            return LockTry(error=f"cannot write lock file {path}: {error}")
+        me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
+        return LockTry(acquired=lock)
     try:
-        text = lockfile.read_text(path)
-        existing = lockfile.parse_lock(text)
-    except FileNotFoundError:
-        return _retry_create(root, path, name, me, ttl_sec)
+        existing = lockfile.read_lock(path)
     except UnsupportedVersion as error:
         return LockTry(error=f"lock {name!r}: {error}")
-    except CorruptLockFile:
-        if lockfile.remove_if_unchanged(path, text):
-            me.audit(root, "corrupt-break", name)
-            return _retry_create(root, path, name, me, ttl_sec)
-        return LockTry()
-    except (OSError, EmptyLockFile):
-        return LockTry()  # being written by another acquirer: held
-    if lockfile.pid_status(existing, me.host) == "dead":
-        if lockfile.remove_if_unchanged(path, text):
-            extra = {"pruned_owner": existing.owner, "pruned_host": existing.host, "pruned_pid": existing.pid}
-            me.audit(root, "auto-prune", name, lock_id=existing.lock_id, extra=extra)
-            retry = _retry_create(root, path, name, me, ttl_sec)
-            if retry.acquired is not None:
-                return retry
-            existing = _read_or(path, existing) or existing
+    except (OSError, LockFileError):
+        return LockTry()  # gone a moment ago, or being written: held by nobody known
     extra = {"holder_owner": existing.owner, "holder_host": existing.host, "holder_pid": existing.pid}
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
     return LockTry(holder=existing)
-
-
-def _retry_create(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    if lockfile.create_exclusive(path):
-        return _write_new(root, path, name, me, ttl_sec)
-    return LockTry(holder=_read_or(path, None))
-
-
-def _read_or(path: Path, fallback: Optional[LockData]) -> Optional[LockData]:
-    try:
-        return lockfile.read_lock(path)
-    except (OSError, LockFileError):
-        return fallback
-
-
-def _write_new(root: Path, path: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    """Fill the empty file we created; give the name back if that fails."""
-    lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
-    try:
-        lockfile.write_lock(path, lock)
-    except OSError as error:
-        lockfile.remove_file(path)
-        return LockTry(error=f"cannot write lock file {path}: {error}")
-    me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
-    return LockTry(acquired=lock)
 
 
 def break_stale(root: Path, name: str, me: Claimant) -> None:
@@ -350,25 +319,42 @@ class Heartbeat:
 
 
 class Watchdog:
-    """Our line to ``watchdog.py``: it stops the commands we started if we die.
+    """The process that holds this agent's locks and stops its commands if
+    the agent dies (see watchdog.py).
 
-    Started at the first command, once per engine, in a session of its own;
-    it ends when we do (see watchdog.py). Tell it of each command once it
-    runs (``watch``) and again once it is reaped (``forget``).
+    Its pid, not the agent's, is the holder in every lock file this engine
+    writes. It lives as long as the agent; when the agent dies, however it
+    dies, it stops the agent's commands (their whole process groups) and
+    ends only once they are gone. So a lock of ours is free for another agent
+    only once nothing of its shard runs any more. It starts once per engine,
+    in a session of its own; it is told of each command once it runs
+    (``watch``) and once it is reaped (``forget``).
     """
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._lock = threading.Lock()
+        self._process: Optional["subprocess.Popen[bytes]"] = None
         #: The write end of the watchdog's stdin: ours alone, closed when we
         #: are (or when this object is collected), which ends the watchdog.
         self._pipe: Optional[BinaryIO] = None
         self._unavailable = False
 
-    def prepare(self) -> None:
-        """Have the watchdog running before a command starts, so that the
-        command is told to it at once (an empty line, which it ignores)."""
-        self._send("\n")
+    def holder(self) -> int:
+        """The pid to hold a new lock: the watchdog's, started now if it does
+        not run; our own (with a warning) if it cannot start."""
+        with self._lock:
+            if not self._unavailable and (self._process is None or self._process.poll() is not None):
+                self._start()
+            return os.getpid() if self._process is None else self._process.pid
+
+    def alive(self, holder: int) -> bool:
+        """Whether ``holder`` (from :meth:`holder`) still holds our locks: a
+        watchdog that died took them with it."""
+        process = self._process
+        if holder == os.getpid():
+            return True
+        return process is not None and process.pid == holder and process.poll() is None
 
     def watch(self, pid: int) -> None:
         start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
@@ -379,29 +365,19 @@ class Watchdog:
 
     def _send(self, line: str) -> None:
         with self._lock:
-            for _ in range(2):  # a watchdog that died is started again, once
-                if self._unavailable:
-                    return
-                if self._pipe is None:
-                    try:
-                        self._pipe = self._start()
-                    except OSError as error:
-                        self._unavailable = True
-                        print(
-                            f"lokt-tasks: warning: cannot start the watchdog ({error.strerror or error}):"
-                            " if this agent is killed, its commands will run on",
-                            file=sys.stderr,
-                        )
-                        return
-                try:
-                    self._pipe.write(line.encode("ascii"))
-                    self._pipe.flush()
-                    return
-                except OSError:
-                    self._pipe.close()
-                    self._pipe = None
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.write(line.encode("ascii"))
+                self._pipe.flush()
+            except OSError:  # it died: its locks are lost (see alive)
+                self._pipe.close()
+                self._pipe = None
 
-    def _start(self) -> BinaryIO:
+    def _start(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+        self._process, self._pipe = None, None
         read_end, write_end = os.pipe()
         try:
             process = subprocess.Popen(
@@ -413,19 +389,24 @@ class Watchdog:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        except OSError:
+        except OSError as error:
             os.close(write_end)
-            raise
+            self._unavailable = True
+            print(
+                f"lokt-tasks: warning: cannot start the watchdog ({error.strerror or error}):"
+                " if this agent is killed, its commands will run on",
+                file=sys.stderr,
+            )
+            return
         finally:
             os.close(read_end)
         # Reaped by a thread of ours once it exits, so that no zombie is left.
         threading.Thread(target=process.wait, name="lokt-tasks-watchdog", daemon=True).start()
-        return os.fdopen(write_end, "wb")
+        self._process, self._pipe = process, os.fdopen(write_end, "wb")
 
 
 class EmbeddedEngine(Engine):
     name = "embedded"
-    holds_lock_in_process = True
 
     def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
         super().__init__(identity, root, grace=grace)
@@ -455,7 +436,9 @@ class EmbeddedEngine(Engine):
         lifetime = effective_ttl(ttl)
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
-            me = Claimant.current(self.identity.owner, self.identity.agent, self.identity.host)
+            holder = self.watchdog.holder()
+            me = Claimant(self.identity.owner, self.identity.host, holder, self.identity.agent,
+                          system.process_start_time(holder) or 0)
             try:
                 claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
             except OSError as error:
@@ -469,33 +452,41 @@ class EmbeddedEngine(Engine):
                 cleanup.callback(heartbeat.stop)
             if stop.is_set():
                 return interrupted_before_start(stop)
+            path = lockfile.lock_path(self.root, lock_name)
+
+            def lost() -> bool:
+                """Whether the lock is no longer ours: taken over (say, after
+                we were stopped past its TTL), or its holder died."""
+                return (
+                    (heartbeat is not None and heartbeat.lost)
+                    or not self.watchdog.alive(me.pid)
+                    or not lockfile.holds(path, claim.lock_id)
+                )
+
             try:
-                result = self._attempt(attempt, env, cwd, stop)
+                result = self._attempt(attempt, env, cwd, stop, lost)
             except OSError as error:  # from begin or finish: the record
-                return GuardResult(GuardState.ERROR, message=f"cannot write {attempt.record}: {error.strerror or error}")
-        if heartbeat is not None and heartbeat.lost:
-            result = replace(result, message=f"lock {lock_name!r} was taken over while the command ran")
+                message = f"cannot write {attempt.record}: {error.strerror or error}"
+                result = GuardResult(GuardState.ERROR, message=message)
         return result
 
     def _attempt(self, attempt: Attempt, env: Dict[str, str], cwd: Optional[Path],
-                 stop: StopRequest) -> GuardResult:
-        """The attempt, in this process, under the lock we hold."""
+                 stop: StopRequest, lost: Callable[[], bool]) -> GuardResult:
+        """The attempt, in this process, under the lock we hold. If the lock
+        is ``lost()`` meanwhile, the command is stopped and no final record
+        written: the shard was not run under its lock to the end."""
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
             attempt.finish(None, stop.asked())
             return interrupted_before_start(stop)
-        # NOTE: an agent killed between starting the command and telling the
-        # watchdog would leave it running; starting the watchdog first keeps
-        # that window to one write.
-        self.watchdog.prepare()
         child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
         if isinstance(child, int):
             attempt.finish(child, None)
             return ran(child)
         try:
             self.watchdog.watch(child.pid)
-            ended = attempt.wait(child, stopped=stop.asked, grace=self.grace)
+            ended = attempt.wait(child, stopped=stop.asked, abandoned=lost, grace=self.grace)
         except BaseException:
             child.kill_group()
             child.wait()
@@ -503,8 +494,9 @@ class EmbeddedEngine(Engine):
         finally:
             if child.returncode is not None:
                 self.watchdog.forget(child.pid)
-        assert ended is not None  # never abandoned here
-        attempt.finish(*ended)
+        if ended is None or lost() or not attempt.finish(*ended):
+            message = "the lock was lost while the command ran: it was stopped, and no final record written"
+            return GuardResult(GuardState.RAN, message=message)
         return ran(*ended)
 
     def _acquire(

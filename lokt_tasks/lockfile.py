@@ -22,12 +22,16 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from . import system
 from .errors import UsageError
 
 LOCK_VERSION = 1
+
+#: Seconds after which an empty lock file counts as abandoned (see
+#: ``prune_abandoned``): its writer was killed between creating and writing it.
+EMPTY_LOCK_ABANDONED_AFTER = 10.0
 
 _NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._-]+\Z")
 
@@ -256,14 +260,13 @@ def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
     return parse_lock(read_text(path), allow_newer=allow_newer)
 
 
-def create_exclusive(path: Path) -> bool:
-    """Claim the lock name: create the file empty, only if it does not exist."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
+def create_lock(path: Path, lock: LockData) -> None:
+    """Take the lock name: create its file, written in full, only if there is
+    none (FileExistsError). lokt creates the file empty and writes it next;
+    a process killed between the two leaves an empty file, which lokt reads
+    as "being written" for ever. Ours is never empty."""
+    data = lock.to_json().encode("utf-8")
+    system.write_atomically(path, data, mode=None, prefix=".lock-", exclusive=True)
 
 
 def write_lock(path: Path, lock: LockData) -> None:
@@ -278,6 +281,58 @@ def remove_file(path: Path) -> bool:
     except FileNotFoundError:
         return False
     system.fsync_directory(path.parent)
+    return True
+
+
+def holds(path: Path, lock_id: str) -> bool:
+    """Whether the lock file at ``path`` is still the lock ``lock_id``."""
+    try:
+        return f'"lock_id": "{lock_id}"' in read_text(path)
+    except OSError:
+        return False
+
+
+def prune_abandoned(root: Path, name: str, *, owner: str, host: str, pid: int,
+                    agent_id: str = "") -> bool:
+    """Remove the lock ``name`` if nobody can hold it any more, writing the
+    break to the audit log as lokt does (as ``owner``, ``host``, ``pid``).
+    True when the name is free to take now.
+
+    Nobody holds: a corrupt file ("corrupt-break"); a holder on this host
+    that is dead, a zombie included, or whose pid was reused ("auto-prune":
+    lokt calls a zombie alive, so the lokt engine prunes for it); an empty
+    file older than ``EMPTY_LOCK_ABANDONED_AFTER`` ("corrupt-break"): lokt
+    writes one within milliseconds of creating it, and never breaks one.
+    """
+    path = lock_path(root, name)
+    try:
+        text = read_text(path)
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    lock_id, extra = "", {}  # type: str, Dict[str, Any]
+    try:
+        lock = parse_lock(text)
+    except EmptyLockFile:
+        if age < EMPTY_LOCK_ABANDONED_AFTER:
+            return False
+        event, extra = "corrupt-break", {"reason": "empty for %ds" % age}
+    except CorruptLockFile:
+        event = "corrupt-break"
+    except LockFileError:
+        return False
+    else:
+        if pid_status(lock, host) != "dead":
+            return False
+        event, lock_id = "auto-prune", lock.lock_id
+        extra = {"pruned_owner": lock.owner, "pruned_host": lock.host, "pruned_pid": lock.pid}
+    if not remove_if_unchanged(path, text):
+        return False
+    line = audit_line(event, name, owner=owner, host=host, pid=pid, agent_id=agent_id,
+                      lock_id=lock_id, extra=extra)
+    append_audit(root, line)
     return True
 
 

@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from . import lockfile, system
-from .attempt import Attempt, supervise
+from .attempt import LOCK_LOST, Attempt, supervise
 from .config import format_duration
 from .engine import (
     STOP_GRACE,
@@ -83,7 +84,15 @@ class LoktEngine(Engine):
         cwd: Optional[Path],
         stop: StopRequest,
     ) -> GuardResult:
-        argv = self.guard_command(lock_name, ttl, wait, timeout) + attempt.argv(os.getpid())
+        refused = self._before_guard(lock_name)
+        if refused is not None:
+            return refused
+        path = str(lockfile.lock_path(self.root, lock_name))
+        argv = self.guard_command(lock_name, ttl, wait, timeout)
+        argv += attempt.argv(os.getpid(), lock=path, grace=self.grace)
+        # NOTE: the attempt stops its command within two grace periods (the
+        # command, then what it left behind); the guard is killed only after.
+        patience = 2 * self.grace + 5
         # NOTE: with a log, lokt's own messages are kept apart from the
         # command's output, and added to the log only when the command ran.
         with tempfile.TemporaryFile() as lokt_output:
@@ -93,7 +102,7 @@ class LoktEngine(Engine):
             except OSError as error:
                 return GuardResult(GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}")
             try:
-                ended = supervise(guard, stopped=stop.asked, grace=self.grace)
+                ended = supervise(guard, stopped=stop.asked, grace=patience)
             except BaseException:
                 guard.kill_group()
                 guard.wait()
@@ -104,7 +113,12 @@ class LoktEngine(Engine):
         assert ended is not None  # never abandoned
         returncode, forwarded = ended
         if returncode < 0:
-            # lokt guard was killed: what it ran would go on, no longer locked.
+            # NOTE: lokt guard was killed, and its lock is left behind. The
+            # attempt sees its guard gone and stops the command; the lock
+            # goes only once nothing of the shard runs.
+            deadline = time.monotonic() + patience
+            while system.group_alive(guard.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
             guard.kill_group()
             self._remove_leftover(lock_name, guard.pid)
         own = attempt.own_record()
@@ -112,6 +126,9 @@ class LoktEngine(Engine):
             return self._ran(attempt, own, returncode, forwarded, lokt_message)
         if returncode == 0 and attempt.skip:
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
+        if returncode == LOCK_LOST:
+            message = f'lock "{lock_name}" was taken over by another agent of the same name'
+            return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
             return GuardResult(GuardState.INTERRUPTED, interrupted=forwarded,
                                message="stopped before the command started")
@@ -123,6 +140,26 @@ class LoktEngine(Engine):
         elif not message:
             message = f"lokt guard failed with exit code {returncode} before the command started"
         return GuardResult(GuardState.ERROR, message=message)
+
+    def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
+        """What lokt would get wrong, set right before it runs.
+
+        lokt calls a zombie holder alive, and never breaks an empty lock file
+        (its writer was killed between creating and writing it): such locks
+        are pruned here as the embedded engine prunes them (see
+        ``lockfile.prune_abandoned``). And lokt lets a lock's owner take it
+        again: a live holder with our owner is another agent of our name,
+        and holds the lock as any other would.
+        """
+        me = self.identity
+        lockfile.prune_abandoned(self.root, lock_name, owner=me.owner, host=me.host,
+                                 pid=os.getpid(), agent_id=me.agent)
+        holder = self.holder(lock_name)
+        if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
+            return None
+        message = held_message(lock_name, holder, False, None)
+        return GuardResult(GuardState.HELD, holder=holder,
+                           message=f"{message}: another agent named {me.agent!r}")
 
     def _ran(self, attempt: Attempt, own: Mapping, returncode: int, forwarded: Optional[int],
              lokt_message: str) -> GuardResult:

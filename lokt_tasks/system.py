@@ -134,6 +134,46 @@ def signal_group(group: int, signum: int) -> bool:
     return True
 
 
+def group_alive(group: int) -> bool:
+    """Whether process group ``group`` still has a process that runs code.
+
+    A zombie does not count (Linux tells them; elsewhere every member
+    counts): where PID 1 reaps orphans late, a killed group is only zombies
+    for seconds.
+    """
+    if not signal_group(group, 0):
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        fields = _linux_stat_fields(pid)  # state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == b"%d" % group and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def stop_groups(groups: list, grace: float) -> bool:
+    """End every process of ``groups``: SIGTERM, then SIGKILL to what is left
+    after ``grace`` seconds; True once none is left (it waits up to 5 s more
+    for that after SIGKILL)."""
+    for signum, limit in ((SIGTERM, grace), (SIGKILL, 5.0)):
+        for group in groups:
+            signal_group(group, signum)
+        deadline = time.monotonic() + limit
+        while True:
+            groups = [group for group in groups if group_alive(group)]
+            if not groups:
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+    return False
+
+
 def on_signals(signums: tuple, handler=None) -> dict:
     """Handle ``signums`` with ``handler`` (None: ignore them); the previous
     handlers, to restore."""
@@ -172,13 +212,12 @@ def signal_number(name: str) -> int | None:
 
 
 class Child:
-    """A command started by :func:`start`: its pid, and its return code once
-    reaped (-N when signal N killed it, as subprocess says)."""
+    """A command started by :func:`start`, leading a process group of its own:
+    its pid (which is the group's), and its return code once reaped (-N when
+    signal N killed it, as subprocess says)."""
 
-    def __init__(self, pid: int, *, own_group: bool, keep: object = None) -> None:
+    def __init__(self, pid: int, *, keep: object = None) -> None:
         self.pid = pid
-        #: Whether it leads a process group of its own (its own session).
-        self.own_group = own_group
         self.returncode: int | None = None
         # NOTE: a subprocess.Popen must live until we have reaped its pid
         # ourselves: once collected, subprocess may reap it first, from any
@@ -220,12 +259,8 @@ class Child:
                 pass
 
     def kill_group(self, signum: int = SIGKILL) -> None:
-        """Signal the command's whole process group if it leads one, else
-        the command alone."""
-        if self.own_group:
-            signal_group(self.pid, signum)
-        else:
-            self.send(signum)
+        """Signal the command's whole process group."""
+        signal_group(self.pid, signum)
 
 
 def start(
@@ -236,8 +271,8 @@ def start(
     cwd: str | None = None,
     new_session: bool = True,
 ) -> Child:
-    """Start ``argv`` (never through a shell), in a session of its own
-    unless ``new_session`` is False.
+    """Start ``argv`` (never through a shell), leading a process group of its
+    own: in a session of its own too unless ``new_session`` is False.
 
     ``stdout`` is a file descriptor that receives both stdout and stderr
     (the shard's log), or None to inherit ours. Raises OSError when the
@@ -253,22 +288,24 @@ def start(
             (os.POSIX_SPAWN_DUP2, stdout, 1),
             (os.POSIX_SPAWN_DUP2, stdout, 2),
         ]
+        group = {"setsid": True} if new_session else {"setpgroup": 0}
         pid = os.posix_spawnp(
             argv[0], argv, os.environ if env is None else env,
-            file_actions=actions, setsid=new_session, setsigdef=RESTORED_SIGNALS,
+            file_actions=actions, setsigdef=RESTORED_SIGNALS, **group,
         )
-        return Child(pid, own_group=new_session)
+        return Child(pid)
     import subprocess
 
+    assert new_session, "a command in a directory of its own starts a session of its own"
     process = subprocess.Popen(
         argv,
         stdout=stdout,
         stderr=None if stdout is None else subprocess.STDOUT,
         env=env,
         cwd=cwd,
-        start_new_session=new_session,
+        start_new_session=True,
     )
-    return Child(process.pid, own_group=new_session, keep=process)
+    return Child(process.pid, keep=process)
 
 
 def not_started(program: str, error: OSError) -> tuple:
@@ -306,6 +343,7 @@ def write_atomically(
     mode: int | None = 0o644,
     prefix: str | None = None,
     durable: bool = True,
+    exclusive: bool = False,
 ) -> None:
     """Replace ``path`` with ``data``; its directory must exist.
 
@@ -314,8 +352,11 @@ def write_atomically(
     new, never a mix, and a machine crash does not lose the rename.
     ``mode`` None keeps the temporary file's 0600, as lokt's lock files
     have; ``prefix`` names the temporary file (default ``.<name>.``);
-    ``durable`` False skips both fsyncs (still atomic for readers). Raises
-    OSError, leaving no temporary file behind.
+    ``durable`` False skips both fsyncs (still atomic for readers).
+    ``exclusive`` creates ``path`` only if there is none (a hard link in
+    place of the rename), raising FileExistsError otherwise: a file that
+    exists is complete from its first moment. Raises OSError, leaving no
+    temporary file behind.
     """
     directory, name = os.path.split(os.fspath(path))
     temporary = os.path.join(directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex()))
@@ -328,7 +369,11 @@ def write_atomically(
                 os.fchmod(handle.fileno(), mode)
             if durable:
                 os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        if exclusive:
+            os.link(temporary, path)
+            os.unlink(temporary)
+        else:
+            os.replace(temporary, path)
     except BaseException:
         try:
             os.unlink(temporary)

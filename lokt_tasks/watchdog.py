@@ -1,40 +1,35 @@
-"""The watchdog: stops the embedded engine's commands if their agent dies.
+"""The watchdog: holds an embedded agent's locks, and stops its commands if it dies.
 
-``system.bootstrap("watchdog") + [GRACE]``, started once by an embedded engine, in a session of its own, with a pipe as its stdin. The
-engine writes one line per command it starts and one per command it has
-reaped::
+``system.bootstrap("watchdog") + [GRACE]``, started once by an embedded
+engine, in a session of its own, with a pipe as its stdin. The engine writes
+one line per command it starts and one per command it has reaped::
 
     +PGID START_TIME     watch this process group (START_TIME: "-" if unknown)
     -PGID                forget it
 
-The embedded engine holds its locks in the agent's own process. If the agent
-is killed (kill -9, a CI timeout, the OOM killer), its locks go with it: any
-agent may take them once the holder is found dead. A command still running
-would then run beside the rerun of its shard. The engine runs its commands in
-sessions of their own (a Ctrl-C at the terminal reaches only the agent), so
-nothing else stops them.
+The embedded engine holds its locks in the agent's process, but names the
+watchdog as their holder (its pid in the lock file). If the agent is killed
+(kill -9, a CI timeout, the OOM killer), its commands would run on, no longer
+watched: they run in sessions of their own (a Ctrl-C at the terminal reaches
+only the agent). The watchdog notices the agent's death as the end of its
+stdin (the agent holds the only write end of the pipe, and the kernel closes
+it however the agent ends), sends SIGTERM to every group still watched,
+SIGKILL to what is left after GRACE seconds, and exits once none is left.
+Only then is the holder of the agent's locks dead, so another agent never
+runs a shard while something of its last attempt still runs.
 
-The watchdog notices the agent's death as the end of its stdin: the agent
-holds the only write end of the pipe, and the kernel closes it however the
-agent ends. It then sends SIGTERM to every group still watched, waits up to
-GRACE seconds for them to end, and kills what is left. After an agent's
-normal exit nothing is watched, and it just exits. A group whose leader's pid
-now belongs to another process (a different start time) is left alone. It
-ignores SIGINT, SIGTERM and SIGHUP: a signal sent to every process of a run
-ends the agent, and the watchdog must outlive it to do its work.
-
-It starts once per agent, not once per shard, and like the attempt process
-imports only the standard library, through ``system``.
+After an agent's normal exit nothing is watched, and it just exits. A group
+whose leader's pid now belongs to another process (a different start time)
+is left alone. It ignores SIGINT, SIGTERM and SIGHUP: a signal sent to every
+process of a run ends the agent, and the watchdog must outlive it to do its
+work. It starts once per agent, not once per shard, and like the attempt
+process imports only the standard library, through ``system``.
 """
 from __future__ import annotations
 
 import sys
-import time
 
 from . import system
-
-#: How often the watchdog looks whether the stopped groups are gone.
-POLL_INTERVAL = 0.05
 
 
 def main(argv: list) -> int:
@@ -49,15 +44,11 @@ def main(argv: list) -> int:
             watched[int(word[0][1:])] = None if word[1] == "-" else int(word[1])
         elif len(word) == 1 and word[0].startswith("-"):
             watched.pop(int(word[0][1:]), None)
+    # NOTE: the agent's locks name this process as their holder, so they
+    # stay taken until every group is gone: only then may another agent run
+    # the same shards.
     groups = [group for group, start in watched.items() if not reused(group, start)]
-    for group in groups:
-        system.signal_group(group, system.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-        groups = [group for group in groups if system.signal_group(group, 0)]
-    for group in groups:
-        system.signal_group(group, system.SIGKILL)
+    system.stop_groups(groups, grace)
     return 0
 
 

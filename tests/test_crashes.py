@@ -193,10 +193,11 @@ def test_killed_while_waiting_for_the_lock_never_runs_the_shard(project, engine)
 def test_killed_after_taking_the_lock_before_the_command_starts(project, engine):
     agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine)
     try:
-        # The lock holder (the agent, or lokt guard) is stopped the moment its
-        # lock file is complete, with whatever it has started below it.
+        # What runs the shard (the embedded agent, whose watchdog is named as
+        # the holder, or lokt guard) is stopped the moment the lock file is
+        # complete, with whatever it has started below it.
         holder = wait_for(lambda: lock_holder_pid(project), interval=0.001)
-        stop_tree(holder)
+        stop_tree(agent.pid if engine == "embedded" else holder)
         assert ran(project) == []
         row = shard_1(project)
         assert row["state"] == "running"  # a stopped holder is alive

@@ -141,10 +141,10 @@ def test_second_agent_is_held_and_told_who_holds(engine_name, tmp_path, root, sp
     assert holder["pid_status"] == "alive"
     recorded_pid = json.loads(lock_file(root).read_text())["pid"]
     assert holder["pid"] == recorded_pid
-    if engine_name == "embedded":
-        assert recorded_pid == holder_agent.pid
-    else:  # lokt guard records itself; it leads the command's process group
-        assert recorded_pid == os.getpgid(command_pid)
+    if engine_name == "embedded":  # the agent's watchdog, which outlives it to stop its commands
+        assert recorded_pid == watchdog_of(holder_agent.pid)
+    else:  # lokt guard records itself; it leads the session in which the command leads a group
+        assert recorded_pid == os.getsid(command_pid) and os.getpgid(command_pid) == command_pid
 
     release.touch()
     result = holder_agent.result()
@@ -190,6 +190,18 @@ def test_lock_outlives_three_ttls_while_the_command_runs(engine_name, root, spaw
     assert not lock_file(root).exists()
 
 
+def watchdog_of(agent_pid):
+    """The pid of an embedded agent's watchdog, the holder of its locks."""
+    listing = subprocess.run(["ps", "-ww", "-A", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
+    found = [
+        int(pid)
+        for pid, parent, command in (line.split(None, 2) for line in listing.stdout.splitlines())
+        if int(parent) == agent_pid and "from lokt_tasks.watchdog import main" in command
+    ]
+    assert len(found) == 1, listing.stdout
+    return found[0]
+
+
 def start_killable_holder(engine_name, tmp_path, root, spawn, command):
     """The process that records itself in the lock, as our child (so it is
     reaped when killed): the embedded agent, or ``lokt guard`` itself."""
@@ -210,7 +222,8 @@ def start_killable_holder(engine_name, tmp_path, root, spawn, command):
 def test_killed_holder_leaves_a_lock_the_next_agent_takes(engine_name, tmp_path, root, spawn):
     holder, command_pid = start_killable_holder(engine_name, tmp_path, root, spawn, hold_until(tmp_path / "never"))
     try:
-        assert json.loads(lock_file(root).read_text())["pid"] == holder.pid
+        recorded = json.loads(lock_file(root).read_text())["pid"]
+        assert recorded == (watchdog_of(holder.pid) if engine_name == "embedded" else holder.pid)
         holder.kill()
         holder.wait()
     finally:
@@ -562,7 +575,7 @@ def test_lokt_sees_a_lock_held_by_the_embedded_engine(tmp_path, root, spawn):
     assert guard.returncode == 2
     assert "held by tester/A (agent: A)" in guard.stderr
     shown = json.loads(status.stdout)
-    assert (shown["owner"], shown["agent_id"], shown["pid"]) == ("tester/A", "A", holder_agent.pid)
+    assert (shown["owner"], shown["agent_id"], shown["pid"]) == ("tester/A", "A", watchdog_of(holder_agent.pid))
     assert (shown["pid_status"], shown["ttl_sec"], shown["expired"]) == ("alive", 7, False)
     release.touch()
     assert holder_agent.result()["state"] == "ran"
