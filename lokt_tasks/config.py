@@ -75,6 +75,8 @@ DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
 
 TOP_KEYS = ("version", "defaults", "tasks")
+#: The tables a key of KEYS may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
+DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
 #: Placeholders ``run`` may use, as they are listed in error messages.
 PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{junit}", "{python}")
 
@@ -343,23 +345,17 @@ def pattern_problem(pattern: str) -> Optional[str]:
 
 # ---------------------------------------------------------------- keys
 
-#: The tables a key may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
-DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
-
-
 @dataclass(frozen=True)
 class Key:
-    """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]].
+    """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
 
-    A task takes every key of [defaults] that it does not set itself (its own
-    value replaces the one from [defaults], a list too), and a key set in
-    neither has its ``default``.
+    A task takes each key of [defaults] that it does not set (its own value replaces the
+    one from [defaults], a list too); a key set in neither has its ``default``.
     """
 
-    #: read(path of shards.toml, value as written, key path) checks a value and returns it as
-    #: used. A bad value raises ValueError, which _read_keys turns into an error naming the key.
+    #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
+    #: value raises ValueError, and _read_keys names the key.
     read: Callable[[Path, Any, Where], Any]
-    #: Where the key may be set: DEFAULTS, TASK and/or SHARD.
     places: Tuple[str, ...]
     default: Any = None
     #: The error for a task's key in [defaults], or a [defaults] key in a task.
@@ -421,7 +417,7 @@ def _read_shard_count(path: Path, value: Any, where: Where) -> Union[int, str]:
     return value
 
 
-def _read_explicit_shards(path: Path, value: Any, where: Where) -> Tuple[ExplicitShard, ...]:
+def _read_shard_tables(path: Path, value: Any, where: Where) -> Tuple[ExplicitShard, ...]:
     here = key_path(*where)
     if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
         raise ValueError(f"expected [[{here}]] tables (an array of tables), got {_describe(value)}")
@@ -479,39 +475,31 @@ def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...])
 def _read_path(path: Path, value: Any, where: Where) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a path (a non-empty string), got {_describe(value)}")
-    # NOTE: relative to the directory holding shards.toml, which is where commands run.
     return Path(os.path.normpath(path.parent / value))
 
 
-_ONLY_IN_TASKS = "can only be set in a [tasks.NAME] table"
+_IN_TASKS = "can only be set in a [tasks.NAME] table"
+_NO_RUN = 'missing; set the command to run, e.g. run = "pytest -q {items}"'
+_RESULTS_IN_TASK = "results can only be set in [defaults] (one results directory per project)"
 
 #: Every key, in the order keys are read and listed in errors.
 KEYS: Dict[str, Key] = {
-    "run": Key(
-        _read_run, (TASK,),
-        misplaced=f"the command {_ONLY_IN_TASKS}",
-        missing='missing; set the command to run, e.g. run = "pytest -q {items}"',
-    ),
+    "run": Key(_read_run, (TASK,), misplaced=f"the command {_IN_TASKS}", missing=_NO_RUN),
     "items": Key(_read_strings, (SHARD,), default=()),
-    "glob": Key(_read_patterns, (TASK, SHARD), default=(), misplaced=f"the files {_ONLY_IN_TASKS}"),
+    "glob": Key(_read_patterns, (TASK, SHARD), default=(), misplaced=f"the files {_IN_TASKS}"),
     "exclude": Key(_read_patterns, (DEFAULTS, TASK), default=()),
-    "collect": Key(_read_collect, (TASK,), misplaced=f"the items command {_ONLY_IN_TASKS}"),
+    "collect": Key(_read_collect, (TASK,), misplaced=f"the items command {_IN_TASKS}"),
     # NOTE: no default, see the module docstring: _read_task says when a task needs one.
     "shards": Key(_read_shard_count, (DEFAULTS, TASK)),
-    "shard": Key(
-        _read_explicit_shards, (TASK,), default=(), misplaced=f"explicit shards {_ONLY_IN_TASKS}",
-    ),
+    "shard": Key(_read_shard_tables, (TASK,), default=(), misplaced=f"explicit shards {_IN_TASKS}"),
     "split": Key(partial(_read_choice, choices=SPLITS), (DEFAULTS, TASK), default="name"),
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
-    # NOTE: relative, where a value read from the file is absolute: _read_task puts it in
-    # the directory of shards.toml.
+    # NOTE: relative, as the table knows no directory: _read_task joins it to the directory
+    # of shards.toml, a join that leaves a path read from the file (absolute) as it is.
     "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
-    "results": Key(
-        _read_path, (DEFAULTS,),
-        misplaced="results can only be set in [defaults] (one results directory per project)",
-    ),
+    "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
 }
 
 
@@ -534,106 +522,87 @@ def load_config(path: Path) -> Config:
         problem = f"expected {CONFIG_VERSION}, got {_describe(version)}"
         raise config_error(path, "version", f"{problem}; this lokt-tasks reads version 1")
 
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict):
-        problem = f"expected a table ([defaults]), got {_describe(defaults)}"
-        raise config_error(path, "defaults", problem)
-    defaults = _read_keys(path, defaults, DEFAULTS, ("defaults",), {})
+    defaults = _read_keys(path, data.get("defaults", {}), DEFAULTS, ("defaults",), {})
 
     tasks = data.get("tasks")
     if tasks is None or tasks == {}:
         problem = "no tasks defined; add a [tasks.NAME] table with run and glob"
-        raise ConfigError(f"{display_path(path)}: tasks: {problem}")
+        raise config_error(path, "tasks", problem)
     if not isinstance(tasks, dict):
         raise config_error(path, "tasks", f"expected tables ([tasks.NAME]), got {_describe(tasks)}")
     tasks = {name: _read_task(path, name, table, defaults) for name, table in tasks.items()}
     return Config(path=path, root=path.parent, tasks=tasks, results=defaults["results"])
 
 
-#: How tomllib and tomli end the message of a syntax error.
-_TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)$")
-
-
 def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
+        # NOTE: tomllib from Python 3.14 and tomli from 2.1 give the position as fields; older
+        # ones only at the end of the message, and none at the end of the document.
+        lines = text.split("\n")
+        line, column = len(lines), len(lines[-1]) + 1
         message = str(error)
-        position = _TOML_POSITION.search(message)
+        position = re.search(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)$", message)
         if position:
             message = message[:position.start()] + (" at end of file" if position.group(3) else "")
-        # NOTE: tomllib from Python 3.14 and tomli from 2.1 give the position as fields; older
-        # ones only in the message, and no line at all at the end of the document.
-        lines = text.split("\n")
-        if getattr(error, "lineno", None) is not None:
-            line, column = error.lineno, error.colno
-        elif position and position.group(1):
-            line, column = int(position.group(1)), int(position.group(2))
-        else:
-            line, column = len(lines), len(lines[-1]) + 1
+            line, column = position.group(1) or line, position.group(2) or column
+        line, column = getattr(error, "lineno", line), getattr(error, "colno", column)
         where = f"{display_path(path)}:{line}:{column}"
         raise ConfigError(f"{where}: invalid TOML: {message}") from None
 
 
 def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -> TaskConfig:
     here = key_path("tasks", name)
-    explicit_tables = f"explicit [[{here}.shard]] tables"
     if not _TASK_NAME.fullmatch(name) or ".." in name:
-        raise config_error(path, here, (
-            "task names may only use letters, digits, '.', '_' and '-' (no '..'), "
-            "because they become lock names"
-        ))
-    if not isinstance(table, dict):
-        raise config_error(path, here, f"expected a table ([{here}]), got {_describe(table)}")
-    if not table:
+        problem = "task names may only use letters, digits, '.', '_' and '-' (no '..')"
+        raise config_error(path, here, f"{problem}, because they become lock names")
+    if table == {}:
         problem = f"empty task; set run and one of glob, collect or [[{here}.shard]]"
         raise config_error(path, here, problem)
     task = _read_keys(path, table, TASK, ("tasks", name), defaults)
 
     explicit, glob, collect = task["shard"], task["glob"], task["collect"]
     if not glob and collect is None and not explicit:
-        raise config_error(path, here, (
-            "nothing to shard; set glob (files), collect (a command listing items) "
-            f"or [[{here}.shard]] tables"
-        ))
+        problem = "nothing to shard; set glob (files), collect (a command listing items)"
+        raise config_error(path, here, f"{problem} or [[{here}.shard]] tables")
     if glob and collect is not None:
         problem = "a task takes its items from glob or from collect, not both"
         raise config_error(path, f"{here}.collect", problem)
+    tables = f"explicit [[{here}.shard]] tables"
     if explicit and collect is not None:
-        problem = f"collect cannot be combined with {explicit_tables}"
-        raise config_error(path, f"{here}.collect", problem)
+        raise config_error(path, f"{here}.collect", f"collect cannot be combined with {tables}")
     if explicit and "shards" in table:
-        problem = f"set either a shard count or {explicit_tables}, not both"
+        problem = f"set either a shard count or {tables}, not both"
         raise config_error(path, f"{here}.shards", f"{problem} (explicit tables make the count)")
     if explicit and "split" in table:
-        problem = f"has no effect with {explicit_tables}; remove it"
-        raise config_error(path, f"{here}.split", problem)
+        raise config_error(path, f"{here}.split", f"has no effect with {tables}; remove it")
     if not uses_items(parse_run_template(task["run"])):
         problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
         raise config_error(path, f"{here}.run", problem)
-    count = task["shards"]
-    if explicit:
-        count = None
-    elif count is None:
+    if not explicit and task["shards"] is None:
         problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
+    count = None if explicit else task["shards"]
 
     ttl, ttl_text = task["ttl"]
     return TaskConfig(
         name=name, run=task["run"], glob=glob, exclude=task["exclude"], collect=collect,
         shards=None if count == PER_ITEM else count, per_item=count == PER_ITEM, explicit=explicit,
         split=task["split"], ttl=ttl, ttl_text=ttl_text, engine=task["engine"], jobs=task["jobs"],
-        # NOTE: "/" keeps a path read from the file as it is: it is absolute already.
         durations=path.parent / task["durations"],
     )
 
 
 def _read_keys(
-    path: Path, table: Dict[str, Any], place: str, where: Where, inherited: Mapping[str, Any]
+    path: Path, table: Any, place: str, where: Where, inherited: Mapping[str, Any]
 ) -> Dict[str, Any]:
     """Each key ``place`` takes: its value in ``table``, else in ``inherited``, else its default."""
+    here = key_path(*where)
+    if not isinstance(table, dict):
+        raise config_error(path, here, f"expected a table ([{here}]), got {_describe(table)}")
     # NOTE: a task's key in [defaults], or results in a task, is a misunderstanding rather
-    # than a typo, so the error says where the key belongs instead of "unknown key".
+    # than a typo: the error says where the key belongs. In a shard table it is just unknown.
     for name in table:
         key = KEYS.get(name)
         if key and key.misplaced and place != SHARD and place not in key.places:
@@ -658,11 +627,10 @@ def _read_keys(
 
 def _refuse_unknown(path: Path, table: Dict[str, Any], known: Sequence[str], where: Where) -> None:
     for key in table:
-        if key in known:
-            continue
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
-        raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
 
 
 def _describe(value: Any) -> str:
