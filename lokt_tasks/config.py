@@ -258,7 +258,7 @@ def parse_run_template(run: str) -> Tuple[Token, ...]:
     ``{{`` and ``}}`` are literal braces. Raises ValueError with a one-line
     message.
     """
-    tokens = tuple(_parse_token(word) for word in split_command(run))
+    tokens = tuple(_parse_token(word) for word in _split_command(run))
     for token in tokens:
         if len(token) > 1 and Placeholder("items") in token:
             raise ValueError(
@@ -268,7 +268,7 @@ def parse_run_template(run: str) -> Tuple[Token, ...]:
     return tokens
 
 
-def split_command(command: str) -> List[str]:
+def _split_command(command: str) -> List[str]:
     """``command`` as arguments, split with shlex; raises ValueError with a one-line message."""
     try:
         words = shlex.split(command)
@@ -354,7 +354,7 @@ class Key:
     """
 
     #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
-    #: value raises ValueError, and _read_keys names the key.
+    #: value raises ValueError, and _read_keys names the key. Every reader takes all three.
     read: Callable[[Path, Any, Where], Any]
     places: Tuple[str, ...]
     default: Any = None
@@ -375,7 +375,7 @@ def _read_collect(path: Path, value: Any, where: Where) -> str:
     if not isinstance(value, str):
         problem = "expected a string (a command whose output lines are the items)"
         raise ValueError(f"{problem}, got {_describe(value)}")
-    split_command(value)
+    _split_command(value)
     return value
 
 
