@@ -53,8 +53,9 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError, UsageError
 
@@ -74,9 +75,8 @@ DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
 
 TOP_KEYS = ("version", "defaults", "tasks")
-DEFAULT_KEYS = ("ttl", "engine", "jobs", "split", "shards", "exclude", "durations", "results")
-TASK_KEYS = ("run", "glob", "exclude", "collect", "shards", "shard", "split", "ttl", "engine", "jobs", "durations")
-SHARD_KEYS = ("items", "glob")
+#: The tables a key of KEYS may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
+DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
 #: Placeholders ``run`` may use, as they are listed in error messages.
 PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{junit}", "{python}")
 
@@ -140,6 +140,8 @@ class Placeholder:
 
 #: One argv token of a run template: literal text and placeholders, in order.
 Token = Tuple[Union[str, Placeholder], ...]
+#: A key path as parts, for key_path: ``("tasks", "go", "shard", 2, "items")``.
+Where = Tuple[Union[str, int], ...]
 
 
 # ---------------------------------------------------------------- finding
@@ -256,13 +258,7 @@ def parse_run_template(run: str) -> Tuple[Token, ...]:
     ``{{`` and ``}}`` are literal braces. Raises ValueError with a one-line
     message.
     """
-    try:
-        words = shlex.split(run)
-    except ValueError as error:
-        raise ValueError(f"cannot split into arguments: {error}") from None
-    if not words:
-        raise ValueError("empty command")
-    tokens = tuple(_parse_token(word) for word in words)
+    tokens = tuple(_parse_token(word) for word in _split_command(run))
     for token in tokens:
         if len(token) > 1 and Placeholder("items") in token:
             raise ValueError(
@@ -270,6 +266,17 @@ def parse_run_template(run: str) -> Tuple[Token, ...]:
                 "to put the items inside an argument use {items:SEP}, e.g. '-run=^({items:|})$'"
             )
     return tokens
+
+
+def _split_command(command: str) -> List[str]:
+    """``command`` as arguments, split with shlex; raises ValueError with a one-line message."""
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise ValueError(f"cannot split into arguments: {error}") from None
+    if not words:
+        raise ValueError("empty command")
+    return words
 
 
 def _parse_token(word: str) -> Token:
@@ -336,12 +343,171 @@ def pattern_problem(pattern: str) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------- keys
+
+@dataclass(frozen=True)
+class Key:
+    """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
+
+    A task takes each key of [defaults] that it does not set (its own value replaces the
+    one from [defaults], a list too); a key set in neither has its ``default``.
+    """
+
+    #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
+    #: value raises ValueError, and _read_keys names the key. Every reader takes all three.
+    read: Callable[[Path, Any, Where], Any]
+    places: Tuple[str, ...]
+    default: Any = None
+    #: The error for a task's key in [defaults], or a [defaults] key in a task.
+    misplaced: str = ""
+    #: The error when the key is not set; without one the key is optional.
+    missing: str = ""
+
+
+def _read_run(path: Path, value: Any, where: Where) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string (the command), got {_describe(value)}")
+    parse_run_template(value)
+    return value
+
+
+def _read_collect(path: Path, value: Any, where: Where) -> str:
+    if not isinstance(value, str):
+        problem = "expected a string (a command whose output lines are the items)"
+        raise ValueError(f"{problem}, got {_describe(value)}")
+    _split_command(value)
+    return value
+
+
+def _read_strings(path: Path, value: Any, where: Where) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise ValueError(f"expected a list of strings, got {_describe(value)}")
+    if "" in value:
+        raise ValueError("contains an empty string")
+    return tuple(value)
+
+
+def _read_patterns(path: Path, value: Any, where: Where) -> Tuple[str, ...]:
+    patterns = _read_strings(path, value, where)
+    if not patterns:
+        raise ValueError("empty list; give at least one pattern or remove the key")
+    for pattern in patterns:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise ValueError(problem)
+    return patterns
+
+
+def _read_shard_count(path: Path, value: Any, where: Where) -> Union[int, str]:
+    expected = f'expected an integer from 1 to {MAX_SHARDS} or "{PER_ITEM}"'
+    if isinstance(value, list) and value and all(isinstance(entry, dict) for entry in value):
+        tables = key_path(*where[:-1], "shard")
+        raise ValueError(f"{expected}, got an array of tables (explicit shards are [[{tables}]])")
+    if value == PER_ITEM:
+        return PER_ITEM
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"{expected}, got {value}: a task needs at least one shard")
+    if value > MAX_SHARDS:
+        hint = f'for one shard per item use "{PER_ITEM}"'
+        raise ValueError(f"{expected}, got {value}: too many ({hint})")
+    return value
+
+
+def _read_shard_tables(path: Path, value: Any, where: Where) -> Tuple[ExplicitShard, ...]:
+    here = key_path(*where)
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        raise ValueError(f"expected [[{here}]] tables (an array of tables), got {_describe(value)}")
+    if not value:
+        raise ValueError(f"no shards; add [[{here}]] tables with items or glob")
+    shards = []
+    first_seen: Dict[str, str] = {}
+    for number, entry in enumerate(value, start=1):
+        shard = ExplicitShard(**_read_keys(path, entry, SHARD, where + (number,), {}))
+        owner = key_path(*where, number)
+        if not shard.items and not shard.glob:
+            raise config_error(path, owner, "shard has no items; set items = [...] or glob = [...]")
+        for item in shard.items:
+            if item in first_seen:
+                other = first_seen[item]
+                place = "twice in this shard" if other == owner else f"also in {other}"
+                problem = f"'{item}' is listed {place}; an item belongs to one shard"
+                raise config_error(path, f"{owner}.items", problem)
+            first_seen[item] = owner
+        shards.append(shard)
+    return tuple(shards)
+
+
+def _read_jobs(path: Path, value: Any, where: Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer of at least 1, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"expected an integer of at least 1, got {value}")
+    return value
+
+
+def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        example = f'"{value}s" or "10m"'
+        raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
+    if not isinstance(value, str):
+        raise ValueError(f'expected a duration string such as "10m", got {_describe(value)}')
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"'{value}' must be longer than zero")
+    return seconds, value
+
+
+def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...]) -> str:
+    allowed = ", ".join(f'"{choice}"' for choice in choices)
+    if not isinstance(value, str):
+        raise ValueError(f"expected one of {allowed}, got {_describe(value)}")
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"expected one of {allowed}, got \"{value}\"{hint}")
+    return value
+
+
+def _read_path(path: Path, value: Any, where: Where) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a path (a non-empty string), got {_describe(value)}")
+    return Path(os.path.normpath(path.parent / value))
+
+
+_IN_TASKS = "can only be set in a [tasks.NAME] table"
+_NO_RUN = 'missing; set the command to run, e.g. run = "pytest -q {items}"'
+_RESULTS_IN_TASK = "results can only be set in [defaults] (one results directory per project)"
+
+#: Every key, in the order keys are read and listed in errors.
+KEYS: Dict[str, Key] = {
+    "run": Key(_read_run, (TASK,), misplaced=f"the command {_IN_TASKS}", missing=_NO_RUN),
+    "items": Key(_read_strings, (SHARD,), default=()),
+    "glob": Key(_read_patterns, (TASK, SHARD), default=(), misplaced=f"the files {_IN_TASKS}"),
+    "exclude": Key(_read_patterns, (DEFAULTS, TASK), default=()),
+    "collect": Key(_read_collect, (TASK,), misplaced=f"the items command {_IN_TASKS}"),
+    # NOTE: no default, see the module docstring: _read_task says when a task needs one.
+    "shards": Key(_read_shard_count, (DEFAULTS, TASK)),
+    "shard": Key(_read_shard_tables, (TASK,), default=(), misplaced=f"explicit shards {_IN_TASKS}"),
+    "split": Key(partial(_read_choice, choices=SPLITS), (DEFAULTS, TASK), default="name"),
+    "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
+    "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
+    "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
+    # NOTE: relative, as the table knows no directory: _read_task joins it to the directory
+    # of shards.toml, a join that leaves a path read from the file (absolute) as it is.
+    "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
+    "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
+}
+
+
 # ---------------------------------------------------------------- loading
 
 def load_config(path: Path) -> Config:
     """Read and validate shards.toml; raises ConfigError with a one-line message."""
     path = Path(path).absolute()
-    root = path.parent
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -350,291 +516,121 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{display_path(path)}: cannot read: {error.strerror or error}") from None
     data = _parse_toml(text, path)
 
-    _check_known_keys(path, data, TOP_KEYS, ())
-    if "version" in data:
-        version = data["version"]
-        if isinstance(version, bool) or not isinstance(version, int) or version != CONFIG_VERSION:
-            raise config_error(path, "version", f"expected {CONFIG_VERSION}, got {_describe(version)}; this lokt-tasks reads version 1")
+    _refuse_unknown(path, data, TOP_KEYS, ())
+    version = data.get("version", CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version != CONFIG_VERSION:
+        problem = f"expected {CONFIG_VERSION}, got {_describe(version)}"
+        raise config_error(path, "version", f"{problem}; this lokt-tasks reads version 1")
 
-    defaults_table = data.get("defaults", {})
-    if not isinstance(defaults_table, dict):
-        raise config_error(path, "defaults", f"expected a table ([defaults]), got {_describe(defaults_table)}")
-    defaults = _read_defaults(path, defaults_table, root)
+    defaults = _read_keys(path, data.get("defaults", {}), DEFAULTS, ("defaults",), {})
 
-    tasks_table = data.get("tasks")
-    if tasks_table is None or tasks_table == {}:
-        raise ConfigError(f"{display_path(path)}: tasks: no tasks defined; add a [tasks.NAME] table with run and glob")
-    if not isinstance(tasks_table, dict):
-        raise config_error(path, "tasks", f"expected tables ([tasks.NAME]), got {_describe(tasks_table)}")
-    tasks = {name: _read_task(path, name, table, defaults, root) for name, table in tasks_table.items()}
-    return Config(path=path, root=root, tasks=tasks, results=defaults.get("results"))
+    tasks = data.get("tasks")
+    if tasks is None or tasks == {}:
+        problem = "no tasks defined; add a [tasks.NAME] table with run and glob"
+        raise config_error(path, "tasks", problem)
+    if not isinstance(tasks, dict):
+        raise config_error(path, "tasks", f"expected tables ([tasks.NAME]), got {_describe(tasks)}")
+    tasks = {name: _read_task(path, name, table, defaults) for name, table in tasks.items()}
+    return Config(path=path, root=path.parent, tasks=tasks, results=defaults["results"])
 
 
 def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
+        # NOTE: tomllib from Python 3.14 and tomli from 2.1 give the position as fields; older
+        # ones only at the end of the message, and none at the end of the document.
+        lines = text.split("\n")
+        line, column = len(lines), len(lines[-1]) + 1
         message = str(error)
-        where = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-        if where:
-            line, column = where.group(1), where.group(2)
-            message = message[:where.start()]
-        else:
-            end = re.search(r"\s*\(at end of document\)$", message)
-            if end:
-                message = message[:end.start()] + " at end of file"
-            lines = text.split("\n")
-            line, column = str(len(lines)), str(len(lines[-1]) + 1)
-        raise ConfigError(f"{display_path(path)}:{line}:{column}: invalid TOML: {message}") from None
+        position = re.search(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)$", message)
+        if position:
+            message = message[:position.start()] + (" at end of file" if position.group(3) else "")
+            line, column = position.group(1) or line, position.group(2) or column
+        line, column = getattr(error, "lineno", line), getattr(error, "colno", column)
+        where = f"{display_path(path)}:{line}:{column}"
+        raise ConfigError(f"{where}: invalid TOML: {message}") from None
 
 
-def _read_defaults(path: Path, table: Dict[str, Any], root: Path) -> Dict[str, Any]:
-    task_only = {"run": "the command", "glob": "the files", "collect": "the items command", "shard": "explicit shards"}
-    for key in table:
-        if key in task_only:
-            raise config_error(path, key_path("defaults", key), f"{task_only[key]} can only be set in a [tasks.NAME] table")
-    _check_known_keys(path, table, DEFAULT_KEYS, ("defaults",))
-    values: Dict[str, Any] = {}
-    where = ("defaults",)
-    if "ttl" in table:
-        values["ttl"] = _read_ttl(path, table["ttl"], where)
-    if "engine" in table:
-        values["engine"] = _read_choice(path, table["engine"], where + ("engine",), ENGINES)
-    if "jobs" in table:
-        values["jobs"] = _read_jobs(path, table["jobs"], where)
-    if "split" in table:
-        values["split"] = _read_choice(path, table["split"], where + ("split",), SPLITS)
-    if "shards" in table:
-        values["shards"] = _read_shard_count(path, table["shards"], where)
-    if "exclude" in table:
-        values["exclude"] = _read_patterns(path, table["exclude"], where + ("exclude",))
-    if "durations" in table:
-        values["durations"] = _read_path(path, table["durations"], where + ("durations",), root)
-    if "results" in table:
-        values["results"] = _read_path(path, table["results"], where + ("results",), root)
-    return values
-
-
-def _read_task(path: Path, name: str, table: Any, defaults: Dict[str, Any], root: Path) -> TaskConfig:
-    where = ("tasks", name)
-    here = key_path(*where)
+def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -> TaskConfig:
+    here = key_path("tasks", name)
     if not _TASK_NAME.fullmatch(name) or ".." in name:
-        raise config_error(
-            path, here,
-            "task names may only use letters, digits, '.', '_' and '-' (no '..'), because they become lock names",
-        )
-    if not isinstance(table, dict):
-        raise config_error(path, here, f"expected a table ([{here}]), got {_describe(table)}")
-    if not table:
-        raise config_error(path, here, f"empty task; set run and one of glob, collect or [[{here}.shard]]")
-    if "results" in table:
-        raise config_error(path, key_path(*where, "results"), "results can only be set in [defaults] (one results directory per project)")
-    _check_known_keys(path, table, TASK_KEYS, where)
+        problem = "task names may only use letters, digits, '.', '_' and '-' (no '..')"
+        raise config_error(path, here, f"{problem}, because they become lock names")
+    if table == {}:
+        problem = f"empty task; set run and one of glob, collect or [[{here}.shard]]"
+        raise config_error(path, here, problem)
+    task = _read_keys(path, table, TASK, ("tasks", name), defaults)
 
-    if "run" not in table:
-        raise config_error(path, key_path(*where, "run"), "missing; set the command to run, e.g. run = \"pytest -q {items}\"")
-    run = table["run"]
-    if not isinstance(run, str):
-        raise config_error(path, key_path(*where, "run"), f"expected a string (the command), got {_describe(run)}")
-    try:
-        tokens = parse_run_template(run)
-    except ValueError as error:
-        raise config_error(path, key_path(*where, "run"), str(error)) from None
-
-    glob = _read_patterns(path, table["glob"], where + ("glob",)) if "glob" in table else ()
-    exclude = _read_patterns(path, table["exclude"], where + ("exclude",)) if "exclude" in table else defaults.get("exclude", ())
-    collect = None
-    if "collect" in table:
-        collect = _read_collect(path, table["collect"], where + ("collect",))
-    explicit = _read_explicit_shards(path, table["shard"], where + ("shard",)) if "shard" in table else ()
-    split = _read_choice(path, table["split"], where + ("split",), SPLITS) if "split" in table else defaults.get("split", "name")
-    shard_count = _read_shard_count(path, table["shards"], where) if "shards" in table else defaults.get("shards")
-    ttl, ttl_text = _read_ttl(path, table["ttl"], where) if "ttl" in table else defaults.get("ttl", (parse_duration(DEFAULT_TTL), DEFAULT_TTL))
-    engine = _read_choice(path, table["engine"], where + ("engine",), ENGINES) if "engine" in table else defaults.get("engine", "auto")
-    jobs = _read_jobs(path, table["jobs"], where) if "jobs" in table else defaults.get("jobs")
-    if "durations" in table:
-        durations = _read_path(path, table["durations"], where + ("durations",), root)
-    else:
-        durations = defaults.get("durations", root / DEFAULT_DURATIONS)
-
+    explicit, glob, collect = task["shard"], task["glob"], task["collect"]
     if not glob and collect is None and not explicit:
-        raise config_error(
-            path, here,
-            f"nothing to shard; set glob (files), collect (a command listing items) or [[{here}.shard]] tables",
-        )
+        problem = "nothing to shard; set glob (files), collect (a command listing items)"
+        raise config_error(path, here, f"{problem} or [[{here}.shard]] tables")
     if glob and collect is not None:
-        raise config_error(path, key_path(*where, "collect"), "a task takes its items from glob or from collect, not both")
+        problem = "a task takes its items from glob or from collect, not both"
+        raise config_error(path, f"{here}.collect", problem)
+    tables = f"explicit [[{here}.shard]] tables"
     if explicit and collect is not None:
-        raise config_error(path, key_path(*where, "collect"), f"collect cannot be combined with explicit [[{here}.shard]] tables")
+        raise config_error(path, f"{here}.collect", f"collect cannot be combined with {tables}")
     if explicit and "shards" in table:
-        raise config_error(
-            path, key_path(*where, "shards"),
-            f"set either a shard count or explicit [[{here}.shard]] tables, not both (explicit tables make the count)",
-        )
+        problem = f"set either a shard count or {tables}, not both"
+        raise config_error(path, f"{here}.shards", f"{problem} (explicit tables make the count)")
     if explicit and "split" in table:
-        raise config_error(path, key_path(*where, "split"), f"has no effect with explicit [[{here}.shard]] tables; remove it")
-    if not uses_items(tokens):
-        raise config_error(
-            path, key_path(*where, "run"),
-            "has no {items} or {items:SEP}; without it every shard would run the same command",
-        )
+        raise config_error(path, f"{here}.split", f"has no effect with {tables}; remove it")
+    if not uses_items(parse_run_template(task["run"])):
+        problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
+        raise config_error(path, f"{here}.run", problem)
+    if not explicit and task["shards"] is None:
+        problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
+        raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
+    count = None if explicit else task["shards"]
 
-    per_item = False
-    if explicit:
-        shard_count = None
-    elif shard_count is None:
-        raise config_error(
-            path, key_path(*where, "shards"),
-            "missing; set a shard count (shards = 4) or shards = \"per-item\", here or in [defaults]",
-        )
-    elif shard_count == PER_ITEM:
-        per_item, shard_count = True, None
-
+    ttl, ttl_text = task["ttl"]
     return TaskConfig(
-        name=name,
-        run=run,
-        glob=glob,
-        exclude=exclude,
-        collect=collect,
-        shards=shard_count,
-        per_item=per_item,
-        explicit=explicit,
-        split=split,
-        ttl=ttl,
-        ttl_text=ttl_text,
-        engine=engine,
-        jobs=jobs,
-        durations=durations,
+        name=name, run=task["run"], glob=glob, exclude=task["exclude"], collect=collect,
+        shards=None if count == PER_ITEM else count, per_item=count == PER_ITEM, explicit=explicit,
+        split=task["split"], ttl=ttl, ttl_text=ttl_text, engine=task["engine"], jobs=task["jobs"],
+        durations=path.parent / task["durations"],
     )
 
 
-def _read_explicit_shards(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> Tuple[ExplicitShard, ...]:
+def _read_keys(
+    path: Path, table: Any, place: str, where: Where, inherited: Mapping[str, Any]
+) -> Dict[str, Any]:
+    """Each key ``place`` takes: its value in ``table``, else in ``inherited``, else its default."""
     here = key_path(*where)
-    if isinstance(value, dict) or not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
-        raise config_error(path, here, f"expected [[{here}]] tables (an array of tables), got {_describe(value)}")
-    if not value:
-        raise config_error(path, here, f"no shards; add [[{here}]] tables with items or glob")
-    shards = []
-    first_seen: Dict[str, str] = {}
-    for number, entry in enumerate(value, start=1):
-        entry_where = where + (number,)
-        _check_known_keys(path, entry, SHARD_KEYS, entry_where)
-        items = _read_strings(path, entry["items"], entry_where + ("items",)) if "items" in entry else ()
-        glob = _read_patterns(path, entry["glob"], entry_where + ("glob",)) if "glob" in entry else ()
-        if not items and not glob:
-            raise config_error(path, key_path(*entry_where), "shard has no items; set items = [...] or glob = [...]")
-        for item in items:
-            owner = key_path(*entry_where)
-            if item in first_seen:
-                other = first_seen[item]
-                place = "twice in this shard" if other == owner else f"also in {other}"
-                raise config_error(path, key_path(*entry_where, "items"), f"'{item}' is listed {place}; an item belongs to one shard")
-            first_seen[item] = owner
-        shards.append(ExplicitShard(items=items, glob=glob))
-    return tuple(shards)
+    if not isinstance(table, dict):
+        raise config_error(path, here, f"expected a table ([{here}]), got {_describe(table)}")
+    # NOTE: a task's key in [defaults], or results in a task, is a misunderstanding rather
+    # than a typo: the error says where the key belongs. In a shard table it is just unknown.
+    for name in table:
+        key = KEYS.get(name)
+        if key and key.misplaced and place != SHARD and place not in key.places:
+            raise config_error(path, key_path(*where, name), key.misplaced)
+    _refuse_unknown(path, table, [name for name, key in KEYS.items() if place in key.places], where)
 
-
-def _read_strings(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> Tuple[str, ...]:
-    here = key_path(*where)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
-        raise config_error(path, here, f"expected a list of strings, got {_describe(value)}")
-    if any(entry == "" for entry in value):
-        raise config_error(path, here, "contains an empty string")
-    return tuple(value)
-
-
-def _read_patterns(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> Tuple[str, ...]:
-    patterns = _read_strings(path, value, where)
-    if not patterns:
-        raise config_error(path, key_path(*where), "empty list; give at least one pattern or remove the key")
-    for pattern in patterns:
-        problem = pattern_problem(pattern)
-        if problem:
-            raise config_error(path, key_path(*where), problem)
-    return patterns
-
-
-def _read_collect(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> str:
-    here = key_path(*where)
-    if not isinstance(value, str):
-        raise config_error(path, here, f"expected a string (a command whose output lines are the items), got {_describe(value)}")
-    try:
-        words = shlex.split(value)
-    except ValueError as error:
-        raise config_error(path, here, f"cannot split into arguments: {error}") from None
-    if not words:
-        raise config_error(path, here, "empty command")
-    return value
-
-
-def _read_shard_count(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> Union[int, str]:
-    here = key_path(*where, "shards")
-    expected = f"expected an integer from 1 to {MAX_SHARDS} or \"{PER_ITEM}\""
-    if isinstance(value, list) and value and all(isinstance(entry, dict) for entry in value):
-        raise config_error(path, here, f"{expected}, got an array of tables (explicit shards are [[{key_path(*where, 'shard')}]])")
-    if value == PER_ITEM:
-        return PER_ITEM
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise config_error(path, here, f"{expected}, got {_describe(value)}")
-    if value < 1:
-        raise config_error(path, here, f"{expected}, got {value}: a task needs at least one shard")
-    if value > MAX_SHARDS:
-        raise config_error(path, here, f"{expected}, got {value}: too many (for one shard per item use \"{PER_ITEM}\")")
-    return value
-
-
-def _read_jobs(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> int:
-    here = key_path(*where, "jobs")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise config_error(path, here, f"expected an integer of at least 1, got {_describe(value)}")
-    if value < 1:
-        raise config_error(path, here, f"expected an integer of at least 1, got {value}")
-    return value
-
-
-def _read_ttl(path: Path, value: Any, where: Tuple[Union[str, int], ...]) -> Tuple[float, str]:
-    here = key_path(*where, "ttl")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise config_error(path, here, f"{value} has no unit; write a string with a unit, e.g. \"{value}s\" or \"10m\"")
-    if not isinstance(value, str):
-        raise config_error(path, here, f"expected a duration string such as \"10m\", got {_describe(value)}")
-    try:
-        seconds = parse_duration(value)
-    except ValueError as error:
-        raise config_error(path, here, str(error)) from None
-    if seconds <= 0:
-        raise config_error(path, here, f"'{value}' must be longer than zero")
-    return seconds, value
-
-
-def _read_choice(path: Path, value: Any, where: Tuple[Union[str, int], ...], choices: Tuple[str, ...]) -> str:
-    here = key_path(*where)
-    allowed = ", ".join(f'"{choice}"' for choice in choices)
-    if not isinstance(value, str):
-        raise config_error(path, here, f"expected one of {allowed}, got {_describe(value)}")
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise config_error(path, here, f"expected one of {allowed}, got \"{value}\"{hint}")
-    return value
-
-
-def _read_path(path: Path, value: Any, where: Tuple[Union[str, int], ...], root: Path) -> Path:
-    here = key_path(*where)
-    if not isinstance(value, str) or not value:
-        raise config_error(path, here, f"expected a path (a non-empty string), got {_describe(value)}")
-    return Path(os.path.normpath(root / value))
-
-
-def _check_known_keys(path: Path, table: Dict[str, Any], known: Tuple[str, ...], where: Tuple[Union[str, int], ...]) -> None:
-    for key in table:
-        if key in known:
+    values = {}
+    for name, key in KEYS.items():
+        if place not in key.places:
             continue
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
-        raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
+        if name in table:
+            try:
+                values[name] = key.read(path, table[name], where + (name,))
+            except ValueError as error:
+                raise config_error(path, key_path(*where, name), str(error)) from None
+        elif key.missing:
+            raise config_error(path, key_path(*where, name), key.missing)
+        else:
+            values[name] = inherited.get(name, key.default)
+    return values
+
+
+def _refuse_unknown(path: Path, table: Dict[str, Any], known: Sequence[str], where: Where) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
 
 
 def _describe(value: Any) -> str:

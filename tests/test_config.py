@@ -1,14 +1,21 @@
 """shards.toml: what is accepted, and how everything else is refused."""
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
+from lokt_tasks import config as config_module
 from lokt_tasks.config import (
     DEFAULT_DURATIONS,
+    DEFAULTS,
+    KEYS,
+    SHARD,
+    TASK,
     ExplicitShard,
     Placeholder,
     find_config,
@@ -289,3 +296,155 @@ def test_run_template_tokens():
         ("./pkg/", Placeholder("task"), "-", Placeholder("shard"), "of", Placeholder("total")),
     )
     assert parse_run_template("pytest {items} ''") == (("pytest",), (Placeholder("items"),), ("",))
+
+
+# --- the table of keys ----------------------------------------------------------
+
+README = Path(__file__).parent.parent / "README.md"
+README_PLACES = {"defaults": DEFAULTS, "task": TASK, "explicit shard": SHARD}
+
+
+def test_the_readme_says_where_each_key_may_be_set_as_the_table_does():
+    rows = re.findall(r"^\| `([a-z]+)` \| ([a-z ,]+) \|", README.read_text(encoding="utf-8"), re.M)
+    documented = {
+        key: {README_PLACES[place.strip()] for place in where.split(",")} for key, where in rows
+    }
+    # NOTE: [[tasks.NAME.shard]] tables have a section of their own rather than a row.
+    assert documented == {name: set(key.places) for name, key in KEYS.items() if name != "shard"}
+
+
+def task_config(table: str, defaults: str = "") -> str:
+    """A shards.toml with ``defaults`` in [defaults] and ``table`` in a valid task."""
+    task = 'run = "pytest {items}"\nglob = "a.py"'
+    return f"[defaults]\n{defaults}\n[tasks.test]\n{task}\n{table}"
+
+
+@pytest.mark.parametrize("toml, error", [
+    (task_config("zzz = 1"),
+     "tasks.test.zzz: unknown key; known keys: "
+     "run, glob, exclude, collect, shards, shard, split, ttl, engine, jobs, durations"),
+    (task_config("", defaults="zzz = 1"),
+     "defaults.zzz: unknown key; known keys: "
+     "exclude, shards, split, ttl, engine, jobs, durations, results"),
+    (task_config("[[tasks.test.shard]]\nzzz = 1"),
+     "tasks.test.shard[1].zzz: unknown key; known keys: items, glob"),
+    # NOTE: only [defaults] and a task say where a key of the other belongs.
+    (task_config("[[tasks.test.shard]]\nrun = \"x\""),
+     "tasks.test.shard[1].run: unknown key; known keys: items, glob"),
+    (task_config("", defaults="glob = \"a.py\""),
+     "defaults.glob: the files can only be set in a [tasks.NAME] table"),
+    (task_config("", defaults="collect = \"ls\""),
+     "defaults.collect: the items command can only be set in a [tasks.NAME] table"),
+    (task_config("", defaults="[[defaults.shard]]\nitems = [\"a\"]"),
+     "defaults.shard: explicit shards can only be set in a [tasks.NAME] table"),
+    (task_config("items = [\"a\"]"), "tasks.test.items: unknown key; known keys: run, glob,"),
+    # NOTE: a misplaced key is named before an unknown one, wherever it stands.
+    (task_config("", defaults="zzz = 1\nrun = \"x\""),
+     "defaults.run: the command can only be set in a [tasks.NAME] table"),
+    (task_config("zzz = 1\nresults = \"out\""),
+     "tasks.test.results: results can only be set in [defaults]"),
+])
+def test_keys_are_taken_only_where_the_table_allows_them(tmp_path, monkeypatch, toml, error):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards.toml").write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Path("shards.toml"))
+    assert str(raised.value).startswith(f"shards.toml: {error}")
+
+
+def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_it(tmp_path):
+    path = write_config(tmp_path, """\
+        [defaults]
+        exclude = ["a/**"]
+        shards = 3
+        split = "size"
+        ttl = "5m"
+        engine = "embedded"
+        jobs = 2
+        durations = "d.json"
+
+        [tasks.inherits]
+        run = "x {items}"
+        glob = "*.py"
+
+        [tasks.overrides]
+        run = "x {items}"
+        glob = "*.py"
+        exclude = ["b/**"]
+        shards = "per-item"
+        split = "name"
+        ttl = "1h"
+        engine = "lokt"
+        jobs = 1
+        durations = "e.json"
+    """)
+    tasks = load_config(path).tasks
+    inherits, overrides = tasks["inherits"], tasks["overrides"]
+    assert (inherits.exclude, inherits.shards, inherits.split) == (("a/**",), 3, "size")
+    assert (inherits.ttl, inherits.ttl_text, inherits.jobs) == (300.0, "5m", 2)
+    assert (inherits.engine, inherits.durations) == ("embedded", tmp_path / "d.json")
+    assert (overrides.exclude, overrides.shards, overrides.per_item) == (("b/**",), None, True)
+    assert (overrides.split, overrides.ttl, overrides.ttl_text) == ("name", 3600.0, "1h")
+    assert (overrides.engine, overrides.jobs) == ("lokt", 1)
+    assert overrides.durations == tmp_path / "e.json"
+
+
+def test_defaults_are_read_before_any_task(tmp_path):
+    path = write_config(tmp_path, """\
+        [tasks.test]
+        run = "pytest {items}"
+        glob = "tests/*.py"
+        shards = 0
+
+        [defaults]
+        ttl = "ten"
+    """)
+    with pytest.raises(ConfigError, match=r"defaults\.ttl: 'ten' is not a duration"):
+        load_config(path)
+
+
+# --- TOML syntax errors -----------------------------------------------------------
+
+class StubDecodeError(ValueError):
+    """A TOML parser's error, with or without the position as fields."""
+
+    def __init__(self, message: str, **fields: int):
+        super().__init__(message)
+        self.__dict__.update(fields)
+
+
+def stub_parser(error: StubDecodeError) -> types.SimpleNamespace:
+    def loads(text: str):
+        raise error
+    return types.SimpleNamespace(loads=loads, TOMLDecodeError=StubDecodeError)
+
+
+@pytest.mark.parametrize("error, where", [
+    # NOTE: fields, where the parser has them, win over the words of its message.
+    (StubDecodeError("Invalid value (at line 1, column 1)", lineno=7, colno=3),
+     "7:3: invalid TOML: Invalid value"),
+    (StubDecodeError("Unclosed array (at end of document)", lineno=2, colno=4),
+     "2:4: invalid TOML: Unclosed array at end of file"),
+    (StubDecodeError("Invalid value (at line 2, column 5)"), "2:5: invalid TOML: Invalid value"),
+    # NOTE: without fields, the end of the document is the end of the file: line 3, column 4.
+    (StubDecodeError("Unclosed array (at end of document)"),
+     "3:4: invalid TOML: Unclosed array at end of file"),
+    (StubDecodeError("Something else"), "3:4: invalid TOML: Something else"),
+])
+def test_a_toml_error_gives_the_parser_s_line_and_column(tmp_path, monkeypatch, error, where):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "tomllib", stub_parser(error))
+    (tmp_path / "shards.toml").write_text("a = 1\nb = [\n  2", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Path("shards.toml"))
+    assert str(raised.value) == f"shards.toml:{where}"
+    assert raised.value.exit_code == USAGE
+
+
+def test_a_toml_error_at_the_end_of_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards.toml").write_text("[tasks.test]\nglob = [\n  \"a.py\",", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Path("shards.toml"))
+    assert str(raised.value).startswith("shards.toml:3:10: invalid TOML: ")
+    assert str(raised.value).endswith(" at end of file")
