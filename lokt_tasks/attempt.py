@@ -97,35 +97,42 @@ class Attempt:
         self.skip = tuple(skip)
         self.started_at = ""
         self._began = 0.0
+        self._log_fd: int | None = None
 
     # --- the steps -------------------------------------------------------------
 
     def begin(self) -> bool:
         """Under the lock: False if the shard is already done, else start the
-        log afresh and write the start record. Raises OSError when the record
-        cannot be written (nothing has run then)."""
+        log afresh and write the start record. Raises OSError, with the file
+        it names, when the log cannot be opened (a FIFO, a symbolic link...)
+        or the record written: nothing has run then."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
         if self.log:
-            # NOTE: only now: an agent refused the lock must not wipe the log
-            # of the one that holds it.
-            try:
-                os.truncate(self.log, 0)
-            except OSError:
-                pass
+            # NOTE: emptied only now: an agent refused the lock must not wipe
+            # the log of the one that holds it.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+            self._log_fd = system.open_file(self.log, flags)
         self.started_at, self._began = system.utc_now(), time.monotonic()
-        self._write("running", None, None, "", None, None, durable=False)
+        try:
+            self._write("running", None, None, "", None, None, durable=False)
+        except OSError:
+            self._close_log()
+            raise
         return True
+
+    def _close_log(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
     def start(self, *, env: dict | None = None, cwd: str | None = None,
               new_session: bool = True) -> system.Child | int:
         """Start the command (see ``system.start``): its Child, or the
         shell's return code (127 or 126) when it could not start, the reason
         written where its output goes."""
-        fd = None
+        fd = self._log_fd
         try:
-            if self.log:
-                fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
         except OSError as error:
             code, reason = system.not_started(self.command[0], error)
@@ -133,8 +140,7 @@ class Attempt:
             os.write(2 if fd is None else fd, line.encode("utf-8", "replace"))
             return code
         finally:
-            if fd is not None:
-                os.close(fd)
+            self._close_log()
 
     def wait(self, child: system.Child | int, *, stopped, abandoned=None,
              grace: float = STOP_GRACE) -> tuple | None:
@@ -156,6 +162,7 @@ class Attempt:
         came while it ran, or None. False, writing nothing, when the record
         is no longer this attempt's (another agent took the shard over, as it
         may once our lock was lost). Raises OSError."""
+        self._close_log()
         if not self._record_is_ours():
             return False
         code = returncode if returncode is not None and returncode >= 0 else None
@@ -175,8 +182,7 @@ class Attempt:
         start = self.fields.find(mark) + len(mark)
         attempt_id = self.fields[start : self.fields.find('"', start)]
         try:
-            with open(self.record, "rb") as handle:
-                text = handle.read()
+            text = system.read_file(self.record)
         except OSError:
             return False
         return ('"attempt": "%s"' % attempt_id).encode("ascii") in text
@@ -211,8 +217,7 @@ class Attempt:
         import json
 
         try:
-            with open(self.record, "rb") as handle:
-                record = json.loads(handle.read())
+            record = json.loads(system.read_file(self.record))
             mine = json.loads(self.fields)["attempt"]
         except (OSError, ValueError, KeyError):
             return None
@@ -246,8 +251,7 @@ def already_done(record_path: str, fields: str, skip: tuple) -> bool:
     calls it corrupt, never passed.
     """
     try:
-        with open(record_path, "rb") as handle:
-            data = handle.read()
+        data = system.read_file(record_path)
     except OSError:
         return False
     import json  # only when there is a record to read
@@ -335,8 +339,7 @@ class Watch:
         if self.lock is None:
             return False
         try:
-            with open(self.lock, "rb") as handle:
-                text = handle.read()
+            text = system.read_file(self.lock)
         except OSError:
             return True
         return (b'"pid": %d,' % self.guard_pid) not in text
@@ -396,9 +399,9 @@ def main(argv: list) -> int:
             return LOCK_LOST if watch.lock_lost() else AGENT_GONE
         if not attempt.finish(*ended):
             return LOCK_LOST
-    except OSError as error:  # from begin or finish: the record cannot be written
-        reason = error.strerror or error
-        print("lokt-tasks: cannot write %s: %s" % (attempt.record, reason), file=sys.stderr)
+    except OSError as error:  # from begin or finish: the log or the record
+        where, reason = error.filename or attempt.record, error.strerror or error
+        print("lokt-tasks: cannot write %s: %s" % (where, reason), file=sys.stderr)
         return CANNOT_WRITE
     finally:
         # NOTE: once stopped, more signals must not cut our exit short.

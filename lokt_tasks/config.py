@@ -71,6 +71,13 @@ ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
 #: Far beyond any real suite; a larger count is almost surely a typo.
 MAX_SHARDS = 10000
+#: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a
+#: longer --ttl or --timeout (exit 64), and the embedded engine could write
+#: no expiry lokt reads.
+MAX_DURATION = 2_562_047 * 3600.0
+#: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name
+#: of 255 bytes, the longest most file systems take.
+MAX_TASK_NAME = 200
 DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
 
@@ -233,6 +240,8 @@ def parse_duration(text: str) -> float:
         position = part.end()
     if position == 0 or position < len(text):
         raise DurationError(f"'{text}' is not a duration; expected e.g. \"10m\", \"90s\", \"1h30m\" or \"500ms\"")
+    if seconds > MAX_DURATION:
+        raise DurationError(f"'{text}' is longer than lokt can hold (2562047h, Go's longest duration)")
     return seconds
 
 
@@ -546,7 +555,7 @@ def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
         position = re.search(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)$", message)
         if position:
             message = message[:position.start()] + (" at end of file" if position.group(3) else "")
-            line, column = position.group(1) or line, position.group(2) or column
+            line, column = int(position.group(1) or line), int(position.group(2) or column)
         line, column = getattr(error, "lineno", line), getattr(error, "colno", column)
         where = f"{display_path(path)}:{line}:{column}"
         raise ConfigError(f"{where}: invalid TOML: {message}") from None
@@ -557,6 +566,9 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
     if not _TASK_NAME.fullmatch(name) or ".." in name:
         problem = "task names may only use letters, digits, '.', '_' and '-' (no '..')"
         raise config_error(path, here, f"{problem}, because they become lock names")
+    if len(name) > MAX_TASK_NAME:
+        problem = f"task names are at most {MAX_TASK_NAME} characters"
+        raise config_error(path, here, f"{problem}, because they become lock and file names")
     if table == {}:
         problem = f"empty task; set run and one of glob, collect or [[{here}.shard]]"
         raise config_error(path, here, problem)

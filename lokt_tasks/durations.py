@@ -43,7 +43,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from .config import display_path
 from .errors import ConfigError
-from .system import write_atomically
+from .system import read_file, write_atomically
 
 #: Seconds are stored with this many decimals: milliseconds are plenty for
 #: balancing, and fewer digits mean fewer meaningless diffs.
@@ -53,7 +53,7 @@ DECIMALS = 3
 def load_durations(path: Path) -> Dict[str, float]:
     """The timings in ``path``; {} when the file does not exist yet."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_file(path).decode("utf-8", errors="surrogateescape")
     except FileNotFoundError:
         return {}
     except OSError as error:

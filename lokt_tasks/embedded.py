@@ -219,8 +219,10 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
         existing = lockfile.read_lock(path)
     except UnsupportedVersion as error:
         return LockTry(error=f"lock {name!r}: {error}")
-    except (OSError, LockFileError):
+    except (FileNotFoundError, LockFileError):
         return LockTry()  # gone a moment ago, or being written: held by nobody known
+    except OSError as error:  # not a regular file, a symbolic link, unreadable
+        return LockTry(error=f"{path}: {error.strerror or error}")
     extra = {"holder_owner": existing.owner, "holder_host": existing.host, "holder_pid": existing.pid}
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
     return LockTry(holder=existing)
@@ -465,8 +467,9 @@ class EmbeddedEngine(Engine):
 
             try:
                 result = self._attempt(attempt, env, cwd, stop, lost)
-            except OSError as error:  # from begin or finish: the record
-                message = f"cannot write {attempt.record}: {error.strerror or error}"
+            except OSError as error:  # from begin or finish: the log or the record
+                where = error.filename or attempt.record
+                message = f"cannot write {where}: {error.strerror or error}"
                 result = GuardResult(GuardState.ERROR, message=message)
         return result
 

@@ -5,6 +5,8 @@ can tell "the tests failed" from "another agent holds this shard" without
 parsing output. The table is a public contract: README.md documents it.
 """
 
+import errno
+
 PASSED = 0
 #: lokt-tasks itself failed: an unexpected error, or invoke's own parser
 #: rejected the command line (invoke exits 1 for an unknown task or flag).
@@ -18,7 +20,9 @@ FAILED = 3
 INCOMPLETE = 4
 #: The shard's lock is held (or frozen) by another agent; nothing ran.
 HELD = 5
-#: The lock engine failed: lokt missing or erroring, lock root unusable.
+#: The lock engine or storage failed: lokt missing or erroring, the lock
+#: root, the results directory or a log unusable (read-only, full, not a
+#: regular file, a symbolic link).
 ENGINE = 6
 #: Stopped by SIGINT / SIGTERM (128 + signal number, as shells do).
 INTERRUPTED_SIGINT = 130
@@ -52,3 +56,18 @@ class EngineError(LoktTasksError):
     """The lock engine could not do its job."""
 
     exit_code = ENGINE
+
+
+class StorageError(LoktTasksError):
+    """A file or directory we read or write is unusable. Names the path."""
+
+    exit_code = ENGINE
+
+
+def storage_error(error: OSError) -> LoktTasksError:
+    """The one-line error for an OSError met on a path: a usage error when
+    the path is too long (a task name or run key made it so), else storage."""
+    where = error.filename if error.filename is not None else "a file"
+    if error.errno == errno.ENAMETOOLONG:
+        return UsageError(f"{where}: path too long (shorten the task name or the run key)")
+    return StorageError(f"{where}: {error.strerror or error}")

@@ -251,8 +251,8 @@ def parse_lock(text: str, *, allow_newer: bool = False) -> LockData:
 
 
 def read_text(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+    """A lock or freeze file's text (``system.open_file``: no FIFO, no link)."""
+    return system.read_file(path).decode("utf-8", "replace")
 
 
 def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
@@ -399,7 +399,7 @@ def audit_line(
 def append_audit(root: Path, line: str) -> None:
     """Append one line with O_APPEND + fsync. Never fails the lock operation."""
     try:
-        fd = os.open(root / "audit.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = system.open_file(root / "audit.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode("utf-8"))
             os.fsync(fd)

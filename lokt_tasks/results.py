@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 from .attempt import STAMPED_FIELDS, record_text
 from .errors import LoktTasksError, UsageError
 from .states import RecordOutcome
-from .system import utc_now, write_atomically
+from .system import read_file, utc_now, write_atomically
 
 if TYPE_CHECKING:
     from .plan import Shard
@@ -60,6 +60,9 @@ LOCAL_RUN_KEY = "local"
 
 #: Longest run key accepted from ``--run`` or the environment.
 MAX_RUN_KEY_LENGTH = 128
+
+#: The longest file name most file systems take (NAME_MAX).
+MAX_COMPONENT_BYTES = 255
 
 #: A record file larger than this is not a record (they are a few hundred bytes).
 MAX_RECORD_BYTES = 1024 * 1024
@@ -348,8 +351,7 @@ def read_record(path: Path) -> Optional[AnyRecord]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_RECORD_BYTES + 1)
+        raw = read_file(path, MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -535,6 +537,11 @@ def validate_run_key(key: str, source: str = "--run") -> str:
         raise UsageError("%s: the run key %r must not contain '..'" % (source, key))
     if not key.isprintable() or key != key.strip():
         raise UsageError("%s: the run key %r must be printable, without leading or trailing space" % (source, key))
+    if len(safe_component(key)) > MAX_COMPONENT_BYTES:
+        raise UsageError(
+            "%s: the run key %r is too long once escaped for a directory name (%d bytes at most)"
+            % (source, key, MAX_COMPONENT_BYTES)
+        )
     return key
 
 

@@ -11,6 +11,7 @@ function needs them, ``subprocess`` only in the agent's own process.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 
@@ -334,6 +335,70 @@ def bootstrap(module: str) -> list:
 
 
 # --- Files and time -----------------------------------------------------------
+
+
+def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """``os.open`` for the files we read and append to (records, logs, lock
+    files, the audit log): a descriptor of a regular file, or OSError.
+
+    It never blocks on a FIFO, never follows a symbolic link at ``path``
+    (one placed there would make us read or write its target), and refuses
+    a directory, a device or a socket: the error says what ``path`` is.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as error:
+        import errno  # on failure only: the attempt process starts without it
+
+        if error.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise OSError(error.errno, "is a symbolic link, not followed", os.fspath(path)) from None
+        if error.errno == errno.ENXIO:  # a FIFO opened for writing, with no reader
+            raise OSError(error.errno, "is not a regular file", os.fspath(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "is not a regular file", os.fspath(path))  # EINVAL
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def untrusted_directory(path: str | os.PathLike) -> str | None:
+    """Why records, logs and locks under directory ``path`` cannot be trusted,
+    or None: another user could write them. As ssh and git judge it: the
+    directory (or, while it does not exist, the nearest one above it that
+    does) must be owned by us or by root, and no directory on the way may be
+    writable by every user unless it is sticky (as /tmp is). A directory
+    writable by our group is a team's choice (umask 002), and allowed.
+    """
+    current = os.path.abspath(path)
+    owner_checked = False
+    while True:
+        try:
+            status = os.stat(current)
+        except FileNotFoundError:
+            status = None
+        except OSError as error:
+            return "%s: %s" % (current, error.strerror)
+        if status is not None:
+            if not owner_checked and status.st_uid not in (os.getuid(), 0):
+                return "%s is owned by another user (uid %d)" % (current, status.st_uid)
+            owner_checked = True
+            if status.st_mode & 0o002 and not status.st_mode & stat.S_ISVTX:
+                mode = stat.S_IMODE(status.st_mode)
+                return "%s is writable by every user (mode %04o)" % (current, mode)
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def read_file(path: str | os.PathLike, limit: int = -1) -> bytes:
+    """The bytes of a regular file (see :func:`open_file`), at most ``limit``."""
+    with open(open_file(path), "rb") as handle:
+        return handle.read(limit)
 
 
 def write_atomically(

@@ -41,6 +41,7 @@ from .states import (
     ShardState,
     ordered,
 )
+from .system import untrusted_directory
 from .text import word_list
 from .verdict import (
     Verdict,
@@ -87,6 +88,9 @@ def user_errors(body):
             # other command-line tools do, without a traceback at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise Exit(code=128 + signal.SIGPIPE) from None
+        except OSError as error:  # a path we could not use: one line, naming it
+            failure = errors.storage_error(error)
+            raise Exit(f"lokt-tasks: error: {failure}", code=failure.exit_code) from None
 
     return wrapper
 
@@ -125,6 +129,10 @@ def _setup(
         results_dir = Path(results).resolve()
     else:
         results_dir = loaded.results or default_results_dir(lock_root)
+    for directory, what in ((lock_root, "lock root"), (results_dir, "results directory")):
+        problem = untrusted_directory(directory)
+        if problem:
+            raise errors.StorageError(f"{what}: {problem}; its records and locks cannot be trusted")
     store = RecordStore(results_dir)
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
@@ -460,7 +468,9 @@ def verify(c, task, json=False, junit=None, wait=False, timeout=None, engine=Non
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         verdict = _judge(setup, settings.engine)
     if junit:
-        Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
+        report = Path(junit)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(verdict_to_junit(verdict), encoding="utf-8")
     if json:
         print(_json_dumps(verdict_to_json(verdict)))
     else:

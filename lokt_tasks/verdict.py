@@ -77,6 +77,7 @@ from .states import (
     RecordOutcome,
     ShardState,
 )
+from .system import open_file
 from .text import Cell, format_seconds, paint, shorten, table
 
 if TYPE_CHECKING:
@@ -505,7 +506,7 @@ def tail(path: Union[str, "os.PathLike[str]", None], lines: int = 20, *, max_byt
         return ""
     block = 8192
     try:
-        with open(path, "rb") as handle:
+        with open(open_file(path), "rb") as handle:
             position = handle.seek(0, os.SEEK_END)
             data = b""
             while position > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:

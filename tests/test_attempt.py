@@ -25,7 +25,9 @@ from scratch import wait_for
 
 #: All an attempt may import: the standard library (ctypes on macOS only),
 #: and of the package only ``system``.
-STANDARD_MODULES = {"__future__", "_signal", "ctypes", "json", "os", "signal", "subprocess", "sys", "time"}
+STANDARD_MODULES = {
+    "__future__", "_signal", "ctypes", "errno", "json", "os", "signal", "stat", "subprocess", "sys", "time",
+}
 
 
 def attempt_argv(path: Path, start: Record, command, skip=(), *, log=None):
