@@ -492,6 +492,19 @@ class RecordStore:
                 records[shard] = record
         return records
 
+    def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
+        """The run in which ``owner`` last started ``shard`` and has not
+        finished it (its start record is the newest of theirs), or None."""
+        found = []
+        for run_key in self.runs(task):
+            record = self.read(task, run_key, shard)
+            if isinstance(record, Record) and record.owner == owner:
+                found.append((record.started_at, record.outcome, run_key))
+        if not found:
+            return None
+        _, outcome, run_key = max(found)
+        return run_key if outcome == RecordOutcome.RUNNING else None
+
     def runs(self, task: str) -> List[str]:
         """Run keys that have records for ``task``, oldest first by last write."""
         task_dir = self.task_dir(task)

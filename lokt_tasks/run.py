@@ -110,6 +110,16 @@ def run_shard(
         cwd=settings.cwd,
         stop=stop,
     )
+    if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
+        other = store.running_for(shard.task, shard.index, guard.holder.owner)
+        if other is not None and other != settings.run_key:
+            # NOTE: every run of a task shares its lock names (the convention
+            # the docs teach). Another run's agent holds this one: runs do not
+            # fail each other, so wait for it, as with --wait.
+            guard = settings.engine.guard(
+                shard.lock_name, attempt, ttl=settings.ttl, wait=True,
+                timeout=settings.timeout, cwd=settings.cwd, stop=stop,
+            )
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)
 

@@ -185,6 +185,15 @@ def judge_live(
     """
     records: Dict[int, Union[Record, CorruptRecord]] = dict(store.read_run(plan.task, run_key))
     holders = {shard.lock_name: holder_of(shard.lock_name) for shard in plan.shards}
+    for shard in plan.shards:
+        # NOTE: every run of a task shares its lock names: a live holder that
+        # runs the shard for another run is not running it for this one.
+        holder = holders[shard.lock_name]
+        if holder_is_live(holder) and not _started_by(records.get(shard.index), holder):
+            assert holder is not None
+            other = store.running_for(plan.task, shard.index, holder.owner)
+            if other is not None and other != run_key:
+                holders[shard.lock_name] = None
     verdict = judge(plan, records, holders, run_key=run_key, now=now)
     for _ in range(rounds):
         moved_on = False
@@ -204,6 +213,15 @@ def judge_live(
             break
         verdict = judge(plan, records, holders, run_key=run_key, now=now)
     return verdict
+
+
+def _started_by(record: Union[Record, CorruptRecord, None], holder: Holder) -> bool:
+    """Whether ``record`` is the start record of ``holder``'s attempt."""
+    return (
+        isinstance(record, Record)
+        and record.outcome == RecordOutcome.RUNNING
+        and record.owner == holder.owner
+    )
 
 
 def _overall(rows: Tuple[Row, ...]) -> OverallVerdict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from scratch import PASS, WAIT, git, make_project, open_gate, ran, start_cli, states, verdict  # noqa: E402
 from test_engine_conformance import (  # noqa: E402
     ENGINES,
     NAME,
@@ -28,8 +30,9 @@ from test_engine_conformance import (  # noqa: E402
     write_lock,
 )
 
-from lokt_tasks import lockfile, system  # noqa: E402
+from lokt_tasks import errors, lockfile, system  # noqa: E402
 
+needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
@@ -214,3 +217,35 @@ def test_two_agents_of_one_name_never_both_run(engine_name, tmp_path, spawn):
     assert not (tmp_path / "second-ran").exists()
     release.touch()
     assert first.result()["state"] == "ran"
+
+
+@pytest.mark.parametrize("engine", ["embedded", pytest.param("lokt", marks=needs_lokt)])
+def test_runs_of_two_worktrees_never_fail_each_other(tmp_path, engine):
+    """Two worktrees with different edits are two runs (two run keys) that
+    share lock names: the second waits for the first instead of failing,
+    and neither's verdict shows the other's agent as running its shard."""
+    suite = {"check_1.py": WAIT, "check_2.py": PASS}
+    project = make_project(tmp_path / "main", suite, shards=2)
+    other = tmp_path / "wt2"
+    git(project, "worktree", "add", "-q", "-b", "agent2", str(other))
+    (other / "run_checks.py").write_text((other / "run_checks.py").read_text() + "\n# edited\n")
+    first = start_cli(project, "shard", "checks", "--id", "1", "--agent", "alice", "--engine", engine)
+    second = None
+    try:
+        wait_for(lambda: "check_1.py" in ran(project), "alice's shard")
+        second = start_cli(other, "shard", "checks", "--id", "1", "--agent", "bob", "--engine", engine)
+        time.sleep(1.0)
+        assert second.poll() is None, second.communicate()  # waiting, not failed
+        mine = verdict(other, "checks", "--engine", engine)
+        assert mine["run_key"] != verdict(project, "checks", "--engine", engine)["run_key"]
+        assert states(mine)[0] == "missing"  # alice runs it for the other run
+        assert states(verdict(project, "checks", "--engine", engine))[0] == "running"
+    finally:
+        open_gate(project, "check_1.py")
+        open_gate(other, "check_1.py")
+        first.wait(timeout=60)
+        if second is not None:
+            output = second.communicate(timeout=60)
+    assert first.returncode == errors.PASSED
+    assert second.returncode == errors.PASSED, output
+    assert states(verdict(other, "checks", "--engine", engine))[0] == "passed"
