@@ -9,7 +9,8 @@ number, and nothing depends on this machine (CPU count, file order on disk).
 
 Items
     ``glob``: files only (directories are skipped, symlinks to files count),
-    relative to the directory of shards.toml. ``*``, ``?`` and ``[abc]``
+    relative to the directory of shards.toml; wcmatch gives the patterns
+    their meaning (see :mod:`lokt_tasks.globs`). ``*``, ``?`` and ``[abc]``
     match within one path segment; ``**`` as a whole segment matches any
     number of segments, including none. Wildcards do not match names that
     start with a dot (``.git``, ``.venv``, ``.lokt``) unless the pattern
