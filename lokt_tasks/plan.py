@@ -9,7 +9,8 @@ number, and nothing depends on this machine (CPU count, file order on disk).
 
 Items
     ``glob``: files only (directories are skipped, symlinks to files count),
-    relative to the directory of shards.toml. ``*``, ``?`` and ``[abc]``
+    relative to the directory of shards.toml; wcmatch gives the patterns
+    their meaning (see :mod:`lokt_tasks.globs`). ``*``, ``?`` and ``[abc]``
     match within one path segment; ``**`` as a whole segment matches any
     number of segments, including none. Wildcards do not match names that
     start with a dot (``.git``, ``.venv``, ``.lokt``) unless the pattern
@@ -79,13 +80,11 @@ else items.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import heapq
 import json
 import math
 import os
-import re
 import shlex
 import stat
 import struct
@@ -93,7 +92,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import (
     MAX_SHARDS,
@@ -108,6 +107,7 @@ from .config import (
 )
 from .durations import load_durations
 from .errors import ConfigError, UsageError
+from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
 #: Left in a shard's argv by the plan; the run layer replaces it with the
@@ -368,249 +368,7 @@ def _glob_key(config: Config, pattern: str, exclude: Sequence[str], key: str) ->
         if (config.root / pattern).is_dir():
             hint = f" ('{pattern}' is a directory; for the files below it write '{pattern.rstrip('/')}/**')"
         raise config_error(config.path, key, f"'{pattern}' matches no files{hint}")
-    return without_excluded(matched, exclude)
-
-
-def without_excluded(items: Sequence[str], exclude: Sequence[str]) -> List[str]:
-    """``items`` that :func:`is_excluded` keeps, in order.
-
-    Many items share a directory, so the work for the directory part of a
-    path (is a parent excluded, where does each pattern stand after it) is
-    done once per directory; each item then costs one match of its name.
-    """
-    if not exclude:
-        return list(items)
-    patterns = [_CompiledPattern(_segments(pattern)) for pattern in exclude]
-    # For each parent directory: None if it is excluded itself, else a test
-    # of the last segment for each pattern that could still match a path in it.
-    by_parent: Dict[str, Optional[List[Callable[[str], bool]]]] = {}
-    kept = []
-    for item in items:
-        parent, _, name = item.rpartition("/")
-        if parent not in by_parent:
-            by_parent[parent] = _patterns_for_parent(parent, patterns, exclude)
-        waiting = by_parent[parent]
-        if waiting is None:
-            continue
-        if not waiting or name in ("", "."):
-            kept.append(item)  # nothing can match it, or the path is its parent's, not excluded
-        elif not any(matches(name) for matches in waiting):
-            kept.append(item)
-    return kept
-
-
-def _patterns_for_parent(
-    parent: str, patterns: Sequence["_CompiledPattern"], exclude: Sequence[str]
-) -> Optional[List[Callable[[str], bool]]]:
-    if is_excluded(parent, exclude):
-        return None
-    parent_segments = _segments(parent)
-    waiting = []
-    for pattern in patterns:
-        matches = pattern.file_matcher(pattern.after(parent_segments))
-        if matches is not None:
-            waiting.append(matches)
-    return waiting
-
-
-def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[str]:
-    """Files below ``root`` matching ``pattern``, as sorted POSIX relative paths.
-
-    Directories matched by ``exclude`` are not entered, which keeps large
-    ignored trees (node_modules, build output) from slowing the walk; the
-    caller still filters files with :func:`is_excluded`. Nor are directories
-    where no file could match: the walk carries, per directory, the places in
-    the pattern its path can have reached (see :class:`_CompiledPattern`),
-    so each file name is matched once instead of its whole path.
-    """
-    segments = _segments(pattern)
-    literal_length = 0
-    while literal_length < len(segments) - 1 and not _has_magic(segments[literal_length]):
-        literal_length += 1
-    if not _has_magic(segments[-1]) and literal_length == len(segments) - 1:
-        relative = "/".join(segments)
-        return [relative] if os.path.isfile(root / relative) else []
-
-    base_parts = segments[:literal_length]
-    base = root.joinpath(*base_parts) if base_parts else root
-    if not os.path.isdir(base):
-        return []
-    compiled = _CompiledPattern(segments)
-    enter_hidden = any(segment.startswith(".") for segment in segments)
-    found = []
-    pending = [(str(base), "/".join(base_parts), compiled.start(literal_length))]
-    while pending:
-        directory, relative_dir, positions = pending.pop()
-        try:
-            with os.scandir(directory) as listing:
-                entries = list(listing)
-        except OSError:
-            continue  # unreadable or vanished: skipped, as os.walk does
-        file_matches = compiled.file_matcher(positions)
-        for entry in entries:
-            name = entry.name
-            if _is_dir(entry):
-                # Symlinked directories are not entered (os.walk's default).
-                if entry.is_symlink() or (name.startswith(".") and not enter_hidden):
-                    continue
-                relative = relative_dir + "/" + name if relative_dir else name
-                inner = compiled.advance(positions, name)
-                if compiled.can_continue(inner) and not is_excluded(relative, exclude):
-                    pending.append((entry.path, relative, inner))
-            elif file_matches is not None and file_matches(name) and _is_file(entry):
-                found.append(relative_dir + "/" + name if relative_dir else name)
-    return sorted(found)
-
-
-def _is_dir(entry: "os.DirEntry[str]") -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _is_file(entry: "os.DirEntry[str]") -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-class _CompiledPattern:
-    """A glob pattern as a small state machine over path segments.
-
-    A state is a set of positions in the pattern's segments: the places a
-    path matched so far could have reached. ``**`` may stay where it is
-    (it matched one more segment) or be passed over (it matched none). This
-    is the same language as :func:`_match`, computed once per directory
-    instead of once per file, with each segment's regular expression
-    compiled once.
-    """
-
-    def __init__(self, segments: Sequence[str]) -> None:
-        self.segments = tuple(segments)
-        self.matchers = tuple(None if segment == "**" else _segment_matcher(segment) for segment in segments)
-        end = len(self.segments)
-        #: only_stars_from[p]: segments p.. are all "**", so a path may end at p.
-        self.only_stars_from = [all(segment == "**" for segment in self.segments[position:]) for position in range(end + 1)]
-
-    def start(self, position: int) -> FrozenSet[int]:
-        return self._pass_stars({position})
-
-    def after(self, path_segments: Sequence[str]) -> FrozenSet[int]:
-        """The positions after matching ``path_segments`` from the start."""
-        positions = self.start(0)
-        for name in path_segments:
-            if not positions:
-                break
-            positions = self.advance(positions, name)
-        return positions
-
-    def advance(self, positions: FrozenSet[int], name: str) -> FrozenSet[int]:
-        """The positions after matching one more segment, ``name``."""
-        reached = set()
-        for position in positions:
-            if position == len(self.segments):
-                continue
-            matcher = self.matchers[position]
-            if matcher is None:
-                if not name.startswith("."):
-                    reached.add(position)
-            elif matcher(name):
-                reached.add(position + 1)
-        return self._pass_stars(reached)
-
-    def can_continue(self, positions: FrozenSet[int]) -> bool:
-        """Whether a longer path could still match (some segment is left)."""
-        return any(position < len(self.segments) for position in positions)
-
-    def file_positions(self, positions: FrozenSet[int]) -> Tuple[int, ...]:
-        """Positions from which one more segment can end the match."""
-        return tuple(
-            position for position in sorted(positions)
-            if position < len(self.segments)
-            and self.only_stars_from[position if self.matchers[position] is None else position + 1]
-        )
-
-    def file_matcher(self, positions: FrozenSet[int]) -> Optional[Callable[[str], bool]]:
-        """A test of whether a name, as the last segment, completes the match; None if none can.
-
-        It runs once per file name, so when one segment is left to match,
-        that segment's own matcher is the test.
-        """
-        file_positions = self.file_positions(positions)
-        if not file_positions:
-            return None
-        if len(file_positions) == 1 and self.matchers[file_positions[0]] is not None:
-            return self.matchers[file_positions[0]]
-        return lambda name: self.ends_with(file_positions, name)
-
-    def ends_with(self, file_positions: Tuple[int, ...], name: str) -> bool:
-        """Whether ``name``, as the last segment, completes the match."""
-        for position in file_positions:
-            matcher = self.matchers[position]
-            if (not name.startswith(".")) if matcher is None else matcher(name):
-                return True
-        return False
-
-    def _pass_stars(self, positions: Set[int]) -> FrozenSet[int]:
-        reached = set(positions)
-        pending = list(positions)
-        while pending:
-            position = pending.pop()
-            if position < len(self.segments) and self.segments[position] == "**" and position + 1 not in reached:
-                reached.add(position + 1)
-                pending.append(position + 1)
-        return frozenset(reached)
-
-
-def _segment_matcher(segment: str) -> Callable[[str], bool]:
-    """``_segment_matches(segment, name)`` with the regular expression compiled once."""
-    match = re.compile(fnmatch.translate(segment)).match
-    if segment.startswith("."):
-        return lambda name: match(name) is not None
-    return lambda name: not name.startswith(".") and match(name) is not None
-
-
-def is_excluded(item: str, exclude: Sequence[str]) -> bool:
-    """Whether a pattern matches the item's path or one of its parent directories."""
-    if not exclude:
-        return False
-    path_segments = _segments(item)
-    for pattern in exclude:
-        pattern_segments = _segments(pattern)
-        for length in range(1, len(path_segments) + 1):
-            if _match(pattern_segments, path_segments[:length]):
-                return True
-    return False
-
-
-def _segments(path: str) -> List[str]:
-    return [segment for segment in path.split("/") if segment not in ("", ".")]
-
-
-def _has_magic(segment: str) -> bool:
-    return any(char in segment for char in "*?[")
-
-
-def _match(pattern: Sequence[str], path: Sequence[str]) -> bool:
-    if not pattern:
-        return not path
-    head = pattern[0]
-    if head == "**":
-        for skip in range(len(path) + 1):
-            if _match(pattern[1:], path[skip:]):
-                return True
-            if skip < len(path) and path[skip].startswith("."):
-                return False
-        return False
-    return bool(path) and _segment_matches(head, path[0]) and _match(pattern[1:], path[1:])
-
-
-def _segment_matches(pattern: str, name: str) -> bool:
-    if name.startswith(".") and not pattern.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, pattern)
+    return matched
 
 
 def _collect_items(config: Config, task: TaskConfig) -> List[str]:
@@ -639,7 +397,7 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     lines = set(_listed_items(completed.stdout))
     if not lines:
         raise config_error(config.path, key, f"'{command}' printed no items")
-    items = sorted(item for item in lines if not is_excluded(item, task.exclude))
+    items = without_excluded(sorted(lines), task.exclude)
     if not items:
         raise config_error(
             config.path, key_path("tasks", task.name, "exclude"),
@@ -706,7 +464,7 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
 def _normal_item(item: str) -> str:
     if item.endswith("/..."):
         item = item[:-len("/...")]
-    return "/".join(_segments(item))
+    return normal_path(item)
 
 
 def _is_covered(path: str, covered: set) -> bool:
