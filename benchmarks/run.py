@@ -16,6 +16,7 @@ Only the standard library and lokt-tasks itself are used, so it runs from a
 fresh ``pip install -e .``. Everything happens in a temporary directory that
 is removed at the end; locks go to a lock root of their own there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lokt_tasks
-from lokt_tasks.config import load_config
 from lokt_tasks.attempt import Attempt
+from lokt_tasks.config import load_config
 from lokt_tasks.engine import make_identity
 from lokt_tasks.lokt_engine import find_lokt_binary
 from lokt_tasks.plan import build_plan
@@ -70,10 +71,26 @@ class Sizes:
     full: bool
 
 
-FULL = Sizes(repeat=3, shard_counts=(8, 32), balance_shards=(2, 4, 8, 32), scale_files=100_000,
-             verify_records=1_000, e2e_files=40, e2e_sleep=20.0, full=True)
-QUICK = Sizes(repeat=1, shard_counts=(2, 6), balance_shards=(2, 4, 8, 32), scale_files=5_000,
-              verify_records=100, e2e_files=12, e2e_sleep=3.0, full=False)
+FULL = Sizes(
+    repeat=3,
+    shard_counts=(8, 32),
+    balance_shards=(2, 4, 8, 32),
+    scale_files=100_000,
+    verify_records=1_000,
+    e2e_files=40,
+    e2e_sleep=20.0,
+    full=True,
+)
+QUICK = Sizes(
+    repeat=1,
+    shard_counts=(2, 6),
+    balance_shards=(2, 4, 8, 32),
+    scale_files=5_000,
+    verify_records=100,
+    e2e_files=12,
+    e2e_sleep=3.0,
+    full=False,
+)
 
 
 @dataclass
@@ -118,30 +135,54 @@ def run_measured(argv: Sequence[str], *, cwd: Path, env: Dict[str, str]) -> Meas
     """
     with tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
-        process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=errors)
+        process = subprocess.Popen(
+            list(argv),
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
         errors.seek(0)
         stderr = errors.read().decode("utf-8", "replace")
-    return Measured(wall, usage.ru_utime + usage.ru_stime, max_rss_mib(usage.ru_maxrss), process.returncode, stderr)
+    return Measured(
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        max_rss_mib(usage.ru_maxrss),
+        process.returncode,
+        stderr,
+    )
 
 
-def run_checked(argv: Sequence[str], *, cwd: Path, env: Dict[str, str], expect: int = 0) -> Measured:
+def run_checked(
+    argv: Sequence[str], *, cwd: Path, env: Dict[str, str], expect: int = 0
+) -> Measured:
     measured = run_measured(argv, cwd=cwd, env=env)
     if measured.returncode != expect:
-        raise SystemExit("benchmark command failed (exit %d, expected %d): %s\n%s"
-                         % (measured.returncode, expect, " ".join(argv), measured.stderr[-2000:]))
+        raise SystemExit(
+            "benchmark command failed (exit %d, expected %d): %s\n%s"
+            % (measured.returncode, expect, " ".join(argv), measured.stderr[-2000:])
+        )
     return measured
 
 
-def run_parallel(commands: Sequence[Sequence[str]], *, jobs: int, cwd: Path, env: Dict[str, str]) -> Tuple[float, float]:
+def run_parallel(
+    commands: Sequence[Sequence[str]], *, jobs: int, cwd: Path, env: Dict[str, str]
+) -> Tuple[float, float]:
     """Start ``commands`` with ``jobs`` at once, as shard-all does; wall and CPU seconds."""
 
     def run_one(argv: Sequence[str]) -> int:
-        return subprocess.run(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        return subprocess.run(
+            list(argv),
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -150,7 +191,10 @@ def run_parallel(commands: Sequence[Sequence[str]], *, jobs: int, cwd: Path, env
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if any(codes):
-        raise SystemExit("baseline command failed: %s (exit codes %s)" % (" ".join(commands[0]), sorted(set(codes))))
+        raise SystemExit(
+            "baseline command failed: %s (exit codes %s)"
+            % (" ".join(commands[0]), sorted(set(codes)))
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
@@ -252,7 +296,9 @@ def cpu_model() -> str:
         pass
     if sys.platform == "darwin":
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
+            ).stdout.strip()
         except OSError:
             pass
     return platform.processor() or "unknown"
@@ -260,7 +306,9 @@ def cpu_model() -> str:
 
 def lokt_version(binary: str) -> str:
     try:
-        output = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        output = subprocess.run(
+            [binary, "version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return output.splitlines()[0] if output else "unknown"
@@ -276,7 +324,9 @@ def load_average() -> Optional[List[float]]:
 # ---------------------------------------------------------------- overhead
 
 
-def bench_overhead(work: Path, sizes: Sizes, jobs: int, lokt: Optional[str], say: Callable[[str], None]) -> Dict[str, Any]:
+def bench_overhead(
+    work: Path, sizes: Sizes, jobs: int, lokt: Optional[str], say: Callable[[str], None]
+) -> Dict[str, Any]:
     """shard-all over N no-op shards against the same N commands started directly.
 
     Each shard's command is ``true`` with its items as arguments. The
@@ -291,30 +341,56 @@ def bench_overhead(work: Path, sizes: Sizes, jobs: int, lokt: Optional[str], say
     for number in range(1, max(sizes.shard_counts) + 1):
         (project / "items" / ("item-%03d" % number)).write_text("x\n")
     (project / "shards.toml").write_text(
-        "[tasks.noop]\n"
-        'run = "true {items}"\n'
-        'glob = ["items/*"]\n'
-        "shards = 1\n"
-        'ttl = "1m"\n'
+        '[tasks.noop]\nrun = "true {items}"\nglob = ["items/*"]\nshards = 1\nttl = "1m"\n'
     )
     env = bench_env(work / "locks-overhead")
     results_dir = work / "results-overhead"
     engines = ["embedded"] + (["lokt"] if lokt else [])
     # One untimed run per engine fills the bytecode cache and the OS's caches.
     for engine in engines:
-        run_checked(lokt_tasks_command("shard-all", "noop", "--config", str(project / "shards.toml"), "--shards", "2",
-                                       "--engine", engine, "--run", "warm-up-" + engine, "--results", str(results_dir)),
-                    cwd=project, env=env)
+        run_checked(
+            lokt_tasks_command(
+                "shard-all",
+                "noop",
+                "--config",
+                str(project / "shards.toml"),
+                "--shards",
+                "2",
+                "--engine",
+                engine,
+                "--run",
+                "warm-up-" + engine,
+                "--results",
+                str(results_dir),
+            ),
+            cwd=project,
+            env=env,
+        )
 
     startup = {
-        "python -c pass": [run_checked([sys.executable, "-c", "pass"], cwd=project, env=env).wall for _ in range(sizes.repeat + 2)],
-        "python -I -S -c pass": [
-            run_checked([sys.executable, "-I", "-S", "-c", "pass"], cwd=project, env=env).wall for _ in range(sizes.repeat + 2)
+        "python -c pass": [
+            run_checked([sys.executable, "-c", "pass"], cwd=project, env=env).wall
+            for _ in range(sizes.repeat + 2)
         ],
-        "lokt-tasks --version": [run_checked(lokt_tasks_command("--version"), cwd=project, env=env).wall for _ in range(sizes.repeat + 2)],
+        "python -I -S -c pass": [
+            run_checked([sys.executable, "-I", "-S", "-c", "pass"], cwd=project, env=env).wall
+            for _ in range(sizes.repeat + 2)
+        ],
+        "lokt-tasks --version": [
+            run_checked(lokt_tasks_command("--version"), cwd=project, env=env).wall
+            for _ in range(sizes.repeat + 2)
+        ],
     }
-    say("  start-up (median of %d): %s" % (
-        sizes.repeat + 2, "; ".join("%s %.0f ms" % (name, statistics.median(samples) * 1000) for name, samples in startup.items())))
+    say(
+        "  start-up (median of %d): %s"
+        % (
+            sizes.repeat + 2,
+            "; ".join(
+                "%s %.0f ms" % (name, statistics.median(samples) * 1000)
+                for name, samples in startup.items()
+            ),
+        )
+    )
 
     by_engine: Dict[str, Any] = {}
     for engine in engines:
@@ -332,21 +408,61 @@ def bench_overhead(work: Path, sizes: Sizes, jobs: int, lokt: Optional[str], say
                     wall, cpu = run()
                     series[name][count]["wall"].append(wall)
                     series[name][count]["cpu"].append(cpu)
-            say("  %s, %d shards: %s" % (engine, count, ", ".join(
-                "%s %.0f ms" % (name, statistics.median(series[name][count]["wall"]) * 1000) for name in series)))
+            say(
+                "  %s, %d shards: %s"
+                % (
+                    engine,
+                    count,
+                    ", ".join(
+                        "%s %.0f ms" % (name, statistics.median(series[name][count]["wall"]) * 1000)
+                        for name in series
+                    ),
+                )
+            )
         by_engine[engine] = _overhead_summary(series, sizes.shard_counts, jobs)
-    return {"jobs": jobs, "repeat": sizes.repeat, "shard_counts": list(sizes.shard_counts),
-            "startup_ms": {name: round(statistics.median(samples) * 1000, 1) for name, samples in startup.items()},
-            "startup_samples_s": startup, "engines": by_engine}
+    return {
+        "jobs": jobs,
+        "repeat": sizes.repeat,
+        "shard_counts": list(sizes.shard_counts),
+        "startup_ms": {
+            name: round(statistics.median(samples) * 1000, 1) for name, samples in startup.items()
+        },
+        "startup_samples_s": startup,
+        "engines": by_engine,
+    }
 
 
-def _overhead_runs(engine: str, count: int, rep: int, jobs: int, project: Path, results_dir: Path,
-                   env: Dict[str, str], lokt: Optional[str]) -> List[Tuple[str, Callable[[], Tuple[float, float]]]]:
+def _overhead_runs(
+    engine: str,
+    count: int,
+    rep: int,
+    jobs: int,
+    project: Path,
+    results_dir: Path,
+    env: Dict[str, str],
+    lokt: Optional[str],
+) -> List[Tuple[str, Callable[[], Tuple[float, float]]]]:
     def lokt_tasks_run() -> Tuple[float, float]:
-        measured = run_checked(lokt_tasks_command(
-            "shard-all", "noop", "--config", str(project / "shards.toml"), "--shards", str(count),
-            "--jobs", str(jobs), "--engine", engine, "--run", "%s-%d-%d" % (engine, count, rep),
-            "--results", str(results_dir)), cwd=project, env=env)
+        measured = run_checked(
+            lokt_tasks_command(
+                "shard-all",
+                "noop",
+                "--config",
+                str(project / "shards.toml"),
+                "--shards",
+                str(count),
+                "--jobs",
+                str(jobs),
+                "--engine",
+                engine,
+                "--run",
+                "%s-%d-%d" % (engine, count, rep),
+                "--results",
+                str(results_dir),
+            ),
+            cwd=project,
+            env=env,
+        )
         return measured.wall, measured.cpu
 
     def direct_run() -> Tuple[float, float]:
@@ -354,7 +470,10 @@ def _overhead_runs(engine: str, count: int, rep: int, jobs: int, project: Path, 
 
     def bare_guard_run() -> Tuple[float, float]:
         assert lokt is not None
-        commands = [[lokt, "guard", "--ttl", "1m", "bare-%d-%d-%d" % (count, rep, index), "--", "true"] for index in range(count)]
+        commands = [
+            [lokt, "guard", "--ttl", "1m", "bare-%d-%d-%d" % (count, rep, index), "--", "true"]
+            for index in range(count)
+        ]
         return run_parallel(commands, jobs=jobs, cwd=project, env=env)
 
     runs = [("lokt-tasks", lokt_tasks_run), ("direct", direct_run)]
@@ -363,18 +482,33 @@ def _overhead_runs(engine: str, count: int, rep: int, jobs: int, project: Path, 
     return runs
 
 
-def _overhead_summary(series: Dict[str, Dict[int, Dict[str, List[float]]]], counts: Sequence[int], jobs: int) -> Dict[str, Any]:
-    medians = {name: {count: {kind: statistics.median(samples) for kind, samples in values.items()}
-                      for count, values in by_count.items()} for name, by_count in series.items()}
-    fits = {name: {kind: fit_line([(count, medians[name][count][kind]) for count in counts]) for kind in ("wall", "cpu")}
-            for name in series}
+def _overhead_summary(
+    series: Dict[str, Dict[int, Dict[str, List[float]]]], counts: Sequence[int], jobs: int
+) -> Dict[str, Any]:
+    medians = {
+        name: {
+            count: {kind: statistics.median(samples) for kind, samples in values.items()}
+            for count, values in by_count.items()
+        }
+        for name, by_count in series.items()
+    }
+    fits = {
+        name: {
+            kind: fit_line([(count, medians[name][count][kind]) for count in counts])
+            for kind in ("wall", "cpu")
+        }
+        for name in series
+    }
     summary: Dict[str, Any] = {"samples_s": series, "median_s": medians, "comparisons": {}}
     for baseline in [name for name in series if name != "lokt-tasks"]:
         wall_slope = fits["lokt-tasks"]["wall"][0] - fits[baseline]["wall"][0]
         fixed = fits["lokt-tasks"]["wall"][1] - fits[baseline]["wall"][1]
         cpu_slope = fits["lokt-tasks"]["cpu"][0] - fits[baseline]["cpu"][0]
         summary["comparisons"][baseline] = {
-            "ratio": {count: medians["lokt-tasks"][count]["wall"] / medians[baseline][count]["wall"] for count in counts},
+            "ratio": {
+                count: medians["lokt-tasks"][count]["wall"] / medians[baseline][count]["wall"]
+                for count in counts
+            },
             # What each further shard adds to the wall time of the whole run.
             "wall_ms_per_shard": wall_slope * 1000,
             # How much longer each shard keeps one of the `jobs` workers busy.
@@ -385,7 +519,9 @@ def _overhead_summary(series: Dict[str, Dict[int, Dict[str, List[float]]]], coun
     return summary
 
 
-def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable[[str], None]) -> Dict[str, Any]:
+def bench_per_shard(
+    work: Path, sizes: Sizes, lokt: Optional[str], say: Callable[[str], None]
+) -> Dict[str, Any]:
     """One shard at a time: what each layer adds to a shard whose command is ``true``.
 
     In-process calls of the engines and of ``run_shard`` (what shard-all does
@@ -403,16 +539,34 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
 
     def spawn(argv: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
-            if subprocess.run(list(argv), cwd=str(project), env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+            if (
+                subprocess.run(
+                    list(argv),
+                    cwd=str(project),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ).returncode
+                != 0
+            ):
                 raise SystemExit("per-shard benchmark: %s failed" % " ".join(argv))
+
         return run
 
     def guard(engine_name: str) -> Callable[[], None]:
         engine = select_engine(engine_name, identity, root=lock_root)
-        fields = unstamped_json(new_start_record(shard, run_key="per-shard-guard", agent=identity.agent,
-                                                 owner=identity.owner, host=identity.host, pid=os.getpid(),
-                                                 engine=engine_name))
+        fields = unstamped_json(
+            new_start_record(
+                shard,
+                run_key="per-shard-guard",
+                agent=identity.agent,
+                owner=identity.owner,
+                host=identity.host,
+                pid=os.getpid(),
+                engine=engine_name,
+            )
+        )
         path = store.record_path(shard.task, "per-shard-guard", shard.index)
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -421,43 +575,79 @@ def bench_per_shard(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable
             result = engine.guard("bench-" + engine_name, attempt, ttl=60.0, cwd=project)
             if result.state != "ran" or result.exit_code != 0:
                 raise SystemExit("per-shard benchmark: %s guard gave %s" % (engine_name, result))
+
         return run
 
     def shard_run(engine_name: str) -> Callable[[], None]:
-        settings = RunSettings(cwd=project, store=store, run_key="per-shard-" + engine_name,
-                               engine=select_engine(engine_name, identity, root=lock_root), identity=identity, ttl=60.0)
+        settings = RunSettings(
+            cwd=project,
+            store=store,
+            run_key="per-shard-" + engine_name,
+            engine=select_engine(engine_name, identity, root=lock_root),
+            identity=identity,
+            ttl=60.0,
+        )
 
         def run() -> None:
             outcome = run_shard(shard, settings, to_log=True)
             if outcome.state != "passed":
                 raise SystemExit("per-shard benchmark: run_shard gave %s" % outcome.state)
+
         return run
 
     record_path = store.record_path(shard.task, "per-shard-attempt", shard.index)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    start = new_start_record(shard, run_key="per-shard-attempt", agent=identity.agent, owner=identity.owner,
-                             host=identity.host, pid=os.getpid(), engine="none")
+    start = new_start_record(
+        shard,
+        run_key="per-shard-attempt",
+        agent=identity.agent,
+        owner=identity.owner,
+        host=identity.host,
+        pid=os.getpid(),
+        engine="none",
+    )
     attempt_process = Attempt(record_path, unstamped_json(start), ["true"]).argv(os.getpid())
 
     cases: List[Tuple[str, str, Callable[[], None]]] = [
         ("true", "the command alone, started from Python", spawn(["true"])),
     ]
     if lokt:
-        cases.append(("lokt guard", "`lokt guard --ttl 1m NAME -- true`", spawn([lokt, "guard", "--ttl", "1m", "bench-bare", "--", "true"])))
+        cases.append(
+            (
+                "lokt guard",
+                "`lokt guard --ttl 1m NAME -- true`",
+                spawn([lokt, "guard", "--ttl", "1m", "bench-bare", "--", "true"]),
+            )
+        )
     cases.append(("embedded guard", "embedded engine: lock, run true, release", guard("embedded")))
     if lokt:
-        cases.append(("lokt engine guard", "lokt engine: lokt guard + the attempt process around true", guard("lokt")))
+        cases.append(
+            (
+                "lokt engine guard",
+                "lokt engine: lokt guard + the attempt process around true",
+                guard("lokt"),
+            )
+        )
     cases.append(("python start", "`python -c pass`", spawn([sys.executable, "-c", "pass"])))
-    cases.append(("attempt process", "the attempt around true, as the lokt engine starts it: two record writes",
-                  spawn(attempt_process)))
-    cases.append(("run_shard, embedded", "one whole shard as shard-all runs it", shard_run("embedded")))
+    cases.append(
+        (
+            "attempt process",
+            "the attempt around true, as the lokt engine starts it: two record writes",
+            spawn(attempt_process),
+        )
+    )
+    cases.append(
+        ("run_shard, embedded", "one whole shard as shard-all runs it", shard_run("embedded"))
+    )
     if lokt:
         cases.append(("run_shard, lokt", "one whole shard as shard-all runs it", shard_run("lokt")))
     rows = []
     for name, what, call in cases:
         call()  # warm-up
         timed = time_call(call, repeat)
-        rows.append({"name": name, "what": what, "median_ms": timed.wall * 1000, "samples_s": timed.samples})
+        rows.append(
+            {"name": name, "what": what, "median_ms": timed.wall * 1000, "samples_s": timed.samples}
+        )
     say("  " + "; ".join("%s %.0f ms" % (row["name"], row["median_ms"]) for row in rows))
     return {"repeat": repeat, "rows": rows}
 
@@ -479,7 +669,10 @@ def synthetic_suite(rng: random.Random) -> List[Tuple[str, float, int]]:
         suite.append(("tests/integration/test_flow_%02d.py" % number, rng.uniform(2.0, 10.0)))
     for number, seconds in enumerate((60.0, 45.0, 40.0, 30.0)):
         suite.append(("tests/e2e/test_browser_%d.py" % number, seconds))
-    return [(item, round(seconds, 3), int(300 + seconds * 1500 * rng.lognormvariate(0, 0.6))) for item, seconds in suite]
+    return [
+        (item, round(seconds, 3), int(300 + seconds * 1500 * rng.lognormvariate(0, 0.6)))
+        for item, seconds in suite
+    ]
 
 
 def bench_balance(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[str, Any]:
@@ -498,24 +691,39 @@ def bench_balance(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[
         path = project / item
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"#" * size)
-    (project / "shards.toml").write_text("".join(
-        '[tasks.balance-%s]\nrun = "true {items}"\nglob = ["tests/**/*.py"]\nshards = 2\nsplit = "%s"\n\n' % (split, split)
-        for split in ("name", "size", "timings")))
+    (project / "shards.toml").write_text(
+        "".join(
+            '[tasks.balance-%s]\nrun = "true {items}"\nglob = ["tests/**/*.py"]\nshards = 2\nsplit = "%s"\n\n'
+            % (split, split)
+            for split in ("name", "size", "timings")
+        )
+    )
     config = load_config(project / "shards.toml")
     seconds = {item: value for item, value, _ in suite}
     noisy = {item: round(value * rng.uniform(0.8, 1.2), 3) for item, value in seconds.items()}
     total = math.fsum(seconds.values())
     longest = max(seconds.values())
-    modes = (("name", "balance-name", seconds), ("size", "balance-size", seconds),
-             ("timings", "balance-timings", seconds), ("timings (±20%)", "balance-timings", noisy))
+    modes = (
+        ("name", "balance-name", seconds),
+        ("size", "balance-size", seconds),
+        ("timings", "balance-timings", seconds),
+        ("timings (±20%)", "balance-timings", noisy),
+    )
     rows = []
     for count in sizes.balance_shards:
         lower_bound = max(total / count, longest)
         for mode, task, timings in modes:
             plan = build_plan(config, task, shards=count, durations=timings)
             largest = max(math.fsum(seconds[item] for item in shard.items) for shard in plan.shards)
-            rows.append({"shards": count, "split": mode, "largest_s": round(largest, 2),
-                         "lower_bound_s": round(lower_bound, 2), "ratio": round(largest / lower_bound, 3)})
+            rows.append(
+                {
+                    "shards": count,
+                    "split": mode,
+                    "largest_s": round(largest, 2),
+                    "lower_bound_s": round(lower_bound, 2),
+                    "ratio": round(largest / lower_bound, 3),
+                }
+            )
     say("  suite: %d items, %.0f s in all, longest item %.0f s" % (len(suite), total, longest))
     return {"items": len(suite), "total_s": round(total, 2), "longest_s": longest, "rows": rows}
 
@@ -530,7 +738,12 @@ def make_tree(project: Path, files: int) -> float:
     per_directory = 100
     for number in range(files):
         directory_number, file_number = divmod(number, per_directory)
-        directory = project / "tests" / ("pkg_%03d" % (directory_number // 10)) / ("sub_%d" % (directory_number % 10))
+        directory = (
+            project
+            / "tests"
+            / ("pkg_%03d" % (directory_number // 10))
+            / ("sub_%d" % (directory_number % 10))
+        )
         if file_number == 0:
             directory.mkdir(parents=True)
             (directory / "__init__.py").write_bytes(b"")
@@ -551,26 +764,54 @@ def bench_scale(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[st
     project = work / "scale"
     created = make_tree(project, sizes.scale_files)
     say("  created %d files in %.1f s" % (sizes.scale_files, created))
-    (project / "shards.toml").write_text("".join(
-        '[tasks.scale-%s]\nrun = "true {items}"\nglob = ["tests/**/test_*.py"]\nexclude = ["tests/fixtures/**"]\n'
-        'shards = 8\nsplit = "%s"\n\n' % (split, split) for split in ("name", "size", "timings")))
+    (project / "shards.toml").write_text(
+        "".join(
+            '[tasks.scale-%s]\nrun = "true {items}"\nglob = ["tests/**/test_*.py"]\nexclude = ["tests/fixtures/**"]\n'
+            'shards = 8\nsplit = "%s"\n\n' % (split, split)
+            for split in ("name", "size", "timings")
+        )
+    )
     config = load_config(project / "shards.toml")
-    build_plan(config, "scale-name", durations={})  # warm-up: the first walk after creating the files
+    build_plan(
+        config, "scale-name", durations={}
+    )  # warm-up: the first walk after creating the files
     plan_rows = []
     for split in ("name", "size", "timings"):
         durations: Dict[str, float] = {}
         if split == "timings":
-            every_item = [item for shard in build_plan(config, "scale-name", durations={}).shards for item in shard.items]
+            every_item = [
+                item
+                for shard in build_plan(config, "scale-name", durations={}).shards
+                for item in shard.items
+            ]
             durations = {item: 0.001 * (1 + index % 1000) for index, item in enumerate(every_item)}
-        timed = time_call(lambda: build_plan(config, "scale-%s" % split, durations=durations), repeat)
+        timed = time_call(
+            lambda: build_plan(config, "scale-%s" % split, durations=durations), repeat
+        )
         items = sum(len(shard.items) for shard in timed.result.shards)
         if items != sizes.scale_files:
             raise SystemExit("scale plan found %d items, expected %d" % (items, sizes.scale_files))
-        plan_rows.append({"split": split, "median_s": timed.wall, "cpu_s": timed.cpu, "samples_s": timed.samples})
+        plan_rows.append(
+            {"split": split, "median_s": timed.wall, "cpu_s": timed.cpu, "samples_s": timed.samples}
+        )
     plan_peak = traced_peak_mib(lambda: build_plan(config, "scale-name", durations={}))
-    cli_plan = [run_checked(lokt_tasks_command("plan", "scale-name", "--json", "--config", str(project / "shards.toml")),
-                            cwd=project, env=env) for _ in range(cli_repeat)]
-    say("  plan of %d files: %s" % (sizes.scale_files, ", ".join("%s %.2f s" % (row["split"], row["median_s"]) for row in plan_rows)))
+    cli_plan = [
+        run_checked(
+            lokt_tasks_command(
+                "plan", "scale-name", "--json", "--config", str(project / "shards.toml")
+            ),
+            cwd=project,
+            env=env,
+        )
+        for _ in range(cli_repeat)
+    ]
+    say(
+        "  plan of %d files: %s"
+        % (
+            sizes.scale_files,
+            ", ".join("%s %.2f s" % (row["split"], row["median_s"]) for row in plan_rows),
+        )
+    )
 
     verify = _bench_verify(work, sizes, repeat, cli_repeat, env)
     return {
@@ -578,19 +819,26 @@ def bench_scale(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[st
         "create_files_s": created,
         "plan": plan_rows,
         "plan_traced_peak_mib": plan_peak,
-        "cli_plan_json": {"median_s": statistics.median(m.wall for m in cli_plan), "samples_s": [m.wall for m in cli_plan],
-                          "max_rss_mib": max(m.max_rss_mib for m in cli_plan)},
+        "cli_plan_json": {
+            "median_s": statistics.median(m.wall for m in cli_plan),
+            "samples_s": [m.wall for m in cli_plan],
+            "max_rss_mib": max(m.max_rss_mib for m in cli_plan),
+        },
         "verify": verify,
     }
 
 
-def _bench_verify(work: Path, sizes: Sizes, repeat: int, cli_repeat: int, env: Dict[str, str]) -> Dict[str, Any]:
+def _bench_verify(
+    work: Path, sizes: Sizes, repeat: int, cli_repeat: int, env: Dict[str, str]
+) -> Dict[str, Any]:
     """A plan of ``verify_records`` shards (one per item), every record written, then judged."""
     project = work / "verify"
     (project / "items").mkdir(parents=True)
     for number in range(1, sizes.verify_records + 1):
         (project / "items" / ("item-%04d" % number)).write_text("x\n")
-    (project / "shards.toml").write_text('[tasks.ver]\nrun = "true {items}"\nglob = ["items/*"]\nshards = "per-item"\n')
+    (project / "shards.toml").write_text(
+        '[tasks.ver]\nrun = "true {items}"\nglob = ["items/*"]\nshards = "per-item"\n'
+    )
     config = load_config(project / "shards.toml")
     plan = build_plan(config, "ver", durations={})
     store = RecordStore(work / "results-verify")
@@ -598,8 +846,15 @@ def _bench_verify(work: Path, sizes: Sizes, repeat: int, cli_repeat: int, env: D
     host = platform.node() or "localhost"
 
     def write_one(shard: Any) -> None:
-        record = new_start_record(shard, run_key=run_key, agent="agent-bench", owner="bench/agent-bench",
-                                  host=host, pid=os.getpid(), engine="embedded")
+        record = new_start_record(
+            shard,
+            run_key=run_key,
+            agent="agent-bench",
+            owner="bench/agent-bench",
+            host=host,
+            pid=os.getpid(),
+            engine="embedded",
+        )
         store.write(finish(record, outcome="passed", exit_code=0))
 
     store.run_dir("ver", run_key).mkdir(parents=True)
@@ -624,11 +879,31 @@ def _bench_verify(work: Path, sizes: Sizes, repeat: int, cli_repeat: int, env: D
     timed = time_call(judge_and_render, repeat)
     verdict = timed.result
     if verdict.state != "passed" or len(verdict.rows) != sizes.verify_records:
-        raise SystemExit("verify benchmark: expected %d passed shards, got %s" % (sizes.verify_records, verdict.counts))
+        raise SystemExit(
+            "verify benchmark: expected %d passed shards, got %s"
+            % (sizes.verify_records, verdict.counts)
+        )
     peak = traced_peak_mib(judge_and_render)
-    cli = [run_checked(lokt_tasks_command("verify", "ver", "--json", "--run", run_key, "--engine", "embedded",
-                                          "--results", str(work / "results-verify"), "--config", str(project / "shards.toml")),
-                       cwd=project, env=env) for _ in range(cli_repeat)]
+    cli = [
+        run_checked(
+            lokt_tasks_command(
+                "verify",
+                "ver",
+                "--json",
+                "--run",
+                run_key,
+                "--engine",
+                "embedded",
+                "--results",
+                str(work / "results-verify"),
+                "--config",
+                str(project / "shards.toml"),
+            ),
+            cwd=project,
+            env=env,
+        )
+        for _ in range(cli_repeat)
+    ]
     return {
         "records": sizes.verify_records,
         "write_records_s": write_seconds,
@@ -638,8 +913,11 @@ def _bench_verify(work: Path, sizes: Sizes, repeat: int, cli_repeat: int, env: D
         "judge_render_cpu_s": timed.cpu,
         "judge_render_samples_s": timed.samples,
         "traced_peak_mib": peak,
-        "cli_verify_json": {"median_s": statistics.median(m.wall for m in cli), "samples_s": [m.wall for m in cli],
-                            "max_rss_mib": max(m.max_rss_mib for m in cli)},
+        "cli_verify_json": {
+            "median_s": statistics.median(m.wall for m in cli),
+            "samples_s": [m.wall for m in cli],
+            "max_rss_mib": max(m.max_rss_mib for m in cli),
+        },
     }
 
 
@@ -687,11 +965,17 @@ def e2e_suite(files: int, total: float) -> List[Tuple[str, float]]:
     weights = [1.0] * slow + [rng.uniform(0.3, 1.7) for _ in range(files - slow)]
     slow_share, fast_share = 0.5 * total, 0.5 * total
     fast_weight = sum(weights[slow:])
-    seconds = [slow_share / slow] * slow + [fast_share * weight / fast_weight for weight in weights[slow:]]
-    return [("tests/test_%02d.py" % number, round(value, 3)) for number, value in enumerate(seconds)]
+    seconds = [slow_share / slow] * slow + [
+        fast_share * weight / fast_weight for weight in weights[slow:]
+    ]
+    return [
+        ("tests/test_%02d.py" % number, round(value, 3)) for number, value in enumerate(seconds)
+    ]
 
 
-def bench_end_to_end(work: Path, sizes: Sizes, lokt: Optional[str], say: Callable[[str], None]) -> Dict[str, Any]:
+def bench_end_to_end(
+    work: Path, sizes: Sizes, lokt: Optional[str], say: Callable[[str], None]
+) -> Dict[str, Any]:
     """shard-all on a sleep-based suite: 4 shards, 4 jobs, split by name, then by
     the timings that name run recorded through {junit}."""
     project = work / "e2e"
@@ -702,9 +986,13 @@ def bench_end_to_end(work: Path, sizes: Sizes, lokt: Optional[str], say: Callabl
         path.write_text("%.3f\n" % seconds)
     (project / "runner.py").write_text(RUNNER)
     (project / "shards.toml").write_text(
-        '[defaults]\njobs = 4\nttl = "1m"\ndurations = "durations.json"\n\n' + "".join(
+        '[defaults]\njobs = 4\nttl = "1m"\ndurations = "durations.json"\n\n'
+        + "".join(
             '[tasks.e2e-%s]\nrun = "{python} runner.py --junit {junit} {items}"\nglob = ["tests/test_*.py"]\n'
-            'shards = 4\nsplit = "%s"\n\n' % (split, split) for split in ("name", "timings")))
+            'shards = 4\nsplit = "%s"\n\n' % (split, split)
+            for split in ("name", "timings")
+        )
+    )
     config_path = project / "shards.toml"
     env = bench_env(work / "locks-e2e")
     truth = dict(suite)
@@ -720,20 +1008,55 @@ def bench_end_to_end(work: Path, sizes: Sizes, lokt: Optional[str], say: Callabl
             durations_file.unlink()
         for split in ("name", "timings"):
             task = "e2e-%s" % split
-            measured = run_checked(lokt_tasks_command(
-                "shard-all", task, "--config", str(config_path), "--engine", engine, "--run", "%s-%s" % (engine, split),
-                "--results", str(work / "results-e2e")), cwd=project, env=env)
+            measured = run_checked(
+                lokt_tasks_command(
+                    "shard-all",
+                    task,
+                    "--config",
+                    str(config_path),
+                    "--engine",
+                    engine,
+                    "--run",
+                    "%s-%s" % (engine, split),
+                    "--results",
+                    str(work / "results-e2e"),
+                ),
+                cwd=project,
+                env=env,
+            )
             config = load_config(config_path)
             recorded = json.loads(durations_file.read_text()) if split == "timings" else {}
             plan = build_plan(config, task, durations=recorded)
             planned = max(math.fsum(truth[item] for item in shard.items) for shard in plan.shards)
-            rows.append({"engine": engine, "split": split, "wall_s": measured.wall, "largest_shard_sleep_s": planned,
-                         "ideal_s": ideal, "lower_bound_s": lower_bound, "wall_over_lower_bound": measured.wall / lower_bound})
-            say("  %s, split %s: %.2f s (largest shard sleeps %.2f s)" % (engine, split, measured.wall, planned))
+            rows.append(
+                {
+                    "engine": engine,
+                    "split": split,
+                    "wall_s": measured.wall,
+                    "largest_shard_sleep_s": planned,
+                    "ideal_s": ideal,
+                    "lower_bound_s": lower_bound,
+                    "wall_over_lower_bound": measured.wall / lower_bound,
+                }
+            )
+            say(
+                "  %s, split %s: %.2f s (largest shard sleeps %.2f s)"
+                % (engine, split, measured.wall, planned)
+            )
         if len(json.loads(durations_file.read_text())) != len(suite):
-            raise SystemExit("end-to-end benchmark: the name run did not record a timing for every file")
-    return {"files": len(suite), "total_sleep_s": total, "shards": 4, "jobs": 4, "ideal_s": ideal,
-            "lower_bound_s": lower_bound, "longest_item_s": max(truth.values()), "rows": rows}
+            raise SystemExit(
+                "end-to-end benchmark: the name run did not record a timing for every file"
+            )
+    return {
+        "files": len(suite),
+        "total_sleep_s": total,
+        "shards": 4,
+        "jobs": 4,
+        "ideal_s": ideal,
+        "lower_bound_s": lower_bound,
+        "longest_item_s": max(truth.values()),
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------- goals
@@ -746,28 +1069,78 @@ def judge_goals(report: Report, sizes: Sizes, lokt: Optional[str]) -> List[Goal]
         jobs = overhead["jobs"]
         comparisons = overhead["engines"]["embedded"]["comparisons"]
         value = comparisons["direct"]["ms_per_shard"]
-        goals.append(Goal("embedded engine: overhead per shard", "shard-all vs the bare command (true), %d jobs" % jobs,
-                          value, OVERHEAD_GOAL_MS, "ms", value < OVERHEAD_GOAL_MS if sizes.full else None))
+        goals.append(
+            Goal(
+                "embedded engine: overhead per shard",
+                "shard-all vs the bare command (true), %d jobs" % jobs,
+                value,
+                OVERHEAD_GOAL_MS,
+                "ms",
+                value < OVERHEAD_GOAL_MS if sizes.full else None,
+            )
+        )
         if "lokt" in overhead["engines"]:
             value = overhead["engines"]["lokt"]["comparisons"]["bare lokt guard"]["ms_per_shard"]
-            goals.append(Goal("lokt engine: overhead per shard", "shard-all vs bare `lokt guard -- true`, %d jobs" % jobs,
-                              value, OVERHEAD_GOAL_MS, "ms", value < OVERHEAD_GOAL_MS if sizes.full else None))
+            goals.append(
+                Goal(
+                    "lokt engine: overhead per shard",
+                    "shard-all vs bare `lokt guard -- true`, %d jobs" % jobs,
+                    value,
+                    OVERHEAD_GOAL_MS,
+                    "ms",
+                    value < OVERHEAD_GOAL_MS if sizes.full else None,
+                )
+            )
         else:
-            goals.append(Goal("lokt engine: overhead per shard", "shard-all vs bare `lokt guard -- true`", None,
-                              OVERHEAD_GOAL_MS, "ms", None, "lokt not on PATH"))
+            goals.append(
+                Goal(
+                    "lokt engine: overhead per shard",
+                    "shard-all vs bare `lokt guard -- true`",
+                    None,
+                    OVERHEAD_GOAL_MS,
+                    "ms",
+                    None,
+                    "lokt not on PATH",
+                )
+            )
     scale = report.sections.get("scale")
     if scale:
         value = next(row["median_s"] for row in scale["plan"] if row["split"] == "name")
-        goals.append(Goal("plan of %d files" % scale["files"], "build_plan, split name, in-process", value, PLAN_GOAL_S, "s",
-                          value < PLAN_GOAL_S if sizes.full else None))
+        goals.append(
+            Goal(
+                "plan of %d files" % scale["files"],
+                "build_plan, split name, in-process",
+                value,
+                PLAN_GOAL_S,
+                "s",
+                value < PLAN_GOAL_S if sizes.full else None,
+            )
+        )
         value = scale["verify"]["judge_render_median_s"]
-        goals.append(Goal("verify of %d records" % scale["verify"]["records"], "judge_live + table + JSON, in-process",
-                          value, VERIFY_GOAL_S, "s", value < VERIFY_GOAL_S if sizes.full else None))
+        goals.append(
+            Goal(
+                "verify of %d records" % scale["verify"]["records"],
+                "judge_live + table + JSON, in-process",
+                value,
+                VERIFY_GOAL_S,
+                "s",
+                value < VERIFY_GOAL_S if sizes.full else None,
+            )
+        )
     balance = report.sections.get("balance")
     if balance:
         worst = max(row["ratio"] for row in balance["rows"] if row["split"] == "timings")
-        goals.append(Goal("timings split within 5% of the lower bound", "worst largest/lower bound over %s shards"
-                          % ", ".join(str(count) for count in sizes.balance_shards), worst, BALANCE_GOAL, "x", worst <= BALANCE_GOAL))
+        goals.append(
+            Goal(
+                "timings split within 5% of the lower bound",
+                "worst largest/lower bound over %s shards"
+                % ", ".join(str(count) for count in sizes.balance_shards),
+                worst,
+                BALANCE_GOAL,
+                "x",
+                worst <= BALANCE_GOAL,
+            )
+        )
     return goals
 
 
@@ -775,10 +1148,15 @@ def judge_goals(report: Report, sizes: Sizes, lokt: Optional[str]) -> List[Goal]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[column])) for row in [headers, *rows]) for column in range(len(headers))]
+    widths = [
+        max(len(str(row[column])) for row in [headers, *rows]) for column in range(len(headers))
+    ]
     lines = []
     for index, row in enumerate([headers, *rows]):
-        cells = [str(cell).ljust(widths[column]) if column == 0 else str(cell).rjust(widths[column]) for column, cell in enumerate(row)]
+        cells = [
+            str(cell).ljust(widths[column]) if column == 0 else str(cell).rjust(widths[column])
+            for column, cell in enumerate(row)
+        ]
         lines.append("  " + "  ".join(cells).rstrip())
         if index == 0:
             lines.append("  " + "  ".join("-" * width for width in widths))
@@ -791,34 +1169,66 @@ def ms(seconds: float) -> str:
 
 def print_overhead(section: Dict[str, Any]) -> None:
     counts = section["shard_counts"]
-    print("\nOrchestration overhead: shard-all over N no-op shards, %d jobs (the CPU count), median of %d"
-          % (section["jobs"], section["repeat"]))
+    print(
+        "\nOrchestration overhead: shard-all over N no-op shards, %d jobs (the CPU count), median of %d"
+        % (section["jobs"], section["repeat"])
+    )
     for engine, summary in section["engines"].items():
         medians = summary["median_s"]
         rows = []
         for name in medians:
-            rows.append([name] + [ms(medians[name][count]["wall"]) for count in counts]
-                        + [ms(medians[name][count]["cpu"]) for count in counts])
+            rows.append(
+                [name]
+                + [ms(medians[name][count]["wall"]) for count in counts]
+                + [ms(medians[name][count]["cpu"]) for count in counts]
+            )
         print("engine %s: wall and CPU ms" % engine)
-        print(table(["run"] + ["wall N=%d" % count for count in counts] + ["cpu N=%d" % count for count in counts], rows))
+        print(
+            table(
+                ["run"]
+                + ["wall N=%d" % count for count in counts]
+                + ["cpu N=%d" % count for count in counts],
+                rows,
+            )
+        )
         rows = []
         for baseline, comparison in summary["comparisons"].items():
-            rows.append([baseline] + ["%.2fx" % comparison["ratio"][count] for count in counts]
-                        + ["%.0f" % comparison["ms_per_shard"], "%.0f" % comparison["wall_ms_per_shard"],
-                           "%.0f" % comparison["cpu_ms_per_shard"], "%.0f" % comparison["fixed_ms"]])
-        print(table(["lokt-tasks vs"] + ["ratio N=%d" % count for count in counts]
-                    + ["ms/shard", "wall ms/shard", "cpu ms/shard", "fixed ms"], rows))
+            rows.append(
+                [baseline]
+                + ["%.2fx" % comparison["ratio"][count] for count in counts]
+                + [
+                    "%.0f" % comparison["ms_per_shard"],
+                    "%.0f" % comparison["wall_ms_per_shard"],
+                    "%.0f" % comparison["cpu_ms_per_shard"],
+                    "%.0f" % comparison["fixed_ms"],
+                ]
+            )
+        print(
+            table(
+                ["lokt-tasks vs"]
+                + ["ratio N=%d" % count for count in counts]
+                + ["ms/shard", "wall ms/shard", "cpu ms/shard", "fixed ms"],
+                rows,
+            )
+        )
     print("start-up, ms: " + "; ".join("%s %.0f" % item for item in section["startup_ms"].items()))
 
 
 def print_per_shard(section: Dict[str, Any]) -> None:
     print("\nPer shard, one at a time (median of %d)" % section["repeat"])
-    print(table(["step", "ms", "what"], [[row["name"], "%.0f" % row["median_ms"], row["what"]] for row in section["rows"]]))
+    print(
+        table(
+            ["step", "ms", "what"],
+            [[row["name"], "%.0f" % row["median_ms"], row["what"]] for row in section["rows"]],
+        )
+    )
 
 
 def print_balance(section: Dict[str, Any]) -> None:
-    print("\nBalance: largest shard / lower bound, in true seconds (%d items, %.0f s, longest item %.0f s)"
-          % (section["items"], section["total_s"], section["longest_s"]))
+    print(
+        "\nBalance: largest shard / lower bound, in true seconds (%d items, %.0f s, longest item %.0f s)"
+        % (section["items"], section["total_s"], section["longest_s"])
+    )
     counts = sorted({row["shards"] for row in section["rows"]})
     splits = list(dict.fromkeys(row["split"] for row in section["rows"]))
     ratio = {(row["split"], row["shards"]): row["ratio"] for row in section["rows"]}
@@ -831,26 +1241,90 @@ def print_balance(section: Dict[str, Any]) -> None:
 def print_scale(section: Dict[str, Any]) -> None:
     verify = section["verify"]
     print("\nScale (in-process rows: median wall time, and this process's CPU time)")
-    rows = [["build_plan, %d files, split %s" % (section["files"], row["split"]), "%.3f s" % row["median_s"],
-             "%.3f s" % row["cpu_s"], ""] for row in section["plan"]]
-    rows.append(["  Python allocations, peak (tracemalloc)", "", "", "%.0f MiB" % section["plan_traced_peak_mib"]])
+    rows = [
+        [
+            "build_plan, %d files, split %s" % (section["files"], row["split"]),
+            "%.3f s" % row["median_s"],
+            "%.3f s" % row["cpu_s"],
+            "",
+        ]
+        for row in section["plan"]
+    ]
+    rows.append(
+        [
+            "  Python allocations, peak (tracemalloc)",
+            "",
+            "",
+            "%.0f MiB" % section["plan_traced_peak_mib"],
+        ]
+    )
     cli = section["cli_plan_json"]
-    rows.append(["lokt-tasks plan --json, end to end", "%.3f s" % cli["median_s"], "", "%.0f MiB RSS" % cli["max_rss_mib"]])
-    rows.append(["write %d records (4 writers, 2 fsyncs each)" % verify["records"], "%.3f s" % verify["write_records_s"], "", ""])
-    rows.append(["RecordStore.read_run, %d records" % verify["records"], "%.3f s" % verify["read_run_median_s"],
-                 "%.3f s" % verify["read_run_cpu_s"], ""])
-    rows.append(["judge_live + table + JSON, %d records" % verify["records"], "%.3f s" % verify["judge_render_median_s"],
-                 "%.3f s" % verify["judge_render_cpu_s"], "%.0f MiB" % verify["traced_peak_mib"]])
+    rows.append(
+        [
+            "lokt-tasks plan --json, end to end",
+            "%.3f s" % cli["median_s"],
+            "",
+            "%.0f MiB RSS" % cli["max_rss_mib"],
+        ]
+    )
+    rows.append(
+        [
+            "write %d records (4 writers, 2 fsyncs each)" % verify["records"],
+            "%.3f s" % verify["write_records_s"],
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "RecordStore.read_run, %d records" % verify["records"],
+            "%.3f s" % verify["read_run_median_s"],
+            "%.3f s" % verify["read_run_cpu_s"],
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "judge_live + table + JSON, %d records" % verify["records"],
+            "%.3f s" % verify["judge_render_median_s"],
+            "%.3f s" % verify["judge_render_cpu_s"],
+            "%.0f MiB" % verify["traced_peak_mib"],
+        ]
+    )
     cli = verify["cli_verify_json"]
-    rows.append(["lokt-tasks verify --json, end to end", "%.3f s" % cli["median_s"], "", "%.0f MiB RSS" % cli["max_rss_mib"]])
+    rows.append(
+        [
+            "lokt-tasks verify --json, end to end",
+            "%.3f s" % cli["median_s"],
+            "",
+            "%.0f MiB RSS" % cli["max_rss_mib"],
+        ]
+    )
     print(table(["what", "wall", "cpu", "memory"], rows))
 
 
 def print_end_to_end(section: Dict[str, Any]) -> None:
-    print("\nEnd to end: %d sleeping test files, %.1f s of sleep, %d shards, %d jobs; ideal %.2f s, lower bound %.2f s"
-          % (section["files"], section["total_sleep_s"], section["shards"], section["jobs"], section["ideal_s"], section["lower_bound_s"]))
-    rows = [[row["engine"], row["split"], "%.2f" % row["wall_s"], "%.2f" % row["largest_shard_sleep_s"],
-             "%.2f" % row["wall_over_lower_bound"]] for row in section["rows"]]
+    print(
+        "\nEnd to end: %d sleeping test files, %.1f s of sleep, %d shards, %d jobs; ideal %.2f s, lower bound %.2f s"
+        % (
+            section["files"],
+            section["total_sleep_s"],
+            section["shards"],
+            section["jobs"],
+            section["ideal_s"],
+            section["lower_bound_s"],
+        )
+    )
+    rows = [
+        [
+            row["engine"],
+            row["split"],
+            "%.2f" % row["wall_s"],
+            "%.2f" % row["largest_shard_sleep_s"],
+            "%.2f" % row["wall_over_lower_bound"],
+        ]
+        for row in section["rows"]
+    ]
     print(table(["engine", "split", "wall s", "largest shard s", "wall / lower bound"], rows))
 
 
@@ -859,10 +1333,33 @@ def print_goals(goals: Sequence[Goal]) -> None:
     rows = []
     for goal in goals:
         verdict = "n/a" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
-        value = "-" if goal.value is None else ("%.0f ms" % goal.value if goal.unit == "ms" else
-                                                "%.3f s" % goal.value if goal.unit == "s" else "%.3f" % goal.value)
-        limit = ("< %.0f ms" % goal.limit if goal.unit == "ms" else "< %.1f s" % goal.limit if goal.unit == "s" else "<= %.2f" % goal.limit)
-        rows.append([goal.name, value, limit, verdict, goal.measured_as + ("; " + goal.note if goal.note else "")])
+        value = (
+            "-"
+            if goal.value is None
+            else (
+                "%.0f ms" % goal.value
+                if goal.unit == "ms"
+                else "%.3f s" % goal.value
+                if goal.unit == "s"
+                else "%.3f" % goal.value
+            )
+        )
+        limit = (
+            "< %.0f ms" % goal.limit
+            if goal.unit == "ms"
+            else "< %.1f s" % goal.limit
+            if goal.unit == "s"
+            else "<= %.2f" % goal.limit
+        )
+        rows.append(
+            [
+                goal.name,
+                value,
+                limit,
+                verdict,
+                goal.measured_as + ("; " + goal.note if goal.note else ""),
+            ]
+        )
     print(table(["goal", "measured", "target", "", "compared as"], rows))
 
 
@@ -873,12 +1370,35 @@ SECTIONS = ("overhead", "balance", "scale", "e2e")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmarks for lokt-tasks (see docs/performance.md).")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and one repetition: a smoke run of about 20 s")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=None, help="parallel shards in the overhead runs (default: the CPU count)")
-    parser.add_argument("--repeat", type=int, default=None, help="repetitions per measurement (default: 3, quick: 1)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run: %(default)s")
+    parser = argparse.ArgumentParser(
+        description="Benchmarks for lokt-tasks (see docs/performance.md)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and one repetition: a smoke run of about 20 s",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help="where to write the results (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="parallel shards in the overhead runs (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="repetitions per measurement (default: 3, quick: 1)",
+    )
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="comma-separated sections to run: %(default)s"
+    )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SECTIONS]
@@ -890,12 +1410,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sizes = Sizes(**{**asdict(sizes), "repeat": max(1, args.repeat)})
     jobs = args.jobs or os.cpu_count() or 1
     lokt = find_lokt_binary()
-    report = Report(machine=machine_info(lokt), settings={"quick": args.quick, "jobs": jobs, "sections": chosen, **asdict(sizes)})
+    report = Report(
+        machine=machine_info(lokt),
+        settings={"quick": args.quick, "jobs": jobs, "sections": chosen, **asdict(sizes)},
+    )
     machine = report.machine
     print("lokt-tasks %s benchmarks%s" % (machine["lokt_tasks"], " (quick)" if args.quick else ""))
-    print("machine: %s, %s cores, Python %s, %s; lokt: %s; load average %s"
-          % (machine["cpu"], machine["cores"], machine["python"], machine["os"], machine["lokt"] or "not on PATH",
-             machine["load_average_at_start"]))
+    print(
+        "machine: %s, %s cores, Python %s, %s; lokt: %s; load average %s"
+        % (
+            machine["cpu"],
+            machine["cores"],
+            machine["python"],
+            machine["os"],
+            machine["lokt"] or "not on PATH",
+            machine["load_average_at_start"],
+        )
+    )
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -907,7 +1438,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # keeps a bytecode cache, in the temporary directory, as a normal
         # install does; with PYTHONDONTWRITEBYTECODE set, each one would
         # compile lokt-tasks from source at every start.
-        report.settings["PYTHONDONTWRITEBYTECODE_was_set"] = bool(os.environ.pop("PYTHONDONTWRITEBYTECODE", None))
+        report.settings["PYTHONDONTWRITEBYTECODE_was_set"] = bool(
+            os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        )
         os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         steps = [
             ("overhead", "overhead", lambda: bench_overhead(work, sizes, jobs, lokt, say)),
@@ -942,13 +1475,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print_goals(report.goals)
     loads = [report.machine["load_average_at_start"], report.machine["load_average_at_end"]]
     if any(load and load[0] > (os.cpu_count() or 1) / 2 for load in loads):
-        print("note: the machine was busy (load average %s at start, %s at end): the figures are inflated" % tuple(loads))
+        print(
+            "note: the machine was busy (load average %s at start, %s at end): the figures are inflated"
+            % tuple(loads)
+        )
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    data = {"version": 1, "machine": report.machine, "settings": report.settings, **report.sections,
-            "goals": [asdict(goal) for goal in report.goals]}
+    data = {
+        "version": 1,
+        "machine": report.machine,
+        "settings": report.settings,
+        **report.sections,
+        "goals": [asdict(goal) for goal in report.goals],
+    }
     args.json.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    print("\ntook %.0f s; results written to %s" % (report.settings["benchmark_seconds"], args.json))
+    print(
+        "\ntook %.0f s; results written to %s" % (report.settings["benchmark_seconds"], args.json)
+    )
     return 0
 
 

@@ -41,6 +41,7 @@ imports only the standard library modules Python loads at start-up, plus
 a record back. The strings it writes ("running", "passed", ...) are the
 values of ``states.Outcome``, which it cannot import for that reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,8 +127,9 @@ class Attempt:
             os.close(self._log_fd)
             self._log_fd = None
 
-    def start(self, *, env: dict | None = None, cwd: str | None = None,
-              new_session: bool = True) -> system.Child | int:
+    def start(
+        self, *, env: dict | None = None, cwd: str | None = None, new_session: bool = True
+    ) -> system.Child | int:
         """Start the command (see ``system.start``): its Child, or the
         shell's return code (127 or 126) when it could not start, the reason
         written where its output goes."""
@@ -142,8 +144,9 @@ class Attempt:
         finally:
             self._close_log()
 
-    def wait(self, child: system.Child | int, *, stopped, abandoned=None,
-             grace: float = STOP_GRACE) -> tuple | None:
+    def wait(
+        self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
+    ) -> tuple | None:
         """Wait for the command :meth:`start` gave (see :func:`supervise`),
         then for the rest of its process group: what the command started and
         left behind (a wrapper's test runner, a server) gets SIGTERM, then
@@ -166,7 +169,9 @@ class Attempt:
         if not self._record_is_ours():
             return False
         code = returncode if returncode is not None and returncode >= 0 else None
-        signal = system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
+        signal = (
+            system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
+        )
         if stopped_by:
             outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
         else:
@@ -278,8 +283,9 @@ def already_done(record_path: str, fields: str, skip: tuple) -> bool:
     )
 
 
-def supervise(child: system.Child, *, stopped, abandoned=None,
-              grace: float = STOP_GRACE) -> tuple | None:
+def supervise(
+    child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
+) -> tuple | None:
     """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
     None when ``abandoned()`` said so (the child is stopped then).
 
@@ -373,11 +379,18 @@ def main(argv: list) -> int:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
-    if len(positional) != 2 or not command or not agent_pid.isdigit() or not positional[1].startswith("{\n"):
+    if (
+        len(positional) != 2
+        or not command
+        or not agent_pid.isdigit()
+        or not positional[1].startswith("{\n")
+    ):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
-    attempt = Attempt(positional[0], positional[1], command, log=options.get("--log") or None, skip=skip)
+    attempt = Attempt(
+        positional[0], positional[1], command, log=options.get("--log") or None, skip=skip
+    )
     grace = float(options.get("--grace") or STOP_GRACE)
     watch = Watch(int(agent_pid), options.get("--lock") or None)
     if watch.agent_gone():
@@ -386,15 +399,21 @@ def main(argv: list) -> int:
         return LOCK_LOST
 
     received: list = []
-    previous = system.on_signals(system.STOP_SIGNALS, lambda number, _frame: received.append(number))
+    previous = system.on_signals(
+        system.STOP_SIGNALS, lambda number, _frame: received.append(number)
+    )
     try:
         if not attempt.begin():
             return ALREADY_DONE
         # NOTE: the command leads a process group of its own, in lokt guard's
         # session, so that the whole of it can be stopped without us.
         child = attempt.start(new_session=False)
-        ended = attempt.wait(child, stopped=lambda: received[0] if received else None,
-                             abandoned=watch.abandoned, grace=grace)
+        ended = attempt.wait(
+            child,
+            stopped=lambda: received[0] if received else None,
+            abandoned=watch.abandoned,
+            grace=grace,
+        )
         if ended is None:
             return LOCK_LOST if watch.lock_lost() else AGENT_GONE
         if not attempt.finish(*ended):

@@ -6,6 +6,7 @@ variable of its own: pass ``--id ${{ strategy.job-index }}`` style values
 through LOKT_TASKS_SHARD_INDEX / LOKT_TASKS_SHARD_TOTAL (0-based), or use
 ``--id`` and ``--total`` directly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,11 +51,15 @@ def shard_from_env(env: Mapping[str, str]) -> CiShard:
             continue
         raw_total = env.get(provider.total_var)
         if not raw_total:
-            raise UsageError(f"--id auto: {provider.index_var} is set but {provider.total_var} is not ({provider.name})")
+            raise UsageError(
+                f"--id auto: {provider.index_var} is set but {provider.total_var} is not ({provider.name})"
+            )
         index = _whole_number(raw_index, provider.index_var)
         total = _whole_number(raw_total, provider.total_var)
         if total < 1:
-            raise UsageError(f"--id auto: {provider.total_var}={raw_total} must be at least 1 ({provider.name})")
+            raise UsageError(
+                f"--id auto: {provider.total_var}={raw_total} must be at least 1 ({provider.name})"
+            )
         one_based = index - provider.base + 1
         if not 1 <= one_based <= total:
             first, last = provider.base, total - 1 + provider.base
@@ -64,7 +69,9 @@ def shard_from_env(env: Mapping[str, str]) -> CiShard:
             )
         return CiShard(provider.name, one_based, total)
     names = ", ".join(p.index_var for p in PROVIDERS)
-    raise UsageError(f"--id auto: no CI shard index in the environment (looked for {names}); pass --id N instead")
+    raise UsageError(
+        f"--id auto: no CI shard index in the environment (looked for {names}); pass --id N instead"
+    )
 
 
 def touch_bazel_status_file(env: Mapping[str, str]) -> None:

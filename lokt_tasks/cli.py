@@ -4,6 +4,7 @@
 tasks.py. Unlike plain invoke, a command line that does not parse exits with
 the usage code (2) rather than 1, so every outcome keeps its own code.
 """
+
 from __future__ import annotations
 
 from invoke import Exit, Program
@@ -28,7 +29,9 @@ class LoktTasksProgram(Program):
             raise Exit(f"lokt-tasks: error: {error}", code=USAGE) from None
 
 
-program = LoktTasksProgram(namespace=ns, version=__version__, name="lokt-tasks", binary="lokt-tasks")
+program = LoktTasksProgram(
+    namespace=ns, version=__version__, name="lokt-tasks", binary="lokt-tasks"
+)
 
 
 def main() -> None:

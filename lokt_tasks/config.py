@@ -44,6 +44,7 @@ Rules that are choices rather than facts:
 - Task names become lock names (``<task>-shard-<N>``), so they may only use
   letters, digits, ``.``, ``_`` and ``-``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -153,6 +154,7 @@ Where = Tuple[Union[str, int], ...]
 
 # ---------------------------------------------------------------- finding
 
+
 def find_config(start: Path) -> Path:
     """The nearest shards.toml in ``start`` or a parent directory, absolute."""
     start = Path(start).absolute()
@@ -160,7 +162,9 @@ def find_config(start: Path) -> Path:
         candidate = directory / CONFIG_NAME
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"no {CONFIG_NAME} found in {start} or any parent directory (use --config PATH)")
+    raise ConfigError(
+        f"no {CONFIG_NAME} found in {start} or any parent directory (use --config PATH)"
+    )
 
 
 def get_task(config: Config, name: str) -> TaskConfig:
@@ -168,10 +172,13 @@ def get_task(config: Config, name: str) -> TaskConfig:
         return config.tasks[name]
     except KeyError:
         known = ", ".join(config.tasks)
-        raise UsageError(f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}") from None
+        raise UsageError(
+            f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}"
+        ) from None
 
 
 # ---------------------------------------------------------------- errors
+
 
 def display_path(path: Path) -> str:
     """``path`` relative to the current directory when it is below it, else absolute."""
@@ -189,7 +196,11 @@ def key_path(*parts: Union[str, int]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
             continue
-        shown = part if _BARE_KEY.fullmatch(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        shown = (
+            part
+            if _BARE_KEY.fullmatch(part)
+            else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        )
         text = f"{text}.{shown}" if text else shown
     return text
 
@@ -202,6 +213,7 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 # ---------------------------------------------------------------- durations
 
+
 class DurationError(UsageError, ValueError):
     """A duration that lokt would refuse.
 
@@ -211,7 +223,16 @@ class DurationError(UsageError, ValueError):
     """
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
@@ -225,11 +246,13 @@ def parse_duration(text: str) -> float:
     DurationError (a UsageError and a ValueError) with a one-line message.
     """
     if not isinstance(text, str):
-        raise DurationError(f"expected a duration string such as \"10m\", got {text!r}")
+        raise DurationError(f'expected a duration string such as "10m", got {text!r}')
     if text == "0":
         return 0.0
     if _BARE_NUMBER.fullmatch(text):
-        raise DurationError(f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)")
+        raise DurationError(
+            f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)"
+        )
     position = 0
     seconds = 0.0
     while position < len(text):
@@ -239,9 +262,13 @@ def parse_duration(text: str) -> float:
         seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
         position = part.end()
     if position == 0 or position < len(text):
-        raise DurationError(f"'{text}' is not a duration; expected e.g. \"10m\", \"90s\", \"1h30m\" or \"500ms\"")
+        raise DurationError(
+            f'\'{text}\' is not a duration; expected e.g. "10m", "90s", "1h30m" or "500ms"'
+        )
     if seconds > MAX_DURATION:
-        raise DurationError(f"'{text}' is longer than lokt can hold (2562047h, Go's longest duration)")
+        raise DurationError(
+            f"'{text}' is longer than lokt can hold (2562047h, Go's longest duration)"
+        )
     return seconds
 
 
@@ -258,6 +285,7 @@ def format_duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- run templates
+
 
 def parse_run_template(run: str) -> Tuple[Token, ...]:
     """Split ``run`` with shlex and find the placeholders in each argv token.
@@ -304,7 +332,7 @@ def _parse_token(word: str) -> Token:
             if literal:
                 parts.append(literal)
                 literal = ""
-            parts.append(_placeholder(word[position + 1:end]))
+            parts.append(_placeholder(word[position + 1 : end]))
             position = end + 1
         elif char == "}":
             raise ValueError(f"single '}}' in '{word}'; write '}}}}' for a literal brace")
@@ -320,16 +348,21 @@ def _placeholder(body: str) -> Placeholder:
     if body in _SIMPLE_PLACEHOLDERS:
         return Placeholder(body)
     if body.startswith("items:"):
-        return Placeholder("items", body[len("items:"):])
+        return Placeholder("items", body[len("items:") :])
     known = ", ".join(PLACEHOLDERS)
-    raise ValueError(f"unknown placeholder '{{{body}}}'; known placeholders: {known} (write {{{{ and }}}} for literal braces)")
+    raise ValueError(
+        f"unknown placeholder '{{{body}}}'; known placeholders: {known} (write {{{{ and }}}} for literal braces)"
+    )
 
 
 def uses_items(tokens: Tuple[Token, ...]) -> bool:
-    return any(isinstance(part, Placeholder) and part.name == "items" for token in tokens for part in token)
+    return any(
+        isinstance(part, Placeholder) and part.name == "items" for token in tokens for part in token
+    )
 
 
 # ---------------------------------------------------------------- glob patterns
+
 
 def pattern_problem(pattern: str) -> Optional[str]:
     """Why a glob or exclude pattern cannot be used, or None.
@@ -353,6 +386,7 @@ def pattern_problem(pattern: str) -> Optional[str]:
 
 
 # ---------------------------------------------------------------- keys
+
 
 @dataclass(frozen=True)
 class Key:
@@ -477,7 +511,7 @@ def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...])
     if value not in choices:
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"expected one of {allowed}, got \"{value}\"{hint}")
+        raise ValueError(f'expected one of {allowed}, got "{value}"{hint}')
     return value
 
 
@@ -513,6 +547,7 @@ KEYS: Dict[str, Key] = {
 
 
 # ---------------------------------------------------------------- loading
+
 
 def load_config(path: Path) -> Config:
     """Read and validate shards.toml; raises ConfigError with a one-line message."""
@@ -554,7 +589,7 @@ def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
         message = str(error)
         position = re.search(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)$", message)
         if position:
-            message = message[:position.start()] + (" at end of file" if position.group(3) else "")
+            message = message[: position.start()] + (" at end of file" if position.group(3) else "")
             line, column = int(position.group(1) or line), int(position.group(2) or column)
         line, column = getattr(error, "lineno", line), getattr(error, "colno", column)
         where = f"{display_path(path)}:{line}:{column}"
@@ -599,9 +634,19 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
 
     ttl, ttl_text = task["ttl"]
     return TaskConfig(
-        name=name, run=task["run"], glob=glob, exclude=task["exclude"], collect=collect,
-        shards=None if count == PER_ITEM else count, per_item=count == PER_ITEM, explicit=explicit,
-        split=task["split"], ttl=ttl, ttl_text=ttl_text, engine=task["engine"], jobs=task["jobs"],
+        name=name,
+        run=task["run"],
+        glob=glob,
+        exclude=task["exclude"],
+        collect=collect,
+        shards=None if count == PER_ITEM else count,
+        per_item=count == PER_ITEM,
+        explicit=explicit,
+        split=task["split"],
+        ttl=ttl,
+        ttl_text=ttl_text,
+        engine=task["engine"],
+        jobs=task["jobs"],
         durations=path.parent / task["durations"],
     )
 
@@ -654,7 +699,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, float):
         return f"{value} (a float)"
     if isinstance(value, str):
-        return f"\"{value}\" (a string)"
+        return f'"{value}" (a string)'
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):

@@ -4,6 +4,7 @@ Colour is on only when the stream is a terminal and NO_COLOR is unset
 (https://no-color.org). Without a terminal, progress is plain lines, one per
 state change, so CI logs stay readable.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,7 +83,7 @@ class LiveBoard:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def __enter__(self) -> "LiveBoard":
+    def __enter__(self) -> LiveBoard:
         if self.console.is_tty:
             self._draw()
             self._thread = threading.Thread(target=self._refresh, daemon=True)

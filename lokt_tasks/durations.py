@@ -30,6 +30,7 @@ How JUnit test cases map onto items (:func:`durations_from_junit`):
 - Items no test case maps onto are left out, so the plan estimates them
   from the mean of the known ones.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -57,7 +58,9 @@ def load_durations(path: Path) -> Dict[str, float]:
     except FileNotFoundError:
         return {}
     except OSError as error:
-        raise ConfigError(f"{display_path(path)}: cannot read durations file: {error.strerror or error}") from None
+        raise ConfigError(
+            f"{display_path(path)}: cannot read durations file: {error.strerror or error}"
+        ) from None
     return _parse_durations(text, path)
 
 
@@ -77,7 +80,9 @@ def pin_durations(durations_file: Path, pinned: Path) -> Dict[str, float]:
         return load_durations(pinned)
     durations = load_durations(durations_file)
     pinned.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{pinned.name}.", suffix=".tmp", dir=pinned.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{pinned.name}.", suffix=".tmp", dir=pinned.parent
+    )
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(dump_durations(durations))
@@ -121,7 +126,9 @@ def merge_durations(path: Path, new: Mapping[str, float]) -> None:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
-def durations_from_junit(xml_path: Path, items: Iterable[str], root: Optional[Path] = None) -> Dict[str, float]:
+def durations_from_junit(
+    xml_path: Path, items: Iterable[str], root: Optional[Path] = None
+) -> Dict[str, float]:
     """Seconds per item, read from a JUnit XML report (see the module docstring).
 
     ``root`` is the directory items are relative to; it turns absolute
@@ -134,7 +141,9 @@ def durations_from_junit(xml_path: Path, items: Iterable[str], root: Optional[Pa
         raise ValueError(f"cannot read JUnit XML {xml_path}: {error}") from None
     top = tree.getroot()
     if top.tag not in ("testsuites", "testsuite"):
-        raise ValueError(f"cannot read JUnit XML {xml_path}: root element is <{top.tag}>, not <testsuites> or <testsuite>")
+        raise ValueError(
+            f"cannot read JUnit XML {xml_path}: root element is <{top.tag}>, not <testsuites> or <testsuite>"
+        )
 
     items = list(items)
     item_files = {_normal_path(_file_part(item)) for item in items}
@@ -154,21 +163,33 @@ def durations_from_junit(xml_path: Path, items: Iterable[str], root: Optional[Pa
 
 # ---------------------------------------------------------------- file format
 
+
 def _parse_durations(text: str, path: Path) -> Dict[str, float]:
     try:
         data = json.loads(text)
     except ValueError as error:
-        raise ConfigError(f"{display_path(path)}: corrupt durations file (not JSON: {error}); fix or delete it") from None
+        raise ConfigError(
+            f"{display_path(path)}: corrupt durations file (not JSON: {error}); fix or delete it"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{display_path(path)}: corrupt durations file (expected a JSON object of item: seconds); fix or delete it")
+        raise ConfigError(
+            f"{display_path(path)}: corrupt durations file (expected a JSON object of item: seconds); fix or delete it"
+        )
     for item, seconds in data.items():
         if not _is_seconds(seconds):
-            raise ConfigError(f"{display_path(path)}: corrupt durations file ('{item}' has {json.dumps(seconds)}, expected seconds); fix or delete it")
+            raise ConfigError(
+                f"{display_path(path)}: corrupt durations file ('{item}' has {json.dumps(seconds)}, expected seconds); fix or delete it"
+            )
     return {item: float(seconds) for item, seconds in data.items()}
 
 
 def _is_seconds(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _round(seconds: float) -> float:
@@ -185,7 +206,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------- JUnit
 
-def _test_cases(element: ElementTree.Element, suite_name: Optional[str], suite_file: Optional[str]) -> Iterator[Tuple[Optional[str], Optional[str], ElementTree.Element]]:
+
+def _test_cases(
+    element: ElementTree.Element, suite_name: Optional[str], suite_file: Optional[str]
+) -> Iterator[Tuple[Optional[str], Optional[str], ElementTree.Element]]:
     """Every <testcase> with the name and file of its nearest <testsuite>."""
     if element.tag == "testsuite":
         suite_name = element.get("name") or suite_name
@@ -205,7 +229,13 @@ def _case_seconds(case: ElementTree.Element) -> float:
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
-def _case_keys(case: ElementTree.Element, suite_name: Optional[str], suite_file: Optional[str], item_files: set, root: Optional[Path]) -> List[str]:
+def _case_keys(
+    case: ElementTree.Element,
+    suite_name: Optional[str],
+    suite_file: Optional[str],
+    item_files: set,
+    root: Optional[Path],
+) -> List[str]:
     """Names a test case answers to: its file, node id, name, classname, suite."""
     name = case.get("name") or ""
     classname = case.get("classname") or ""
@@ -214,9 +244,9 @@ def _case_keys(case: ElementTree.Element, suite_name: Optional[str], suite_file:
     attribute_file = case.get("file") or suite_file
     if attribute_file:
         file = _relative_file(attribute_file, root)
-        dotted_file = file[:-len(".py")].replace("/", ".") if file.endswith(".py") else None
+        dotted_file = file[: -len(".py")].replace("/", ".") if file.endswith(".py") else None
         if dotted_file and classname.startswith(dotted_file + "."):
-            class_parts = classname[len(dotted_file) + 1:].split(".")
+            class_parts = classname[len(dotted_file) + 1 :].split(".")
     elif classname:
         file, class_parts = _file_from_classname(classname, item_files)
     if file:
@@ -262,7 +292,7 @@ def _file_part(item: str) -> str:
 def _normal_path(text: str) -> str:
     """``./a//b/`` and ``a/b/...`` -> ``a/b``, to compare items with report paths."""
     if text.endswith("/..."):
-        text = text[:-len("/...")]
+        text = text[: -len("/...")]
     parts = [part for part in text.replace("\\", "/").split("/") if part not in ("", ".")]
     return "/".join(parts)
 

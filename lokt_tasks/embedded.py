@@ -40,6 +40,7 @@ Stricter than lokt, on purpose:
 Like lokt, an empty lock file is never broken: if a crash left one behind,
 the name stays held until someone removes the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -117,7 +118,13 @@ class Claimant:
 
     def audit(self, root: Path, event: str, name: str, **fields) -> None:
         line = lockfile.audit_line(
-            event, name, owner=self.owner, host=self.host, pid=self.pid, agent_id=self.agent_id, **fields
+            event,
+            name,
+            owner=self.owner,
+            host=self.host,
+            pid=self.pid,
+            agent_id=self.agent_id,
+            **fields,
         )
         append_audit(root, line)
 
@@ -165,7 +172,12 @@ def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
         extra.update(pruned_owner=lock.owner, pruned_host=lock.host, pruned_pid=lock.pid)
     # lokt writes sweep events without agent_id and lock_id.
     line = lockfile.audit_line(
-        "auto-prune", path.name[: -len(".json")], owner=me.owner, host=me.host, pid=me.pid, extra=extra
+        "auto-prune",
+        path.name[: -len(".json")],
+        owner=me.owner,
+        host=me.host,
+        pid=me.pid,
+        extra=extra,
     )
     append_audit(root, line)
 
@@ -223,7 +235,11 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
         return LockTry()  # gone a moment ago, or being written: held by nobody known
     except OSError as error:  # not a regular file, a symbolic link, unreadable
         return LockTry(error=f"{path}: {error.strerror or error}")
-    extra = {"holder_owner": existing.owner, "holder_host": existing.host, "holder_pid": existing.pid}
+    extra = {
+        "holder_owner": existing.owner,
+        "holder_host": existing.host,
+        "holder_pid": existing.pid,
+    }
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
     return LockTry(holder=existing)
 
@@ -299,7 +315,9 @@ class Heartbeat:
         self.interval = interval
         self.lost = False
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lokt-heartbeat-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"lokt-heartbeat-{name}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -336,7 +354,7 @@ class Watchdog:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._lock = threading.Lock()
-        self._process: Optional["subprocess.Popen[bytes]"] = None
+        self._process: Optional[subprocess.Popen[bytes]] = None
         #: The write end of the watchdog's stdin: ours alone, closed when we
         #: are (or when this object is collected), which ends the watchdog.
         self._pipe: Optional[BinaryIO] = None
@@ -346,7 +364,9 @@ class Watchdog:
         """The pid to hold a new lock: the watchdog's, started now if it does
         not run; our own (with a warning) if it cannot start."""
         with self._lock:
-            if not self._unavailable and (self._process is None or self._process.poll() is not None):
+            if not self._unavailable and (
+                self._process is None or self._process.poll() is not None
+            ):
                 self._start()
             return os.getpid() if self._process is None else self._process.pid
 
@@ -439,12 +459,19 @@ class EmbeddedEngine(Engine):
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
             holder = self.watchdog.holder()
-            me = Claimant(self.identity.owner, self.identity.host, holder, self.identity.agent,
-                          system.process_start_time(holder) or 0)
+            me = Claimant(
+                self.identity.owner,
+                self.identity.host,
+                holder,
+                self.identity.agent,
+                system.process_start_time(holder) or 0,
+            )
             try:
                 claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
             except OSError as error:
-                return GuardResult(GuardState.ERROR, message=f"lock root {self.root} is unusable: {error}")
+                return GuardResult(
+                    GuardState.ERROR, message=f"lock root {self.root} is unusable: {error}"
+                )
             if isinstance(claim, GuardResult):
                 return claim
             cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
@@ -473,8 +500,14 @@ class EmbeddedEngine(Engine):
                 result = GuardResult(GuardState.ERROR, message=message)
         return result
 
-    def _attempt(self, attempt: Attempt, env: Dict[str, str], cwd: Optional[Path],
-                 stop: StopRequest, lost: Callable[[], bool]) -> GuardResult:
+    def _attempt(
+        self,
+        attempt: Attempt,
+        env: Dict[str, str],
+        cwd: Optional[Path],
+        stop: StopRequest,
+        lost: Callable[[], bool],
+    ) -> GuardResult:
         """The attempt, in this process, under the lock we hold. If the lock
         is ``lost()`` meanwhile, the command is stopped and no final record
         written: the shard was not run under its lock to the end."""
@@ -532,7 +565,11 @@ class EmbeddedEngine(Engine):
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
                 holder = self._holder_of(name, tried.holder)
-                return GuardResult(GuardState.HELD, holder=holder, message=held_message(name, holder, wait, timeout))
+                return GuardResult(
+                    GuardState.HELD,
+                    holder=holder,
+                    message=held_message(name, holder, wait, timeout),
+                )
             pause = min(backoff(tries), remaining)
             tries += 1
             if stop is not None:

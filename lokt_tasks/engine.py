@@ -29,6 +29,7 @@ and writes an already-expired lock for a TTL under one second, so both
 engines round a positive TTL below one second up to one second. A TTL of 0
 means a lock that never expires (and no renewal).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -181,7 +182,7 @@ def find_lock_root(cwd: Path) -> Path:
             cwd=base,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            universal_newlines=True,
+            text=True,
         )
     except OSError:
         git = None
@@ -236,7 +237,8 @@ def frozen_message(name: str, holder: Optional[Holder]) -> str:
 
 
 def interrupted_before_start(stop: StopRequest) -> GuardResult:
-    return GuardResult(GuardState.INTERRUPTED,
+    return GuardResult(
+        GuardState.INTERRUPTED,
         interrupted=stop.signum or signal.SIGINT,
         message="stopped before the command started",
     )
@@ -297,8 +299,9 @@ class Engine:
             raise UsageError(f"working directory does not exist: {cwd}")
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop)
-        return self._guard(lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd,
-                           stop or StopRequest())
+        return self._guard(
+            lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd, stop or StopRequest()
+        )
 
     def _guard(
         self,

@@ -22,6 +22,7 @@ entered (except in the leading literal part of a pattern). An item is
 excluded when an ``exclude`` pattern matches its path or one of its parent
 directories.
 """
+
 from __future__ import annotations
 
 import functools
@@ -183,7 +184,7 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     }
     # Without "**", files lie exactly one segment below the deepest directory worth reading.
     deepest = len(segments) - 1 if first_star == len(segments) else None
-    enter_hidden = any(segment.startswith(".") for segment in segments[first_star + 1:])
+    enter_hidden = any(segment.startswith(".") for segment in segments[first_star + 1 :])
     # A file matches when its directory matches the segments before the last
     # and its name the last. A last "**" matches every name without a leading
     # dot in a directory that the whole pattern matches; elsewhere the whole
@@ -233,14 +234,14 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     return sorted(found)
 
 
-def _is_dir(entry: "os.DirEntry[str]") -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
     except OSError:
         return False
 
 
-def _is_file(entry: "os.DirEntry[str]") -> bool:
+def _is_file(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_file()
     except OSError:

@@ -11,6 +11,7 @@ Layout under the lock root::
     freezes/NAME.json    one freeze, same structure as a lock
     audit.log            one compact JSON object per line, appended
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,7 @@ def validate_lock_name(name: str) -> None:
         # lokt's rules allow it, but `lokt guard` would read it as a flag.
         raise UsageError(f"invalid lock name {name!r}: must not start with '-'")
     if not _NAME_CHARACTERS.match(name):
-        raise UsageError(
-            f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'"
-        )
+        raise UsageError(f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'")
 
 
 # Paths ---------------------------------------------------------------------
@@ -187,7 +186,7 @@ class LockData:
             return False
         return moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
 
-    def renewed(self, at_ns: int) -> "LockData":
+    def renewed(self, at_ns: int) -> LockData:
         """The same lock, acquired again now (what a heartbeat writes)."""
         expires = at_ns + self.ttl_sec * 1_000_000_000 if self.ttl_sec > 0 else self.expires_ns
         return replace(self, version=LOCK_VERSION, acquired_ns=at_ns, expires_ns=expires)
@@ -292,8 +291,9 @@ def holds(path: Path, lock_id: str) -> bool:
         return False
 
 
-def prune_abandoned(root: Path, name: str, *, owner: str, host: str, pid: int,
-                    agent_id: str = "") -> bool:
+def prune_abandoned(
+    root: Path, name: str, *, owner: str, host: str, pid: int, agent_id: str = ""
+) -> bool:
     """Remove the lock ``name`` if nobody can hold it any more, writing the
     break to the audit log as lokt does (as ``owner``, ``host``, ``pid``).
     True when the name is free to take now.
@@ -330,8 +330,16 @@ def prune_abandoned(root: Path, name: str, *, owner: str, host: str, pid: int,
         extra = {"pruned_owner": lock.owner, "pruned_host": lock.host, "pruned_pid": lock.pid}
     if not remove_if_unchanged(path, text):
         return False
-    line = audit_line(event, name, owner=owner, host=host, pid=pid, agent_id=agent_id,
-                      lock_id=lock_id, extra=extra)
+    line = audit_line(
+        event,
+        name,
+        owner=owner,
+        host=host,
+        pid=pid,
+        agent_id=agent_id,
+        lock_id=lock_id,
+        extra=extra,
+    )
     append_audit(root, line)
     return True
 
@@ -421,7 +429,7 @@ def host_name() -> str:
 
 
 def pid_status(lock: LockData, host: Optional[str] = None) -> str:
-    """"alive", "dead" or "unknown" (another host) for a lock's holder.
+    """ "alive", "dead" or "unknown" (another host) for a lock's holder.
 
     Stricter than ``lokt status``: a recycled pid (start time differs from
     the one recorded) counts as dead, as lokt's own pruning treats it; so

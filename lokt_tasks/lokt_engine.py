@@ -6,6 +6,7 @@ attempt's record, not lokt's exit code, says whether the command ran: lokt
 exits 2 both when the lock is held and when the command itself exits 2,
 and 255 for every command killed by a signal.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ from .states import GuardState, RecordOutcome
 class LoktEngine(Engine):
     name = "lokt"
 
-    def __init__(self, identity: Identity, root: Path, binary: str, *,
-                 grace: float = STOP_GRACE) -> None:
+    def __init__(
+        self, identity: Identity, root: Path, binary: str, *, grace: float = STOP_GRACE
+    ) -> None:
         super().__init__(identity, root, grace=grace)
         self.binary = binary
         self._version: Optional[str] = None
@@ -50,7 +52,7 @@ class LoktEngine(Engine):
                     [self.binary, "version"],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
-                    universal_newlines=True,
+                    text=True,
                     timeout=10,
                 ).stdout.strip()
             except (OSError, subprocess.TimeoutExpired):
@@ -58,8 +60,9 @@ class LoktEngine(Engine):
             self._version = output.splitlines()[0] if output else "lokt (version unknown)"
         return f"{self._version} at {self.binary}"
 
-    def guard_command(self, lock_name: str, ttl: float, wait: bool,
-                      timeout: Optional[float]) -> List[str]:
+    def guard_command(
+        self, lock_name: str, ttl: float, wait: bool, timeout: Optional[float]
+    ) -> List[str]:
         """``lokt guard`` with its flags before the name (Go's flag parsing
         stops at the first non-flag word) and durations with units (lokt
         refuses bare numbers)."""
@@ -100,7 +103,9 @@ class LoktEngine(Engine):
             try:
                 guard = system.start(argv, stdout=out, env=env, cwd=str(cwd) if cwd else None)
             except OSError as error:
-                return GuardResult(GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}")
+                return GuardResult(
+                    GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}"
+                )
             try:
                 ended = supervise(guard, stopped=stop.asked, grace=patience)
             except BaseException:
@@ -130,8 +135,11 @@ class LoktEngine(Engine):
             message = f'lock "{lock_name}" was taken over by another agent of the same name'
             return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
-            return GuardResult(GuardState.INTERRUPTED, interrupted=forwarded,
-                               message="stopped before the command started")
+            return GuardResult(
+                GuardState.INTERRUPTED,
+                interrupted=forwarded,
+                message="stopped before the command started",
+            )
         message = _last_error_line(lokt_message)
         if returncode == 2:
             return self._refused(lock_name, message, wait, timeout)
@@ -152,17 +160,25 @@ class LoktEngine(Engine):
         and holds the lock as any other would.
         """
         me = self.identity
-        lockfile.prune_abandoned(self.root, lock_name, owner=me.owner, host=me.host,
-                                 pid=os.getpid(), agent_id=me.agent)
+        lockfile.prune_abandoned(
+            self.root, lock_name, owner=me.owner, host=me.host, pid=os.getpid(), agent_id=me.agent
+        )
         holder = self.holder(lock_name)
         if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
             return None
         message = held_message(lock_name, holder, False, None)
-        return GuardResult(GuardState.HELD, holder=holder,
-                           message=f"{message}: another agent named {me.agent!r}")
+        return GuardResult(
+            GuardState.HELD, holder=holder, message=f"{message}: another agent named {me.agent!r}"
+        )
 
-    def _ran(self, attempt: Attempt, own: Mapping, returncode: int, forwarded: Optional[int],
-             lokt_message: str) -> GuardResult:
+    def _ran(
+        self,
+        attempt: Attempt,
+        own: Mapping,
+        returncode: int,
+        forwarded: Optional[int],
+        lokt_message: str,
+    ) -> GuardResult:
         """How the command ended, from its final record; from lokt's exit code
         when the attempt died before it could write one."""
         if lokt_message and attempt.log:
@@ -170,22 +186,33 @@ class LoktEngine(Engine):
                 handle.write(lokt_message + "\n")
         if own.get("outcome") == RecordOutcome.RUNNING:
             code = returncode if returncode >= 0 else None
-            return GuardResult(GuardState.RAN, exit_code=code, signal=None if code is not None else -returncode,
-                               interrupted=forwarded)
+            return GuardResult(
+                GuardState.RAN,
+                exit_code=code,
+                signal=None if code is not None else -returncode,
+                interrupted=forwarded,
+            )
         signum = system.signal_number(own["signal"]) if own.get("signal") else None
-        return GuardResult(GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded)
+        return GuardResult(
+            GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded
+        )
 
-    def _refused(self, lock_name: str, lokt_message: str, wait: bool,
-                 timeout: Optional[float]) -> GuardResult:
+    def _refused(
+        self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]
+    ) -> GuardResult:
         """Exit 2 and no record of the attempt: held or frozen, said by the files.
 
         With --wait, lokt only gives up with 2 when frozen or timed out.
         """
         freeze = self.frozen_by(lock_name)
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
-            return GuardResult(GuardState.FROZEN, holder=freeze, message=frozen_message(lock_name, freeze))
+            return GuardResult(
+                GuardState.FROZEN, holder=freeze, message=frozen_message(lock_name, freeze)
+            )
         holder = self.holder(lock_name)
-        return GuardResult(GuardState.HELD, holder=holder, message=held_message(lock_name, holder, wait, timeout))
+        return GuardResult(
+            GuardState.HELD, holder=holder, message=held_message(lock_name, holder, wait, timeout)
+        )
 
     def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
         """lokt was killed before it could release: remove its lock, ours only."""

@@ -78,6 +78,7 @@ file would be most of the time a plan of 100,000 files takes). The other
 splits, explicit shards and ``"per-item"`` count bytes when items are files,
 else items.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -206,7 +207,11 @@ def build_plan(
         split = "explicit"
         costs, unit = _item_costs(all_items, config.root, durations, split)
     else:
-        items = _collect_items(config, task) if task.collect is not None else _glob_task_items(config, task)
+        items = (
+            _collect_items(config, task)
+            if task.collect is not None
+            else _glob_task_items(config, task)
+        )
         count = _shard_count(config, task, shards, len(items), warnings)
         split = "per-item" if task.per_item and shards is None else task.split
         costs, unit = _item_costs(items, config.root, durations, split)
@@ -217,18 +222,26 @@ def build_plan(
     for index, group in enumerate(groups, start=1):
         items_tuple = tuple(group)
         weight = math.fsum(map(costs.__getitem__, items_tuple))
-        built.append(Shard(
-            task=task.name,
-            index=index,
-            total=total,
-            items=items_tuple,
-            argv=expand_argv(tokens, items_tuple, task=task.name, index=index, total=total, root=config.root),
-            lock_name=lock_name(task.name, index),
-            fingerprint=fingerprint(task.run, total, index, items_tuple),
-            estimate=weight if unit == "seconds" else None,
-            weight=weight,
-        ))
-        size_key = key_path("tasks", task.name, "shard", index) if task.explicit else key_path("tasks", task.name, "shards")
+        built.append(
+            Shard(
+                task=task.name,
+                index=index,
+                total=total,
+                items=items_tuple,
+                argv=expand_argv(
+                    tokens, items_tuple, task=task.name, index=index, total=total, root=config.root
+                ),
+                lock_name=lock_name(task.name, index),
+                fingerprint=fingerprint(task.run, total, index, items_tuple),
+                estimate=weight if unit == "seconds" else None,
+                weight=weight,
+            )
+        )
+        size_key = (
+            key_path("tasks", task.name, "shard", index)
+            if task.explicit
+            else key_path("tasks", task.name, "shards")
+        )
         check_command_size(built[-1], config, size_key)
     return Plan(
         task=task.name,
@@ -263,11 +276,15 @@ def lock_name(task: str, index: int) -> str:
 
 def fingerprint(run: str, total: int, index: int, items: Sequence[str]) -> str:
     """16 hex digits of sha256 over what a shard runs: a changed plan changes it."""
-    payload = json.dumps({"run": run, "total": total, "index": index, "items": list(items)}, sort_keys=True)
+    payload = json.dumps(
+        {"run": run, "total": total, "index": index, "items": list(items)}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def expand_argv(tokens, items: Sequence[str], *, task: str, index: int, total: int, root: Path) -> Tuple[str, ...]:
+def expand_argv(
+    tokens, items: Sequence[str], *, task: str, index: int, total: int, root: Path
+) -> Tuple[str, ...]:
     """The argv of one shard from a parsed run template (see the module docstring)."""
     argv: List[str] = []
     for token in tokens:
@@ -319,11 +336,16 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
     # ASCII text is as many bytes as characters in any file system encoding.
     arguments = [(len(arg) if arg.isascii() else len(os.fsencode(arg))) + 1 for arg in shard.argv]
     size = sum(arguments) + pointer * len(arguments)
-    size += sum(len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items())
-    where = f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
+    size += sum(
+        len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items()
+    )
+    where = (
+        f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
+    )
     if size + COMMAND_LINE_HEADROOM > limit:
         raise config_error(
-            config.path, key,
+            config.path,
+            key,
             f"{where} needs a command line of {size:,} bytes with the environment, over this system's limit "
             f"of {limit - COMMAND_LINE_HEADROOM:,} (ARG_MAX less {COMMAND_LINE_HEADROOM:,} kept for the attempt process); "
             f"use more shards",
@@ -332,27 +354,37 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
         one_argument = 32 * os.sysconf("SC_PAGE_SIZE")
         if max(arguments, default=0) > one_argument:
             raise config_error(
-                config.path, key,
+                config.path,
+                key,
                 f"{where} has an argument of {max(arguments):,} bytes, over Linux's limit of {one_argument:,} "
                 f"for one argument; use more shards, or {{items}} instead of {{items:SEP}}",
             )
 
 
 def _as_arguments(items: Sequence[str], root: Path) -> List[str]:
-    return ["./" + item if item.startswith("-") and os.path.lexists(root / item) else item for item in items]
+    return [
+        "./" + item if item.startswith("-") and os.path.lexists(root / item) else item
+        for item in items
+    ]
 
 
 # ---------------------------------------------------------------- items
+
 
 def _glob_task_items(config: Config, task: TaskConfig) -> List[str]:
     # A dict keeps each pattern's files in the sorted order they come in, so
     # sorting the union is nearly free when one pattern found them all.
     items: Dict[str, None] = {}
     for pattern in task.glob:
-        items.update(dict.fromkeys(_glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob"))))
+        items.update(
+            dict.fromkeys(
+                _glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob"))
+            )
+        )
     if not items:
         raise config_error(
-            config.path, key_path("tasks", task.name, "exclude"),
+            config.path,
+            key_path("tasks", task.name, "exclude"),
             "excludes every file the glob patterns match; nothing is left to run",
         )
     return sorted(items)
@@ -385,7 +417,9 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
             errors="surrogateescape",
         )
     except OSError as error:
-        raise config_error(config.path, key, f"cannot run '{command}': {error.strerror or error}") from None
+        raise config_error(
+            config.path, key, f"cannot run '{command}': {error.strerror or error}"
+        ) from None
     if completed.returncode != 0:
         stderr_lines = [line.strip() for line in completed.stderr.splitlines() if line.strip()]
         last = f": {stderr_lines[-1][:200]}" if stderr_lines else " (no error output)"
@@ -400,7 +434,8 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     items = without_excluded(sorted(lines), task.exclude)
     if not items:
         raise config_error(
-            config.path, key_path("tasks", task.name, "exclude"),
+            config.path,
+            key_path("tasks", task.name, "exclude"),
             f"excludes every item '{command}' printed; nothing is left to run",
         )
     return items
@@ -428,10 +463,18 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
     for number, entry in enumerate(task.explicit, start=1):
         members = set(entry.items)
         for pattern in entry.glob:
-            members.update(_glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "shard", number, "glob")))
+            members.update(
+                _glob_key(
+                    config,
+                    pattern,
+                    task.exclude,
+                    key_path("tasks", task.name, "shard", number, "glob"),
+                )
+            )
         if not members:
             raise config_error(
-                config.path, key_path("tasks", task.name, "shard", number),
+                config.path,
+                key_path("tasks", task.name, "shard", number),
                 "shard has no items left after exclude",
             )
         for item in sorted(members):
@@ -443,17 +486,25 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
 
     for item, numbers in sorted(overlaps.items()):
         listed = ", ".join(str(number) for number in numbers)
-        warnings.append(f"'{item}' is in shards {listed} of task '{task.name}' (their globs overlap): it runs more than once")
+        warnings.append(
+            f"'{item}' is in shards {listed} of task '{task.name}' (their globs overlap): it runs more than once"
+        )
 
     if task.glob:
         files = set()
         for pattern in task.glob:
-            files.update(_glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob")))
+            files.update(
+                _glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob"))
+            )
         covered = {_normal_item(item) for item in shard_of}
         missing = sorted(path for path in files if not _is_covered(path, covered))
         if missing:
             shown = ", ".join(f"'{path}'" for path in missing[:_SHOWN_IN_WARNINGS])
-            more = f" and {len(missing) - _SHOWN_IN_WARNINGS} more" if len(missing) > _SHOWN_IN_WARNINGS else ""
+            more = (
+                f" and {len(missing) - _SHOWN_IN_WARNINGS} more"
+                if len(missing) > _SHOWN_IN_WARNINGS
+                else ""
+            )
             warnings.append(
                 f"{len(missing)} file(s) matched by {key_path('tasks', task.name, 'glob')} are in no shard of task "
                 f"'{task.name}': {shown}{more}"
@@ -463,7 +514,7 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
 
 def _normal_item(item: str) -> str:
     if item.endswith("/..."):
-        item = item[:-len("/...")]
+        item = item[: -len("/...")]
     return normal_path(item)
 
 
@@ -476,10 +527,19 @@ def _is_covered(path: str, covered: set) -> bool:
 
 # ---------------------------------------------------------------- splitting
 
-def _shard_count(config: Config, task: TaskConfig, override: Optional[int], item_count: int, warnings: List[str]) -> int:
+
+def _shard_count(
+    config: Config, task: TaskConfig, override: Optional[int], item_count: int, warnings: List[str]
+) -> int:
     if override is not None:
-        if isinstance(override, bool) or not isinstance(override, int) or not 1 <= override <= MAX_SHARDS:
-            raise UsageError(f"shard count must be an integer from 1 to {MAX_SHARDS}, got {override!r}")
+        if (
+            isinstance(override, bool)
+            or not isinstance(override, int)
+            or not 1 <= override <= MAX_SHARDS
+        ):
+            raise UsageError(
+                f"shard count must be an integer from 1 to {MAX_SHARDS}, got {override!r}"
+            )
         count = override
     elif task.per_item:
         return item_count
@@ -494,7 +554,9 @@ def _shard_count(config: Config, task: TaskConfig, override: Optional[int], item
     return count
 
 
-def _split(items: List[str], count: int, split: str, root: Path, costs: Mapping[str, float], unit: str) -> List[List[str]]:
+def _split(
+    items: List[str], count: int, split: str, root: Path, costs: Mapping[str, float], unit: str
+) -> List[List[str]]:
     if split == "per-item":
         return [[item] for item in items]
     if split == "name":
@@ -511,7 +573,7 @@ def _contiguous(items: List[str], count: int) -> List[List[str]]:
     groups, start = [], 0
     for index in range(count):
         size = base + (1 if index < extra else 0)
-        groups.append(items[start:start + size])
+        groups.append(items[start : start + size])
         start += size
     return groups
 
@@ -538,7 +600,9 @@ def _item_costs(
     sizes would only be shown, and one ``stat`` per file would be most of
     the time a large plan takes. Without timings it counts items instead.
     """
-    known = {item: float(durations[item]) for item in items if item in durations} if durations else {}
+    known = (
+        {item: float(durations[item]) for item in items if item in durations} if durations else {}
+    )
     if known:
         if len(known) == len(items):
             return known, "seconds"  # every item timed: no mean to fill in
@@ -599,6 +663,7 @@ def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> Pl
 
 # ---------------------------------------------------------------- output
 
+
 def plan_to_json(plan: Plan) -> Dict[str, Any]:
     """The plan as JSON-ready data; the keys are a stable contract.
 
@@ -629,7 +694,9 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
             }
             for shard in plan.shards
         ],
-        "stats": None if stats is None else {
+        "stats": None
+        if stats is None
+        else {
             "unit": stats.unit,
             "items": stats.items,
             "total": round(stats.total, 3),

@@ -24,6 +24,7 @@ names never share a directory.
 The run key says which code a record belongs to (see :func:`current_run_key`):
 by default the commit, plus a digest of uncommitted changes to tracked files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -138,7 +139,14 @@ def parse_time(text: str) -> datetime.datetime:
         zone = datetime.timezone(-offset if sign == "-" else offset)
     microsecond = int((fraction or "0")[:6].ljust(6, "0"))
     moment = datetime.datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, tzinfo=zone
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        microsecond,
+        tzinfo=zone,
     )
     return moment.astimezone(datetime.timezone.utc)
 
@@ -147,7 +155,7 @@ def parse_time(text: str) -> datetime.datetime:
 
 
 def new_start_record(
-    shard: "Shard",
+    shard: Shard,
     *,
     run_key: str,
     agent: str,
@@ -275,7 +283,9 @@ def record_from_dict(data: object) -> Record:
         raise ValueError("expected a JSON object, found %s" % _json_type(data))
     version = data.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version != RECORD_VERSION:
-        raise ValueError("record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION))
+        raise ValueError(
+            "record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION)
+        )
     values: Dict[str, Any] = {}
     for name, (types, optional) in _FIELD_TYPES.items():
         if name not in data and name in _FIELD_DEFAULTS:
@@ -288,7 +298,9 @@ def record_from_dict(data: object) -> Record:
             values[name] = None
             continue
         if isinstance(value, bool) or not isinstance(value, types):
-            raise ValueError("field %r should be %s, found %s" % (name, _TYPE_NAMES[types], _json_type(value)))
+            raise ValueError(
+                "field %r should be %s, found %s" % (name, _TYPE_NAMES[types], _json_type(value))
+            )
         values[name] = value
     if values["outcome"] not in OUTCOMES:
         raise ValueError("unknown outcome %r" % values["outcome"])
@@ -301,7 +313,9 @@ def record_from_dict(data: object) -> Record:
             try:
                 parse_time(values[name])
             except ValueError:
-                raise ValueError("field %r is not an RFC 3339 time: %r" % (name, values[name])) from None
+                raise ValueError(
+                    "field %r is not an RFC 3339 time: %r" % (name, values[name])
+                ) from None
     return Record(**values)
 
 
@@ -525,13 +539,17 @@ class RecordStore:
         return [unsafe_component(name) for _, name in found]
 
 
-def _check_place(record: Optional[AnyRecord], path: Path, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
+def _check_place(
+    record: Optional[AnyRecord], path: Path, task: str, run_key: str, shard: int
+) -> Optional[AnyRecord]:
     if not isinstance(record, Record):
         return record
     for field, expected in (("task", task), ("run_key", run_key), ("shard", shard)):
         found = getattr(record, field)
         if found != expected:
-            return CorruptRecord(str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected))
+            return CorruptRecord(
+                str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected)
+            )
     return record
 
 
@@ -543,13 +561,18 @@ def validate_run_key(key: str, source: str = "--run") -> str:
     if not key:
         raise UsageError("%s: the run key is empty" % source)
     if len(key) > MAX_RUN_KEY_LENGTH:
-        raise UsageError("%s: the run key is longer than %d characters" % (source, MAX_RUN_KEY_LENGTH))
+        raise UsageError(
+            "%s: the run key is longer than %d characters" % (source, MAX_RUN_KEY_LENGTH)
+        )
     if "/" in key or "\\" in key:
         raise UsageError("%s: the run key %r must not contain a slash" % (source, key))
     if ".." in key:
         raise UsageError("%s: the run key %r must not contain '..'" % (source, key))
     if not key.isprintable() or key != key.strip():
-        raise UsageError("%s: the run key %r must be printable, without leading or trailing space" % (source, key))
+        raise UsageError(
+            "%s: the run key %r must be printable, without leading or trailing space"
+            % (source, key)
+        )
     if len(safe_component(key)) > MAX_COMPONENT_BYTES:
         raise UsageError(
             "%s: the run key %r is too long once escaped for a directory name (%d bytes at most)"
@@ -684,7 +707,7 @@ def _tracked_changes_digest(top: Path, excludes: Sequence[str] = ()) -> Optional
     if process.returncode != 0:
         detail = stderr.decode("utf-8", "replace").strip().splitlines()
         raise LoktTasksError(
-            "git diff failed in %s while computing the run key%s" % (top, (": " + detail[0]) if detail else "")
+            "git diff failed in %s while computing the run key%s"
+            % (top, (": " + detail[0]) if detail else "")
         )
     return digest.hexdigest() if seen_any else None
-

@@ -7,6 +7,7 @@ lock is held, in this process with the embedded engine, inside ``lokt
 guard`` with the lokt engine. This layer then reads the record back to
 learn the truth rather than trusting an exit code.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ from .results import Record, RecordStore, new_start_record, unstamped_json
 from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
 
 ENGINE_CHOICES = ("auto", "lokt", "embedded")
+
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
     """The engine for choice "auto", "lokt" or "embedded", on one lock root:
@@ -117,8 +119,13 @@ def run_shard(
             # the docs teach). Another run's agent holds this one: runs do not
             # fail each other, so wait for it, as with --wait.
             guard = settings.engine.guard(
-                shard.lock_name, attempt, ttl=settings.ttl, wait=True,
-                timeout=settings.timeout, cwd=settings.cwd, stop=stop,
+                shard.lock_name,
+                attempt,
+                ttl=settings.ttl,
+                wait=True,
+                timeout=settings.timeout,
+                cwd=settings.cwd,
+                stop=stop,
             )
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)

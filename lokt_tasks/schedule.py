@@ -6,6 +6,7 @@ agent holding it is never run over. The check for "already done" is made
 again by the shard's attempt inside the lock, so two agents racing for the same
 shard never both run it.
 """
+
 from __future__ import annotations
 
 import signal
@@ -122,7 +123,15 @@ def run_queue(
     deadline: Optional[float] = None
     announced: List[Shard] = []
     while not stop.is_set():
-        outcome, held = _claim_next(plan, settings, ran_here, stop=stop, on_change=on_change, finished=finished, to_log=to_log)
+        outcome, held = _claim_next(
+            plan,
+            settings,
+            ran_here,
+            stop=stop,
+            on_change=on_change,
+            finished=finished,
+            to_log=to_log,
+        )
         if outcome is not None:
             outcomes.append(outcome)
             ran_here.add(outcome.shard.index)
@@ -211,7 +220,9 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     def request(signum, _frame):
         stop.request(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     for sig in previous:
         signal.signal(sig, request)
     try:

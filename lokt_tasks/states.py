@@ -26,6 +26,7 @@ than one place (a command, its help text, the docs), so that they cannot drift
 apart. They are frozensets; :func:`ordered` lists one in the order its states
 are declared, for text and command lines.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -194,7 +195,9 @@ W = TypeVar("W", bound=Word)
 
 def ordered(states: Iterable[W]) -> Tuple[W, ...]:
     """``states`` in the order their vocabulary declares them (for text and argv)."""
-    return tuple(sorted(states, key=lambda state: list(type(state).__members__.values()).index(state)))
+    return tuple(
+        sorted(states, key=lambda state: list(type(state).__members__.values()).index(state))
+    )
 
 
 # --- Colours -----------------------------------------------------------------

@@ -8,6 +8,7 @@ this module imports only what Python has loaded at start-up anyway:
 ``signal`` (which pulls in ``enum``) and ``ctypes`` are imported where a
 function needs them, ``subprocess`` only in the agent's own process.
 """
+
 from __future__ import annotations
 
 import os
@@ -285,14 +286,22 @@ def start(
     # subprocess loaded already.
     """
     if cwd is None:
-        actions = [] if stdout is None else [
-            (os.POSIX_SPAWN_DUP2, stdout, 1),
-            (os.POSIX_SPAWN_DUP2, stdout, 2),
-        ]
+        actions = (
+            []
+            if stdout is None
+            else [
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stdout, 2),
+            ]
+        )
         group = {"setsid": True} if new_session else {"setpgroup": 0}
         pid = os.posix_spawnp(
-            argv[0], argv, os.environ if env is None else env,
-            file_actions=actions, setsigdef=RESTORED_SIGNALS, **group,
+            argv[0],
+            argv,
+            os.environ if env is None else env,
+            file_actions=actions,
+            setsigdef=RESTORED_SIGNALS,
+            **group,
         )
         return Child(pid)
     import subprocess
@@ -351,7 +360,9 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
         import errno  # on failure only: the attempt process starts without it
 
         if error.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
-            raise OSError(error.errno, "is a symbolic link, not followed", os.fspath(path)) from None
+            raise OSError(
+                error.errno, "is a symbolic link, not followed", os.fspath(path)
+            ) from None
         if error.errno == errno.ENXIO:  # a FIFO opened for writing, with no reader
             raise OSError(error.errno, "is not a regular file", os.fspath(path)) from None
         raise
@@ -424,7 +435,9 @@ def write_atomically(
     temporary file behind.
     """
     directory, name = os.path.split(os.fspath(path))
-    temporary = os.path.join(directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex()))
+    temporary = os.path.join(
+        directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex())
+    )
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb") as handle:

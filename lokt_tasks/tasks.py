@@ -4,6 +4,7 @@ Thin on purpose: each task reads its arguments, asks the layers below, prints
 and picks the exit code. Errors meant for the user are LoktTasksError, turned
 into one line on stderr and their exit code (see lokt_tasks.errors).
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,11 +76,15 @@ def user_errors(body):
     def wrapper(c, task, *args, **kwargs):
         # invoke hands an unfilled positional the next word, even "--help".
         if task in ("-h", "--help"):
-            print(f"usage: invoke {command} TASK [options]\n\n  {body.__doc__}\n\n'invoke --help {command}' lists the options.")
+            print(
+                f"usage: invoke {command} TASK [options]\n\n  {body.__doc__}\n\n'invoke --help {command}' lists the options."
+            )
             return
         try:
             if task.startswith("-"):
-                raise UsageError(f"{command}: expected a task name before {task!r}; see 'invoke --help {command}'")
+                raise UsageError(
+                    f"{command}: expected a task name before {task!r}; see 'invoke --help {command}'"
+                )
             return body(c, task, *args, **kwargs)
         except LoktTasksError as error:
             raise Exit(f"lokt-tasks: error: {error}", code=error.exit_code) from None
@@ -156,7 +161,9 @@ def _count(raw: Optional[str], flag: str) -> Optional[int]:
     return value
 
 
-def _settings(setup: Setup, *, engine: Optional[str], agent: Optional[str], wait=False, timeout=None) -> RunSettings:
+def _settings(
+    setup: Setup, *, engine: Optional[str], agent: Optional[str], wait=False, timeout=None
+) -> RunSettings:
     identity = make_identity(agent)
     chosen = select_engine(engine or setup.task.engine, identity, root=setup.lock_root)
     return RunSettings(
@@ -214,10 +221,26 @@ def plan(c, task, json=False, shards=None, config=None):
     }
 )
 @user_errors
-def shard(c, task, id=None, total=None, agent=None, engine=None, run=None, shards=None, wait=False, timeout=None, log=False, config=None, results=None):
+def shard(
+    c,
+    task,
+    id=None,
+    total=None,
+    agent=None,
+    engine=None,
+    run=None,
+    shards=None,
+    wait=False,
+    timeout=None,
+    log=False,
+    config=None,
+    results=None,
+):
     """Run one shard of TASK under its lock (or, with --id next, every unclaimed one)."""
     if id is None:
-        raise UsageError("shard needs --id: a shard number, 'next' (queue mode) or 'auto' (from the CI environment)")
+        raise UsageError(
+            "shard needs --id: a shard number, 'next' (queue mode) or 'auto' (from the CI environment)"
+        )
     if id == "auto":
         found = shard_from_env(os.environ)
         shards, index = str(found.total), found.index
@@ -236,16 +259,29 @@ def shard(c, task, id=None, total=None, agent=None, engine=None, run=None, shard
     wait_timeout = parse_duration(timeout) if timeout else None
     settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=wait_timeout)
     console = Console()
-    console.note(f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}")
+    console.note(
+        f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}"
+    )
     stop = StopRequest()
     if index is None:
-        _shard_queue(setup, settings, console, stop, to_log=log, patience=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout)
+        _shard_queue(
+            setup,
+            settings,
+            console,
+            stop,
+            to_log=log,
+            patience=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout,
+        )
         return
     count = len(setup.plan.shards)
     if not 1 <= index <= count:
-        raise UsageError(f"--id {index} is out of range: task '{task}' has {count} shard{'s' if count != 1 else ''} (1..{count})")
+        raise UsageError(
+            f"--id {index} is out of range: task '{task}' has {count} shard{'s' if count != 1 else ''} (1..{count})"
+        )
     chosen = setup.plan.shards[index - 1]
-    console.note(f"{chosen.lock_name}: {len(chosen.items)} item{'s' if len(chosen.items) != 1 else ''}")
+    console.note(
+        f"{chosen.lock_name}: {len(chosen.items)} item{'s' if len(chosen.items) != 1 else ''}"
+    )
     with stop_on_signals(stop):
         outcome = run_shard(chosen, settings, to_log=log, stop=stop)
     _finish_one(outcome, console, stop)
@@ -258,7 +294,15 @@ def _shard_id(raw: str) -> int:
         raise UsageError(f"--id must be a shard number, 'next' or 'auto', got {raw!r}") from None
 
 
-def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: StopRequest, *, to_log: bool, patience: float) -> None:
+def _shard_queue(
+    setup: Setup,
+    settings: RunSettings,
+    console: Console,
+    stop: StopRequest,
+    *,
+    to_log: bool,
+    patience: float,
+) -> None:
     """Run shards until every one is finished (see schedule.run_queue), then
     say how many this agent ran and which shards, if any, are left to others.
 
@@ -267,6 +311,7 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
     attempt died) or was stopped by a signal sent to it alone, 6 on an engine
     error, 130/143 when this agent was interrupted.
     """
+
     def finished(shard) -> bool:
         return is_finished(setup.store.read(shard.task, setup.run_key, shard.index), shard)
 
@@ -274,15 +319,23 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
         if outcome is None:
             console.note(f"{shard.lock_name}: claiming")
         else:
-            console.say(f"{shard.lock_name}: {console.paint(state, state)}{_outcome_detail(outcome)}")
+            console.say(
+                f"{shard.lock_name}: {console.paint(state, state)}{_outcome_detail(outcome)}"
+            )
 
     def on_wait(held):
         console.note(f"queue: waiting for {_held_list(held, settings.engine)}")
 
     with stop_on_signals(stop):
         outcomes = run_queue(
-            setup.plan, settings, stop=stop, on_change=on_change, finished=finished,
-            to_log=to_log, patience=patience, on_wait=on_wait,
+            setup.plan,
+            settings,
+            stop=stop,
+            on_change=on_change,
+            finished=finished,
+            to_log=to_log,
+            patience=patience,
+            on_wait=on_wait,
         )
     if stop.is_set():
         raise Exit("lokt-tasks: interrupted", code=128 + (stop.signum or signal.SIGINT))
@@ -295,12 +348,17 @@ def _shard_queue(setup: Setup, settings: RunSettings, console: Console, stop: St
         for state in tallied
         if any(o.state == state for o in ran)
     )
-    summary = f"queue: agent {settings.identity.agent} ran {len(ran)} shard{'s' if len(ran) != 1 else ''}" + (f" ({tally})" if tally else "")
+    summary = (
+        f"queue: agent {settings.identity.agent} ran {len(ran)} shard{'s' if len(ran) != 1 else ''}"
+        + (f" ({tally})" if tally else "")
+    )
     left = [s for s in setup.plan.shards if not finished(s)]
     if not left:
         console.say(f"{summary}; every shard is finished")
     else:
-        console.say(f"{summary}; {len(left)} shard{'s are' if len(left) != 1 else ' is'} not finished: {_held_list(left, settings.engine)}")
+        console.say(
+            f"{summary}; {len(left)} shard{'s are' if len(left) != 1 else ' is'} not finished: {_held_list(left, settings.engine)}"
+        )
     if any(o.state == RunOutcome.ERROR for o in outcomes):
         raise Exit(code=errors.ENGINE)
     if any(o.state == RunOutcome.FAILED for o in outcomes):
@@ -318,7 +376,9 @@ def _held_list(shards, engine) -> str:
         if frozen is not None:
             described.append(f"{shard.lock_name} (frozen by {frozen.owner})")
         elif holder_is_live(holder):
-            described.append(f"{shard.lock_name} (held by agent {holder.agent_id}, pid {holder.pid} on {holder.host})")
+            described.append(
+                f"{shard.lock_name} (held by agent {holder.agent_id}, pid {holder.pid} on {holder.host})"
+            )
         else:
             described.append(shard.lock_name)
     return ", ".join(described)
@@ -377,7 +437,19 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
     },
 )
 @user_errors
-def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=None, run=None, shards=None, config=None, results=None):
+def shard_all(
+    c,
+    task,
+    jobs=None,
+    force=False,
+    failed=False,
+    agent=None,
+    engine=None,
+    run=None,
+    shards=None,
+    config=None,
+    results=None,
+):
     """Run every shard of TASK in parallel on this machine, then print the verdict."""
     setup = _setup(task, config=config, shards=shards, run=run, results=results)
     settings = _settings(setup, engine=engine, agent=agent)
@@ -393,8 +465,7 @@ def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=
             why = f"no shard is {RERUN_WORDS}"
         else:
             why = (
-                "every shard already passed under this run and plan"
-                " (use --force to run them again)"
+                "every shard already passed under this run and plan (use --force to run them again)"
             )
         console.say(f"nothing to run: {why}")
     else:
@@ -412,7 +483,10 @@ def shard_all(c, task, jobs=None, force=False, failed=False, agent=None, engine=
             )
         _show_failures(outcomes, console)
         if stop.is_set():
-            raise Exit("lokt-tasks: interrupted; running shards were stopped and their locks released", code=128 + (stop.signum or signal.SIGINT))
+            raise Exit(
+                "lokt-tasks: interrupted; running shards were stopped and their locks released",
+                code=128 + (stop.signum or signal.SIGINT),
+            )
     verdict = _judge(setup, settings.engine)
     console.say(render_table(verdict, color=console.color))
     if verdict.exit_code:
@@ -454,16 +528,26 @@ def _show_failures(outcomes: List[ShardOutcome], console: Console) -> None:
     }
 )
 @user_errors
-def verify(c, task, json=False, junit=None, wait=False, timeout=None, engine=None, run=None, shards=None, config=None, results=None):
+def verify(
+    c,
+    task,
+    json=False,
+    junit=None,
+    wait=False,
+    timeout=None,
+    engine=None,
+    run=None,
+    shards=None,
+    config=None,
+    results=None,
+):
     """Merge every shard's record into one verdict; exit 0 only if all passed."""
     setup = _setup(task, config=config, shards=shards, run=run, results=results)
     settings = _settings(setup, engine=engine, agent=None)
     deadline = time.monotonic() + (parse_duration(timeout) if timeout else 600.0)
     verdict = _judge(setup, settings.engine)
     while (
-        wait
-        and any(row.state in WAITED_ON for row in verdict.rows)
-        and time.monotonic() < deadline
+        wait and any(row.state in WAITED_ON for row in verdict.rows) and time.monotonic() < deadline
     ):
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         verdict = _judge(setup, settings.engine)

@@ -7,6 +7,7 @@ Pure functions: nothing here writes anywhere or decides whether to colour.
 Not here: ``config.format_duration``, which writes a duration for lokt to read
 ("600s", "1500ms"), not for a person.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -58,6 +58,7 @@ JSON shape (``verdict_to_json``, version 1)::
 
 Every key is always present; every state is always in ``counts``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -159,10 +160,15 @@ def judge(
     running shards.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    rows = tuple(_judge_shard(shard, records.get(shard.index), holders.get(shard.lock_name), now) for shard in plan.shards)
+    rows = tuple(
+        _judge_shard(shard, records.get(shard.index), holders.get(shard.lock_name), now)
+        for shard in plan.shards
+    )
     planned = {shard.index for shard in plan.shards}
     stray = tuple(sorted(index for index in records if index not in planned))
-    return Verdict(task=plan.task, run_key=run_key, rows=rows, state=_overall(rows), stray_shards=stray)
+    return Verdict(
+        task=plan.task, run_key=run_key, rows=rows, state=_overall(rows), stray_shards=stray
+    )
 
 
 def judge_live(
@@ -247,7 +253,12 @@ def holder_is_live(holder: Optional[Holder]) -> bool:
 
 def describe_holder(holder: Holder) -> str:
     """``held by OWNER (agent A, pid P on HOST)``."""
-    return "held by %s (agent %s, pid %d on %s)" % (holder.owner, holder.agent_id, holder.pid, holder.host)
+    return "held by %s (agent %s, pid %d on %s)" % (
+        holder.owner,
+        holder.agent_id,
+        holder.pid,
+        holder.host,
+    )
 
 
 def _judge_shard(
@@ -288,7 +299,8 @@ def _judge_shard(
     if record.fingerprint != shard.fingerprint:
         return row(
             ShardState.OUTDATED,
-            "recorded for another plan (outcome %s, fingerprint %s)" % (record.outcome, record.fingerprint[:12]),
+            "recorded for another plan (outcome %s, fingerprint %s)"
+            % (record.outcome, record.fingerprint[:12]),
         )
     outcome = record.outcome
     if outcome == RecordOutcome.PASSED:
@@ -450,10 +462,19 @@ def verdict_to_junit(verdict: Verdict) -> str:
         shows_log = row.log and row.state != ShardState.RUNNING
         log_tail = tail(row.log, JUNIT_LOG_LINES) if shows_log else ""
         if log_tail:
-            body = "%s\n--- last %d lines of %s ---\n%s" % (row.detail, JUNIT_LOG_LINES, row.log, log_tail)
+            body = "%s\n--- last %d lines of %s ---\n%s" % (
+                row.detail,
+                JUNIT_LOG_LINES,
+                row.log,
+                log_tail,
+            )
         problem.text = xml_safe(body)
     ElementTree.indent(suite)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suite, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        + ElementTree.tostring(suite, encoding="unicode")
+        + "\n"
+    )
 
 
 def _junit_time(seconds: float) -> str:
@@ -514,7 +535,9 @@ def _problem_notes(verdict: Verdict, limit: int = 3) -> str:
 # --- Logs -------------------------------------------------------------------
 
 
-def tail(path: Union[str, "os.PathLike[str]", None], lines: int = 20, *, max_bytes: int = 1024 * 1024) -> str:
+def tail(
+    path: Union[str, os.PathLike[str], None], lines: int = 20, *, max_bytes: int = 1024 * 1024
+) -> str:
     """The last ``lines`` lines of a file, reading backwards from its end.
 
     Reads at most ``max_bytes`` however long the log is. Returns "" when the

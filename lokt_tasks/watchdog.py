@@ -25,6 +25,7 @@ process of a run ends the agent, and the watchdog must outlive it to do its
 work. It starts once per agent, not once per shard, and like the attempt
 process imports only the standard library, through ``system``.
 """
+
 from __future__ import annotations
 
 import sys

@@ -11,6 +11,7 @@ pid once it runs (the command is started through a shell that writes its
 own pid, then execs it). SIGINT and SIGTERM become a stop request, as in the
 run layer. The module also holds the helpers the tests use to drive agents.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def attempt_for(directory: Path, command: Sequence[str], log: Optional[Path] = N
     directory.mkdir(parents=True, exist_ok=True)
     attempt_id = uuid.uuid4().hex
     fields = json.dumps({"attempt": attempt_id}, indent=2)
-    return Attempt(directory / f"{attempt_id}.json", fields, list(command), log=str(log) if log else None)
+    return Attempt(
+        directory / f"{attempt_id}.json", fields, list(command), log=str(log) if log else None
+    )
 
 
 class Guarding:
@@ -170,7 +173,9 @@ class Agent:
                 self.command_pid = json.loads(self.started_path.read_text())
                 return self.command_pid
             if self.process.poll() is not None:
-                raise AssertionError(f"agent {self.agent} ended before its command started: {self.read_result()}")
+                raise AssertionError(
+                    f"agent {self.agent} ended before its command started: {self.read_result()}"
+                )
             time.sleep(0.02)
         raise AssertionError(f"agent {self.agent}: command did not start")
 

@@ -5,6 +5,7 @@ test can count how often it ran), then passes, fails, or waits, depending on
 its content. ``run_checks.py`` runs the checks given as arguments, like a test
 runner would, and fails if any of them fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,10 +48,19 @@ sys.exit(0)
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
-def make_project(root: Path, checks: Dict[str, str], *, shards: int = 3, extra_toml: str = "", task: str = "checks") -> Path:
+def make_project(
+    root: Path,
+    checks: Dict[str, str],
+    *,
+    shards: int = 3,
+    extra_toml: str = "",
+    task: str = "checks",
+) -> Path:
     """Create and commit a project whose task runs ``checks`` in ``shards`` shards."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "checks").mkdir(exist_ok=True)
@@ -81,13 +91,21 @@ def set_check(root: Path, name: str, body: str) -> None:
 
 
 def cli_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKT_", "CI_NODE", "CIRCLE_", "BUILDKITE_", "TEST_SHARD", "TEST_TOTAL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("LOKT_", "CI_NODE", "CIRCLE_", "BUILDKITE_", "TEST_SHARD", "TEST_TOTAL")
+        )
+    }
     env["NO_COLOR"] = "1"
     env.update(extra or {})
     return env
 
 
-def cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(
+    cwd: Path, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run ``lokt-tasks ARGS`` in ``cwd`` and wait for it."""
     return subprocess.run(
         [sys.executable, "-m", "lokt_tasks", *args],
@@ -112,7 +130,9 @@ def start_cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> su
     )
 
 
-def verdict(cwd: Path, task: str = "checks", *args: str, env: Optional[Dict[str, str]] = None) -> dict:
+def verdict(
+    cwd: Path, task: str = "checks", *args: str, env: Optional[Dict[str, str]] = None
+) -> dict:
     result = cli(cwd, "verify", task, "--json", *args, env=env)
     assert result.stdout, result.stderr
     return json.loads(result.stdout)

@@ -6,6 +6,7 @@ every record it writes must be read back by ``results.read_record`` as a
 valid Record, byte for byte in the format ``results`` itself writes. The
 attempt runs exactly as the lokt engine starts it (``Attempt.argv``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,22 +18,34 @@ import sys
 from pathlib import Path
 
 import pytest
+from scratch import wait_for
 
 from lokt_tasks import attempt, system
 from lokt_tasks.attempt import Attempt
 from lokt_tasks.results import Record, read_record, record_to_json, unstamped_json
-from scratch import wait_for
 
 #: All an attempt may import: the standard library (ctypes on macOS only),
 #: and of the package only ``system``.
 STANDARD_MODULES = {
-    "__future__", "_signal", "ctypes", "errno", "json", "os", "signal", "stat", "subprocess", "sys", "time",
+    "__future__",
+    "_signal",
+    "ctypes",
+    "errno",
+    "json",
+    "os",
+    "signal",
+    "stat",
+    "subprocess",
+    "sys",
+    "time",
 }
 
 
 def attempt_argv(path: Path, start: Record, command, skip=(), *, log=None):
     """The attempt process's command line, as the lokt engine builds it."""
-    return Attempt(path, unstamped_json(start), command, log=log or start.log, skip=skip).argv(start.pid)
+    return Attempt(path, unstamped_json(start), command, log=log or start.log, skip=skip).argv(
+        start.pid
+    )
 
 
 def start_record(**changes) -> Record:
@@ -82,7 +95,11 @@ def test_the_attempt_imports_only_standard_modules(module):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level:
-            assert (node.level, node.module, [alias.name for alias in node.names]) == (1, None, ["system"])
+            assert (node.level, node.module, [alias.name for alias in node.names]) == (
+                1,
+                None,
+                ["system"],
+            )
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
     assert imported <= STANDARD_MODULES
@@ -93,12 +110,17 @@ def test_a_passing_command(tmp_path):
     result = run_attempt_process(path, python("pass"))
     assert result.returncode == 0, result.stderr
     record = read_back(path)
-    assert (record.outcome, record.exit_code, record.signal, record.message) == ("passed", 0, None, "")
+    assert (record.outcome, record.exit_code, record.signal, record.message) == (
+        "passed",
+        0,
+        None,
+        "",
+    )
     assert record.started_at != start_record().started_at  # stamped when the command started
     assert record.ended_at >= record.started_at and isinstance(record.duration, float)
-    assert dataclasses.replace(record, started_at="", ended_at=None, duration=None, exit_code=None, outcome="running") == dataclasses.replace(
-        start_record(), started_at=""
-    )
+    assert dataclasses.replace(
+        record, started_at="", ended_at=None, duration=None, exit_code=None, outcome="running"
+    ) == dataclasses.replace(start_record(), started_at="")
 
 
 def test_a_failing_command(tmp_path):
@@ -111,7 +133,9 @@ def test_a_failing_command(tmp_path):
 
 def test_a_command_killed_by_a_signal(tmp_path):
     path = tmp_path / "shard-2.json"
-    result = run_attempt_process(path, python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    result = run_attempt_process(
+        path, python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    )
     assert result.returncode == 128 + signal.SIGKILL
     record = read_back(path)
     assert (record.outcome, record.exit_code, record.signal) == ("failed", None, "SIGKILL")
@@ -121,33 +145,56 @@ def test_a_command_that_cannot_run(tmp_path):
     path = tmp_path / "shard-2.json"
     result = run_attempt_process(path, [str(tmp_path / "no-such-program")])
     assert result.returncode == 127
-    assert f"lokt-tasks: {tmp_path / 'no-such-program'}: command not found".encode() in result.stderr
+    assert (
+        f"lokt-tasks: {tmp_path / 'no-such-program'}: command not found".encode() in result.stderr
+    )
     assert read_back(path).exit_code == 127
 
 
 def test_fields_that_json_escapes_are_written_back_as_they_were(tmp_path):
     path = tmp_path / "shard-2.json"
-    log = tmp_path / "logs \u00e5 \"quoted\" \\ $(x)" / "shard-2.log"
+    log = tmp_path / 'logs \u00e5 "quoted" \\ $(x)' / "shard-2.log"
     log.parent.mkdir()
     log.write_text("an earlier attempt's output")
-    start = start_record(agent="\u00e5nn \U0001f600", owner='me/"ann"\\', host="h\u00f8st", log=str(log))
+    start = start_record(
+        agent="\u00e5nn \U0001f600", owner='me/"ann"\\', host="h\u00f8st", log=str(log)
+    )
     result = run_attempt_process(path, python("pass"), start)
     assert result.returncode == 0, result.stderr
     record = read_back(path)
-    assert (record.agent, record.owner, record.host, record.log) == (start.agent, start.owner, start.host, str(log))
+    assert (record.agent, record.owner, record.host, record.log) == (
+        start.agent,
+        start.owner,
+        start.host,
+        str(log),
+    )
     assert log.read_text() == ""  # found by its path
 
 
 def test_with_a_log_both_streams_go_to_it_and_without_one_they_stay_apart(tmp_path):
-    command = python("import sys; sys.stdout.write('to stdout '); sys.stdout.flush(); sys.stderr.write('to stderr')")
-    apart = subprocess.run(attempt_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60)
+    command = python(
+        "import sys; sys.stdout.write('to stdout '); sys.stdout.flush(); sys.stderr.write('to stderr')"
+    )
+    apart = subprocess.run(
+        attempt_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60
+    )
     log = tmp_path / "b.log"
-    merged = subprocess.run(attempt_argv(tmp_path / "b.json", start_record(), command, log=str(log)), capture_output=True, timeout=60)
+    merged = subprocess.run(
+        attempt_argv(tmp_path / "b.json", start_record(), command, log=str(log)),
+        capture_output=True,
+        timeout=60,
+    )
     assert (apart.stdout, apart.stderr) == (b"to stdout ", b"to stderr")
     assert (merged.stdout, merged.stderr) == (b"", b"")
     assert log.read_bytes() == b"to stdout to stderr"
     log = tmp_path / "c.log"
-    missing = subprocess.run(attempt_argv(tmp_path / "c.json", start_record(), [str(tmp_path / "nothing")], log=str(log)), capture_output=True, timeout=60)
+    missing = subprocess.run(
+        attempt_argv(
+            tmp_path / "c.json", start_record(), [str(tmp_path / "nothing")], log=str(log)
+        ),
+        capture_output=True,
+        timeout=60,
+    )
     assert missing.returncode == 127 and (missing.stdout, missing.stderr) == (b"", b"")
     assert b"command not found" in log.read_bytes()
 
@@ -156,12 +203,28 @@ def test_a_passing_shard_imports_nothing_beyond_os_sys_and_time(tmp_path):
     """Start-up is most of a shard's overhead: json (with re) or signal
     (with enum) would double it. Checked by what is imported, not by timing."""
     argv = attempt_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
-    result = subprocess.run(argv[:3] + ["-X", "importtime"] + argv[3:], capture_output=True, timeout=60)
+    result = subprocess.run(
+        argv[:3] + ["-X", "importtime"] + argv[3:], capture_output=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if line.startswith("import time:")}
-    assert imported & {"json", "re", "enum", "signal", "subprocess", "dataclasses", "lokt_tasks.results"} == set(), sorted(imported)
-    bare = subprocess.run(argv[:3] + ["-X", "importtime", "-c", "import os, sys, time"], capture_output=True, timeout=60).stderr.decode()
-    at_start = {line.split("|")[-1].strip() for line in bare.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert (
+        imported
+        & {"json", "re", "enum", "signal", "subprocess", "dataclasses", "lokt_tasks.results"}
+        == set()
+    ), sorted(imported)
+    bare = subprocess.run(
+        argv[:3] + ["-X", "importtime", "-c", "import os, sys, time"],
+        capture_output=True,
+        timeout=60,
+    ).stderr.decode()
+    at_start = {
+        line.split("|")[-1].strip() for line in bare.splitlines() if line.startswith("import time:")
+    }
     allowed = {"__future__", "_signal", "lokt_tasks", "lokt_tasks.attempt", "lokt_tasks.system"}
     assert imported - at_start <= allowed, sorted(imported - at_start)
 
@@ -172,7 +235,9 @@ def test_it_is_imported_from_its_bytecode_cache_and_shadows_no_standard_module(t
     last on sys.path."""
     argv = attempt_argv(tmp_path / "shard-2.json", start_record(), python("pass"))
     assert argv[1:4] == ["-I", "-S", "-c"]
-    probe = argv[4].replace("from lokt_tasks.attempt import main; sys.exit(main(sys.argv[1:]))", "print(sys.path[-1])")
+    probe = argv[4].replace(
+        "from lokt_tasks.attempt import main; sys.exit(main(sys.argv[1:]))", "print(sys.path[-1])"
+    )
     assert probe != argv[4]
     result = subprocess.run([*argv[:4], probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == str(Path(attempt.__file__).parent.parent)
@@ -197,7 +262,11 @@ def test_an_interrupted_command_and_its_start_record(tmp_path):
         attempt_process.kill()
         attempt_process.wait()
     record = read_back(path)
-    assert (record.outcome, record.signal, record.message) == ("interrupted", "SIGTERM", "stopped by SIGTERM")
+    assert (record.outcome, record.signal, record.message) == (
+        "interrupted",
+        "SIGTERM",
+        "stopped by SIGTERM",
+    )
     assert record.started_at == running.started_at
 
 
@@ -213,7 +282,9 @@ def test_an_interrupted_command_and_its_start_record(tmp_path):
 )
 def test_skip_runs_nothing_only_for_a_readable_record_that_is_done(tmp_path, existing, runs):
     path = tmp_path / "shard-2.json"
-    done = dataclasses.replace(start_record(attempt="b" * 32, log=None), outcome="passed", exit_code=0)
+    done = dataclasses.replace(
+        start_record(attempt="b" * 32, log=None), outcome="passed", exit_code=0
+    )
     text = {
         "done": record_to_json(done),
         "other plan": record_to_json(dataclasses.replace(done, fingerprint="0" * 16)),
@@ -225,7 +296,9 @@ def test_skip_runs_nothing_only_for_a_readable_record_that_is_done(tmp_path, exi
     marker = tmp_path / "ran"
     log = tmp_path / "shard-2.log"
     start = start_record(log=str(log))
-    result = run_attempt_process(path, python(f"open({str(marker)!r}, 'w').close()"), start, skip=("passed", "failed"))
+    result = run_attempt_process(
+        path, python(f"open({str(marker)!r}, 'w').close()"), start, skip=("passed", "failed")
+    )
     assert result.returncode == 0, result.stderr
     assert marker.exists() == runs
     if runs:
@@ -239,7 +312,9 @@ def test_nothing_runs_when_the_agent_is_already_gone(tmp_path):
     agent.wait()
     path = tmp_path / "shard-2.json"
     marker = tmp_path / "ran"
-    result = run_attempt_process(path, python(f"open({str(marker)!r}, 'w').close()"), start_record(pid=agent.pid))
+    result = run_attempt_process(
+        path, python(f"open({str(marker)!r}, 'w').close()"), start_record(pid=agent.pid)
+    )
     assert result.returncode == 125
     assert not marker.exists() and not path.exists()
 

@@ -1,4 +1,5 @@
 """--id auto: each CI's variables, and the 0-based / 1-based difference."""
+
 import pytest
 
 from lokt_tasks.ci import shard_from_env, touch_bazel_status_file
@@ -29,9 +30,15 @@ def test_each_ci_maps_to_a_one_based_shard(env, provider, index, total):
     "env, fragment",
     [
         ({"CI_NODE_INDEX": "0", "CI_NODE_TOTAL": "3"}, "CI_NODE_INDEX=0 is outside 1..3"),
-        ({"CIRCLE_NODE_INDEX": "4", "CIRCLE_NODE_TOTAL": "4"}, "CIRCLE_NODE_INDEX=4 is outside 0..3"),
+        (
+            {"CIRCLE_NODE_INDEX": "4", "CIRCLE_NODE_TOTAL": "4"},
+            "CIRCLE_NODE_INDEX=4 is outside 0..3",
+        ),
         ({"CIRCLE_NODE_INDEX": "1"}, "CIRCLE_NODE_TOTAL is not"),
-        ({"TEST_SHARD_INDEX": "x", "TEST_TOTAL_SHARDS": "2"}, "TEST_SHARD_INDEX='x' is not a whole number"),
+        (
+            {"TEST_SHARD_INDEX": "x", "TEST_TOTAL_SHARDS": "2"},
+            "TEST_SHARD_INDEX='x' is not a whole number",
+        ),
         ({"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "0"}, "CI_NODE_TOTAL=0 must be at least 1"),
         ({}, "no CI shard index in the environment"),
     ],

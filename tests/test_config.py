@@ -1,4 +1,5 @@
 """shards.toml: what is accepted, and how everything else is refused."""
+
 from __future__ import annotations
 
 import re
@@ -35,7 +36,7 @@ BAD = sorted((CONFIGS / "bad").glob("*.toml"))
 def expected_fragment(path: Path) -> str:
     first = path.read_text(encoding="utf-8").split("\n", 1)[0]
     assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <fragment>'"
-    return first[len("# expect: "):]
+    return first[len("# expect: ") :]
 
 
 def write_config(directory: Path, text: str) -> Path:
@@ -69,7 +70,9 @@ def test_malformed_config_is_one_line_naming_file_and_key(bad, tmp_path, monkeyp
 
 
 def test_full_config_with_defaults(tmp_path):
-    path = write_config(tmp_path, """\
+    path = write_config(
+        tmp_path,
+        """\
         version = 1
 
         [defaults]
@@ -101,7 +104,8 @@ def test_full_config_with_defaults(tmp_path):
         items = ["./internal/...", "./pkg/..."]
         [[tasks.go.shard]]
         glob = "cmd/*"
-    """)
+    """,
+    )
     config = load_config(path)
 
     assert config.path == path
@@ -131,36 +135,51 @@ def test_full_config_with_defaults(tmp_path):
 
 
 def test_defaults_when_nothing_is_set(tmp_path):
-    path = write_config(tmp_path, """\
+    path = write_config(
+        tmp_path,
+        """\
         [tasks.unit]
         run = "pytest {items}"
         collect = "pytest --collect-only -q"
         shards = 2
-    """)
+    """,
+    )
     task = load_config(path).tasks["unit"]
-    assert (task.ttl, task.ttl_text, task.engine, task.jobs, task.split) == (600.0, "10m", "auto", None, "name")
+    assert (task.ttl, task.ttl_text, task.engine, task.jobs, task.split) == (
+        600.0,
+        "10m",
+        "auto",
+        None,
+        "name",
+    )
     assert task.collect == "pytest --collect-only -q"
     assert load_config(path).results is None
 
 
 def test_task_names_may_use_dots_dashes_and_underscores(tmp_path):
-    path = write_config(tmp_path, """\
+    path = write_config(
+        tmp_path,
+        """\
         [tasks."unit.fast-1_a"]
         run = "pytest {items}"
         glob = "tests/*.py"
         shards = 1
-    """)
+    """,
+    )
     assert list(load_config(path).tasks) == ["unit.fast-1_a"]
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", "a..b", "ünï", "a b", ""])
 def test_task_names_that_are_not_lock_names_are_refused(tmp_path, name):
-    path = write_config(tmp_path, f"""\
+    path = write_config(
+        tmp_path,
+        f"""\
         [tasks."{name}"]
         run = "pytest {{items}}"
         glob = "tests/*.py"
         shards = 1
-    """)
+    """,
+    )
     with pytest.raises(ConfigError, match="task names may only use"):
         load_config(path)
 
@@ -170,12 +189,15 @@ def test_error_names_the_absolute_file_outside_the_current_directory(tmp_path, m
     elsewhere = tmp_path / "elsewhere"
     project.mkdir()
     elsewhere.mkdir()
-    path = write_config(project, """\
+    path = write_config(
+        project,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "tests/*.py"
         shards = "2"
-    """)
+    """,
+    )
     monkeypatch.chdir(elsewhere)
     with pytest.raises(ConfigError) as raised:
         load_config(path)
@@ -211,7 +233,9 @@ def test_find_config_says_where_it_looked(tmp_path):
 
 def test_get_task_lists_the_known_tasks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_config(tmp_path, """\
+    write_config(
+        tmp_path,
+        """\
         [tasks.unit]
         run = "pytest {items}"
         glob = "tests/*.py"
@@ -220,7 +244,8 @@ def test_get_task_lists_the_known_tasks(tmp_path, monkeypatch):
         run = "ruff {items}"
         glob = "src/*.py"
         shards = 1
-    """)
+    """,
+    )
     config = load_config(Path("shards.toml"))
     assert get_task(config, "lint").name == "lint"
     with pytest.raises(UsageError) as raised:
@@ -229,35 +254,41 @@ def test_get_task_lists_the_known_tasks(tmp_path, monkeypatch):
     assert raised.value.exit_code == 2
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("10m", 600.0),
-    ("1h30m", 5400.0),
-    ("90s", 90.0),
-    ("1.5s", 1.5),
-    ("500ms", 0.5),
-    ("250us", 0.00025),
-    ("250\u00b5s", 0.00025),
-    ("7ns", 7e-9),
-    ("1h0m0.5s", 3600.5),
-    (".5h", 1800.0),
-    ("2h45m30s", 9930.0),
-    ("0", 0.0),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("90s", 90.0),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("250us", 0.00025),
+        ("250\u00b5s", 0.00025),
+        ("7ns", 7e-9),
+        ("1h0m0.5s", 3600.5),
+        (".5h", 1800.0),
+        ("2h45m30s", 9930.0),
+        ("0", 0.0),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("600", "has no unit"),
-    ("1.5", "has no unit"),
-    ("", "is not a duration"),
-    ("5 m", "is not a duration"),
-    ("1x", "is not a duration"),
-    ("-1s", "is not a duration"),
-    ("1.5.5s", "is not a duration"),
-    ("m", "is not a duration"),
-    ("10min", "is not a duration"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("600", "has no unit"),
+        ("1.5", "has no unit"),
+        ("", "is not a duration"),
+        ("5 m", "is not a duration"),
+        ("1x", "is not a duration"),
+        ("-1s", "is not a duration"),
+        ("1.5.5s", "is not a duration"),
+        ("m", "is not a duration"),
+        ("10min", "is not a duration"),
+    ],
+)
 def test_parse_duration_refuses(text, fragment):
     with pytest.raises(ValueError, match=fragment) as raised:
         parse_duration(text)
@@ -265,14 +296,17 @@ def test_parse_duration_refuses(text, fragment):
     assert raised.value.exit_code == 2
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (600, "600s"),
-    (600.0, "600s"),
-    (1.5, "1500ms"),
-    (0.25, "250ms"),
-    (0.0000015, "2us"),
-    (5400, "5400s"),
-])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (600, "600s"),
+        (600.0, "600s"),
+        (1.5, "1500ms"),
+        (0.25, "250ms"),
+        (0.0000015, "2us"),
+        (5400, "5400s"),
+    ],
+)
 def test_format_duration_is_what_lokt_reads(seconds, text):
     assert format_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds, rel=0.5)
@@ -285,7 +319,9 @@ def test_format_duration_refuses_nonsense(seconds):
 
 
 def test_run_template_tokens():
-    tokens = parse_run_template("go test -run '^({items:|})$' --out={junit} {{literal}} ./pkg/{task}-{shard}of{total}")
+    tokens = parse_run_template(
+        "go test -run '^({items:|})$' --out={junit} {{literal}} ./pkg/{task}-{shard}of{total}"
+    )
     assert tokens == (
         ("go",),
         ("test",),
@@ -319,31 +355,52 @@ def task_config(table: str, defaults: str = "") -> str:
     return f"[defaults]\n{defaults}\n[tasks.test]\n{task}\n{table}"
 
 
-@pytest.mark.parametrize("toml, error", [
-    (task_config("zzz = 1"),
-     "tasks.test.zzz: unknown key; known keys: "
-     "run, glob, exclude, collect, shards, shard, split, ttl, engine, jobs, durations"),
-    (task_config("", defaults="zzz = 1"),
-     "defaults.zzz: unknown key; known keys: "
-     "exclude, shards, split, ttl, engine, jobs, durations, results"),
-    (task_config("[[tasks.test.shard]]\nzzz = 1"),
-     "tasks.test.shard[1].zzz: unknown key; known keys: items, glob"),
-    # NOTE: only [defaults] and a task say where a key of the other belongs.
-    (task_config("[[tasks.test.shard]]\nrun = \"x\""),
-     "tasks.test.shard[1].run: unknown key; known keys: items, glob"),
-    (task_config("", defaults="glob = \"a.py\""),
-     "defaults.glob: the files can only be set in a [tasks.NAME] table"),
-    (task_config("", defaults="collect = \"ls\""),
-     "defaults.collect: the items command can only be set in a [tasks.NAME] table"),
-    (task_config("", defaults="[[defaults.shard]]\nitems = [\"a\"]"),
-     "defaults.shard: explicit shards can only be set in a [tasks.NAME] table"),
-    (task_config("items = [\"a\"]"), "tasks.test.items: unknown key; known keys: run, glob,"),
-    # NOTE: a misplaced key is named before an unknown one, wherever it stands.
-    (task_config("", defaults="zzz = 1\nrun = \"x\""),
-     "defaults.run: the command can only be set in a [tasks.NAME] table"),
-    (task_config("zzz = 1\nresults = \"out\""),
-     "tasks.test.results: results can only be set in [defaults]"),
-])
+@pytest.mark.parametrize(
+    "toml, error",
+    [
+        (
+            task_config("zzz = 1"),
+            "tasks.test.zzz: unknown key; known keys: "
+            "run, glob, exclude, collect, shards, shard, split, ttl, engine, jobs, durations",
+        ),
+        (
+            task_config("", defaults="zzz = 1"),
+            "defaults.zzz: unknown key; known keys: "
+            "exclude, shards, split, ttl, engine, jobs, durations, results",
+        ),
+        (
+            task_config("[[tasks.test.shard]]\nzzz = 1"),
+            "tasks.test.shard[1].zzz: unknown key; known keys: items, glob",
+        ),
+        # NOTE: only [defaults] and a task say where a key of the other belongs.
+        (
+            task_config('[[tasks.test.shard]]\nrun = "x"'),
+            "tasks.test.shard[1].run: unknown key; known keys: items, glob",
+        ),
+        (
+            task_config("", defaults='glob = "a.py"'),
+            "defaults.glob: the files can only be set in a [tasks.NAME] table",
+        ),
+        (
+            task_config("", defaults='collect = "ls"'),
+            "defaults.collect: the items command can only be set in a [tasks.NAME] table",
+        ),
+        (
+            task_config("", defaults='[[defaults.shard]]\nitems = ["a"]'),
+            "defaults.shard: explicit shards can only be set in a [tasks.NAME] table",
+        ),
+        (task_config('items = ["a"]'), "tasks.test.items: unknown key; known keys: run, glob,"),
+        # NOTE: a misplaced key is named before an unknown one, wherever it stands.
+        (
+            task_config("", defaults='zzz = 1\nrun = "x"'),
+            "defaults.run: the command can only be set in a [tasks.NAME] table",
+        ),
+        (
+            task_config('zzz = 1\nresults = "out"'),
+            "tasks.test.results: results can only be set in [defaults]",
+        ),
+    ],
+)
 def test_keys_are_taken_only_where_the_table_allows_them(tmp_path, monkeypatch, toml, error):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shards.toml").write_text(toml, encoding="utf-8")
@@ -353,7 +410,9 @@ def test_keys_are_taken_only_where_the_table_allows_them(tmp_path, monkeypatch, 
 
 
 def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_it(tmp_path):
-    path = write_config(tmp_path, """\
+    path = write_config(
+        tmp_path,
+        """\
         [defaults]
         exclude = ["a/**"]
         shards = 3
@@ -377,7 +436,8 @@ def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_
         engine = "lokt"
         jobs = 1
         durations = "e.json"
-    """)
+    """,
+    )
     tasks = load_config(path).tasks
     inherits, overrides = tasks["inherits"], tasks["overrides"]
     assert (inherits.exclude, inherits.shards, inherits.split) == (("a/**",), 3, "size")
@@ -390,7 +450,9 @@ def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_
 
 
 def test_defaults_are_read_before_any_task(tmp_path):
-    path = write_config(tmp_path, """\
+    path = write_config(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "tests/*.py"
@@ -398,12 +460,14 @@ def test_defaults_are_read_before_any_task(tmp_path):
 
         [defaults]
         ttl = "ten"
-    """)
+    """,
+    )
     with pytest.raises(ConfigError, match=r"defaults\.ttl: 'ten' is not a duration"):
         load_config(path)
 
 
 # --- TOML syntax errors -----------------------------------------------------------
+
 
 class StubDecodeError(ValueError):
     """A TOML parser's error, with or without the position as fields."""
@@ -416,21 +480,34 @@ class StubDecodeError(ValueError):
 def stub_parser(error: StubDecodeError) -> types.SimpleNamespace:
     def loads(text: str):
         raise error
+
     return types.SimpleNamespace(loads=loads, TOMLDecodeError=StubDecodeError)
 
 
-@pytest.mark.parametrize("error, where", [
-    # NOTE: fields, where the parser has them, win over the words of its message.
-    (StubDecodeError("Invalid value (at line 1, column 1)", lineno=7, colno=3),
-     "7:3: invalid TOML: Invalid value"),
-    (StubDecodeError("Unclosed array (at end of document)", lineno=2, colno=4),
-     "2:4: invalid TOML: Unclosed array at end of file"),
-    (StubDecodeError("Invalid value (at line 2, column 5)"), "2:5: invalid TOML: Invalid value"),
-    # NOTE: without fields, the end of the document is the end of the file: line 3, column 4.
-    (StubDecodeError("Unclosed array (at end of document)"),
-     "3:4: invalid TOML: Unclosed array at end of file"),
-    (StubDecodeError("Something else"), "3:4: invalid TOML: Something else"),
-])
+@pytest.mark.parametrize(
+    "error, where",
+    [
+        # NOTE: fields, where the parser has them, win over the words of its message.
+        (
+            StubDecodeError("Invalid value (at line 1, column 1)", lineno=7, colno=3),
+            "7:3: invalid TOML: Invalid value",
+        ),
+        (
+            StubDecodeError("Unclosed array (at end of document)", lineno=2, colno=4),
+            "2:4: invalid TOML: Unclosed array at end of file",
+        ),
+        (
+            StubDecodeError("Invalid value (at line 2, column 5)"),
+            "2:5: invalid TOML: Invalid value",
+        ),
+        # NOTE: without fields, the end of the document is the end of the file: line 3, column 4.
+        (
+            StubDecodeError("Unclosed array (at end of document)"),
+            "3:4: invalid TOML: Unclosed array at end of file",
+        ),
+        (StubDecodeError("Something else"), "3:4: invalid TOML: Something else"),
+    ],
+)
 def test_a_toml_error_gives_the_parser_s_line_and_column(tmp_path, monkeypatch, error, where):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(config_module, "tomllib", stub_parser(error))
@@ -443,7 +520,7 @@ def test_a_toml_error_gives_the_parser_s_line_and_column(tmp_path, monkeypatch, 
 
 def test_a_toml_error_at_the_end_of_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "shards.toml").write_text("[tasks.test]\nglob = [\n  \"a.py\",", encoding="utf-8")
+    (tmp_path / "shards.toml").write_text('[tasks.test]\nglob = [\n  "a.py",', encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         load_config(Path("shards.toml"))
     assert str(raised.value).startswith("shards.toml:3:10: invalid TOML: ")

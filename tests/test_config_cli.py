@@ -11,6 +11,7 @@ for the module, and each case checks its own result. ``plan test`` runs for
 every case in this process, through the same console-script entry point,
 and as a real process for a few representative cases.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,20 @@ from pathlib import Path
 from typing import Dict, Set, Tuple
 
 import pytest
+from scratch import cli_env
 
 from lokt_tasks import errors
 from lokt_tasks.cli import program
-from scratch import cli_env
 
 CONFIGS = Path(__file__).parent / "configs"
 CASES = sorted(path.stem for path in (CONFIGS / "bad").glob("*.toml"))
 #: One case per way of failing: TOML syntax, loading, planning (glob), a collect command.
-PLAN_PROCESS_CASES = ["syntax_unclosed_string", "shards_bool", "glob_matches_nothing", "collect_fails"]
+PLAN_PROCESS_CASES = [
+    "syntax_unclosed_string",
+    "shards_bool",
+    "glob_matches_nothing",
+    "collect_fails",
+]
 SHARD = ("shard", "test", "--id", "1")
 PLAN = ("plan", "test")
 
@@ -93,7 +99,10 @@ def processes(request, tmp_path_factory) -> Dict[Tuple[str, Tuple[str, ...]], Ca
     before = {run: contents(root) for run, root in roots.items()}
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {run: pool.submit(run_process, roots[run], run[1]) for run in wanted}
-    return {run: CaseRun(run[0], roots[run], before[run], future.result()) for run, future in futures.items()}
+    return {
+        run: CaseRun(run[0], roots[run], before[run], future.result())
+        for run, future in futures.items()
+    }
 
 
 #: The tests that read ``processes``, and the arguments of their processes.

@@ -18,6 +18,7 @@ stops the command.
 Each test runs with the embedded engine, and with lokt when ``lokt`` is on
 PATH.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,25 @@ from lokt_tasks.system import bootstrap, is_zombie, pid_alive
 
 #: What the command line of an attempt process holds.
 ATTEMPT_BOOTSTRAP = bootstrap("attempt")[4]
-from scratch import PASS, WAIT, checks, cli, git, lock_files, make_project, open_gate, ran, start_cli, states, verdict, wait_for
+from scratch import (
+    PASS,
+    WAIT,
+    checks,
+    cli,
+    git,
+    lock_files,
+    make_project,
+    open_gate,
+    ran,
+    start_cli,
+    states,
+    verdict,
+    wait_for,
+)
 
-needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run")
+needs_lokt = pytest.mark.skipif(
+    shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run"
+)
 ENGINES = ["embedded", pytest.param("lokt", marks=needs_lokt)]
 
 SIX = [f"check_{n}.py" for n in range(1, 7)]
@@ -59,7 +76,12 @@ def project(tmp_path):
 def descendants(pid: int) -> Dict[int, str]:
     """Every process below pid, with its whole command line (``-ww``: ps
     cuts it to $COLUMNS otherwise, even into a pipe)."""
-    table = subprocess.run(["ps", "-ww", "-A", "-o", "pid=", "-o", "ppid=", "-o", "args="], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        ["ps", "-ww", "-A", "-o", "pid=", "-o", "ppid=", "-o", "args="],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     children: Dict[int, List[int]] = {}
     args: Dict[int, str] = {}
     for line in table.splitlines():
@@ -136,7 +158,10 @@ def denied(project: Path, agent: str) -> bool:
         lines = (lokt_dir(project) / "audit.log").read_text().splitlines()
     except OSError:
         return False
-    return any(json.loads(line).get("event") == "deny" and json.loads(line).get("agent_id") == agent for line in lines)
+    return any(
+        json.loads(line).get("event") == "deny" and json.loads(line).get("agent_id") == agent
+        for line in lines
+    )
 
 
 def record_files(project: Path) -> List[Path]:
@@ -169,7 +194,9 @@ def test_killed_while_waiting_for_the_lock_never_runs_the_shard(project, engine)
     holder = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine, "--agent", "A")
     try:
         wait_for(lambda: "check_1.py" in ran(project))
-        waiter = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine, "--agent", "B", "--wait")
+        waiter = start_cli(
+            project, "shard", "checks", "--id", "1", "--engine", engine, "--agent", "B", "--wait"
+        )
         wait_for(lambda: denied(project, "B"))
         left_behind = descendants(waiter.pid)
         os.killpg(waiter.pid, signal.SIGKILL)
@@ -215,7 +242,9 @@ def test_killed_after_taking_the_lock_before_the_command_starts(project, engine)
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("rerun_engine", ENGINES)
-def test_killed_during_the_command_is_crashed_and_either_engine_reruns_it(project, engine, rerun_engine):
+def test_killed_during_the_command_is_crashed_and_either_engine_reruns_it(
+    project, engine, rerun_engine
+):
     agent = start_cli(project, "shard", "checks", "--id", "1", "--engine", engine)
     try:
         wait_for(lambda: "check_1.py" in ran(project))
@@ -249,7 +278,9 @@ sys.exit(code)
 def test_killed_after_the_command_passed_before_the_final_record(tmp_path, engine):
     project = make_project(tmp_path / "p", checks(SIX, PASS))
     (project / "stopper.py").write_text(STOPPER)
-    toml = (project / "shards.toml").read_text().replace("run_checks.py {items}", "stopper.py {items}")
+    toml = (
+        (project / "shards.toml").read_text().replace("run_checks.py {items}", "stopper.py {items}")
+    )
     (project / "shards.toml").write_text(toml)
     git(project, "add", "-A")
     git(project, "commit", "-qm", "stop the attempt process once")
@@ -266,7 +297,9 @@ def test_killed_after_the_command_passed_before_the_final_record(tmp_path, engin
     finally:
         kill_tree(agent, engines=[engine])
     report = verdict(project)
-    assert report["shards"][0]["state"] == "crashed", report["shards"][0]  # it passed, but nothing says so
+    assert report["shards"][0]["state"] == "crashed", report["shards"][
+        0
+    ]  # it passed, but nothing says so
     assert report["exit_code"] == errors.INCOMPLETE
     rerun = cli(project, "shard", "checks", "--id", "1", "--engine", engine, env=env)
     assert rerun.returncode == errors.PASSED, rerun.stderr
@@ -320,10 +353,18 @@ def test_killing_only_lokt_guard_stops_the_command_it_guarded(project):
     try:
         wait_for(lambda: "check_1.py" in ran(project))
         below = descendants(agent.pid)
-        guard = [pid for pid, command in below.items() if command.split()[0].endswith("lokt") and " guard " in command]
+        guard = [
+            pid
+            for pid, command in below.items()
+            if command.split()[0].endswith("lokt") and " guard " in command
+        ]
         assert guard, below
         os.kill(guard[0], signal.SIGKILL)
-        attempt = [pid for pid, command in below.items() if ATTEMPT_BOOTSTRAP in command and pid not in guard]
+        attempt = [
+            pid
+            for pid, command in below.items()
+            if ATTEMPT_BOOTSTRAP in command and pid not in guard
+        ]
         assert attempt, below
         wait_for(lambda: not alive(attempt[0]))
         open_gate(project, "check_1.py")  # a command left running would now pass and go on

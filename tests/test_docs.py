@@ -23,8 +23,10 @@ span (any language): no ``lokt guard`` invocation puts a flag after the
 lock name or gives a duration without a unit, and every ```toml example
 loads as a shards.toml.
 """
+
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -37,8 +39,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
-
-import json
 
 import pytest
 
@@ -71,7 +71,7 @@ SETUPS = {
 # split by name) puts test_api and test_cli in shard 1, test_db and
 # test_models in shard 2, test_utils and test_views in shard 3.
 PLAIN_TEST = "def test_{name}():\n    assert True\n"
-HELD_TEST = '''\
+HELD_TEST = """\
 import os
 import time
 
@@ -82,8 +82,8 @@ def test_{name}():
         open("shard-1.running", "w").close()
     while os.path.exists("hold-shard-1"):
         time.sleep(0.05)
-'''
-FAIL_ONCE_TEST = '''\
+"""
+FAIL_ONCE_TEST = """\
 import os
 
 
@@ -92,9 +92,9 @@ def test_{name}():
     if os.path.exists("fail-shard-2"):
         os.remove("fail-shard-2")
         raise AssertionError("failed on purpose")
-'''
+"""
 PYTHON_PROJECT = {
-    "shards.toml": '''\
+    "shards.toml": """\
 [tasks.test]
 run = "{python} -m pytest -q {items}"
 glob = ["tests/test_*.py"]
@@ -109,7 +109,7 @@ shards = 4
 run = "{python} -m pytest -q {items}"
 glob = ["tests/test_*.py"]
 shards = "per-item"
-''',
+""",
     "tasks.py": "from lokt_tasks.tasks import plan, shard, shard_all, verify  # noqa: F401\n",
     ".gitignore": "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n",
     "tests/test_api.py": HELD_TEST.format(name="api"),
@@ -123,7 +123,9 @@ shards = "per-item"
 
 def go_tests(package: str) -> str:
     names = ("Open", "Get", "Put", "Delete", "List", "Close")
-    return f'package {package}\n\nimport "testing"\n' + "".join(f"\nfunc Test{name}(t *testing.T) {{}}\n" for name in names)
+    return f'package {package}\n\nimport "testing"\n' + "".join(
+        f"\nfunc Test{name}(t *testing.T) {{}}\n" for name in names
+    )
 
 
 GO_PROJECT = {
@@ -191,7 +193,9 @@ def fenced_blocks(path: Path) -> List[Block]:
         body = []
         index += 1
         while index < len(lines) and not lines[index].strip().startswith(fence):
-            body.append(lines[index][len(indent):] if lines[index].startswith(indent) else lines[index])
+            body.append(
+                lines[index][len(indent) :] if lines[index].startswith(indent) else lines[index]
+            )
             index += 1
         blocks.append(Block(path, first_line, language.lower(), "\n".join(body) + "\n", marks))
         index += 1
@@ -220,7 +224,16 @@ def inline_code(path: Path) -> Iterator[Tuple[int, str]]:
 def block_env() -> Dict[str, str]:
     """The environment of a block: ours, minus anything that would pick a
     shard, a run key or a lock root for it; the interpreter's bin first."""
-    dropped = ("LOKT_", "CI_NODE", "CIRCLE_", "BUILDKITE_", "TEST_SHARD", "TEST_TOTAL", "GITHUB_", "GITLAB_")
+    dropped = (
+        "LOKT_",
+        "CI_NODE",
+        "CIRCLE_",
+        "BUILDKITE_",
+        "TEST_SHARD",
+        "TEST_TOTAL",
+        "GITHUB_",
+        "GITLAB_",
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["NO_COLOR"] = "1"
@@ -273,8 +286,14 @@ def group_members(pgid: int) -> List[int]:
 
 def ps_rows(column: str) -> List[Tuple[int, int]]:
     """(pid, COLUMN) of every process, from POSIX ps (Linux and macOS)."""
-    listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", f"{column}="], capture_output=True, text=True).stdout
-    return [(int(line.split()[0]), int(line.split()[1])) for line in listing.splitlines() if line.strip()]
+    listing = subprocess.run(
+        ["ps", "-A", "-o", "pid=", "-o", f"{column}="], capture_output=True, text=True
+    ).stdout
+    return [
+        (int(line.split()[0]), int(line.split()[1]))
+        for line in listing.splitlines()
+        if line.strip()
+    ]
 
 
 def kill_tree(roots: List[int]) -> None:
@@ -335,7 +354,12 @@ class Scratch:
             kill_tree([agent.pid])
             agent.wait()
             (self.root / "hold-shard-1").unlink()
-            others = [start_agent(self.root, self.env, "shard", "test", "--id", str(n), "--agent", f"agent-{n}") for n in (2, 3)]
+            others = [
+                start_agent(
+                    self.root, self.env, "shard", "test", "--id", str(n), "--agent", f"agent-{n}"
+                )
+                for n in (2, 3)
+            ]
             for other in others:
                 output = finish(other)
                 assert other.returncode == 0, output
@@ -347,7 +371,9 @@ class Scratch:
         agent = start_agent(self.root, self.env, "shard", "test", "--id", "1", "--agent", "agent-1")
         running = self.root / "shard-1.running"
         try:
-            wait_until(lambda: running.exists() or agent.poll() is not None, 60, "agent-1 to start shard 1")
+            wait_until(
+                lambda: running.exists() or agent.poll() is not None, 60, "agent-1 to start shard 1"
+            )
         except AssertionError:
             kill_tree([agent.pid])
             raise
@@ -362,7 +388,9 @@ class Scratch:
             finish(agent)
 
 
-def run_block(block: Block, project: Path, script: Path, env: Dict[str, str]) -> subprocess.CompletedProcess:
+def run_block(
+    block: Block, project: Path, script: Path, env: Dict[str, str]
+) -> subprocess.CompletedProcess:
     """Run the block with bash in its own process group; whatever it left
     running is given a moment to end, then killed."""
     script.write_text(block.text, encoding="utf-8")
@@ -407,7 +435,12 @@ def shell_blocks() -> List:
 def why_not_run(block: Block) -> Optional[str]:
     """The reason a block cannot run on this machine, or None."""
     path = block_env()["PATH"]
-    missing = [tool for words in block.marked("needs") for tool in words.split() if not shutil.which(tool, path=path)]
+    missing = [
+        tool
+        for words in block.marked("needs")
+        for tool in words.split()
+        if not shutil.which(tool, path=path)
+    ]
     if missing:
         return f"needs {' and '.join(missing)} on PATH"
     if not shutil.which("invoke", path=path):
@@ -429,7 +462,9 @@ def execute(block: Block, templates: Templates, workdir: Path) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def block_runs(request, templates, tmp_path_factory) -> Iterator[Dict[str, "Future[subprocess.CompletedProcess]"]]:
+def block_runs(
+    request, templates, tmp_path_factory
+) -> Iterator[Dict[str, Future[subprocess.CompletedProcess]]]:
     """Start every selected block that can run here, a few at once (one more
     than the CPUs, as blocks also wait on their agents). Each block has its
     own scratch project, lock root and records, so they never meet. Each
@@ -437,13 +472,16 @@ def block_runs(request, templates, tmp_path_factory) -> Iterator[Dict[str, "Futu
     selected = [
         item.callspec.params["block"]
         for item in request.session.items
-        if getattr(item, "originalname", None) == "test_shell_block_runs" and not item.get_closest_marker("skip")
+        if getattr(item, "originalname", None) == "test_shell_block_runs"
+        and not item.get_closest_marker("skip")
     ]
     pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
     runs = {}
     for block in selected:
         if why_not_run(block) is None:
-            runs[block.name] = pool.submit(execute, block, templates, tmp_path_factory.mktemp("block"))
+            runs[block.name] = pool.submit(
+                execute, block, templates, tmp_path_factory.mktemp("block")
+            )
     try:
         yield runs
     finally:
@@ -504,14 +542,20 @@ def guard_problems(text: str) -> List[str]:
                 break
             flag, _, inline = word.partition("=")
             if flag in DURATION_FLAGS:
-                value = inline if inline else (words[position + 1] if position + 1 < len(words) else "")
+                value = (
+                    inline if inline else (words[position + 1] if position + 1 < len(words) else "")
+                )
                 if not inline:
                     position += 1
                 written = re.sub(r"<[^>]*>", "1", value)  # a placeholder such as <N>s in a synopsis
                 if "$" not in value and not GO_DURATION.fullmatch(written):
-                    problems.append(f"{flag} {value!r} has no unit (write 300s or 5m): {invocation}")
+                    problems.append(
+                        f"{flag} {value!r} has no unit (write 300s or 5m): {invocation}"
+                    )
             if word.startswith("-") and name is not None:
-                problems.append(f"flag {word} after the lock name {name!r} (flags go before it): {invocation}")
+                problems.append(
+                    f"flag {word} after the lock name {name!r} (flags go before it): {invocation}"
+                )
             if not word.startswith("-") and name is None:
                 name = word
             position += 1
@@ -524,7 +568,9 @@ def test_lokt_guard_examples_put_flags_first_and_give_durations_a_unit():
         for block in fenced_blocks(path):
             problems += [f"{block.name}: {p}" for p in guard_problems(block.text)]
         for line, span in inline_code(path):
-            problems += [f"{path.relative_to(REPO).as_posix()}:{line}: {p}" for p in guard_problems(span)]
+            problems += [
+                f"{path.relative_to(REPO).as_posix()}:{line}: {p}" for p in guard_problems(span)
+            ]
     assert not problems, "\n".join(problems)
 
 
@@ -545,7 +591,7 @@ def test_the_guard_check_catches_lokts_gotchas(text, complaint):
 def test_the_guard_check_accepts_correct_invocations():
     good = (
         'LOKT_OWNER="agent-$n" lokt guard --ttl 5m --wait --timeout 1m30s "test-shard-$n" -- go test -run X ./...\n'
-        "lokt guard --ttl=\"$TTL\" test-shard-2 -- python -m pytest -q --maxfail 1 tests/a.py\n"
+        'lokt guard --ttl="$TTL" test-shard-2 -- python -m pytest -q --maxfail 1 tests/a.py\n'
     )
     assert guard_problems(good) == []
 
@@ -591,15 +637,15 @@ def listed_states(pattern: str, paths: List[Path]) -> List[Tuple[str, List[str]]
 
 def test_the_readme_explains_every_shard_state_in_order():
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("**Verdict.**"):]
-    table = section[section.index("| state |"):]
+    section = text[text.index("**Verdict.**") :]
+    table = section[section.index("| state |") :]
     rows = re.findall(r"^\| (\w+) \| .+ \|$", table[: table.index("\n\n")], re.M)
     assert rows[1:] == [str(state) for state in ShardState]
 
 
 def test_the_verdict_module_explains_every_shard_state_in_order():
     text = VERDICT_MODULE.read_text(encoding="utf-8")
-    rows = text[text.index("=" * 12): text.index("The overall verdict")]
+    rows = text[text.index("=" * 12) : text.index("The overall verdict")]
     assert re.findall(r"^(\w+) {2,}", rows, re.M) == [str(state) for state in ShardState]
 
 
@@ -640,7 +686,10 @@ def command_help(command: str) -> str:
     """
     shown = subprocess.run(
         [sys.executable, "-m", "lokt_tasks", "--help", command],
-        capture_output=True, text=True, check=True, env=block_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=block_env(),
     ).stdout
     return re.sub(r"\s+", " ", shown)
 

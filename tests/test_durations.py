@@ -1,4 +1,5 @@
 """The durations file: stable on disk, safe under concurrent writers, fed by JUnit XML."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lokt_tasks.durations import dump_durations, durations_from_junit, load_durations, merge_durations
+from lokt_tasks.durations import (
+    dump_durations,
+    durations_from_junit,
+    load_durations,
+    merge_durations,
+)
 from lokt_tasks.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,20 +25,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 def python_process(code: str, *args: str, **options) -> subprocess.Popen:
     environment = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=environment, **options)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], env=environment, **options
+    )
 
 
 def test_missing_file_means_no_timings(tmp_path):
     assert load_durations(tmp_path / "shard-durations.json") == {}
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("{not json", "not JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"a.py": "fast"}', "'a.py' has \"fast\""),
-    ('{"a.py": -1}', "'a.py' has -1"),
-    ('{"a.py": true}', "'a.py' has true"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"a.py": "fast"}', "'a.py' has \"fast\""),
+        ('{"a.py": -1}', "'a.py' has -1"),
+        ('{"a.py": true}', "'a.py' has true"),
+    ],
+)
 def test_corrupt_file_is_a_config_error_naming_it(tmp_path, text, reason):
     path = tmp_path / "shard-durations.json"
     path.write_text(text)
@@ -56,7 +67,10 @@ def test_merge_creates_then_updates_only_the_given_items(tmp_path):
     assert path.read_text() == '{\n  "a.py": 1.0,\n  "b.py": 2.0,\n  "c.py": 3.0\n}\n'
 
     merge_durations(path, {"b.py": 2.5, "d.py": 0.1234})
-    assert path.read_text() == '{\n  "a.py": 1.0,\n  "b.py": 2.5,\n  "c.py": 3.0,\n  "d.py": 0.123\n}\n'
+    assert (
+        path.read_text()
+        == '{\n  "a.py": 1.0,\n  "b.py": 2.5,\n  "c.py": 3.0,\n  "d.py": 0.123\n}\n'
+    )
     assert load_durations(path) == {"a.py": 1.0, "b.py": 2.5, "c.py": 3.0, "d.py": 0.123}
 
 
@@ -76,7 +90,10 @@ def test_merge_keeps_the_file_mode_and_leaves_no_temporary_files(tmp_path):
     os.chmod(path, 0o664)
     merge_durations(path, {"a.py": 2.0})
     assert os.stat(path).st_mode & 0o777 == 0o664
-    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["shard-durations.json", "shard-durations.json.lock"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [
+        "shard-durations.json",
+        "shard-durations.json.lock",
+    ]
 
 
 def test_merge_refuses_nonsense_and_a_corrupt_file(tmp_path):
@@ -102,7 +119,9 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         for index in range(25):
             merge_durations(path, {f"{name}/item_{index:02d}.py": index + 0.5})
     """
-    writers = [python_process(writer, str(path), str(start), f"shard{number}") for number in range(8)]
+    writers = [
+        python_process(writer, str(path), str(start), f"shard{number}") for number in range(8)
+    ]
     start.touch()
     for process in writers:
         assert process.wait(timeout=60) == 0
@@ -111,7 +130,11 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(durations) == 8 * 25
     assert durations["shard7/item_24.py"] == 24.5
     assert path.read_text() == dump_durations(durations)
-    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["shard-durations.json", "shard-durations.json.lock", "start"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [
+        "shard-durations.json",
+        "shard-durations.json.lock",
+        "start",
+    ]
 
 
 def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(tmp_path):
@@ -184,13 +207,15 @@ def test_pytest_report_by_node_id_and_by_directory(tmp_path):
 
 def test_directory_items_sum_the_files_below_them(tmp_path):
     report = tmp_path / "junit.xml"
-    report.write_text(textwrap.dedent("""\
+    report.write_text(
+        textwrap.dedent("""\
         <testsuite name="pytest">
           <testcase classname="tests.sub.test_y" name="test_c" file="tests/sub/test_y.py" time="0.25"/>
           <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" time="1.5"/>
           <testcase classname="lib.test_l" name="test_l" file="lib/test_l.py" time="4"/>
         </testsuite>
-    """))
+    """)
+    )
     assert durations_from_junit(report, ["tests", "./tests/sub/", "lib/...", "docs"]) == {
         "tests": 1.75,
         "./tests/sub/": 0.25,
@@ -200,13 +225,15 @@ def test_directory_items_sum_the_files_below_them(tmp_path):
 
 def test_pytest_xunit1_file_attribute_and_absolute_paths(tmp_path):
     report = tmp_path / "junit.xml"
-    report.write_text(textwrap.dedent(f"""\
+    report.write_text(
+        textwrap.dedent(f"""\
         <testsuites><testsuite name="pytest">
           <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" line="1" time="1.0"/>
           <testcase classname="tests.test_x.TestK" name="test_b" file="./tests/test_x.py" line="4" time="2.0"/>
           <testcase classname="c" name="test_c" file="{tmp_path}/tests/test_c.py" time="4.0"/>
         </testsuite></testsuites>
-    """))
+    """)
+    )
     items = ["tests/test_x.py", "tests/test_x.py::TestK::test_b", "tests/test_c.py"]
     assert durations_from_junit(report, items, root=tmp_path) == {
         "tests/test_x.py": 3.0,
@@ -217,7 +244,8 @@ def test_pytest_xunit1_file_attribute_and_absolute_paths(tmp_path):
 
 def test_gotestsum_report_by_package_and_by_test_name(tmp_path):
     report = tmp_path / "junit.xml"
-    report.write_text(textwrap.dedent("""\
+    report.write_text(
+        textwrap.dedent("""\
         <?xml version="1.0" encoding="UTF-8"?>
         <testsuites tests="4" time="3.1">
           <testsuite tests="2" name="example.com/mod/internal/a" time="1.2">
@@ -229,8 +257,15 @@ def test_gotestsum_report_by_package_and_by_test_name(tmp_path):
             <testcase classname="example.com/mod/cmd/b" name="TestAlpha" time="0.400000"/>
           </testsuite>
         </testsuites>
-    """))
-    items = ["example.com/mod/internal/a", "example.com/mod/cmd/b", "TestBeta", "TestAlpha", "./internal/..."]
+    """)
+    )
+    items = [
+        "example.com/mod/internal/a",
+        "example.com/mod/cmd/b",
+        "TestBeta",
+        "TestAlpha",
+        "./internal/...",
+    ]
     assert durations_from_junit(report, items) == {
         "example.com/mod/internal/a": 1.2,
         "example.com/mod/cmd/b": 1.9,
@@ -241,7 +276,8 @@ def test_gotestsum_report_by_package_and_by_test_name(tmp_path):
 
 def test_jest_junit_report_with_file_attributes(tmp_path):
     report = tmp_path / "junit.xml"
-    report.write_text(textwrap.dedent(f"""\
+    report.write_text(
+        textwrap.dedent(f"""\
         <testsuites name="jest tests" tests="3" time="2.5">
           <testsuite name="math" tests="2" time="1.5">
             <testcase classname="math adds" name="math adds" time="0.5" file="{tmp_path}/src/math.test.js"/>
@@ -251,7 +287,8 @@ def test_jest_junit_report_with_file_attributes(tmp_path):
             <testcase classname="strings trims" name="strings trims" time="1"/>
           </testsuite>
         </testsuites>
-    """))
+    """)
+    )
     items = ["src/math.test.js", "src/strings.test.js", "math adds", "math"]
     assert durations_from_junit(report, items, root=tmp_path) == {
         "src/math.test.js": 1.5,
@@ -276,4 +313,8 @@ def test_junit_times_feed_the_durations_file(tmp_path):
     path = tmp_path / "shard-durations.json"
     merge_durations(path, {"other/test_o.py": 9.0})
     merge_durations(path, durations_from_junit(report, ["tests/test_x.py", "tests/sub/test_y.py"]))
-    assert json.loads(path.read_text()) == {"other/test_o.py": 9.0, "tests/sub/test_y.py": 0.25, "tests/test_x.py": 3.25}
+    assert json.loads(path.read_text()) == {
+        "other/test_o.py": 9.0,
+        "tests/sub/test_y.py": 0.25,
+        "tests/test_x.py": 3.25,
+    }

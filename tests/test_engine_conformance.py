@@ -4,12 +4,13 @@ Each test runs against the embedded engine, and against the lokt engine when
 ``lokt`` is on PATH (skipped otherwise). Agents are separate processes
 (tests/engine_agent.py) where signals, kills or races are involved.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,9 +24,9 @@ from engine_agent import OWNER_BASE, Agent, Guarding, agent_env, kill_process_gr
 
 from lokt_tasks import lockfile, system  # noqa: E402
 from lokt_tasks.engine import make_identity  # noqa: E402
-from lokt_tasks.run import select_engine  # noqa: E402
 from lokt_tasks.errors import UsageError  # noqa: E402
 from lokt_tasks.lockfile import LockData  # noqa: E402
+from lokt_tasks.run import select_engine  # noqa: E402
 
 NAME = "demo-shard-1"
 LOKT = shutil.which("lokt")
@@ -49,7 +50,9 @@ def spawn(tmp_path, root):
     agents = []
 
     def start(engine, agent, command, **options):
-        started = Agent(tmp_path, engine, root, options.pop("name", NAME), command, agent=agent, **options)
+        started = Agent(
+            tmp_path, engine, root, options.pop("name", NAME), command, agent=agent, **options
+        )
         agents.append(started)
         return started
 
@@ -59,7 +62,9 @@ def spawn(tmp_path, root):
 
 
 def in_process(engine_name, root, agent):
-    engine = select_engine(engine_name, make_identity(agent, env={"LOKT_OWNER": OWNER_BASE}), root=root)
+    engine = select_engine(
+        engine_name, make_identity(agent, env={"LOKT_OWNER": OWNER_BASE}), root=root
+    )
     return Guarding(engine, root.parent / "attempts")
 
 
@@ -137,7 +142,11 @@ def test_second_agent_is_held_and_told_who_holds(engine_name, tmp_path, root, sp
     assert other["state"] == "held"
     assert not (tmp_path / "B-ran").exists()
     holder = other["holder"]
-    assert (holder["owner"], holder["agent_id"], holder["host"]) == ("tester/A", "A", lockfile.host_name())
+    assert (holder["owner"], holder["agent_id"], holder["host"]) == (
+        "tester/A",
+        "A",
+        lockfile.host_name(),
+    )
     assert holder["pid_status"] == "alive"
     recorded_pid = json.loads(lock_file(root).read_text())["pid"]
     assert holder["pid"] == recorded_pid
@@ -162,7 +171,7 @@ def test_waiting_gives_up_at_the_timeout_and_names_the_holder(engine_name, tmp_p
     assert result.state == "held"
     assert result.holder.owner == "tester/A"
     assert result.message.startswith("timeout after 0.5s waiting: ")
-    assert 'held by tester/A (agent: A)@' in result.message
+    assert "held by tester/A (agent: A)@" in result.message
     release.touch()
     assert holder_agent.result()["state"] == "ran"
 
@@ -192,7 +201,9 @@ def test_lock_outlives_three_ttls_while_the_command_runs(engine_name, root, spaw
 
 def watchdog_of(agent_pid):
     """The pid of an embedded agent's watchdog, the holder of its locks."""
-    listing = subprocess.run(["ps", "-ww", "-A", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
+    listing = subprocess.run(
+        ["ps", "-ww", "-A", "-o", "pid=,ppid=,args="], capture_output=True, text=True
+    )
     found = [
         int(pid)
         for pid, parent, command in (line.split(None, 2) for line in listing.stdout.splitlines())
@@ -220,7 +231,9 @@ def start_killable_holder(engine_name, tmp_path, root, spawn, command):
 
 
 def test_killed_holder_leaves_a_lock_the_next_agent_takes(engine_name, tmp_path, root, spawn):
-    holder, command_pid = start_killable_holder(engine_name, tmp_path, root, spawn, hold_until(tmp_path / "never"))
+    holder, command_pid = start_killable_holder(
+        engine_name, tmp_path, root, spawn, hold_until(tmp_path / "never")
+    )
     try:
         recorded = json.loads(lock_file(root).read_text())["pid"]
         assert recorded == (watchdog_of(holder.pid) if engine_name == "embedded" else holder.pid)
@@ -238,7 +251,9 @@ def test_killed_holder_leaves_a_lock_the_next_agent_takes(engine_name, tmp_path,
 
 
 @pytest.mark.parametrize("command_ends", ["on SIGTERM", "only on SIGKILL"])
-def test_embedded_agent_killed_outright_has_its_command_group_stopped(tmp_path, root, spawn, command_ends):
+def test_embedded_agent_killed_outright_has_its_command_group_stopped(
+    tmp_path, root, spawn, command_ends
+):
     """The embedded agent holds the lock itself: once it is dead the lock is
     anyone's, so its watchdog stops the command (in a session of its own)
     and what the command started: SIGTERM, then SIGKILL after the grace."""
@@ -251,14 +266,19 @@ def test_embedded_agent_killed_outright_has_its_command_group_stopped(tmp_path, 
     grandchild = int(child.read_text())
     agent.process.kill()
     agent.process.wait()
-    wait_for(lambda: process_gone(command_pid) and process_gone(grandchild), "the command and its child to be stopped")
+    wait_for(
+        lambda: process_gone(command_pid) and process_gone(grandchild),
+        "the command and its child to be stopped",
+    )
     assert lock_file(root).exists()  # the dead agent's lock, pruned by the next agent
     assert spawn("embedded", "B", ["true"], ttl=1).result()["state"] == "ran"
 
 
 def test_embedded_watchdog_ends_with_its_agent(tmp_path, root, spawn):
     def watchdogs():
-        listing = subprocess.run(["ps", "-ww", "-A", "-o", "args="], capture_output=True, text=True).stdout
+        listing = subprocess.run(
+            ["ps", "-ww", "-A", "-o", "args="], capture_output=True, text=True
+        ).stdout
         marker = "from lokt_tasks.watchdog import main; sys.exit(main(sys.argv[1:])) 0.137"
         return [line for line in listing.splitlines() if marker in line]
 
@@ -286,7 +306,11 @@ def test_live_holder_is_never_stolen_even_when_expired(engine_name, tmp_path, ro
         result = probe.guard(NAME, ["touch", str(tmp_path / "ran")], ttl=1)
 
         assert result.state == "held"
-        assert (result.holder.pid, result.holder.expired, result.holder.pid_status) == (sleeper.pid, True, "alive")
+        assert (result.holder.pid, result.holder.expired, result.holder.pid_status) == (
+            sleeper.pid,
+            True,
+            "alive",
+        )
         if engine_name == "embedded":  # lokt's --wait does break it; ours does not
             assert probe.guard(NAME, ["true"], ttl=1, wait=True, timeout=0.3).state == "held"
         assert lock_file(root).read_text() == text
@@ -305,7 +329,11 @@ def test_dead_holder_is_pruned(engine_name, root, how):
             finished.wait()
             write_lock(root, pid=finished.pid)
         else:
-            write_lock(root, pid=sleeper.pid, pid_start_ns=(system.process_start_time(sleeper.pid) or 0) + 12345)
+            write_lock(
+                root,
+                pid=sleeper.pid,
+                pid_start_ns=(system.process_start_time(sleeper.pid) or 0) + 12345,
+            )
 
         result = in_process(engine_name, root, "B").guard(NAME, ["true"], ttl=1)
 
@@ -322,12 +350,22 @@ def test_dead_holder_is_pruned(engine_name, root, how):
 
 def test_freeze_blocks_and_an_expired_freeze_is_removed(engine_name, tmp_path, root):
     if engine_name == "lokt":
-        subprocess.run([LOKT, "freeze", "--ttl", "1m", NAME], env=lokt_env(root, "tester/F", "F"), check=True)
+        subprocess.run(
+            [LOKT, "freeze", "--ttl", "1m", NAME], env=lokt_env(root, "tester/F", "F"), check=True
+        )
     else:
         lockfile.ensure_dirs(root)
         now = lockfile.now_ns()
-        freeze = LockData(NAME, "tester/F", lockfile.host_name(), 4242, agent_id="F", acquired_ns=now,
-                          ttl_sec=60, expires_ns=now + 60 * 10**9)
+        freeze = LockData(
+            NAME,
+            "tester/F",
+            lockfile.host_name(),
+            4242,
+            agent_id="F",
+            acquired_ns=now,
+            ttl_sec=60,
+            expires_ns=now + 60 * 10**9,
+        )
         lockfile.freeze_path(root, NAME).write_text(freeze.to_json())
     probe = in_process(engine_name, root, "B")
     marker = tmp_path / "ran"
@@ -341,8 +379,15 @@ def test_freeze_blocks_and_an_expired_freeze_is_removed(engine_name, tmp_path, r
     assert "freeze-deny" in [e["event"] for e in audit_events(root)]
 
     now = lockfile.now_ns()
-    expired = LockData(NAME, "tester/F", lockfile.host_name(), 4242, acquired_ns=now - 120 * 10**9,
-                       ttl_sec=60, expires_ns=now - 60 * 10**9)
+    expired = LockData(
+        NAME,
+        "tester/F",
+        lockfile.host_name(),
+        4242,
+        acquired_ns=now - 120 * 10**9,
+        ttl_sec=60,
+        expires_ns=now - 60 * 10**9,
+    )
     lockfile.freeze_path(root, NAME).write_text(expired.to_json())
     result = probe.guard(NAME, ["touch", str(marker)], ttl=1)
     assert (result.state, result.exit_code) == ("ran", 0)
@@ -385,7 +430,9 @@ def test_lock_from_a_newer_lokt_is_an_error(engine_name, tmp_path, root):
     assert lock_file(root).read_text() == text
 
 
-@pytest.mark.parametrize("bad_name", ["", "../escape", "/abs", "has space", "a..b", "semi;colon", "ünï", "-flag"])
+@pytest.mark.parametrize(
+    "bad_name", ["", "../escape", "/abs", "has space", "a..b", "semi;colon", "ünï", "-flag"]
+)
 def test_invalid_lock_names_are_refused_before_anything_runs(engine_name, tmp_path, root, bad_name):
     marker = tmp_path / "ran"
     with pytest.raises(UsageError, match="invalid lock name"):
@@ -413,7 +460,10 @@ def test_exit_codes_and_signals_come_back_as_ran(engine_name, root, command, exi
 
     assert (result.state, result.exit_code, result.signal) == ("ran", exit_code, signum)
     (record,) = [json.loads(path.read_text()) for path in (root.parent / "attempts").iterdir()]
-    assert (record["exit_code"], record["signal"]) == (exit_code, signum and signal.Signals(signum).name)
+    assert (record["exit_code"], record["signal"]) == (
+        exit_code,
+        signum and signal.Signals(signum).name,
+    )
     assert record["outcome"] == ("passed" if exit_code == 0 else "failed")
     assert not lock_file(root).exists()
 
@@ -432,7 +482,13 @@ def test_output_goes_to_the_log_started_afresh_once_the_lock_is_ours(engine_name
 
 def test_command_sees_its_lokt_identity(engine_name, tmp_path, root):
     out = tmp_path / "identity"
-    command = ["sh", "-c", 'printf "%s\\n" "$LOKT_OWNER" "$LOKT_AGENT_ID" "$LOKT_ROOT" > "$1"', "sh", str(out)]
+    command = [
+        "sh",
+        "-c",
+        'printf "%s\\n" "$LOKT_OWNER" "$LOKT_AGENT_ID" "$LOKT_ROOT" > "$1"',
+        "sh",
+        str(out),
+    ]
 
     in_process(engine_name, root, "A").guard(NAME, command, ttl=1)
 
@@ -481,14 +537,20 @@ open(sys.argv[1], "w").write(str(len(received)))
 def test_a_command_that_forwards_signals_passes_on_exactly_one(engine_name, tmp_path, spawn):
     """Like an attempt process: the engine signals the command, the command its child."""
     count = tmp_path / "count"
-    agent = spawn(engine_name, "A", [sys.executable, "-c", FORWARDING_PARENT, COUNTING_CHILD, str(count)])
+    agent = spawn(
+        engine_name, "A", [sys.executable, "-c", FORWARDING_PARENT, COUNTING_CHILD, str(count)]
+    )
     agent.wait_started()
     wait_for(lambda: Path(str(count) + ".ready").exists(), "the child to be ready")
 
     os.kill(agent.pid, signal.SIGINT)
     result = agent.result()
 
-    assert (result["state"], result["interrupted"], result["exit_code"]) == ("ran", signal.SIGINT, 0)
+    assert (result["state"], result["interrupted"], result["exit_code"]) == (
+        "ran",
+        signal.SIGINT,
+        0,
+    )
     assert count.read_text() == "1"
 
 
@@ -525,7 +587,11 @@ def test_twenty_agents_without_wait_exactly_one_runs(tmp_path, root, spawn):
     engines = race_engines()
     agents = [spawn(engines[i % len(engines)], f"r{i:02d}", hold_until(release)) for i in range(20)]
     try:
-        wait_for(lambda: sum(a.process.poll() is not None for a in agents) >= 19, "19 agents to give up", 60)
+        wait_for(
+            lambda: sum(a.process.poll() is not None for a in agents) >= 19,
+            "19 agents to give up",
+            60,
+        )
     finally:
         release.touch()
 
@@ -543,10 +609,17 @@ def test_twenty_agents_without_wait_exactly_one_runs(tmp_path, root, spawn):
 def test_twenty_waiting_agents_all_run_one_at_a_time(tmp_path, root, spawn):
     sentinel = tmp_path / "inside"
     # mkdir is atomic: it fails if another command is inside at the same time.
-    command = ["/bin/sh", "-c", 'mkdir "$1" || exit 99; sleep 0.05; rmdir "$1"', "overlap", str(sentinel)]
+    command = [
+        "/bin/sh",
+        "-c",
+        'mkdir "$1" || exit 99; sleep 0.05; rmdir "$1"',
+        "overlap",
+        str(sentinel),
+    ]
     engines = race_engines()
     agents = [
-        spawn(engines[i % len(engines)], f"w{i:02d}", command, wait=True, timeout=120) for i in range(20)
+        spawn(engines[i % len(engines)], f"w{i:02d}", command, wait=True, timeout=120)
+        for i in range(20)
     ]
 
     results = [agent.result(limit=150) for agent in agents]
@@ -567,15 +640,28 @@ def test_lokt_sees_a_lock_held_by_the_embedded_engine(tmp_path, root, spawn):
     holder_agent.wait_started()
     env = lokt_env(root, "tester/B", "B")
 
-    guard = subprocess.run([LOKT, "guard", "--ttl", "5s", NAME, "--", "true"], env=env,
-                           stderr=subprocess.PIPE, universal_newlines=True)
-    status = subprocess.run([LOKT, "status", NAME, "--json"], env=env,
-                            stdout=subprocess.PIPE, universal_newlines=True, check=True)
+    guard = subprocess.run(
+        [LOKT, "guard", "--ttl", "5s", NAME, "--", "true"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    status = subprocess.run(
+        [LOKT, "status", NAME, "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
 
     assert guard.returncode == 2
     assert "held by tester/A (agent: A)" in guard.stderr
     shown = json.loads(status.stdout)
-    assert (shown["owner"], shown["agent_id"], shown["pid"]) == ("tester/A", "A", watchdog_of(holder_agent.pid))
+    assert (shown["owner"], shown["agent_id"], shown["pid"]) == (
+        "tester/A",
+        "A",
+        watchdog_of(holder_agent.pid),
+    )
     assert (shown["pid_status"], shown["ttl_sec"], shown["expired"]) == ("alive", 7, False)
     release.touch()
     assert holder_agent.result()["state"] == "ran"
@@ -590,14 +676,20 @@ def test_embedded_engine_is_held_by_lokt_guard(tmp_path, root, spawn):
     result = in_process("embedded", root, "B").guard(NAME, ["true"], ttl=1)
 
     assert result.state == "held"
-    assert (result.holder.owner, result.holder.agent_id, result.holder.pid_status) == ("tester/A", "A", "alive")
+    assert (result.holder.owner, result.holder.agent_id, result.holder.pid_status) == (
+        "tester/A",
+        "A",
+        "alive",
+    )
     release.touch()
     assert holder_agent.result()["state"] == "ran"
 
 
 @needs_lokt
 def test_lokt_freeze_blocks_the_embedded_engine(tmp_path, root):
-    subprocess.run([LOKT, "freeze", "--ttl", "1m", NAME], env=lokt_env(root, "tester/F"), check=True)
+    subprocess.run(
+        [LOKT, "freeze", "--ttl", "1m", NAME], env=lokt_env(root, "tester/F"), check=True
+    )
 
     result = in_process("embedded", root, "B").guard(NAME, ["touch", str(tmp_path / "ran")], ttl=1)
 
@@ -621,7 +713,9 @@ def test_embedded_audit_lines_are_written_like_lokts(tmp_path, root, spawn):
         assert engine.guard(NAME, ["true"], ttl=1).state == "held"
         release.touch()
         holder_agent.result()
-    subprocess.run([LOKT, "freeze", "--ttl", "1m", "frozen-name"], env=lokt_env(root, "tester/F"), check=True)
+    subprocess.run(
+        [LOKT, "freeze", "--ttl", "1m", "frozen-name"], env=lokt_env(root, "tester/F"), check=True
+    )
     for engine in (lokt_engine, embedded):
         assert engine.guard("frozen-name", ["true"], ttl=1).state == "frozen"
         (root / "locks" / "broken.json").write_text("{")
@@ -631,7 +725,13 @@ def test_embedded_audit_lines_are_written_like_lokts(tmp_path, root, spawn):
     for line in audit_lines(root):
         event = json.loads(line)
         assert line == json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        writer = "embedded" if event["owner"] == "tester/E" else "lokt" if event["owner"] == "tester/L" else None
+        writer = (
+            "embedded"
+            if event["owner"] == "tester/E"
+            else "lokt"
+            if event["owner"] == "tester/L"
+            else None
+        )
         if writer:
             by_writer.setdefault((writer, event["event"]), []).append(event)
 

@@ -1,5 +1,6 @@
 """The pieces under the engines: lokt's file formats, names, identity, lock
 root discovery and engine selection."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from lokt_tasks import lockfile, system
+from lokt_tasks.config import parse_duration
 from lokt_tasks.embedded import EmbeddedEngine
 from lokt_tasks.engine import StopRequest, find_lock_root, make_identity
-from lokt_tasks.config import parse_duration
-from lokt_tasks.lokt_engine import LoktEngine
-from lokt_tasks.run import select_engine
 from lokt_tasks.errors import EngineError, UsageError
 from lokt_tasks.lockfile import CorruptLockFile, EmptyLockFile, LockData, UnsupportedVersion
+from lokt_tasks.lokt_engine import LoktEngine
+from lokt_tasks.run import select_engine
 
 # Written by lokt itself (commit edfc905) on a machine in UTC.
 LOKT_LOCK = """{
@@ -81,7 +82,11 @@ def test_lock_written_by_lokt_reads_and_writes_back_identically(zone):
 
 def test_timestamps_are_written_like_go(zone):
     zone("UTC")
-    for text in ("2026-11-27T23:44:01.7641218Z", "2026-11-27T23:44:01Z", "2026-01-02T03:04:05.000000001Z"):
+    for text in (
+        "2026-11-27T23:44:01.7641218Z",
+        "2026-11-27T23:44:01Z",
+        "2026-01-02T03:04:05.000000001Z",
+    ):
         assert lockfile.format_timestamp(lockfile.parse_timestamp(text)) == text
     zone("EST+5")
     moment = lockfile.parse_timestamp("2026-11-27T23:44:01.5Z")
@@ -91,7 +96,14 @@ def test_timestamps_are_written_like_go(zone):
 
 def test_empty_fields_are_left_out_of_a_lock_file():
     lock = LockData("demo", "me", "host", 12, acquired_ns=10**18)
-    assert re.findall(r'"(\w+)":', lock.to_json()) == ["version", "name", "owner", "host", "pid", "acquired_ts"]
+    assert re.findall(r'"(\w+)":', lock.to_json()) == [
+        "version",
+        "name",
+        "owner",
+        "host",
+        "pid",
+        "acquired_ts",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +142,12 @@ def test_audit_lines_are_written_like_lokts():
 
 def test_audit_extra_is_sorted_and_html_characters_escaped_like_go():
     line = lockfile.audit_line(
-        "deny", "demo", owner="a<b>&c", host="vm", pid=1, extra={"holder_pid": 3, "holder_host": "vm"}
+        "deny",
+        "demo",
+        owner="a<b>&c",
+        host="vm",
+        pid=1,
+        extra={"holder_pid": 3, "holder_host": "vm"},
     )
     assert '"owner":"a\\u003cb\\u003e\\u0026c"' in line
     assert line.endswith(',"extra":{"holder_host":"vm","holder_pid":3}}\n')
@@ -178,7 +195,9 @@ def test_owner_base_is_the_user_name_without_lokt_owner(clean_env):
 
 
 def git(*args, cwd):
-    subprocess.run(["git", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def test_lock_root_from_lokt_root(clean_env, tmp_path):
@@ -193,7 +212,18 @@ def test_lock_root_is_shared_by_all_worktrees(clean_env, tmp_path):
     repo = tmp_path / "repo"
     (repo / "sub").mkdir(parents=True)
     git("init", "-q", cwd=repo)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x", cwd=repo)
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+        cwd=repo,
+    )
     git("worktree", "add", "-q", str(tmp_path / "other"), cwd=repo)
 
     assert find_lock_root(repo / "sub") == repo / ".git" / "lokt"
@@ -245,15 +275,34 @@ def test_real_lokt_describes_itself(tmp_path):
 def test_lokt_guard_flags_come_before_the_name_with_units(tmp_path):
     engine = LoktEngine(make_identity("a"), tmp_path, "/bin/lokt")
     assert engine.guard_command("n", 600, True, 30) == [
-        "/bin/lokt", "guard", "--ttl", "600s", "--wait", "--timeout", "30s", "n", "--",
+        "/bin/lokt",
+        "guard",
+        "--ttl",
+        "600s",
+        "--wait",
+        "--timeout",
+        "30s",
+        "n",
+        "--",
     ]
-    assert engine.guard_command("n", 0.2, False, None) == ["/bin/lokt", "guard", "--ttl", "1s", "n", "--"]
+    assert engine.guard_command("n", 0.2, False, None) == [
+        "/bin/lokt",
+        "guard",
+        "--ttl",
+        "1s",
+        "n",
+        "--",
+    ]
     assert engine.guard_command("n", 0, False, None) == ["/bin/lokt", "guard", "n", "--"]
 
 
-@pytest.mark.parametrize("seconds, text", [(600, "600s"), (1.5, "1500ms"), (2.25, "2250ms"), (7 / 3, "2333333us")])
+@pytest.mark.parametrize(
+    "seconds, text", [(600, "600s"), (1.5, "1500ms"), (2.25, "2250ms"), (7 / 3, "2333333us")]
+)
 def test_durations_have_units(seconds, text):
-    command = LoktEngine(make_identity("a"), Path("/r"), "/bin/lokt").guard_command("n", 1, True, seconds)
+    command = LoktEngine(make_identity("a"), Path("/r"), "/bin/lokt").guard_command(
+        "n", 1, True, seconds
+    )
     assert command[command.index("--timeout") + 1] == text
     assert parse_duration(text) == pytest.approx(seconds, rel=1e-6)
 
@@ -267,8 +316,16 @@ def test_reading_lock_state_changes_nothing(tmp_path):
     finished = subprocess.Popen(["true"])
     finished.wait()
     now = lockfile.now_ns()
-    dead = LockData("old", "x/y", lockfile.host_name(), finished.pid, agent_id="y",
-                    acquired_ns=now - 10**11, ttl_sec=10, expires_ns=now - 9 * 10**10)
+    dead = LockData(
+        "old",
+        "x/y",
+        lockfile.host_name(),
+        finished.pid,
+        agent_id="y",
+        acquired_ns=now - 10**11,
+        ttl_sec=10,
+        expires_ns=now - 9 * 10**10,
+    )
     lockfile.lock_path(root, "old").write_text(dead.to_json())
     lockfile.lock_path(root, "broken").write_text("{")
     before = sorted((p.name, p.read_text()) for p in (root / "locks").iterdir())
@@ -277,7 +334,12 @@ def test_reading_lock_state_changes_nothing(tmp_path):
     holder = engine.holder("old")
     listed = engine.held_locks()
 
-    assert (holder.owner, holder.agent_id, holder.pid_status, holder.expired) == ("x/y", "y", "dead", True)
+    assert (holder.owner, holder.agent_id, holder.pid_status, holder.expired) == (
+        "x/y",
+        "y",
+        "dead",
+        True,
+    )
     assert [h.name for h in listed] == ["old"]
     assert engine.holder("broken") is None and engine.holder("absent") is None
     assert not engine.frozen("old")

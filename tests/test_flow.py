@@ -1,4 +1,5 @@
 """The product end to end: shard, shard-all and verify in scratch git repositories."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,6 @@ import shutil
 import signal
 
 import pytest
-
-from lokt_tasks import errors
 from scratch import (
     FAIL,
     PASS,
@@ -26,6 +25,8 @@ from scratch import (
     verdict,
     wait_for,
 )
+
+from lokt_tasks import errors
 
 SIX = [f"check_{n}.py" for n in range(1, 7)]
 
@@ -88,7 +89,16 @@ def test_a_shard_held_by_another_agent_runs_nothing_and_names_the_holder(tmp_pat
     assert states(verdict(project))[0] == "passed"
 
 
-@pytest.mark.parametrize("engine", ["embedded", pytest.param("lokt", marks=pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH"))])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "embedded",
+        pytest.param(
+            "lokt",
+            marks=pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH"),
+        ),
+    ],
+)
 def test_a_command_that_exits_2_failed_it_was_not_held(tmp_path, engine):
     """lokt guard exits 2 when the lock is held, and with the command's own 2."""
     project = make_project(tmp_path / "p", checks(SIX), shards=1)
@@ -134,7 +144,9 @@ def test_kill_9_mid_shard_is_crashed_never_passed_and_a_rerun_completes(tmp_path
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_shard_all_stopped_by_a_signal_records_interrupted_and_releases_every_lock(tmp_path, sig, code):
+def test_shard_all_stopped_by_a_signal_records_interrupted_and_releases_every_lock(
+    tmp_path, sig, code
+):
     project = make_project(tmp_path / "p", checks(SIX, WAIT))
     agent = start_cli(project, "shard-all", "checks", "--jobs", "3")
     wait_for(lambda: len(ran(project)) == 3)

@@ -1,4 +1,5 @@
 """Glob and exclude patterns: the edges where wcmatch alone would answer otherwise."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,16 @@ def make_files(root: Path, *names: str) -> None:
 
 def test_wcmatch_extensions_stay_literal(tmp_path):
     make_files(
-        tmp_path, "t/x\\b.py", "t/xb.py", "t/^.py", "t/a.py", "t/c.py", "t/1.py",
-        "t/{a,b}.py", "t/@(a).py", "t/x|y.py",
+        tmp_path,
+        "t/x\\b.py",
+        "t/xb.py",
+        "t/^.py",
+        "t/a.py",
+        "t/c.py",
+        "t/1.py",
+        "t/{a,b}.py",
+        "t/@(a).py",
+        "t/x|y.py",
     )
     # A backslash is a character, not an escape.
     assert glob_files(tmp_path, "t/*\\b.py") == ["t/x\\b.py"]
@@ -77,11 +86,14 @@ def test_files_only_and_symlinked_directories_not_entered(tmp_path):
     assert glob_files(tmp_path, "src/link/x.py") == ["src/link/x.py"]
 
 
-@pytest.mark.parametrize("exclude, kept", [
-    (["tests/e2e"], ["tests/a.py::test_x[a/b]", "./tests/c.py::t"]),
-    (["**/c.py::*"], ["tests/a.py::test_x[a/b]", "tests/e2e/b.py::test_y"]),
-    (["tests/a.py::test_x[[]a"], ["tests/e2e/b.py::test_y", "./tests/c.py::t"]),
-])
+@pytest.mark.parametrize(
+    "exclude, kept",
+    [
+        (["tests/e2e"], ["tests/a.py::test_x[a/b]", "./tests/c.py::t"]),
+        (["**/c.py::*"], ["tests/a.py::test_x[a/b]", "tests/e2e/b.py::test_y"]),
+        (["tests/a.py::test_x[[]a"], ["tests/e2e/b.py::test_y", "./tests/c.py::t"]),
+    ],
+)
 def test_exclude_applies_to_collected_items(exclude, kept):
     items = ["tests/a.py::test_x[a/b]", "tests/e2e/b.py::test_y", "./tests/c.py::t"]
     assert without_excluded(items, exclude) == kept

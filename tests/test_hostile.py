@@ -5,6 +5,7 @@ Items reach the command as argv elements, byte for byte, never through a
 shell. What cannot run is refused before anything runs, in one line. What
 cannot be read is named, and never crashes verify.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from scratch import PASS, checks, cli, commit_new_repository, lock_files, make_project, ran
 
 from lokt_tasks import errors
-from scratch import PASS, checks, cli, commit_new_repository, lock_files, make_project, ran
 
 PYTHON = json.dumps(sys.executable)  # a TOML basic string
 
@@ -91,8 +92,12 @@ def test_hostile_file_names_reach_the_command_byte_for_byte_as_one_argument_each
 
     arrived: List[bytes] = []
     for shard in (1, 2, 3):
-        arrived += [bytes.fromhex(item) for item in json.loads((project / f"argv-{shard}.json").read_text())]
-    expected = [os.fsencode("./" + name if name.startswith("-") else name) for name in HOSTILE_NAMES]
+        arrived += [
+            bytes.fromhex(item) for item in json.loads((project / f"argv-{shard}.json").read_text())
+        ]
+    expected = [
+        os.fsencode("./" + name if name.startswith("-") else name) for name in HOSTILE_NAMES
+    ]
     assert sorted(arrived) == sorted(expected)
     assert not list(project.glob("pwned*"))  # no shell ever saw a name
     assert not list(Path.cwd().glob("pwned*"))
@@ -119,7 +124,9 @@ def too_long(tmp_path):
     return make_scratch(tmp_path / "p", toml, {"many.py": MANY_LONG_ITEMS})
 
 
-@pytest.mark.parametrize("command", [["plan", "huge"], ["shard", "huge", "--id", "1"], ["shard-all", "huge"]])
+@pytest.mark.parametrize(
+    "command", [["plan", "huge"], ["shard", "huge", "--id", "1"], ["shard-all", "huge"]]
+)
 def test_a_shard_too_long_for_one_command_line_is_refused_before_anything_runs(too_long, command):
     result = cli(too_long, *command)
     assert result.returncode == errors.USAGE, result.stdout + result.stderr
@@ -140,9 +147,13 @@ def test_the_same_items_in_more_shards_run(too_long):
 
 
 def test_damaged_records_are_reported_as_corrupt_by_name_and_fail_the_verdict(tmp_path):
-    project = make_project(tmp_path / "p", checks([f"check_{n}.py" for n in range(1, 7)], PASS), shards=6)
+    project = make_project(
+        tmp_path / "p", checks([f"check_{n}.py" for n in range(1, 7)], PASS), shards=6
+    )
     assert cli(project, "shard-all", "checks").returncode == errors.PASSED
-    records = {int(path.stem.split("-")[1]): path for path in results_dir(project).rglob("shard-*.json")}
+    records = {
+        int(path.stem.split("-")[1]): path for path in results_dir(project).rglob("shard-*.json")
+    }
     whole = records[2].read_bytes()
     damage = {
         1: b"",  # empty
@@ -175,14 +186,21 @@ def test_damaged_records_are_reported_as_corrupt_by_name_and_fail_the_verdict(tm
 
 def timings_project(root: Path, content: str) -> Path:
     extra = 'split = "timings"\ndurations = "timings.json"\n'
-    project = make_project(root, checks([f"check_{n}.py" for n in range(1, 7)], PASS), extra_toml=extra)
+    project = make_project(
+        root, checks([f"check_{n}.py" for n in range(1, 7)], PASS), extra_toml=extra
+    )
     (project / "timings.json").write_text(content)
     return project
 
 
 def test_a_cut_short_durations_file_stops_every_command_of_a_timings_split(tmp_path):
     project = timings_project(tmp_path / "p", '{"checks/check_1.py": 1.5, "checks/che')
-    for command in (["plan", "checks"], ["shard", "checks", "--id", "1"], ["shard-all", "checks"], ["verify", "checks"]):
+    for command in (
+        ["plan", "checks"],
+        ["shard", "checks", "--id", "1"],
+        ["shard-all", "checks"],
+        ["verify", "checks"],
+    ):
         result = cli(project, *command)
         assert result.returncode == errors.USAGE, (command, result.stdout, result.stderr)
         assert one_line_error(result).startswith("lokt-tasks: error: timings.json")
@@ -191,7 +209,9 @@ def test_a_cut_short_durations_file_stops_every_command_of_a_timings_split(tmp_p
     assert not results_dir(project).exists()
 
 
-@pytest.mark.parametrize("content", ["", "not json at all", '["a list"]', '{"checks/check_1.py": "slow"}'])
+@pytest.mark.parametrize(
+    "content", ["", "not json at all", '["a list"]', '{"checks/check_1.py": "slow"}']
+)
 def test_a_corrupt_durations_file_is_one_line_naming_it(tmp_path, content):
     project = timings_project(tmp_path / "p", content)
     result = cli(project, "shard", "checks", "--id", "1")

@@ -5,6 +5,7 @@ may import modules of lower layers only, never one of its own layer or
 above, so the graph has no cycle and each layer can be read and tested
 without the ones above it.
 """
+
 from __future__ import annotations
 
 import ast

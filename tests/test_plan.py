@@ -1,4 +1,5 @@
 """Plans: which items, in which shard, with which command, the same everywhere."""
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,21 @@ TEN = [f"tests/test_{letter}.py" for letter in "abcdefghij"]
 
 def test_name_split_is_contiguous_sorted_chunks(tmp_path):
     make_files(tmp_path, reversed(TEN))
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest -q {items}"
         glob = "tests/test_*.py"
         shards = 3
-    """)
+    """,
+    )
     assert groups(plan) == [TEN[0:4], TEN[4:7], TEN[7:10]]
     assert [shard.argv for shard in plan.shards][0] == ("pytest", "-q", *TEN[0:4])
     assert [(shard.index, shard.total, shard.lock_name) for shard in plan.shards] == [
-        (1, 3, "test-shard-1"), (2, 3, "test-shard-2"), (3, 3, "test-shard-3"),
+        (1, 3, "test-shard-1"),
+        (2, 3, "test-shard-2"),
+        (3, 3, "test-shard-3"),
     ]
     assert plan.split == "name"
     assert plan.cwd == tmp_path
@@ -71,15 +77,28 @@ def test_name_split_counts_items_without_timings_and_seconds_with_them(tmp_path)
     by_count = plan_for(tmp_path, toml % "name", durations={"tests/unrelated.py": 5.0})
     assert [shard.weight for shard in by_count.shards] == [4.0, 3.0, 3.0]
     assert [shard.estimate for shard in by_count.shards] == [None, None, None]
-    assert (by_count.stats.unit, by_count.stats.total, by_count.stats.largest) == ("items", 10.0, 4.0)
+    assert (by_count.stats.unit, by_count.stats.total, by_count.stats.largest) == (
+        "items",
+        10.0,
+        4.0,
+    )
     assert by_count.stats.balance == pytest.approx(4 / (10 / 3))
     text = render_plan(by_count)
     assert "  shard  items  lock" in text and "  1/3        4  test-shard-1" in text
-    assert "total 10 items; ideal 3.3 items per shard; lower bound 3.3 items; balance 1.20 (1.00 is even)" in text
+    assert (
+        "total 10 items; ideal 3.3 items per shard; lower bound 3.3 items; balance 1.20 (1.00 is even)"
+        in text
+    )
     data = plan_to_json(by_count)
-    assert data["stats"]["unit"] == "items" and [shard["weight"] for shard in data["shards"]] == [4.0, 3.0, 3.0]
+    assert data["stats"]["unit"] == "items" and [shard["weight"] for shard in data["shards"]] == [
+        4.0,
+        3.0,
+        3.0,
+    ]
 
-    by_time = plan_for(tmp_path, toml % "name", durations={"tests/test_a.py": 8.0, "tests/test_j.py": 2.0})
+    by_time = plan_for(
+        tmp_path, toml % "name", durations={"tests/test_a.py": 8.0, "tests/test_j.py": 2.0}
+    )
     assert groups(by_time) == groups(by_count)
     # Items without a time weigh the mean (5 s): 8+5+5+5, 5+5+5, 5+5+2.
     assert [shard.estimate for shard in by_time.shards] == [23.0, 15.0, 12.0]
@@ -110,19 +129,24 @@ def test_same_plan_in_another_checkout_created_in_another_order(tmp_path):
     plan_two = plan_for(second, toml)
     assert plan_to_json(plan_one)["shards"] == plan_to_json(plan_two)["shards"]
     assert plan_for(first, toml) == plan_one
-    assert "tests/fixtures/skip.py" not in {item for shard in plan_one.shards for item in shard.items}
+    assert "tests/fixtures/skip.py" not in {
+        item for shard in plan_one.shards for item in shard.items
+    }
 
 
 def test_size_split_is_longest_first(tmp_path):
     sizes = {"a.py": 40, "b.py": 100, "c.py": 10, "d.py": 60, "e.py": 50}
     make_files(tmp_path, sizes, sizes)
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "*.py"
         shards = 2
         split = "size"
-    """)
+    """,
+    )
     # b(100) -> 1; d(60) -> 2; e(50) -> 2 (110); a(40) -> 1 (140); c(10) -> 2 (120)
     assert groups(plan) == [["a.py", "b.py"], ["c.py", "d.py", "e.py"]]
     assert [shard.weight for shard in plan.shards] == [140.0, 120.0]
@@ -155,14 +179,17 @@ def test_timings_are_read_from_the_durations_file(tmp_path):
     make_files(tmp_path, ["a.py", "b.py", "c.py"])
     (tmp_path / "ci").mkdir()
     (tmp_path / "ci" / "times.json").write_text(json.dumps({"c.py": 9.0, "a.py": 1.0, "b.py": 1.0}))
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "*.py"
         shards = 2
         split = "timings"
         durations = "ci/times.json"
-    """)
+    """,
+    )
     assert groups(plan) == [["c.py"], ["a.py", "b.py"]]
 
 
@@ -203,13 +230,17 @@ def test_timings_without_any_known_time_fall_back_to_sizes(tmp_path):
 
 def test_zero_weights_still_fill_every_shard(tmp_path):
     make_files(tmp_path, ["a.py", "b.py", "c.py", "d.py", "e.py"], {})
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "*.py"
         shards = 3
         split = "timings"
-    """, durations={name: 0.0 for name in ["a.py", "b.py", "c.py", "d.py", "e.py"]})
+    """,
+        durations={name: 0.0 for name in ["a.py", "b.py", "c.py", "d.py", "e.py"]},
+    )
     assert groups(plan) == [["a.py", "d.py"], ["b.py", "e.py"], ["c.py"]]
 
 
@@ -217,7 +248,9 @@ def skewed_durations():
     """A few long items (named to sort together) among many short ones."""
     generator = random.Random(7)
     durations = {f"tests/a_long_{index}.py": generator.uniform(25, 50) for index in range(6)}
-    durations.update({f"tests/b_short_{index:03d}.py": generator.uniform(0.2, 2.5) for index in range(200)})
+    durations.update(
+        {f"tests/b_short_{index:03d}.py": generator.uniform(0.2, 2.5) for index in range(200)}
+    )
     return durations
 
 
@@ -235,7 +268,9 @@ def test_timings_split_is_near_the_lower_bound_and_beats_name_split(tmp_path, co
     by_timings = plan_for(tmp_path, toml % "timings", durations=durations)
     by_name = plan_for(tmp_path, toml % "name", durations=durations)
 
-    assert by_timings.stats.lower_bound == pytest.approx(max(sum(durations.values()) / count, max(durations.values())))
+    assert by_timings.stats.lower_bound == pytest.approx(
+        max(sum(durations.values()) / count, max(durations.values()))
+    )
     assert by_timings.stats.largest <= 1.05 * by_timings.stats.lower_bound
     assert by_name.stats.largest > 1.3 * by_timings.stats.largest
     assert sorted(item for shard in by_timings.shards for item in shard.items) == sorted(durations)
@@ -243,17 +278,27 @@ def test_timings_split_is_near_the_lower_bound_and_beats_name_split(tmp_path, co
 
 def test_per_item_makes_one_shard_per_item(tmp_path):
     make_files(tmp_path, ["b.py", "a.py", "c.py"])
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.lint]
         run = "ruff check {items}"
         glob = "*.py"
         shards = "per-item"
-    """, task="lint")
+    """,
+        task="lint",
+    )
     assert [shard.argv for shard in plan.shards] == [
-        ("ruff", "check", "a.py"), ("ruff", "check", "b.py"), ("ruff", "check", "c.py"),
+        ("ruff", "check", "a.py"),
+        ("ruff", "check", "b.py"),
+        ("ruff", "check", "c.py"),
     ]
     assert plan.split == "per-item"
-    assert [shard.lock_name for shard in plan.shards] == ["lint-shard-1", "lint-shard-2", "lint-shard-3"]
+    assert [shard.lock_name for shard in plan.shards] == [
+        "lint-shard-1",
+        "lint-shard-2",
+        "lint-shard-3",
+    ]
 
 
 def test_shard_count_override(tmp_path):
@@ -274,12 +319,15 @@ def test_shard_count_override(tmp_path):
 
 def test_more_shards_than_items_is_clamped_with_a_warning(tmp_path):
     make_files(tmp_path, ["a.py", "b.py"])
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "*.py"
         shards = 5
-    """)
+    """,
+    )
     assert groups(plan) == [["a.py"], ["b.py"]]
     assert [shard.total for shard in plan.shards] == [2, 2]
     assert plan.warnings == (
@@ -305,18 +353,23 @@ HOSTILE = [
 
 def test_hostile_names_arrive_as_single_arguments(tmp_path):
     make_files(tmp_path, HOSTILE)
-    plan = plan_for(tmp_path, f"""\
+    plan = plan_for(
+        tmp_path,
+        f"""\
         [tasks.test]
         run = {json.dumps(PRINT_ARGV + " {items}")}
         glob = ["tests/*.py", "*.py"]
         shards = 2
-    """)
+    """,
+    )
     sent = sorted(item for shard in plan.shards for item in shard.items)
     assert sent == sorted(HOSTILE)
 
     received = []
     for shard in plan.shards:
-        output = subprocess.run(shard.argv, cwd=plan.cwd, capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            shard.argv, cwd=plan.cwd, capture_output=True, text=True, check=True
+        ).stdout
         received.extend(json.loads(output))
     assert sorted(received) == sorted(
         "./" + item if item.startswith("-") else item for item in HOSTILE
@@ -327,24 +380,33 @@ def test_hostile_names_arrive_as_single_arguments(tmp_path):
 
 def test_leading_dash_is_only_prefixed_for_existing_paths(tmp_path):
     make_files(tmp_path, ["-v.py"])
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         [[tasks.test.shard]]
         items = ["-v.py", "-k"]
-    """)
+    """,
+    )
     assert plan.shards[0].items == ("-k", "-v.py")
     assert plan.shards[0].argv == ("pytest", "-k", "./-v.py")
 
 
 def test_items_joined_inside_an_argument_and_other_placeholders(tmp_path):
-    collect = f"{PYTHON} -c 'print(\"\\n  TestB\\n  TestA  \\nTestC\\nTestA\\n\\nok example.com/pkg\")'"
-    plan = plan_for(tmp_path, f"""\
+    collect = (
+        f"{PYTHON} -c 'print(\"\\n  TestB\\n  TestA  \\nTestC\\nTestA\\n\\nok example.com/pkg\")'"
+    )
+    plan = plan_for(
+        tmp_path,
+        f"""\
         [tasks.go]
         run = "go test -run '^({{items:|}})$' -json={{junit}} -tag={{task}}-{{shard}}of{{total}} {{{{x}}}} ./pkg"
         collect = {json.dumps(collect)}
         shards = 2
-    """, task="go")
+    """,
+        task="go",
+    )
     assert [shard.argv for shard in plan.shards] == [
         ("go", "test", "-run", "^(TestA|TestB)$", "-json={junit}", "-tag=go-1of2", "{x}", "./pkg"),
         ("go", "test", "-run", "^(TestC)$", "-json={junit}", "-tag=go-2of2", "{x}", "./pkg"),
@@ -355,14 +417,19 @@ def test_items_joined_inside_an_argument_and_other_placeholders(tmp_path):
 def test_collect_runs_in_the_config_directory_and_honours_exclude(tmp_path, monkeypatch):
     make_files(tmp_path, ["tests/test_a.py", "tests/e2e/test_b.py", "tests/test_c.py"])
     monkeypatch.chdir(tmp_path.parent)
-    lister = "import pathlib; [print(str(p) + '::test_x') for p in pathlib.Path('tests').rglob('*.py')]"
-    plan = plan_for(tmp_path, f"""\
+    lister = (
+        "import pathlib; [print(str(p) + '::test_x') for p in pathlib.Path('tests').rglob('*.py')]"
+    )
+    plan = plan_for(
+        tmp_path,
+        f"""\
         [tasks.test]
         run = "pytest {{items}}"
         collect = {json.dumps(PYTHON + " -c " + shlex.quote(lister))}
         exclude = "tests/e2e/**"
         shards = 1
-    """)
+    """,
+    )
     assert plan.shards[0].items == ("tests/test_a.py::test_x", "tests/test_c.py::test_x")
 
 
@@ -375,12 +442,15 @@ def test_collect_from_pytest_stops_before_its_summary(tmp_path):
         "class TestK:\n    def test_b(self): pass\n"
         "@pytest.mark.parametrize('x', [1, 2])\ndef test_p(x): pass\n"
     )
-    plan = plan_for(tmp_path, f"""\
+    plan = plan_for(
+        tmp_path,
+        f"""\
         [tasks.test]
         run = "pytest {{items}}"
         collect = {json.dumps(PYTHON + " -m pytest --collect-only -q -p no:cacheprovider tests")}
         shards = "per-item"
-    """)
+    """,
+    )
     assert [shard.items for shard in plan.shards] == [
         ("tests/test_x.py::TestK::test_b",),
         ("tests/test_x.py::test_a",),
@@ -390,16 +460,29 @@ def test_collect_from_pytest_stops_before_its_summary(tmp_path):
 
 
 def test_glob_rules(tmp_path):
-    make_files(tmp_path, [
-        "a.py", "src/b.py", "src/deep/er/c.py", "src/.hidden/d.py", ".venv/lib/e.py",
-        "src/.f.py", "node_modules/pkg/g.py", "src/data.txt",
-    ])
+    make_files(
+        tmp_path,
+        [
+            "a.py",
+            "src/b.py",
+            "src/deep/er/c.py",
+            "src/.hidden/d.py",
+            ".venv/lib/e.py",
+            "src/.f.py",
+            "node_modules/pkg/g.py",
+            "src/data.txt",
+        ],
+    )
     (tmp_path / "src" / "dir.py").mkdir()
     os.symlink(tmp_path / "a.py", tmp_path / "src" / "link.py")
     os.symlink(tmp_path / "missing.py", tmp_path / "src" / "broken.py")
 
     assert glob_files(tmp_path, "**/*.py") == [
-        "a.py", "node_modules/pkg/g.py", "src/b.py", "src/deep/er/c.py", "src/link.py",
+        "a.py",
+        "node_modules/pkg/g.py",
+        "src/b.py",
+        "src/deep/er/c.py",
+        "src/link.py",
     ]
     assert glob_files(tmp_path, "src/**/*.py") == ["src/b.py", "src/deep/er/c.py", "src/link.py"]
     assert glob_files(tmp_path, "src/*.py") == ["src/b.py", "src/link.py"]
@@ -407,16 +490,27 @@ def test_glob_rules(tmp_path):
     assert glob_files(tmp_path, "src/.*.py") == ["src/.f.py"]
     assert glob_files(tmp_path, "src/.hidden/*.py") == ["src/.hidden/d.py"]
     assert glob_files(tmp_path, ".venv/**") == [".venv/lib/e.py"]
-    assert glob_files(tmp_path, "src/**") == ["src/b.py", "src/data.txt", "src/deep/er/c.py", "src/link.py"]
+    assert glob_files(tmp_path, "src/**") == [
+        "src/b.py",
+        "src/data.txt",
+        "src/deep/er/c.py",
+        "src/link.py",
+    ]
     assert glob_files(tmp_path, "**/*.py", exclude=["node_modules"]) == [
-        "a.py", "src/b.py", "src/deep/er/c.py", "src/link.py",
+        "a.py",
+        "src/b.py",
+        "src/deep/er/c.py",
+        "src/link.py",
     ]
     assert glob_files(tmp_path, "src/[bc].py") == ["src/b.py"]
     assert glob_files(tmp_path, "src/?.py") == ["src/b.py"]
 
 
 def test_exclude_by_directory_or_pattern(tmp_path):
-    make_files(tmp_path, ["tests/test_a.py", "tests/fixtures/test_b.py", "tests/slow/test_c.py", "tests/test_d.py"])
+    make_files(
+        tmp_path,
+        ["tests/test_a.py", "tests/fixtures/test_b.py", "tests/slow/test_c.py", "tests/test_d.py"],
+    )
     toml = """\
         [defaults]
         exclude = ["tests/fixtures"]
@@ -429,13 +523,22 @@ def test_exclude_by_directory_or_pattern(tmp_path):
         glob = "tests/**/test_*.py"
         exclude = ["**/slow/**", "tests/test_d.py"]
     """
-    assert plan_for(tmp_path, toml).shards[0].items == ("tests/slow/test_c.py", "tests/test_a.py", "tests/test_d.py")
-    assert plan_for(tmp_path, toml, task="fast").shards[0].items == ("tests/fixtures/test_b.py", "tests/test_a.py")
+    assert plan_for(tmp_path, toml).shards[0].items == (
+        "tests/slow/test_c.py",
+        "tests/test_a.py",
+        "tests/test_d.py",
+    )
+    assert plan_for(tmp_path, toml, task="fast").shards[0].items == (
+        "tests/fixtures/test_b.py",
+        "tests/test_a.py",
+    )
 
 
 def test_explicit_shards_pass_items_as_written(tmp_path):
     make_files(tmp_path, ["cmd/tool/main.go", "cmd/other/main.go", "internal/x.go"])
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.go]
         run = "go test {items}"
         [[tasks.go.shard]]
@@ -443,7 +546,9 @@ def test_explicit_shards_pass_items_as_written(tmp_path):
         [[tasks.go.shard]]
         glob = ["cmd/*/main.go"]
         items = ["./cmd/..."]
-    """, task="go")
+    """,
+        task="go",
+    )
     assert [shard.argv for shard in plan.shards] == [
         ("go", "test", "./internal/...", "./pkg/..."),
         ("go", "test", "./cmd/...", "cmd/other/main.go", "cmd/tool/main.go"),
@@ -467,8 +572,19 @@ def test_explicit_shard_count_cannot_be_overridden(tmp_path):
 
 
 def test_explicit_shards_warn_about_overlaps_and_uncovered_files(tmp_path):
-    make_files(tmp_path, ["tests/unit/a.py", "tests/unit/b.py", "tests/api/c.py", "tests/e2e/d.py", "tests/e2e/e.py"])
-    plan = plan_for(tmp_path, """\
+    make_files(
+        tmp_path,
+        [
+            "tests/unit/a.py",
+            "tests/unit/b.py",
+            "tests/api/c.py",
+            "tests/e2e/d.py",
+            "tests/e2e/e.py",
+        ],
+    )
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "tests/**/*.py"
@@ -477,7 +593,8 @@ def test_explicit_shards_warn_about_overlaps_and_uncovered_files(tmp_path):
         glob = ["tests/api/*.py"]
         [[tasks.test.shard]]
         glob = ["tests/**/c.py"]
-    """)
+    """,
+    )
     assert plan.warnings == (
         "'tests/api/c.py' is in shards 1, 2 of task 'test' (their globs overlap): it runs more than once",
         "2 file(s) matched by tasks.test.glob are in no shard of task 'test': 'tests/e2e/d.py', 'tests/e2e/e.py'",
@@ -506,27 +623,45 @@ def test_fingerprint_follows_command_count_index_and_items(tmp_path):
     for changed in (other_command, other_count, other_items):
         assert not set(prints) & {shard.fingerprint for shard in changed.shards}
     assert fingerprint("pytest {items}", 2, 1, ["a"]) != fingerprint("pytest {items}", 2, 2, ["a"])
-    assert fingerprint("pytest {items}", 2, 1, ["a b"]) != fingerprint("pytest {items}", 2, 1, ["a", "b"])
+    assert fingerprint("pytest {items}", 2, 1, ["a b"]) != fingerprint(
+        "pytest {items}", 2, 1, ["a", "b"]
+    )
 
 
 def test_plan_json_and_text(tmp_path):
     make_files(tmp_path, ["a.py", "b.py", "c.py"])
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items} --junitxml={junit}"
         glob = "*.py"
         shards = 2
         split = "timings"
-    """, durations={"a.py": 61.5, "b.py": 2.0, "c.py": 1.0})
+    """,
+        durations={"a.py": 61.5, "b.py": 2.0, "c.py": 1.0},
+    )
     data = json.loads(json.dumps(plan_to_json(plan)))
     assert sorted(data) == ["cwd", "shards", "split", "stats", "task", "version", "warnings"]
     assert data["shards"][0] == {
-        "index": 1, "total": 2, "lock_name": "test-shard-1", "fingerprint": plan.shards[0].fingerprint,
-        "items": ["a.py"], "argv": ["pytest", "a.py", "--junitxml={junit}"], "estimate": 61.5, "weight": 61.5,
+        "index": 1,
+        "total": 2,
+        "lock_name": "test-shard-1",
+        "fingerprint": plan.shards[0].fingerprint,
+        "items": ["a.py"],
+        "argv": ["pytest", "a.py", "--junitxml={junit}"],
+        "estimate": 61.5,
+        "weight": 61.5,
     }
     assert data["stats"] == {
-        "unit": "seconds", "items": 3, "total": 64.5, "ideal": 32.25, "lower_bound": 61.5,
-        "largest": 61.5, "balance": 1.907, "heaviest_item": "a.py",
+        "unit": "seconds",
+        "items": 3,
+        "total": 64.5,
+        "ideal": 32.25,
+        "lower_bound": 61.5,
+        "largest": 61.5,
+        "balance": 1.907,
+        "heaviest_item": "a.py",
     }
 
     text = render_plan(plan)
@@ -538,12 +673,15 @@ def test_plan_json_and_text(tmp_path):
 def test_long_commands_are_cut_unless_full(tmp_path):
     names = [f"tests/test_{index:03d}.py" for index in range(50)]
     make_files(tmp_path, names)
-    plan = plan_for(tmp_path, """\
+    plan = plan_for(
+        tmp_path,
+        """\
         [tasks.test]
         run = "pytest {items}"
         glob = "tests/*.py"
         shards = 1
-    """)
+    """,
+    )
     assert "tests/test_049.py" not in render_plan(plan)
     assert "tests/test_049.py" in render_plan(plan, full=True)
 
@@ -551,19 +689,22 @@ def test_long_commands_are_cut_unless_full(tmp_path):
 def test_a_pattern_matching_nothing_is_a_config_error_even_when_others_match(tmp_path):
     make_files(tmp_path, ["tests/test_a.py"])
     with pytest.raises(ConfigError) as raised:
-        plan_for(tmp_path, """\
+        plan_for(
+            tmp_path,
+            """\
             [tasks.test]
             run = "pytest {items}"
             glob = ["tests/*.py", "test/*.py"]
             shards = 1
-        """)
+        """,
+        )
     assert str(raised.value).endswith("tasks.test.glob: 'test/*.py' matches no files")
 
 
 def test_collect_expands_python_to_the_running_interpreter(tmp_path):
     (tmp_path / "shards.toml").write_text(
         '[tasks.t]\nrun = "echo {items}"\nshards = 2\n'
-        "collect = \"{python} -c 'import sys; print(sys.executable); print(\\\"second\\\")'\"\n"
+        'collect = "{python} -c \'import sys; print(sys.executable); print(\\"second\\")\'"\n'
     )
     from lokt_tasks.config import load_config
     from lokt_tasks.plan import build_plan

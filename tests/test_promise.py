@@ -4,6 +4,7 @@ Each test runs against the embedded engine, and against the lokt engine when
 ``lokt`` is on PATH. Agents are real processes (tests/engine_agent.py),
 killed, stopped and signalled for real; zombies are made on purpose.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ def spawn(tmp_path, root):
     agents = []
 
     def start(engine, agent, command, **options):
-        started = Agent(tmp_path, engine, root, options.pop("name", NAME), command, agent=agent, **options)
+        started = Agent(
+            tmp_path, engine, root, options.pop("name", NAME), command, agent=agent, **options
+        )
         agents.append(started)
         return started
 
@@ -111,10 +114,18 @@ def test_no_process_of_a_killed_agent_s_shard_runs_once_another_agent_has_its_lo
     lock starts only once no process of the first attempt runs: the lock
     outlives the whole tree, on both engines."""
     pids, seen = tmp_path / "pids", tmp_path / "seen.json"
-    first = spawn(engine_name, "A", ["/bin/sh", "-c", SLOW_TREE, "tree", str(pids), "4"], ttl=2, grace=8)
+    first = spawn(
+        engine_name, "A", ["/bin/sh", "-c", SLOW_TREE, "tree", str(pids), "4"], ttl=2, grace=8
+    )
     tree = tree_pids(pids)
-    second = spawn(engine_name, "B", [sys.executable, "-c", SEES_ALIVE, str(pids), str(seen)],
-                   ttl=2, wait=True, timeout=60)
+    second = spawn(
+        engine_name,
+        "B",
+        [sys.executable, "-c", SEES_ALIVE, str(pids), str(seen)],
+        ttl=2,
+        wait=True,
+        timeout=60,
+    )
     time.sleep(0.3)  # B is waiting for the lock now
     first.process.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGTERM)
     first.process.wait(timeout=30)
@@ -144,10 +155,17 @@ def test_an_agent_that_lost_its_lock_stops_its_command_and_writes_no_final_recor
     this agent was stopped past the TTL): the command is stopped, and the
     record left is never a final one of ours."""
     pids = tmp_path / "pids"
-    agent = spawn(engine_name, "A", ["/bin/sh", "-c", SLOW_TREE, "tree", str(pids), "0"], ttl=2, grace=1)
+    agent = spawn(
+        engine_name, "A", ["/bin/sh", "-c", SLOW_TREE, "tree", str(pids), "0"], ttl=2, grace=1
+    )
     tree = tree_pids(pids)
-    write_lock(root, owner="tester/B", agent_id="B", pid=os.getpid(),
-               pid_start_ns=system.process_start_time(os.getpid()) or 0)
+    write_lock(
+        root,
+        owner="tester/B",
+        agent_id="B",
+        pid=os.getpid(),
+        pid_start_ns=system.process_start_time(os.getpid()) or 0,
+    )
 
     result = agent.result(limit=60)
     wait_for(lambda: not any(running(pid) for pid in tree), "the command to be stopped")
@@ -162,8 +180,14 @@ def test_a_zombie_holder_never_blocks_a_rerun(engine_name, tmp_path, root):
     is dead for both engines, though lokt itself calls it alive."""
     zombie = subprocess.Popen(["true"])  # never waited for: a zombie while this test runs
     wait_for(lambda: system.is_zombie(zombie.pid), "the zombie")
-    write_lock(root, owner="tester/Z", agent_id="Z", pid=zombie.pid, ttl_sec=600,
-               pid_start_ns=system.process_start_time(zombie.pid) or 0)
+    write_lock(
+        root,
+        owner="tester/Z",
+        agent_id="Z",
+        pid=zombie.pid,
+        ttl_sec=600,
+        pid_start_ns=system.process_start_time(zombie.pid) or 0,
+    )
     try:
         result = in_process(engine_name, root, "B").guard(NAME, ["true"], ttl=1)
     finally:
@@ -174,7 +198,9 @@ def test_a_zombie_holder_never_blocks_a_rerun(engine_name, tmp_path, root):
 
 
 @pytest.mark.parametrize("age, runs", [(1, False), (60, True)])
-def test_an_empty_lock_file_is_held_while_young_and_broken_once_abandoned(engine_name, tmp_path, root, age, runs):
+def test_an_empty_lock_file_is_held_while_young_and_broken_once_abandoned(
+    engine_name, tmp_path, root, age, runs
+):
     lockfile.ensure_dirs(root)
     lock_file(root).write_text("")
     moment = time.time() - age
@@ -229,11 +255,15 @@ def test_runs_of_two_worktrees_never_fail_each_other(tmp_path, engine):
     other = tmp_path / "wt2"
     git(project, "worktree", "add", "-q", "-b", "agent2", str(other))
     (other / "run_checks.py").write_text((other / "run_checks.py").read_text() + "\n# edited\n")
-    first = start_cli(project, "shard", "checks", "--id", "1", "--agent", "alice", "--engine", engine)
+    first = start_cli(
+        project, "shard", "checks", "--id", "1", "--agent", "alice", "--engine", engine
+    )
     second = None
     try:
         wait_for(lambda: "check_1.py" in ran(project), "alice's shard")
-        second = start_cli(other, "shard", "checks", "--id", "1", "--agent", "bob", "--engine", engine)
+        second = start_cli(
+            other, "shard", "checks", "--id", "1", "--agent", "bob", "--engine", engine
+        )
         time.sleep(1.0)
         assert second.poll() is None, second.communicate()  # waiting, not failed
         mine = verdict(other, "checks", "--engine", engine)

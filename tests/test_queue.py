@@ -6,6 +6,7 @@ in ran.log, which each check appends to), the records name the agent that
 ran each shard, the lock audit log agrees, and a shard whose agent is killed
 is run again by an agent that is still alive.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,24 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+from scratch import (
+    FAIL,
+    PYTHON,
+    WAIT,
+    checks,
+    cli,
+    git,
+    kill_group,
+    make_project,
+    open_gate,
+    ran,
+    start_cli,
+    states,
+    verdict,
+    wait_for,
+)
 
 from lokt_tasks import errors
-from scratch import FAIL, PYTHON, WAIT, checks, cli, git, kill_group, make_project, open_gate, ran, start_cli, states, verdict, wait_for
 
 SHORT_WORK = "time.sleep({seconds}); sys.exit(0)"
 
@@ -50,7 +66,9 @@ def finish(agent: subprocess.Popen, timeout: float = 60) -> str:
 
 def ran_by_agent(output: str) -> Dict[int, str]:
     """Shard number -> final state, for each shard an agent says it ran."""
-    return {int(n): state for n, state in re.findall(r"checks-shard-(\d+): (passed|failed)\b", output)}
+    return {
+        int(n): state for n, state in re.findall(r"checks-shard-(\d+): (passed|failed)\b", output)
+    }
 
 
 def ran_count(output: str) -> int:
@@ -79,7 +97,9 @@ def record_outcomes(project: Path) -> Dict[int, str]:
 
 def descendants(pid: int) -> Set[int]:
     """Every process below ``pid``, read from ps (Linux and macOS)."""
-    table = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=True
+    ).stdout
     children: Dict[int, List[int]] = {}
     for line in table.splitlines():
         child, parent = (int(field) for field in line.split())
@@ -95,7 +115,9 @@ def descendants(pid: int) -> Set[int]:
 
 def is_running(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
-    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    state = subprocess.run(
+        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True
+    ).stdout.strip()
     return bool(state) and not state.startswith("Z")
 
 
@@ -118,7 +140,9 @@ def kill_agent_and_its_commands(agent: subprocess.Popen) -> None:
 
 
 def test_three_agents_started_apart_run_each_of_twelve_shards_exactly_once(tmp_path):
-    suite = {name: SHORT_WORK.format(seconds=0.2 + 0.1 * (n % 3)) for n, name in enumerate(names(12))}
+    suite = {
+        name: SHORT_WORK.format(seconds=0.2 + 0.1 * (n % 3)) for n, name in enumerate(names(12))
+    }
     project = queue_project(tmp_path / "p", suite, 12)
     agents = {}
     for name, delay in (("ann", 0.0), ("bob", 0.3), ("cy", 0.5)):
@@ -144,7 +168,11 @@ def test_three_agents_started_apart_run_each_of_twelve_shards_exactly_once(tmp_p
     for shard, name in record_agent.items():
         takers = [e["agent_id"] for e in acquires if e["name"] == f"checks-shard-{shard}"]
         assert name in takers, (shard, takers)
-    assert not [e for e in audit_events(project) if e["event"] in ("auto-prune", "stale-break", "corrupt-break")]
+    assert not [
+        e
+        for e in audit_events(project)
+        if e["event"] in ("auto-prune", "stale-break", "corrupt-break")
+    ]
 
 
 def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_killed(tmp_path):
@@ -155,12 +183,21 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
     survivors = []
     try:
         wait_for(lambda: "check_01.py" in ran(project))
-        survivors = [start_cli(project, "shard", "checks", "--id", "next", "--agent", name) for name in ("bob", "cy")]
+        survivors = [
+            start_cli(project, "shard", "checks", "--id", "next", "--agent", name)
+            for name in ("bob", "cy")
+        ]
         # Both survivors pass shard 1 over (held) and finish shards 2-4 meanwhile.
-        wait_for(lambda: record_outcomes(project) == {2: "passed", 3: "passed", 4: "passed", 1: "running"})
+        wait_for(
+            lambda: (
+                record_outcomes(project) == {2: "passed", 3: "passed", 4: "passed", 1: "running"}
+            )
+        )
 
         # An agent told not to wait leaves at once, naming the holder.
-        impatient = cli(project, "shard", "checks", "--id", "next", "--agent", "dan", "--timeout", "0s")
+        impatient = cli(
+            project, "shard", "checks", "--id", "next", "--agent", "dan", "--timeout", "0s"
+        )
         assert impatient.returncode == 0, impatient.stderr
         assert ran_count(impatient.stdout) == 0
         assert "checks-shard-1 (held by agent doomed" in impatient.stdout
@@ -183,8 +220,14 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
     report = verdict(project)
     assert report["verdict"] == "passed", report
     assert report["shards"][0]["agent"] in ("bob", "cy")
-    assert Counter(ran(project)) == Counter(names(4) + ["check_01.py"])  # shard 1 twice: killed, then run again
-    pruned = [e for e in audit_events(project) if e["event"] == "auto-prune" and e["name"] == "checks-shard-1"]
+    assert Counter(ran(project)) == Counter(
+        names(4) + ["check_01.py"]
+    )  # shard 1 twice: killed, then run again
+    pruned = [
+        e
+        for e in audit_events(project)
+        if e["event"] == "auto-prune" and e["name"] == "checks-shard-1"
+    ]
     assert len(pruned) == 1 and pruned[0]["extra"]["pruned_owner"].endswith("/doomed")
 
 
@@ -192,7 +235,10 @@ def test_twenty_per_item_shards_over_two_agents_each_run_once_and_a_failure_exit
     suite = checks(names(20))
     suite["check_07.py"] = FAIL
     project = queue_project(tmp_path / "p", suite, '"per-item"')
-    agents = {name: start_cli(project, "shard", "checks", "--id", "next", "--agent", name) for name in ("ann", "bob")}
+    agents = {
+        name: start_cli(project, "shard", "checks", "--id", "next", "--agent", name)
+        for name in ("ann", "bob")
+    }
     outputs = {name: finish(agent) for name, agent in agents.items()}
 
     assert Counter(ran(project)) == Counter(names(20))
@@ -206,18 +252,29 @@ def test_twenty_per_item_shards_over_two_agents_each_run_once_and_a_failure_exit
     assert [row["shard"] for row in report["shards"] if row["state"] != "passed"] == [7]
 
 
-@pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: only the lokt engine runs an attempt process")
-def test_a_shard_whose_attempt_process_is_killed_is_not_rerun_by_its_agent_but_by_the_next_one(tmp_path):
+@pytest.mark.skipif(
+    shutil.which("lokt") is None,
+    reason="lokt not on PATH: only the lokt engine runs an attempt process",
+)
+def test_a_shard_whose_attempt_process_is_killed_is_not_rerun_by_its_agent_but_by_the_next_one(
+    tmp_path,
+):
     """With lokt, the records are written by the attempt process inside `lokt
     guard`; the embedded engine writes them from the agent itself."""
     suite = checks(names(2))
     suite["check_01.py"] = WAIT
     project = queue_project(tmp_path / "p", suite, 2)
-    agent = start_cli(project, "shard", "checks", "--id", "next", "--agent", "ann", "--engine", "lokt")
+    agent = start_cli(
+        project, "shard", "checks", "--id", "next", "--agent", "ann", "--engine", "lokt"
+    )
     try:
         wait_for(lambda: "check_01.py" in ran(project))
-        attempt = wait_for(lambda: [pid for pid in descendants(agent.pid) if _is_attempt(_cmdline(pid))])
-        os.killpg(os.getpgid(attempt[0]), signal.SIGKILL)  # the attempt process and its command, not the agent
+        attempt = wait_for(
+            lambda: [pid for pid in descendants(agent.pid) if _is_attempt(_cmdline(pid))]
+        )
+        os.killpg(
+            os.getpgid(attempt[0]), signal.SIGKILL
+        )  # the attempt process and its command, not the agent
         output = finish(agent)
     finally:
         if agent.poll() is None:
@@ -227,7 +284,9 @@ def test_a_shard_whose_attempt_process_is_killed_is_not_rerun_by_its_agent_but_b
     assert states(verdict(project)) == ["crashed", "passed"]
 
     open_gate(project, "check_01.py")
-    again = start_cli(project, "shard", "checks", "--id", "next", "--agent", "bob", "--engine", "lokt")
+    again = start_cli(
+        project, "shard", "checks", "--id", "next", "--agent", "bob", "--engine", "lokt"
+    )
     output = finish(again)
     assert again.returncode == 0 and ran_count(output) == 1, output
     assert Counter(ran(project)) == Counter(names(2) + ["check_01.py"])

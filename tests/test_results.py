@@ -1,4 +1,5 @@
 """The record store, timestamps and run keys, on real files and real git repositories."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,7 +62,9 @@ def make_record(**changes) -> Record:
 
 def test_a_record_round_trips_as_indented_json_with_its_outcome_first(tmp_path):
     store = RecordStore(tmp_path)
-    record = make_record(outcome="failed", exit_code=3, ended_at="2024-05-01T12:00:05.5Z", duration=5.5)
+    record = make_record(
+        outcome="failed", exit_code=3, ended_at="2024-05-01T12:00:05.5Z", duration=5.5
+    )
 
     path = store.write(record)
 
@@ -105,7 +108,9 @@ def test_odd_names_become_one_readable_path_component_each(tmp_path):
     assert store.runs("unit tests") == ["pr 12: 100%"]
 
 
-@pytest.mark.parametrize("name", ["test", "a/b", "..", ".", ".hidden", "x..y", "100%", "é ü", "a%2Fb"])
+@pytest.mark.parametrize(
+    "name", ["test", "a/b", "..", ".", ".hidden", "x..y", "100%", "é ü", "a%2Fb"]
+)
 def test_escaping_is_reversible_and_never_hides_or_climbs(name):
     component = safe_component(name)
     assert "/" not in component
@@ -146,7 +151,10 @@ def test_runs_are_listed_oldest_write_first(tmp_path):
 
 # --- Bad files are corrupt records, never exceptions, never passes -----------
 
-GOOD = json.dumps(record_to_dict(make_record(outcome="passed", exit_code=0)), sort_keys=True, indent=2) + "\n"
+GOOD = (
+    json.dumps(record_to_dict(make_record(outcome="passed", exit_code=0)), sort_keys=True, indent=2)
+    + "\n"
+)
 
 
 def _edited(**changes) -> bytes:
@@ -181,7 +189,9 @@ CORRUPT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("content, reason", [case[1:] for case in CORRUPT_CASES], ids=[case[0] for case in CORRUPT_CASES])
+@pytest.mark.parametrize(
+    "content, reason", [case[1:] for case in CORRUPT_CASES], ids=[case[0] for case in CORRUPT_CASES]
+)
 def test_unreadable_record_files_become_corrupt_records_naming_the_file(tmp_path, content, reason):
     store = RecordStore(tmp_path)
     path = store.record_path("test", "abc123def456", 1)
@@ -238,7 +248,10 @@ while rounds < 0 or index < rounds:
 def _start_writer(root: Path, name: str, rounds: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), name, str(rounds)], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", WRITER, str(root), name, str(rounds)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -288,14 +301,32 @@ def test_a_writer_killed_mid_write_leaves_a_whole_record(tmp_path):
 def test_start_and_final_records_from_a_shard():
     shard = Shard("test", 2, 3, ("a.py", "b.py"), ("pytest", "a.py", "b.py"), "test-shard-2", "fp2")
     start = new_start_record(
-        shard, run_key="k", agent="a", owner="o", host="h", pid=7, engine="lokt", started_at="2024-05-01T12:00:00Z"
+        shard,
+        run_key="k",
+        agent="a",
+        owner="o",
+        host="h",
+        pid=7,
+        engine="lokt",
+        started_at="2024-05-01T12:00:00Z",
     )
-    assert (start.task, start.shard, start.total, start.lock_name, start.fingerprint) == ("test", 2, 3, "test-shard-2", "fp2")
+    assert (start.task, start.shard, start.total, start.lock_name, start.fingerprint) == (
+        "test",
+        2,
+        3,
+        "test-shard-2",
+        "fp2",
+    )
     assert (start.outcome, start.items, start.ended_at) == ("running", 2, None)
     assert re.match(r"^[0-9a-f]{32}$", start.attempt)
 
     final = finish(start, outcome="failed", signal="SIGKILL", ended_at="2024-05-01T12:01:30.25Z")
-    assert (final.outcome, final.signal, final.exit_code, final.duration) == ("failed", "SIGKILL", None, 90.25)
+    assert (final.outcome, final.signal, final.exit_code, final.duration) == (
+        "failed",
+        "SIGKILL",
+        None,
+        90.25,
+    )
     assert final.attempt == start.attempt
     assert start.outcome == "running"
     with pytest.raises(ValueError):
@@ -328,7 +359,9 @@ def test_timestamps_from_lokt_and_other_zones_parse_to_utc(text, expected):
     assert format_time(parsed) == expected
 
 
-@pytest.mark.parametrize("text", ["", "2024-05-01", "2024-05-01T12:00:00", "noon", "2024-13-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "text", ["", "2024-05-01", "2024-05-01T12:00:00", "noon", "2024-13-01T00:00:00Z"]
+)
 def test_bad_timestamps_raise_value_error(text):
     with pytest.raises(ValueError):
         parse_time(text)
@@ -373,8 +406,20 @@ def git(repo: Path, *args: str) -> str:
     result = subprocess.run(
         # No background maintenance after a commit: it could touch the index
         # while a test watches it.
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false",
-         "-c", "maintenance.auto=false", "-c", "gc.auto=0", *args],
+        [
+            "git",
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "gc.auto=0",
+            *args,
+        ],
         cwd=str(repo),
         check=True,
         stdout=subprocess.PIPE,
@@ -480,7 +525,9 @@ def test_explicit_key_beats_environment_beats_git(repo):
     assert current_run_key(repo, env={"LOKT_TASKS_RUN": ""}) == head
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "..", "x..y", "tab\there", "new\nline", " padded", "k" * 129])
+@pytest.mark.parametrize(
+    "bad", ["", "a/b", "..", "x..y", "tab\there", "new\nline", " padded", "k" * 129]
+)
 def test_unusable_explicit_keys_are_usage_errors(tmp_path, bad):
     with pytest.raises(UsageError) as caught:
         current_run_key(tmp_path, explicit=bad, env={})

@@ -6,6 +6,7 @@ exits 130 (SIGINT) or 143 (SIGTERM), after the first signal it got. Signals
 go to the agent's process group, as a terminal's Ctrl-C does. (shard-all
 stopped by a single signal is in test_flow.py.)
 """
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,27 @@ from pathlib import Path
 from typing import List, Sequence
 
 import pytest
+from scratch import (
+    PASS,
+    WAIT,
+    checks,
+    lock_files,
+    make_project,
+    open_gate,
+    ran,
+    start_cli,
+    states,
+    verdict,
+    wait_for,
+)
 
 from lokt_tasks import errors
-from lokt_tasks.system import is_zombie, pid_alive
 from lokt_tasks.results import Record, read_record
-from scratch import PASS, WAIT, checks, lock_files, make_project, open_gate, ran, start_cli, states, verdict, wait_for
+from lokt_tasks.system import is_zombie, pid_alive
 
-needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run")
+needs_lokt = pytest.mark.skipif(
+    shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run"
+)
 ENGINES = ["embedded", pytest.param("lokt", marks=needs_lokt)]
 EXIT_CODES = {signal.SIGINT: errors.INTERRUPTED_SIGINT, signal.SIGTERM: errors.INTERRUPTED_SIGTERM}
 
@@ -31,7 +46,9 @@ SIX = [f"check_{n}.py" for n in range(1, 7)]
 
 
 def descendants(pid: int) -> List[int]:
-    table = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=True
+    ).stdout
     pairs = [tuple(int(field) for field in line.split()) for line in table.splitlines()]
     found, todo = [], [pid]
     while todo:

@@ -1,4 +1,5 @@
 """State vocabularies: plain words everywhere, the policy sets, one colour per word."""
+
 from __future__ import annotations
 
 import json
@@ -33,17 +34,40 @@ def test_every_vocabulary_holds_the_words_written_today():
     # Records, JSON and other modules (run.py, engine.py, the attempt process) use
     # these words as plain strings: the values must never change.
     assert [str(s) for s in GuardState] == [
-        "ran", "held", "frozen", "interrupted", "skipped", "error",
+        "ran",
+        "held",
+        "frozen",
+        "interrupted",
+        "skipped",
+        "error",
     ]
     assert [str(s) for s in RecordOutcome] == [
-        "running", "passed", "failed", "interrupted", "error",
+        "running",
+        "passed",
+        "failed",
+        "interrupted",
+        "error",
     ]
     assert [str(s) for s in RunOutcome] == [
-        "passed", "failed", "interrupted", "held", "frozen", "error", "done", "lost",
+        "passed",
+        "failed",
+        "interrupted",
+        "held",
+        "frozen",
+        "error",
+        "done",
+        "lost",
     ]
     assert [str(s) for s in Progress] == ["waiting", "running"]
     assert [str(s) for s in ShardState] == [
-        "passed", "failed", "running", "crashed", "interrupted", "missing", "outdated", "corrupt",
+        "passed",
+        "failed",
+        "running",
+        "crashed",
+        "interrupted",
+        "missing",
+        "outdated",
+        "corrupt",
     ]
     assert [str(s) for s in OverallVerdict] == ["passed", "failed", "incomplete"]
 
@@ -55,7 +79,7 @@ def test_a_member_is_its_plain_word_in_text_and_json(member):
     assert str(member) == word
     assert f"{member}" == word and f"{member:>12}|" == f"{word:>12}|"
     assert format(member, "<11") == format(word, "<11")
-    assert "%s" % member == word and "{}".format(member) == word
+    assert "%s" % member == word and f"{member}" == word
     assert ", ".join([member]) == word and member.upper() == word.upper()
     assert json.dumps({member: [member]}) == json.dumps({word: [word]})
     assert json.dumps({member: member}, indent=2) == json.dumps({word: word}, indent=2)
@@ -78,7 +102,12 @@ def test_failed_reruns_everything_but_a_pass_and_a_live_run():
     # A new ShardState must be placed on purpose: rerun by --failed or not.
     assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
     assert ordered(RERUN_BY_FAILED) == (
-        "failed", "crashed", "interrupted", "missing", "outdated", "corrupt",
+        "failed",
+        "crashed",
+        "interrupted",
+        "missing",
+        "outdated",
+        "corrupt",
     )
 
 
@@ -96,7 +125,9 @@ def test_incomplete_is_neither_a_pass_nor_a_failure():
 
 def test_ordered_follows_the_declaration_not_the_set():
     assert ordered({RunOutcome.LOST, RunOutcome.PASSED, RunOutcome.HELD}) == (
-        RunOutcome.PASSED, RunOutcome.HELD, RunOutcome.LOST,
+        RunOutcome.PASSED,
+        RunOutcome.HELD,
+        RunOutcome.LOST,
     )
     assert ordered([]) == ()
 

@@ -6,6 +6,7 @@ file name: each gets one line naming the path and its exit code (2 for bad
 input found before running, 6 for storage), nothing half done, no
 traceback, and never a hang (every command here has a time limit).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,20 @@ from scratch import checks, cli, lock_files, make_project, ran
 
 from lokt_tasks import errors
 
-ENGINES = ["embedded", pytest.param("lokt", marks=pytest.mark.skipif(
-    shutil.which("lokt") is None, reason="lokt not on PATH"))]
+ENGINES = [
+    "embedded",
+    pytest.param(
+        "lokt", marks=pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH")
+    ),
+]
 LIMIT = 30  # seconds: a command that hangs fails the test instead
 
 
 @pytest.fixture
 def project(tmp_path):
-    return make_project(tmp_path / "p", checks(["check_1.py", "check_2.py", "check_3.py"]), shards=3)
+    return make_project(
+        tmp_path / "p", checks(["check_1.py", "check_2.py", "check_3.py"]), shards=3
+    )
 
 
 @pytest.fixture
@@ -40,7 +47,9 @@ def run_dir(results: Path) -> Path:
 
 
 def lokt_tasks(project, results, *args, engine="embedded"):
-    return cli(project, *args, "--run", "r1", "--results", str(results), "--engine", engine, timeout=LIMIT)
+    return cli(
+        project, *args, "--run", "r1", "--results", str(results), "--engine", engine, timeout=LIMIT
+    )
 
 
 def one_line_error(result) -> str:
@@ -52,8 +61,17 @@ def one_line_error(result) -> str:
 
 def test_a_fifo_at_a_record_path_is_a_corrupt_record_not_a_hang(project, results):
     os.mkfifo(run_dir(results) / "shard-1.json")
-    result = cli(project, "verify", "checks", "--json", "--run", "r1", "--results", str(results),
-                 timeout=LIMIT)
+    result = cli(
+        project,
+        "verify",
+        "checks",
+        "--json",
+        "--run",
+        "r1",
+        "--results",
+        str(results),
+        timeout=LIMIT,
+    )
     assert result.returncode == errors.INCOMPLETE, result.stderr
     row = json.loads(result.stdout)["shards"][0]
     assert row["state"] == "corrupt" and "not a regular file" in row["detail"]
@@ -61,12 +79,17 @@ def test_a_fifo_at_a_record_path_is_a_corrupt_record_not_a_hang(project, results
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("what", ["fifo", "symlink", "directory"])
-def test_a_log_path_that_is_not_a_regular_file_runs_nothing(project, results, tmp_path, engine, what):
+def test_a_log_path_that_is_not_a_regular_file_runs_nothing(
+    project, results, tmp_path, engine, what
+):
     log = run_dir(results) / "shard-1.log"
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    {"fifo": lambda: os.mkfifo(log), "symlink": lambda: log.symlink_to(victim),
-     "directory": lambda: log.mkdir()}[what]()
+    {
+        "fifo": lambda: os.mkfifo(log),
+        "symlink": lambda: log.symlink_to(victim),
+        "directory": lambda: log.mkdir(),
+    }[what]()
 
     result = lokt_tasks(project, results, "shard", "checks", "--id", "1", "--log", engine=engine)
 
@@ -76,8 +99,10 @@ def test_a_log_path_that_is_not_a_regular_file_runs_nothing(project, results, tm
     assert ran(project) == []
     assert victim.read_text() == "precious\n"
     assert lock_files(project) == []
-    assert not (run_dir(results) / "shard-1.json").exists() or json.loads(
-        (run_dir(results) / "shard-1.json").read_text())["outcome"] != "passed"
+    assert (
+        not (run_dir(results) / "shard-1.json").exists()
+        or json.loads((run_dir(results) / "shard-1.json").read_text())["outcome"] != "passed"
+    )
 
 
 def test_a_symlink_at_audit_log_is_never_written_through(project, tmp_path):
@@ -88,8 +113,17 @@ def test_a_symlink_at_audit_log_is_never_written_through(project, tmp_path):
     root.mkdir()
     (root / "audit.log").symlink_to(victim)
 
-    result = cli(project, "shard", "checks", "--id", "1", "--engine", "embedded",
-                 env={"LOKT_ROOT": str(root)}, timeout=LIMIT)
+    result = cli(
+        project,
+        "shard",
+        "checks",
+        "--id",
+        "1",
+        "--engine",
+        "embedded",
+        env={"LOKT_ROOT": str(root)},
+        timeout=LIMIT,
+    )
 
     assert result.returncode == errors.PASSED, result.stderr
     assert "audit log write failed" in result.stderr and "symbolic link" in result.stderr
@@ -102,8 +136,17 @@ def test_a_fifo_at_a_lock_path_is_an_error_naming_it(project, tmp_path, engine):
     (root / "locks").mkdir(parents=True)
     os.mkfifo(root / "locks" / "checks-shard-1.json")
 
-    result = cli(project, "shard", "checks", "--id", "1", "--engine", engine,
-                 env={"LOKT_ROOT": str(root)}, timeout=LIMIT)
+    result = cli(
+        project,
+        "shard",
+        "checks",
+        "--id",
+        "1",
+        "--engine",
+        engine,
+        env={"LOKT_ROOT": str(root)},
+        timeout=LIMIT,
+    )
 
     assert result.returncode == errors.ENGINE, result.stderr
     assert "checks-shard-1.json" in one_line_error(result)
@@ -121,15 +164,27 @@ def test_a_results_directory_that_cannot_be_made_is_one_line(project, results):
 
 def test_verify_junit_creates_its_directory(project, results):
     report = project / "reports" / "sub" / "verdict.xml"
-    result = cli(project, "verify", "checks", "--junit", str(report), "--run", "r1",
-                 "--results", str(results), timeout=LIMIT)
+    result = cli(
+        project,
+        "verify",
+        "checks",
+        "--junit",
+        str(report),
+        "--run",
+        "r1",
+        "--results",
+        str(results),
+        timeout=LIMIT,
+    )
     assert result.returncode == errors.INCOMPLETE, result.stderr
     assert report.read_text().startswith("<?xml")
 
 
 def test_a_run_key_too_long_for_a_directory_name_is_refused_before_running(project, results):
     key = "\u00e9" * 100  # 100 characters, 600 bytes once escaped
-    result = cli(project, "shard-all", "checks", "--run", key, "--results", str(results), timeout=LIMIT)
+    result = cli(
+        project, "shard-all", "checks", "--run", key, "--results", str(results), timeout=LIMIT
+    )
     assert result.returncode == errors.USAGE
     assert "too long once escaped" in one_line_error(result)
     assert ran(project) == [] and not results.exists()

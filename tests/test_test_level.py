@@ -6,6 +6,7 @@ into 3 shards that cut across files. Every collected test must run exactly
 once: once by node id in a log the suite writes itself, and by the counts
 pytest reports, which must add up to those of a plain unsharded run.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,7 +98,12 @@ def passed_count(output: str) -> int:
 
 def test_every_collected_test_runs_exactly_once_across_three_shards(tmp_path):
     project = pytest_project(tmp_path / "p")
-    plain = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, capture_output=True, text=True)
+    plain = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert plain.returncode == 0, plain.stdout
     collected = (project / "ran.log").read_text().split("\n")[:-1]
     assert len(collected) == passed_count(plain.stdout) == 14
@@ -112,13 +118,20 @@ def test_every_collected_test_runs_exactly_once_across_three_shards(tmp_path):
     assert len(logs) == 3
     assert sum(passed_count(log.read_text()) for log in logs) == 14
     reports = sorted(results.glob("unit/*/shard-*.junit.xml"))
-    per_shard = [len(list(ElementTree.parse(str(report)).getroot().iter("testcase"))) for report in reports]
+    per_shard = [
+        len(list(ElementTree.parse(str(report)).getroot().iter("testcase"))) for report in reports
+    ]
     assert sum(per_shard) == 14 and all(per_shard)
     files_per_shard = [
-        {case.get("classname").split(".")[1] for case in ElementTree.parse(str(report)).getroot().iter("testcase")}
+        {
+            case.get("classname").split(".")[1]
+            for case in ElementTree.parse(str(report)).getroot().iter("testcase")
+        }
         for report in reports
     ]
-    assert any(len(files) > 1 for files in files_per_shard)  # shards cut across files, not along them
+    assert any(
+        len(files) > 1 for files in files_per_shard
+    )  # shards cut across files, not along them
 
     # The junit reports also gave every node id its own time for split = "timings".
     timings = json.loads((project / "shard-durations.json").read_text())

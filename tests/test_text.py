@@ -1,4 +1,5 @@
 """Text for people: seconds, tables, shortening, lists of words."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ long it "takes" (``SECONDS = 4.0``) and the runner reports that time in a
 JUnit XML file, as a test runner would, so the expected durations are exact
 and the tests stay fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict
 
-from lokt_tasks import errors
 from scratch import PYTHON, checks, cli, git, make_project, ran, states, verdict
+
+from lokt_tasks import errors
 
 TIMED_RUNNER = """\
 import re, sys
@@ -81,12 +83,16 @@ def test_timings_are_recorded_planned_from_and_updated_line_by_line(tmp_path):
 
     first = cli(project, "shard-all", "timed")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert json.loads(durations.read_text()) == {item(name): seconds for name, seconds in FIRST_TIMES.items()}
+    assert json.loads(durations.read_text()) == {
+        item(name): seconds for name, seconds in FIRST_TIMES.items()
+    }
 
     plan = plan_json(project, "timed")
     assert plan["split"] == "timings" and plan["stats"]["unit"] == "seconds"
     for shard in plan["shards"]:
-        assert shard["estimate"] == sum(FIRST_TIMES[i[len("timed/t_"):-len(".py")]] for i in shard["items"])
+        assert shard["estimate"] == sum(
+            FIRST_TIMES[i[len("timed/t_") : -len(".py")]] for i in shard["items"]
+        )
     assert sorted(shard["estimate"] for shard in plan["shards"]) == [6.0, 6.0]  # a+d+e and b+c+f
 
     # Commit the timings, then make one check slow enough to change the split.
@@ -101,7 +107,9 @@ def test_timings_are_recorded_planned_from_and_updated_line_by_line(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     after = durations.read_text().splitlines()
     changed = [(old, new) for old, new in zip(before, after) if old != new]
-    assert len(before) == len(after) and changed == [(f'  "{item("f")}": 1.0', f'  "{item("f")}": 7.0')]
+    assert len(before) == len(after) and changed == [
+        (f'  "{item("f")}": 1.0', f'  "{item("f")}": 7.0')
+    ]
     assert git(project, "status", "--porcelain", "--untracked-files=no") == "M durations.json"
 
     # The run planned from the timings pinned when it started; verify, right
@@ -110,7 +118,9 @@ def test_timings_are_recorded_planned_from_and_updated_line_by_line(tmp_path):
     report = verdict(project, "timed")
     assert report["run_key"] == run_key(second.stdout + second.stderr)
     assert report["verdict"] == "passed", report
-    assert [row["fingerprint"] for row in report["shards"]] == [s["fingerprint"] for s in pinned_plan["shards"]]
+    assert [row["fingerprint"] for row in report["shards"]] == [
+        s["fingerprint"] for s in pinned_plan["shards"]
+    ]
     replanned = plan_json(project, "timed")
     assert [s["items"] for s in replanned["shards"]] != [s["items"] for s in pinned_plan["shards"]]
     assert Counter(ran(project)) == Counter({item(name): 2 for name in FIRST_TIMES})
@@ -123,7 +133,9 @@ def test_shards_override_is_part_of_the_plan_fingerprint_and_force_runs_again(tm
     plan = plan_json(project, "checks", "--shards", "2")
     assert [len(shard["items"]) for shard in plan["shards"]] == [3, 3]
     result = cli(project, "shard-all", "checks", "--shards", "2", env=env)
-    assert result.returncode == 0, result.stdout + result.stderr  # its closing verdict, under --shards 2, passed
+    assert result.returncode == 0, (
+        result.stdout + result.stderr
+    )  # its closing verdict, under --shards 2, passed
     assert len(ran(project)) == 6
 
     three = verdict(project, "checks", "--shards", "3", env=env)
@@ -143,21 +155,37 @@ def test_id_auto_takes_the_shard_from_the_ci_and_replans_to_its_total(tmp_path):
     explicit = '\n[tasks.pair]\nrun = "{python} run_checks.py {items}"\n[[tasks.pair.shard]]\nitems = ["checks/check_1.py"]\n[[tasks.pair.shard]]\nitems = ["checks/check_2.py"]\n'
     project = make_project(tmp_path / "p", suite, shards=3, extra_toml=explicit)
 
-    gitlab = cli(project, "shard", "checks", "--id", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "3"})
+    gitlab = cli(
+        project, "shard", "checks", "--id", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "3"}
+    )
     assert gitlab.returncode == 0, gitlab.stderr
     assert ran(project) == ["check_3.py", "check_4.py"]  # shard 2 of 3 (GitLab counts from 1)
 
-    circle = cli(project, "shard", "checks", "--id", "auto", env={"CIRCLE_NODE_INDEX": "0", "CIRCLE_NODE_TOTAL": "3"})
+    circle = cli(
+        project,
+        "shard",
+        "checks",
+        "--id",
+        "auto",
+        env={"CIRCLE_NODE_INDEX": "0", "CIRCLE_NODE_TOTAL": "3"},
+    )
     assert circle.returncode == 0, circle.stderr
     assert ran(project)[2:] == ["check_1.py", "check_2.py"]  # shard 1 of 3 (CircleCI counts from 0)
 
     (project / "ran.log").unlink()
-    two = cli(project, "shard", "checks", "--id", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "2"})
+    two = cli(
+        project, "shard", "checks", "--id", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "2"}
+    )
     assert two.returncode == 0, two.stderr
     assert ran(project) == ["check_4.py", "check_5.py", "check_6.py"]  # re-planned: shard 2 of 2
 
-    mismatch = cli(project, "shard", "pair", "--id", "auto", env={"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "3"})
+    mismatch = cli(
+        project, "shard", "pair", "--id", "auto", env={"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "3"}
+    )
     assert mismatch.returncode == errors.USAGE, mismatch.stderr
-    assert "--id auto (GitLab CI, 3 shards)" in mismatch.stderr and "2 explicit shards" in mismatch.stderr
+    assert (
+        "--id auto (GitLab CI, 3 shards)" in mismatch.stderr
+        and "2 explicit shards" in mismatch.stderr
+    )
     assert len(mismatch.stderr.strip().splitlines()) == 1
     assert ran(project) == ["check_4.py", "check_5.py", "check_6.py"]

@@ -1,4 +1,5 @@
 """Verdicts: every shard state, the overall verdict and its exit code, JSON, JUnit and the table."""
+
 from __future__ import annotations
 
 import datetime
@@ -97,7 +98,12 @@ def only_row(record=None, holder=None):
 
 def test_passed_with_the_current_fingerprint():
     row = only_row(make_record())
-    assert (row.state, row.duration, row.lock_name, row.shard) == ("passed", 12.5, "test-shard-1", 1)
+    assert (row.state, row.duration, row.lock_name, row.shard) == (
+        "passed",
+        12.5,
+        "test-shard-1",
+        1,
+    )
 
 
 def test_failed_by_exit_code_and_by_signal():
@@ -113,7 +119,9 @@ def test_an_engine_error_counts_as_failed_with_its_message():
     assert row.detail == "engine error: lokt: permission denied"
 
 
-@pytest.mark.parametrize("pid_status, expired", [("alive", False), ("alive", True), ("unknown", False)])
+@pytest.mark.parametrize(
+    "pid_status, expired", [("alive", False), ("alive", True), ("unknown", False)]
+)
 def test_a_live_holder_means_running_even_over_a_finished_record(pid_status, expired):
     for record in (None, make_record(), make_record(outcome="failed", exit_code=1)):
         row = only_row(record, make_holder(pid_status=pid_status, expired=expired))
@@ -147,7 +155,11 @@ def test_a_start_record_without_a_live_holder_is_crashed(holder, says):
 
 
 def test_interrupted():
-    row = only_row(make_record(outcome="interrupted", exit_code=None, signal="SIGINT", message="stopped by SIGINT"))
+    row = only_row(
+        make_record(
+            outcome="interrupted", exit_code=None, signal="SIGINT", message="stopped by SIGINT"
+        )
+    )
     assert row.state == "interrupted"
     assert row.detail.startswith("interrupted by SIGINT")
 
@@ -204,7 +216,12 @@ def test_a_crashed_writer_leaves_a_start_record_that_judges_as_crashed(tmp_path)
         "time.sleep(60)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), RUN], env=env, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), RUN],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline() == "started\n"
         os.kill(child.pid, signal.SIGKILL)
@@ -213,7 +230,12 @@ def test_a_crashed_writer_leaves_a_start_record_that_judges_as_crashed(tmp_path)
         child.wait()
     dead = Holder("test-shard-1", "o", "a", "h", child.pid, 1.0, "dead")
 
-    verdict = judge(make_plan(1), RecordStore(tmp_path).read_run("test", RUN), {"test-shard-1": dead}, run_key=RUN)
+    verdict = judge(
+        make_plan(1),
+        RecordStore(tmp_path).read_run("test", RUN),
+        {"test-shard-1": dead},
+        run_key=RUN,
+    )
 
     assert verdict.rows[0].state == "crashed"
     assert verdict.exit_code == errors.INCOMPLETE
@@ -235,7 +257,9 @@ def test_any_failure_wins_over_incomplete():
     assert (verdict.state, verdict.exit_code) == ("failed", errors.FAILED)
 
 
-@pytest.mark.parametrize("other", ["running", "crashed", "interrupted", "missing", "outdated", "corrupt"])
+@pytest.mark.parametrize(
+    "other", ["running", "crashed", "interrupted", "missing", "outdated", "corrupt"]
+)
 def test_anything_short_of_all_passed_is_incomplete(other):
     records = {1: make_record(1), 2: make_record(2)}
     holders = {}
@@ -271,8 +295,20 @@ def test_records_for_shards_outside_the_plan_are_ignored_and_reported():
 # --- JSON -------------------------------------------------------------------
 
 SHARD_KEYS = {
-    "shard", "lock", "state", "detail", "exit_code", "signal", "duration", "agent", "host",
-    "log", "started_at", "ended_at", "fingerprint", "record_fingerprint",
+    "shard",
+    "lock",
+    "state",
+    "detail",
+    "exit_code",
+    "signal",
+    "duration",
+    "agent",
+    "host",
+    "log",
+    "started_at",
+    "ended_at",
+    "fingerprint",
+    "record_fingerprint",
 }
 
 
@@ -296,13 +332,28 @@ def test_json_has_the_documented_shape(tmp_path):
     verdict = mixed_verdict(tmp_path)
     data = json.loads(json.dumps(verdict_to_json(verdict)))
 
-    assert set(data) == {"version", "task", "run_key", "verdict", "exit_code", "counts", "shards", "stray_shards"}
+    assert set(data) == {
+        "version",
+        "task",
+        "run_key",
+        "verdict",
+        "exit_code",
+        "counts",
+        "shards",
+        "stray_shards",
+    }
     assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
     assert list(data["counts"]) == list(STATES)
     assert data["counts"] == {
-        "passed": 1, "failed": 1, "running": 1, "crashed": 1,
-        "interrupted": 1, "missing": 1, "outdated": 1, "corrupt": 1,
+        "passed": 1,
+        "failed": 1,
+        "running": 1,
+        "crashed": 1,
+        "interrupted": 1,
+        "missing": 1,
+        "outdated": 1,
+        "corrupt": 1,
     }
     assert [shard["shard"] for shard in data["shards"]] == list(range(1, 9))
     for shard in data["shards"]:
@@ -313,9 +364,19 @@ def test_json_has_the_documented_shape(tmp_path):
     assert by_state["passed"]["duration"] == 12.5
     assert by_state["interrupted"]["signal"] == "SIGINT"
     running = by_state["running"]
-    assert (running["agent"], running["host"], running["exit_code"], running["ended_at"]) == ("agent-b", "other-box", None, None)
-    assert by_state["missing"]["agent"] is None and by_state["missing"]["record_fingerprint"] is None
-    assert by_state["outdated"]["fingerprint"] == "fp-5" and by_state["outdated"]["record_fingerprint"] == "old"
+    assert (running["agent"], running["host"], running["exit_code"], running["ended_at"]) == (
+        "agent-b",
+        "other-box",
+        None,
+        None,
+    )
+    assert (
+        by_state["missing"]["agent"] is None and by_state["missing"]["record_fingerprint"] is None
+    )
+    assert (
+        by_state["outdated"]["fingerprint"] == "fp-5"
+        and by_state["outdated"]["record_fingerprint"] == "old"
+    )
 
 
 # --- JUnit XML --------------------------------------------------------------
@@ -329,13 +390,21 @@ def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
     assert suite.get("name") == "lokt-tasks.test"
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "1", "6")
     cases = suite.findall("testcase")
-    assert [(case.get("classname"), case.get("name")) for case in cases] == [("test", "shard-%d" % n) for n in range(1, 9)]
+    assert [(case.get("classname"), case.get("name")) for case in cases] == [
+        ("test", "shard-%d" % n) for n in range(1, 9)
+    ]
     assert cases[0].get("time") == "12.500"
     assert list(cases[0]) == []
     failure = cases[1].find("failure")
     assert failure is not None and failure.get("message") == "exit 1"
-    assert "line 200" in failure.text and "line 151" in failure.text and "line 150\n" not in failure.text
-    for case, state in zip(cases[2:], ("missing", "crashed", "outdated", "corrupt", "interrupted", "running")):
+    assert (
+        "line 200" in failure.text
+        and "line 151" in failure.text
+        and "line 150\n" not in failure.text
+    )
+    for case, state in zip(
+        cases[2:], ("missing", "crashed", "outdated", "corrupt", "interrupted", "running")
+    ):
         error = case.find("error")
         assert error is not None, state
         assert error.get("type") == state
@@ -345,7 +414,9 @@ def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
 def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
     log = tmp_path / "shard-1.log"
     log.write_bytes(b"\x1b[31mFAILED\x1b[0m test_x \x00\x07 bell\n\xff bad utf-8\n")
-    record = make_record(1, outcome="failed", exit_code=1, log=str(log), message="\x1b[1mbold\x1b[0m")
+    record = make_record(
+        1, outcome="failed", exit_code=1, log=str(log), message="\x1b[1mbold\x1b[0m"
+    )
     verdict = judge(make_plan(1), {1: record}, {}, run_key=RUN)
 
     suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
@@ -357,7 +428,9 @@ def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
 
 def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
     record = make_record(1, outcome="failed", exit_code=2, log=str(tmp_path / "gone.log"))
-    suite = ElementTree.fromstring(verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8"))
+    suite = ElementTree.fromstring(
+        verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8")
+    )
     assert suite.find("testcase/failure").get("message") == "exit 2"
 
 
@@ -365,7 +438,11 @@ def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
 
 
 def test_table_has_a_row_per_shard_and_a_summary(tmp_path):
-    records = {1: make_record(1), 2: make_record(2), 3: make_record(3, outcome="failed", exit_code=1, duration=4.0)}
+    records = {
+        1: make_record(1),
+        2: make_record(2),
+        3: make_record(3, outcome="failed", exit_code=1, duration=4.0),
+    }
     verdict = judge(make_plan(3), records, {}, run_key=RUN)
 
     text = render_table(verdict, color=False)
@@ -378,7 +455,10 @@ def test_table_has_a_row_per_shard_and_a_summary(tmp_path):
     assert lines[-1] == "verdict: FAILED - 2 passed, 1 failed (shard 3: exit 1)"
     assert "\x1b" not in text
     # Columns line up: every state starts at the same offset.
-    assert len({line.index(state) for line, state in zip(lines[2:5], ("passed", "passed", "failed"))}) == 1
+    assert (
+        len({line.index(state) for line, state in zip(lines[2:5], ("passed", "passed", "failed"))})
+        == 1
+    )
 
 
 def test_table_colours_only_when_asked(tmp_path):
@@ -405,7 +485,10 @@ def test_summary_lists_problems_failed_first():
     )
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "-"), (0.04, "0.0s"), (4.25, "4.2s"), (59.9, "59.9s"), (125, "2m05s"), (3725, "1h02m")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(None, "-"), (0.04, "0.0s"), (4.25, "4.2s"), (59.9, "59.9s"), (125, "2m05s"), (3725, "1h02m")],
+)
 def test_durations_read_easily(seconds, text):
     assert format_seconds(seconds) == text
 
@@ -428,7 +511,10 @@ def test_tail_of_a_big_file_reads_from_the_end(tmp_path):
     with open(log, "w", encoding="utf-8") as handle:
         for number in range(200000):
             handle.write("line %d of a long log\n" % number)
-    assert tail(log, 3) == "line 199997 of a long log\nline 199998 of a long log\nline 199999 of a long log\n"
+    assert (
+        tail(log, 3)
+        == "line 199997 of a long log\nline 199998 of a long log\nline 199999 of a long log\n"
+    )
 
 
 def test_tail_of_a_missing_or_empty_file_is_empty(tmp_path):
@@ -442,7 +528,9 @@ def test_tail_of_a_missing_or_empty_file_is_empty(tmp_path):
 
 
 def start_record(shard: int = 1, attempt: str = "a1") -> Record:
-    return make_record(shard, outcome="running", ended_at=None, duration=None, exit_code=None, attempt=attempt)
+    return make_record(
+        shard, outcome="running", ended_at=None, duration=None, exit_code=None, attempt=attempt
+    )
 
 
 def test_judge_live_does_not_call_a_shard_that_just_finished_crashed(tmp_path):
