@@ -693,8 +693,8 @@ def bench_balance(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[
         path.write_bytes(b"#" * size)
     (project / "shards.toml").write_text(
         "".join(
-            '[tasks.balance-%s]\nrun = "true {items}"\nglob = ["tests/**/*.py"]\nshards = 2\nsplit = "%s"\n\n'
-            % (split, split)
+            '[tasks.balance-%s]\nrun = "true {items}"\nglob = ["tests/**/*.py"]\n'
+            'shards = 2\nsplit = "%s"\n\n' % (split, split)
             for split in ("name", "size", "timings")
         )
     )
@@ -766,8 +766,8 @@ def bench_scale(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[st
     say("  created %d files in %.1f s" % (sizes.scale_files, created))
     (project / "shards.toml").write_text(
         "".join(
-            '[tasks.scale-%s]\nrun = "true {items}"\nglob = ["tests/**/test_*.py"]\nexclude = ["tests/fixtures/**"]\n'
-            'shards = 8\nsplit = "%s"\n\n' % (split, split)
+            '[tasks.scale-%s]\nrun = "true {items}"\nglob = ["tests/**/test_*.py"]\n'
+            'exclude = ["tests/fixtures/**"]\nshards = 8\nsplit = "%s"\n\n' % (split, split)
             for split in ("name", "size", "timings")
         )
     )
@@ -786,7 +786,10 @@ def bench_scale(work: Path, sizes: Sizes, say: Callable[[str], None]) -> Dict[st
             ]
             durations = {item: 0.001 * (1 + index % 1000) for index, item in enumerate(every_item)}
         timed = time_call(
-            lambda: build_plan(config, "scale-%s" % split, durations=durations), repeat
+            lambda split=split, durations=durations: build_plan(
+                config, "scale-%s" % split, durations=durations
+            ),
+            repeat,
         )
         items = sum(len(shard.items) for shard in timed.result.shards)
         if items != sizes.scale_files:
@@ -923,6 +926,7 @@ def _bench_verify(
 
 # ---------------------------------------------------------------- end to end
 
+# A backslash at the end of a line inside RUNNER joins the next line to it.
 RUNNER = '''\
 """A stand-in test runner: each test file holds the seconds it takes.
 
@@ -945,9 +949,11 @@ def main(argv):
         start = time.monotonic()
         time.sleep(seconds)
         cases.append((path, time.monotonic() - start))
-    lines = ['<?xml version="1.0" encoding="utf-8"?>', '<testsuite name="sleep" tests="%d">' % len(cases)]
+    lines = ['<?xml version="1.0" encoding="utf-8"?>', \
+'<testsuite name="sleep" tests="%d">' % len(cases)]
     for path, took in cases:
-        lines.append('  <testcase classname="sleep" name=%s file=%s time="%.3f"/>' % (quoteattr(path), quoteattr(path), took))
+        lines.append('  <testcase classname="sleep" name=%s file=%s time="%.3f"/>' \
+% (quoteattr(path), quoteattr(path), took))
     lines.append("</testsuite>")
     with open(report, "w") as handle:
         handle.write("\\n".join(lines) + "\\n")
@@ -988,8 +994,8 @@ def bench_end_to_end(
     (project / "shards.toml").write_text(
         '[defaults]\njobs = 4\nttl = "1m"\ndurations = "durations.json"\n\n'
         + "".join(
-            '[tasks.e2e-%s]\nrun = "{python} runner.py --junit {junit} {items}"\nglob = ["tests/test_*.py"]\n'
-            'shards = 4\nsplit = "%s"\n\n' % (split, split)
+            '[tasks.e2e-%s]\nrun = "{python} runner.py --junit {junit} {items}"\n'
+            'glob = ["tests/test_*.py"]\nshards = 4\nsplit = "%s"\n\n' % (split, split)
             for split in ("name", "timings")
         )
     )
@@ -1170,8 +1176,8 @@ def ms(seconds: float) -> str:
 def print_overhead(section: Dict[str, Any]) -> None:
     counts = section["shard_counts"]
     print(
-        "\nOrchestration overhead: shard-all over N no-op shards, %d jobs (the CPU count), median of %d"
-        % (section["jobs"], section["repeat"])
+        "\nOrchestration overhead: shard-all over N no-op shards, %d jobs (the CPU count),"
+        " median of %d" % (section["jobs"], section["repeat"])
     )
     for engine, summary in section["engines"].items():
         medians = summary["median_s"]
@@ -1226,7 +1232,8 @@ def print_per_shard(section: Dict[str, Any]) -> None:
 
 def print_balance(section: Dict[str, Any]) -> None:
     print(
-        "\nBalance: largest shard / lower bound, in true seconds (%d items, %.0f s, longest item %.0f s)"
+        "\nBalance: largest shard / lower bound, in true seconds"
+        " (%d items, %.0f s, longest item %.0f s)"
         % (section["items"], section["total_s"], section["longest_s"])
     )
     counts = sorted({row["shards"] for row in section["rows"]})
@@ -1305,7 +1312,8 @@ def print_scale(section: Dict[str, Any]) -> None:
 
 def print_end_to_end(section: Dict[str, Any]) -> None:
     print(
-        "\nEnd to end: %d sleeping test files, %.1f s of sleep, %d shards, %d jobs; ideal %.2f s, lower bound %.2f s"
+        "\nEnd to end: %d sleeping test files, %.1f s of sleep, %d shards, %d jobs;"
+        " ideal %.2f s, lower bound %.2f s"
         % (
             section["files"],
             section["total_sleep_s"],
@@ -1476,8 +1484,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     loads = [report.machine["load_average_at_start"], report.machine["load_average_at_end"]]
     if any(load and load[0] > (os.cpu_count() or 1) / 2 for load in loads):
         print(
-            "note: the machine was busy (load average %s at start, %s at end): the figures are inflated"
-            % tuple(loads)
+            "note: the machine was busy (load average %s at start, %s at end):"
+            " the figures are inflated" % tuple(loads)
         )
 
     args.json.parent.mkdir(parents=True, exist_ok=True)

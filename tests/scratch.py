@@ -38,8 +38,10 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ran.lo
 PASS = "sys.exit(0)"
 FAIL = "print('check failed on purpose'); sys.exit(1)"
 #: Waits until a file named "<check>.go" appears beside ran.log (or 60 s).
+#: (The backslash joins the next line to it: the check's line is unbroken.)
 WAIT = """\
-gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", os.path.basename(__file__) + ".go")
+gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", \
+os.path.basename(__file__) + ".go")
 deadline = time.time() + 60
 while not os.path.exists(gate) and time.time() < deadline:
     time.sleep(0.05)

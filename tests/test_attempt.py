@@ -74,7 +74,7 @@ def python(code: str):
 
 def run_attempt_process(path: Path, command, start: Record = None, skip=()):
     argv = attempt_argv(path, start or start_record(), command, skip)
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    return subprocess.run(argv, capture_output=True, timeout=60)
 
 
 def read_back(path: Path) -> Record:
@@ -173,7 +173,8 @@ def test_fields_that_json_escapes_are_written_back_as_they_were(tmp_path):
 
 def test_with_a_log_both_streams_go_to_it_and_without_one_they_stay_apart(tmp_path):
     command = python(
-        "import sys; sys.stdout.write('to stdout '); sys.stdout.flush(); sys.stderr.write('to stderr')"
+        "import sys; sys.stdout.write('to stdout '); sys.stdout.flush();"
+        " sys.stderr.write('to stderr')"
     )
     apart = subprocess.run(
         attempt_argv(tmp_path / "a.json", start_record(), command), capture_output=True, timeout=60

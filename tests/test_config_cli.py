@@ -157,7 +157,8 @@ def test_a_good_config_in_the_same_tree_plans_and_runs(tmp_path):
     root = tmp_path / "good"
     shutil.copytree(CONFIGS / "tree", root)
     (root / "shards.toml").write_text(
-        f'[defaults]\nengine = "embedded"\n[tasks.test]\nrun = "{sys.executable} -c pass {{items}}"\nglob = ["suite/**/*.py"]\nshards = 2\n'
+        '[defaults]\nengine = "embedded"\n[tasks.test]\n'
+        f'run = "{sys.executable} -c pass {{items}}"\nglob = ["suite/**/*.py"]\nshards = 2\n'
     )
     planned = run_process(root, PLAN)
     assert planned.exit_code == 0, planned.stderr

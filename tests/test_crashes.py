@@ -30,13 +30,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Set
 
 import pytest
-
-from lokt_tasks import errors
-from lokt_tasks.results import read_record
-from lokt_tasks.system import bootstrap, is_zombie, pid_alive
-
-#: What the command line of an attempt process holds.
-ATTEMPT_BOOTSTRAP = bootstrap("attempt")[4]
 from scratch import (
     PASS,
     WAIT,
@@ -52,6 +45,13 @@ from scratch import (
     verdict,
     wait_for,
 )
+
+from lokt_tasks import errors
+from lokt_tasks.results import read_record
+from lokt_tasks.system import bootstrap, is_zombie, pid_alive
+
+#: What the command line of an attempt process holds.
+ATTEMPT_BOOTSTRAP = bootstrap("attempt")[4]
 
 needs_lokt = pytest.mark.skipif(
     shutil.which("lokt") is None, reason="lokt not on PATH: lokt engine cases not run"

@@ -61,10 +61,21 @@ FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 BLOCK_TIMEOUT = 120.0
 
 SETUPS = {
-    "fail-shard-2": "the first run of shard 2 of task test fails (tests/test_models.py), later runs pass, as after a fix",
-    "busy-shard-1": "agent-1 is running shard 1 of task test, holding test-shard-1, until the block ends",
-    "crashed-shard-1": "agent-1 was killed (its whole process tree, SIGKILL) in the middle of shard 1; agents 2 and 3 passed shards 2 and 3",
-    "go-project": "the scratch project is a Go module (internal/, cmd/, pkg/) whose task test has explicit shards",
+    "fail-shard-2": (
+        "the first run of shard 2 of task test fails (tests/test_models.py),"
+        " later runs pass, as after a fix"
+    ),
+    "busy-shard-1": (
+        "agent-1 is running shard 1 of task test, holding test-shard-1, until the block ends"
+    ),
+    "crashed-shard-1": (
+        "agent-1 was killed (its whole process tree, SIGKILL) in the middle of shard 1;"
+        " agents 2 and 3 passed shards 2 and 3"
+    ),
+    "go-project": (
+        "the scratch project is a Go module (internal/, cmd/, pkg/)"
+        " whose task test has explicit shards"
+    ),
 }
 
 # The scratch projects. Test files are named so that task "test" (3 shards,
@@ -590,7 +601,8 @@ def test_the_guard_check_catches_lokts_gotchas(text, complaint):
 
 def test_the_guard_check_accepts_correct_invocations():
     good = (
-        'LOKT_OWNER="agent-$n" lokt guard --ttl 5m --wait --timeout 1m30s "test-shard-$n" -- go test -run X ./...\n'
+        'LOKT_OWNER="agent-$n" lokt guard --ttl 5m --wait --timeout 1m30s "test-shard-$n"'
+        " -- go test -run X ./...\n"
         'lokt guard --ttl="$TTL" test-shard-2 -- python -m pytest -q --maxfail 1 tests/a.py\n'
     )
     assert guard_problems(good) == []

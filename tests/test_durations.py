@@ -208,13 +208,12 @@ def test_pytest_report_by_node_id_and_by_directory(tmp_path):
 def test_directory_items_sum_the_files_below_them(tmp_path):
     report = tmp_path / "junit.xml"
     report.write_text(
-        textwrap.dedent("""\
-        <testsuite name="pytest">
-          <testcase classname="tests.sub.test_y" name="test_c" file="tests/sub/test_y.py" time="0.25"/>
-          <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" time="1.5"/>
-          <testcase classname="lib.test_l" name="test_l" file="lib/test_l.py" time="4"/>
-        </testsuite>
-    """)
+        '<testsuite name="pytest">\n'
+        '  <testcase classname="tests.sub.test_y" name="test_c" file="tests/sub/test_y.py"'
+        ' time="0.25"/>\n'
+        '  <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" time="1.5"/>\n'
+        '  <testcase classname="lib.test_l" name="test_l" file="lib/test_l.py" time="4"/>\n'
+        "</testsuite>\n"
     )
     assert durations_from_junit(report, ["tests", "./tests/sub/", "lib/...", "docs"]) == {
         "tests": 1.75,
@@ -226,13 +225,13 @@ def test_directory_items_sum_the_files_below_them(tmp_path):
 def test_pytest_xunit1_file_attribute_and_absolute_paths(tmp_path):
     report = tmp_path / "junit.xml"
     report.write_text(
-        textwrap.dedent(f"""\
-        <testsuites><testsuite name="pytest">
-          <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" line="1" time="1.0"/>
-          <testcase classname="tests.test_x.TestK" name="test_b" file="./tests/test_x.py" line="4" time="2.0"/>
-          <testcase classname="c" name="test_c" file="{tmp_path}/tests/test_c.py" time="4.0"/>
-        </testsuite></testsuites>
-    """)
+        '<testsuites><testsuite name="pytest">\n'
+        '  <testcase classname="tests.test_x" name="test_a" file="tests/test_x.py" line="1"'
+        ' time="1.0"/>\n'
+        '  <testcase classname="tests.test_x.TestK" name="test_b" file="./tests/test_x.py" line="4"'
+        ' time="2.0"/>\n'
+        f'  <testcase classname="c" name="test_c" file="{tmp_path}/tests/test_c.py" time="4.0"/>\n'
+        "</testsuite></testsuites>\n"
     )
     items = ["tests/test_x.py", "tests/test_x.py::TestK::test_b", "tests/test_c.py"]
     assert durations_from_junit(report, items, root=tmp_path) == {
@@ -277,17 +276,17 @@ def test_gotestsum_report_by_package_and_by_test_name(tmp_path):
 def test_jest_junit_report_with_file_attributes(tmp_path):
     report = tmp_path / "junit.xml"
     report.write_text(
-        textwrap.dedent(f"""\
-        <testsuites name="jest tests" tests="3" time="2.5">
-          <testsuite name="math" tests="2" time="1.5">
-            <testcase classname="math adds" name="math adds" time="0.5" file="{tmp_path}/src/math.test.js"/>
-            <testcase classname="math subtracts" name="math subtracts" time="1" file="{tmp_path}/src/math.test.js"/>
-          </testsuite>
-          <testsuite name="strings" tests="1" time="1" filepath="src/strings.test.js">
-            <testcase classname="strings trims" name="strings trims" time="1"/>
-          </testsuite>
-        </testsuites>
-    """)
+        '<testsuites name="jest tests" tests="3" time="2.5">\n'
+        '  <testsuite name="math" tests="2" time="1.5">\n'
+        '    <testcase classname="math adds" name="math adds" time="0.5"'
+        f' file="{tmp_path}/src/math.test.js"/>\n'
+        '    <testcase classname="math subtracts" name="math subtracts" time="1"'
+        f' file="{tmp_path}/src/math.test.js"/>\n'
+        "  </testsuite>\n"
+        '  <testsuite name="strings" tests="1" time="1" filepath="src/strings.test.js">\n'
+        '    <testcase classname="strings trims" name="strings trims" time="1"/>\n'
+        "  </testsuite>\n"
+        "</testsuites>\n"
     )
     items = ["src/math.test.js", "src/strings.test.js", "math adds", "math"]
     assert durations_from_junit(report, items, root=tmp_path) == {

@@ -80,7 +80,8 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_hostile_file_names_reach_the_command_byte_for_byte_as_one_argument_each(tmp_path):
     toml = (
         '[defaults]\nengine = "embedded"\n\n'
-        '[tasks.names]\nrun = "{python} dump_argv.py {shard} {items}"\nglob = ["*.item"]\nshards = 3\n'
+        '[tasks.names]\nrun = "{python} dump_argv.py {shard} {items}"\n'
+        'glob = ["*.item"]\nshards = 3\n'
     )
     files = {name: "" for name in HOSTILE_NAMES}
     files["dump_argv.py"] = DUMP_ARGV
@@ -119,7 +120,8 @@ def too_long(tmp_path):
     count = os.sysconf("SC_ARG_MAX") * 6 // 5 // 200
     toml = (
         '[defaults]\nengine = "embedded"\n\n'
-        f'[tasks.huge]\nrun = "{{python}} -c pass {{items}}"\ncollect = "{{python}} many.py {count}"\nshards = 1\n'
+        '[tasks.huge]\nrun = "{python} -c pass {items}"\n'
+        f'collect = "{{python}} many.py {count}"\nshards = 1\n'
     )
     return make_scratch(tmp_path / "p", toml, {"many.py": MANY_LONG_ITEMS})
 

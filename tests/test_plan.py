@@ -86,8 +86,8 @@ def test_name_split_counts_items_without_timings_and_seconds_with_them(tmp_path)
     text = render_plan(by_count)
     assert "  shard  items  lock" in text and "  1/3        4  test-shard-1" in text
     assert (
-        "total 10 items; ideal 3.3 items per shard; lower bound 3.3 items; balance 1.20 (1.00 is even)"
-        in text
+        "total 10 items; ideal 3.3 items per shard; lower bound 3.3 items;"
+        " balance 1.20 (1.00 is even)" in text
     )
     data = plan_to_json(by_count)
     assert data["stats"]["unit"] == "items" and [shard["weight"] for shard in data["shards"]] == [
@@ -331,7 +331,8 @@ def test_more_shards_than_items_is_clamped_with_a_warning(tmp_path):
     assert groups(plan) == [["a.py"], ["b.py"]]
     assert [shard.total for shard in plan.shards] == [2, 2]
     assert plan.warnings == (
-        "task 'test' has 2 item(s) for 5 shards; using 2 shard(s), since an empty shard would have nothing to run",
+        "task 'test' has 2 item(s) for 5 shards; using 2 shard(s),"
+        " since an empty shard would have nothing to run",
     )
 
 
@@ -397,11 +398,12 @@ def test_items_joined_inside_an_argument_and_other_placeholders(tmp_path):
     collect = (
         f"{PYTHON} -c 'print(\"\\n  TestB\\n  TestA  \\nTestC\\nTestA\\n\\nok example.com/pkg\")'"
     )
+    run = "go test -run '^({items:|})$' -json={junit} -tag={task}-{shard}of{total} {{x}} ./pkg"
     plan = plan_for(
         tmp_path,
         f"""\
         [tasks.go]
-        run = "go test -run '^({{items:|}})$' -json={{junit}} -tag={{task}}-{{shard}}of{{total}} {{{{x}}}} ./pkg"
+        run = {json.dumps(run)}
         collect = {json.dumps(collect)}
         shards = 2
     """,
@@ -596,8 +598,10 @@ def test_explicit_shards_warn_about_overlaps_and_uncovered_files(tmp_path):
     """,
     )
     assert plan.warnings == (
-        "'tests/api/c.py' is in shards 1, 2 of task 'test' (their globs overlap): it runs more than once",
-        "2 file(s) matched by tasks.test.glob are in no shard of task 'test': 'tests/e2e/d.py', 'tests/e2e/e.py'",
+        "'tests/api/c.py' is in shards 1, 2 of task 'test' (their globs overlap):"
+        " it runs more than once",
+        "2 file(s) matched by tasks.test.glob are in no shard of task 'test':"
+        " 'tests/e2e/d.py', 'tests/e2e/e.py'",
     )
 
 

@@ -422,8 +422,7 @@ def git(repo: Path, *args: str) -> str:
         ],
         cwd=str(repo),
         check=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
     )
     return result.stdout.strip()

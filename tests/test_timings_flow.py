@@ -18,6 +18,7 @@ from scratch import PYTHON, checks, cli, git, make_project, ran, states, verdict
 
 from lokt_tasks import errors
 
+# A backslash at the end of a line inside TIMED_RUNNER joins the next line to it.
 TIMED_RUNNER = """\
 import re, sys
 from xml.sax.saxutils import quoteattr
@@ -28,7 +29,8 @@ with open("ran.log", "a") as log:
         log.write(item + "\\n")
         with open(item) as source:
             seconds = re.search(r"SECONDS = ([0-9.]+)", source.read()).group(1)
-        cases.append('<testcase classname="timed" name="test_it" file=%s time="%s"/>' % (quoteattr(item), seconds))
+        cases.append('<testcase classname="timed" name="test_it" file=%s time="%s"/>' \
+% (quoteattr(item), seconds))
 with open(junit, "w") as report:
     report.write('<testsuites><testsuite name="timed">%s</testsuite></testsuites>' % "".join(cases))
 """
@@ -152,7 +154,11 @@ def test_shards_override_is_part_of_the_plan_fingerprint_and_force_runs_again(tm
 
 def test_id_auto_takes_the_shard_from_the_ci_and_replans_to_its_total(tmp_path):
     suite = checks([f"check_{n}.py" for n in range(1, 7)])
-    explicit = '\n[tasks.pair]\nrun = "{python} run_checks.py {items}"\n[[tasks.pair.shard]]\nitems = ["checks/check_1.py"]\n[[tasks.pair.shard]]\nitems = ["checks/check_2.py"]\n'
+    explicit = (
+        '\n[tasks.pair]\nrun = "{python} run_checks.py {items}"\n'
+        '[[tasks.pair.shard]]\nitems = ["checks/check_1.py"]\n'
+        '[[tasks.pair.shard]]\nitems = ["checks/check_2.py"]\n'
+    )
     project = make_project(tmp_path / "p", suite, shards=3, extra_toml=explicit)
 
     gitlab = cli(

@@ -210,8 +210,8 @@ def test_a_crashed_writer_leaves_a_start_record_that_judges_as_crashed(tmp_path)
         "from lokt_tasks.plan import Shard\n"
         "from lokt_tasks.results import RecordStore, new_start_record\n"
         "shard = Shard('test', 1, 1, ('a',), ('true',), 'test-shard-1', 'fp-1')\n"
-        "RecordStore(Path(sys.argv[1])).write(new_start_record(shard, run_key=sys.argv[2], agent='a',"
-        " owner='o', host='h', pid=0, engine='embedded'))\n"
+        "RecordStore(Path(sys.argv[1])).write(new_start_record(shard, run_key=sys.argv[2],"
+        " agent='a', owner='o', host='h', pid=0, engine='embedded'))\n"
         "print('started', flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -481,7 +481,8 @@ def test_summary_lists_problems_failed_first():
     }
     verdict = judge(make_plan(3), records, {}, run_key=RUN)
     assert summary_line(verdict) == (
-        "verdict: FAILED - 1 failed, 1 crashed, 1 missing (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
+        "verdict: FAILED - 1 failed, 1 crashed, 1 missing"
+        " (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
     )
 
 
