@@ -34,8 +34,7 @@ from .config import display_path
 from .errors import ConfigError
 from .system import read_file, write_atomically
 
-#: Seconds are stored with this many decimals: milliseconds are plenty for
-#: balancing, and fewer digits mean fewer meaningless diffs.
+#: Decimals of the seconds stored: milliseconds are plenty, and fewer digits make fewer diffs.
 DECIMALS = 3
 
 
@@ -70,11 +69,10 @@ def load_durations(path: Path) -> Dict[str, float]:
 def pin_durations(durations_file: Path, pinned: Path) -> Dict[str, float]:
     """The timings a run plans with, the same for every command of that run.
 
-    Shards record timings as they finish, and a later command of the run
-    planning from the updated file could find every record outdated. So the
-    first command copies the timings to ``pinned`` (in the run's results
-    directory), published with a hard link that fails if it exists (two
-    agents starting at once agree), and every later one plans from the copy.
+    Shards record timings as they finish: a later command of the run planning
+    from the updated file could find every record outdated. So the first
+    command copies them to ``pinned`` with a hard link that fails if it exists
+    (two agents starting at once agree), and every later one plans from that.
     """
     pinned = Path(pinned)
     if pinned.exists():
@@ -124,11 +122,9 @@ def merge_durations(path: Path, new: Mapping[str, float]) -> None:
 def durations_from_junit(
     xml_path: Path, items: Iterable[str], root: Optional[Path] = None
 ) -> Dict[str, float]:
-    """Seconds per item, read from a JUnit XML report (see the module docstring).
+    """Seconds per item from a JUnit XML report; ValueError if it is missing or not JUnit.
 
-    ``root`` is the directory items are relative to; it turns absolute
-    ``file`` attributes into item paths. Raises ValueError with a one-line
-    message when the report is missing or is not JUnit XML.
+    ``root``, the directory items are relative to, turns absolute ``file`` attributes into items.
     """
     try:
         top = ElementTree.parse(str(xml_path)).getroot()
@@ -232,7 +228,7 @@ def _item_seconds(item: str, keyed: Mapping[str, float]) -> Optional[float]:
     if "file:" + path in keyed:
         return keyed["file:" + path]
     prefix = "file:" + path + "/" if path else "file:"
-    # math.fsum is exact, so the order of the keys does not change the sum.
+    # math.fsum rounds the exact sum: the order of the keys does not matter.
     below = [seconds for key, seconds in keyed.items() if key.startswith(prefix)]
     return math.fsum(below) if below else keyed.get("name:" + item)
 

@@ -1,12 +1,11 @@
 """Glob and exclude patterns: which files a ``glob`` names, which items an ``exclude`` drops.
 
-The patterns are wcmatch's glob patterns with ``GLOBSTAR``: ``*``, ``?`` and
-``[abc]`` (``[!abc]``, ``[a-z]``) match within one path segment, and ``**``
-as a whole segment matches any number of segments, including none. A
-backslash, ``^`` and ``:`` are plain characters. Wildcards do not match a
-name that starts with a dot unless the pattern segment itself starts with a
-dot, and ``**`` does not pass through such directories. Matching is
-case-sensitive and ``/`` the only separator on every system: items are
+Patterns are wcmatch's glob with ``GLOBSTAR``: ``*``, ``?`` and ``[abc]``
+(``[!abc]``, ``[a-z]``) match within one path segment, ``**`` as a whole
+segment matches any number of segments, including none; a backslash, ``^``
+and ``:`` are plain characters. Wildcards skip names that start with a dot
+unless the pattern segment does too, and ``**`` does not enter such
+directories. Matching is case-sensitive, ``/`` the only separator: items are
 POSIX-style paths relative to the directory of shards.toml.
 
 Every path is matched as a directory (wcmatch's way: with a ``/`` appended),
@@ -28,10 +27,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from wcmatch import glob as wcglob
 
-# NOTE: FORCEUNIX and CASE keep "/" the only separator and matching
-# case-sensitive on every system, as on Linux: a plan must name the same
-# items on a Mac, where the file system ignores case, as on a Linux CI runner.
+# NOTE: FORCEUNIX and CASE keep "/" the only separator and matching case-sensitive, as on
+# Linux: a plan must name the same items on a Mac (whose file system ignores case) as in CI.
 _FLAGS = wcglob.GLOBSTAR | wcglob.CASE | wcglob.FORCEUNIX
+_MAGIC = re.compile(r"[*?[]")  # a segment with one of these is a pattern, not a name
 
 
 def path_segments(path: str) -> List[str]:
@@ -42,10 +41,6 @@ def path_segments(path: str) -> List[str]:
 def normal_path(path: str) -> str:
     """``path`` with empty and ``.`` segments dropped: ``./src//a.py`` is ``src/a.py``."""
     return "/".join(path_segments(path))
-
-
-def _has_magic(segment: str) -> bool:
-    return any(char in segment for char in "*?[")
 
 
 def _wcmatch_pattern(pattern: str) -> str:
@@ -86,10 +81,9 @@ class _Exclusion:
     def __init__(self, exclude: Sequence[str]) -> None:
         self._matches = _matcher(*exclude)
         # NOTE: a trailing "**" adds nothing here (what lies below a dropped
-        # directory goes with it). Without it, the last segment matches
-        # exactly a path's last name, so a path costs one match of its name
-        # against the patterns whose other segments match its directory,
-        # which are worked out once per directory.
+        # directory goes with it). Without it, the last segment matches exactly
+        # a path's last name: a path costs one match of its name against the
+        # patterns whose other segments match its directory (found once per directory).
         self._parts = []
         for pattern in exclude:
             segments = path_segments(pattern)
@@ -135,18 +129,17 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     none excluded (large ignored trees such as node_modules cost nothing) and
     none that the segments before the first ``**`` reject.
     """
-    # NOTE: wcmatch.glob.glob would list the same paths, but it walks excluded
-    # trees and needs a stat per file to tell a regular file from a broken
-    # symlink, a socket or a FIFO: a plan of 100,000 files took 0.8 to 1 s of
-    # CPU with it, not 0.2 to 0.3 s (the goal is 1 s). os.scandir's file types
-    # come free with the listing.
+    # NOTE: wcmatch.glob.glob would list the same paths, but it walks excluded trees
+    # and needs a stat per file to tell a regular file from a broken symlink, a socket
+    # or a FIFO (types os.scandir gives for free): a plan of 100,000 files took 0.8
+    # to 1 s of CPU with it, not 0.2 to 0.3 s, too close to the goal of 1 s.
     segments = path_segments(pattern)
     if not segments:
         return []
     last = len(segments) - 1
-    literal = next((n for n, segment in enumerate(segments[:last]) if _has_magic(segment)), last)
+    literal = next((n for n, segment in enumerate(segments[:last]) if _MAGIC.search(segment)), last)
     exclusion = _Exclusion(exclude)
-    if literal == last and not _has_magic(segments[last]):
+    if literal == last and not _MAGIC.search(segments[last]):
         path = "/".join(segments)
         return [path] if os.path.isfile(root / path) and not exclusion.drops(path) else []
 
@@ -165,10 +158,9 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     enter_hidden = any(segment.startswith(".") for segment in segments[first_star + 1 :])
     # Without "**", files lie exactly one segment below the deepest directory worth reading.
     deepest = math.inf if "**" in segments else last
-    # A file matches when its directory matches the segments before the last
-    # and its name the last. A last "**" matches every name without a leading
-    # dot in a directory that the whole pattern matches; elsewhere the whole
-    # path is matched.
+    # A file matches when its directory matches the segments before the last and
+    # its name the last. A last "**" matches every name without a leading dot in a
+    # directory the whole pattern matches; elsewhere the whole path is matched.
     whole = _directory_matcher(segments) if segments[-1] == "**" else None
     directory_matches = _directory_matcher(segments[:-1])
     name_matches = _matcher(*segments[-1:])

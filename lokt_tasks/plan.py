@@ -12,17 +12,16 @@ prints, up to the first blank line after an item), or from explicit
 ``[[tasks.NAME.shard]]`` tables (their literal ``items`` plus the files their
 globs match, one shard per table). ``exclude`` drops items of every kind.
 
-A dynamic task gets at most one shard per item (with a warning): an empty
-shard would run its command with no items, which for most test runners
-means "run everything". ``name`` cuts the sorted items into contiguous
-chunks of near-equal count, the first ``items % shards`` one item longer:
-neighbouring files stay together. ``size`` and ``timings`` are
-longest-processing-time first: items from the heaviest (ties: by name) go
-one by one to the shard with the smallest load so far (ties: the one with
-fewer items, then the lower number), weighed in bytes or in recorded
-seconds (bytes when no item has a time). Both move items when files or
-timings change, so every agent must plan from the same commit and
-durations file; the fingerprint makes a mismatch visible, not silent.
+A dynamic task gets at most one shard per item: an empty shard would run its
+command with no items, which most test runners take for "run everything".
+``name`` cuts the sorted items into contiguous chunks of near-equal count
+(the first ``items % shards`` one item longer): neighbouring files stay
+together. ``size`` and ``timings`` are longest-processing-time first: items
+from the heaviest (ties: by name) go one by one to the shard with the
+smallest load so far (ties: fewer items, then the lower number), weighed in
+bytes or in recorded seconds (bytes when no item has a time). Both move
+items when files or timings change, so every agent must plan from the same
+commit and durations file; the fingerprint makes a mismatch visible.
 ``shards = "per-item"`` is one shard per item.
 """
 
@@ -59,8 +58,7 @@ from .errors import ConfigError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
-#: Left in a shard's argv by the plan; the run layer replaces it with the
-#: path where the command should write its JUnit XML report.
+#: Left in a shard's argv for the run layer: the path for the command's JUnit XML report.
 JUNIT_PLACEHOLDER = "{junit}"
 PLAN_JSON_VERSION = 1
 #: How many items a warning lists before "and N more".
@@ -157,8 +155,7 @@ def build_plan(
 
     total = len(groups)
     built = []
-    for index, group in enumerate(groups, start=1):
-        items_tuple = tuple(group)
+    for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
         shard = Shard(
             task=task.name,
@@ -205,10 +202,8 @@ def lock_name(task: str, index: int) -> str:
 
 def fingerprint(run: str, total: int, index: int, items: Sequence[str]) -> str:
     """16 hex digits of sha256 over what a shard runs: a changed plan changes it."""
-    payload = json.dumps(
-        {"run": run, "total": total, "index": index, "items": list(items)}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    payload = {"run": run, "total": total, "index": index, "items": list(items)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def expand_argv(
@@ -216,13 +211,10 @@ def expand_argv(
 ) -> Tuple[str, ...]:
     """The argv of one shard from a parsed run template (``config.parse_run_template``).
 
-    ``{items}`` (a whole argument) becomes one argument per item, never seen
-    by a shell; an item that starts with ``-`` and names an existing path is
-    passed as ``./<item>``, so the command reads it as a file, not an option.
-    ``{items:SEP}`` becomes the items joined by SEP; ``{shard}``, ``{total}``
-    and ``{task}`` the shard number, the shard count and the task name;
-    ``{python}`` the interpreter running lokt-tasks (a venv's tools are found
-    without activating it). ``{junit}`` is left for the run layer.
+    ``{items}`` becomes one argument per item (``./<item>`` for one that starts
+    with ``-`` and names a path, so it is not read as an option), ``{items:SEP}``
+    the items joined by SEP, ``{python}`` the interpreter running lokt-tasks (a
+    venv's tools are found without activating it); ``{junit}`` is left as it is.
     """
     values = {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
     argv: List[str] = []
@@ -251,7 +243,7 @@ COMMAND_LINE_HEADROOM = 16 * 1024
 
 
 def check_command_size(shard: Shard, config: Config, key: str) -> None:
-    """Raise a ConfigError naming ``key`` for a command the system could not start.
+    """Raise a ConfigError naming ``key`` now, not inside the lock, for a command that cannot start.
 
     exec fails with E2BIG when the arguments and the environment (each string
     with its NUL and its pointer) pass ARG_MAX, or, on Linux, when one
@@ -314,8 +306,7 @@ def _glob_all(
 
 
 def _glob_task_items(config: Config, task: TaskConfig) -> List[str]:
-    # NOTE: each pattern's files come sorted, so sorting the union is nearly
-    # free when one pattern found them all.
+    # NOTE: _glob_all keeps each pattern's sorted files in order: sorting them is nearly free.
     items = _glob_all(config, task.glob, task.exclude, key_path("tasks", task.name, "glob"))
     if not items:
         raise config_error(
@@ -335,7 +326,6 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
             cwd=str(config.root),
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            text=True,
             encoding="utf-8",
             errors="surrogateescape",
         )
@@ -349,8 +339,7 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
         last = f": {stderr_lines[-1][:200]}" if stderr_lines else " (no error output)"
         ended = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise config_error(config.path, key, f"'{command}' {ended}{last}")
-    # The items end at the first blank line after one, where runners print a
-    # summary ("pytest --collect-only -q" ends with "5 tests collected").
+    # Items end at the first blank line after one, before a runner's summary.
     stripped = (line.strip() for line in completed.stdout.splitlines())
     lines = set(takewhile(bool, dropwhile(lambda line: not line, stripped)))
     if not lines:
@@ -395,7 +384,7 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
             for item in shards_of
         }
         files = _glob_all(config, task.glob, task.exclude, glob_key)
-        missing = sorted(path for path in files if not _is_covered(path, covered))
+        missing = [path for path in sorted(files) if not _is_covered(path, covered)]
         if missing:
             shown = ", ".join(f"'{path}'" for path in missing[:_SHOWN_IN_WARNINGS])
             more = len(missing) - _SHOWN_IN_WARNINGS
@@ -449,8 +438,7 @@ def _split(
         return [items[start:end] for start, end in zip(bounds, bounds[1:])]
     if split == "size" and unit == "seconds":
         costs = _item_costs(items, root, {}, split)[0]  # other costs are already the sizes
-    # Heaviest first, ties by name: a stable sort by weight (reverse keeps
-    # the order of equal keys) over the items sorted by name.
+    # Heaviest first, ties by name: a sort with reverse=True keeps equal weights in order.
     order = sorted(sorted(items), key=costs.__getitem__, reverse=True)
     loads = [(0.0, 0, index) for index in range(count)]
     groups: List[List[str]] = [[] for _ in range(count)]
@@ -466,12 +454,10 @@ def _item_costs(
 ) -> Tuple[Dict[str, float], str]:
     """Each item's estimated work, and its unit: seconds, else bytes, else items.
 
-    Seconds whenever the durations file knows an item, whatever the split:
-    looking times up costs nothing, and ``shard-all`` starts the longest
-    shards first. An item without a time (or, in bytes, one that is not a
-    file) counts as the mean of the known ones. A split by name without
-    timings counts items: it places items by name alone, and a ``stat`` per
-    file would be most of the time a plan of 100,000 files takes.
+    Seconds whenever an item has a recorded time, whatever the split (``shard-all``
+    starts the longest shards first); an item without one counts as the mean of
+    the known ones. A split by name without timings counts items: it never needs
+    sizes, and a ``stat`` per file would be most of the time a plan of 100,000 files takes.
     """
     unit = "seconds"
     known = {item: float(durations[item]) for item in items if item in durations}
@@ -486,14 +472,10 @@ def _item_costs(
 
 
 def _file_size(root: Path, prefix: str, item: str) -> Optional[float]:
-    """Bytes of the regular file (symlinks followed) ``item`` names below ``root``, else None.
-
-    ``prefix`` is ``root`` and "/": joining by hand names the same file as
-    ``root / item`` at a fraction of pathlib's cost, for plans of 100,000 items.
-    """
+    """Bytes of the regular file (symlinks followed) ``item`` names below ``root``, else None."""
     if item.endswith(("/", "/.")):
         path = str(root / item)  # pathlib drops the trailing part: "a.py/" is the file a.py
-    else:
+    else:  # prefix + item is root / item at a fraction of pathlib's cost
         path = item if item.startswith("/") else prefix + item
     try:
         status = os.stat(path)
@@ -550,10 +532,11 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
         else {
             "unit": stats.unit,
             "items": stats.items,
-            **{
-                name: round(getattr(stats, name), 3)
-                for name in ("total", "ideal", "lower_bound", "largest", "balance")
-            },
+            "total": round(stats.total, 3),
+            "ideal": round(stats.ideal, 3),
+            "lower_bound": round(stats.lower_bound, 3),
+            "largest": round(stats.largest, 3),
+            "balance": round(stats.balance, 3),
             "heaviest_item": stats.heaviest_item,
         },
         "warnings": list(plan.warnings),
