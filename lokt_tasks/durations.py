@@ -1,34 +1,23 @@
 """Per-item timings: the durations file, and reading them out of JUnit XML.
 
-The durations file is what ``split = "timings"`` balances by. It is meant to
-be committed, so its format is chosen for small, stable diffs: a JSON object
-``{item: seconds}`` with sorted keys, two-space indent, a trailing newline and
-seconds rounded to milliseconds. Updating it rewrites only the given items;
-the rest of the file stays byte for byte the same.
-
-Several shards may finish at once and record their timings into the same
-file, so :func:`merge_durations` holds an exclusive ``flock`` on a sidecar
-file (``<file>.lock``) around read-modify-write, and replaces the file
-atomically: a reader never sees half a file, and no writer loses another's
-entries.
+The durations file, what ``split = "timings"`` balances by, is meant to be
+committed, so its format makes small, stable diffs: a JSON object ``{item:
+seconds}`` with sorted keys, two-space indent, a trailing newline and seconds
+rounded to milliseconds. A merge rewrites only the given items.
 
 How JUnit test cases map onto items (:func:`durations_from_junit`):
 
-- Each ``<testcase>`` has a time, and is located by the first of: its
-  ``file`` attribute, its enclosing ``<testsuite>``'s ``file`` or
-  ``filepath`` attribute, or its dotted ``classname`` read as a path
-  (pytest writes ``tests.test_x.TestY`` for ``tests/test_x.py``; the longest
-  prefix that names an item's file wins).
-- An item that is a file path gets the sum of the times of the tests in
-  that file; an item that is a directory (``tests/unit``, ``tests/unit/``,
-  ``./pkg/...``) gets the sum of the tests in files below it.
-- An item that is a pytest node id (``tests/test_x.py::TestY::test_a[1]``)
-  gets the time of that test case.
+- A ``<testcase>`` is located by the first of: its ``file`` attribute, its
+  ``<testsuite>``'s ``file`` or ``filepath``, or its dotted ``classname``
+  read as a path (pytest writes ``tests.test_x.TestY`` for
+  ``tests/test_x.py``; the longest prefix that names an item's file wins).
+- A file item gets the sum of the times of its tests; a directory item
+  (``tests/unit``, ``tests/unit/``, ``./pkg/...``) the sum of those below it;
+  a pytest node id (``tests/test_x.py::TestY::test_a[1]``) its test's time.
 - An item equal to a test case's ``name`` (``TestFoo`` from ``go test -list``)
   or ``classname`` (a Go package path, as gotestsum writes it), or to a
   ``<testsuite>`` name, gets the sum of the matching test cases.
-- Items no test case maps onto are left out, so the plan estimates them
-  from the mean of the known ones.
+- Items no test case maps onto are left out: the plan gives them the mean.
 """
 
 from __future__ import annotations
@@ -37,7 +26,6 @@ import fcntl
 import json
 import math
 import os
-import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -46,13 +34,12 @@ from .config import display_path
 from .errors import ConfigError
 from .system import read_file, write_atomically
 
-#: Seconds are stored with this many decimals: milliseconds are plenty for
-#: balancing, and fewer digits mean fewer meaningless diffs.
+#: Decimals of the seconds stored: milliseconds are plenty, and fewer digits make fewer diffs.
 DECIMALS = 3
 
 
 def load_durations(path: Path) -> Dict[str, float]:
-    """The timings in ``path``; {} when the file does not exist yet."""
+    """The timings in ``path``; {} when the file does not exist yet, else ConfigError if bad."""
     try:
         text = read_file(path).decode("utf-8", errors="surrogateescape")
     except FileNotFoundError:
@@ -61,38 +48,42 @@ def load_durations(path: Path) -> Dict[str, float]:
         raise ConfigError(
             f"{display_path(path)}: cannot read durations file: {error.strerror or error}"
         ) from None
-    return _parse_durations(text, path)
+
+    def corrupt(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{display_path(path)}: corrupt durations file ({problem}); fix or delete it"
+        )
+
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise corrupt(f"not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise corrupt("expected a JSON object of item: seconds")
+    for item, seconds in data.items():
+        if not _is_seconds(seconds):
+            raise corrupt(f"'{item}' has {json.dumps(seconds)}, expected seconds")
+    return {item: float(seconds) for item, seconds in data.items()}
 
 
 def pin_durations(durations_file: Path, pinned: Path) -> Dict[str, float]:
     """The timings a run plans with, the same for every command of that run.
 
-    Shards record their timings into ``durations_file`` as they finish. If
-    later commands of the same run (another agent's ``shard``, ``verify``)
-    planned from the updated file, their plan could differ from the first
-    one and every record would look outdated. So the first command of a run
-    copies the timings to ``pinned`` (in the run's results directory), and
-    every later one plans from that copy. The copy is published with a hard
-    link, which fails if it exists: two agents starting at once agree.
+    Shards record timings as they finish: a later command of the run planning
+    from the updated file could find every record outdated. So the first
+    command copies them to ``pinned`` with a hard link that fails if it exists
+    (two agents starting at once agree), and every later one plans from that.
     """
     pinned = Path(pinned)
     if pinned.exists():
         return load_durations(pinned)
     durations = load_durations(durations_file)
     pinned.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{pinned.name}.", suffix=".tmp", dir=pinned.parent
-    )
+    data = dump_durations(durations).encode("utf-8")
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(dump_durations(durations))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(temporary, pinned)
+        write_atomically(pinned, data, mode=None, exclusive=True)
     except FileExistsError:
         return load_durations(pinned)
-    finally:
-        os.unlink(temporary)
     return durations
 
 
@@ -105,106 +96,64 @@ def dump_durations(durations: Mapping[str, float]) -> str:
 def merge_durations(path: Path, new: Mapping[str, float]) -> None:
     """Record ``new`` timings in ``path``, keeping every other entry as it is.
 
-    Safe against concurrent callers (other threads or processes on this
-    machine). The file is not rewritten when nothing changes.
+    For shards finishing at once, an exclusive ``flock`` on ``<file>.lock``
+    spans the read, the merge and the atomic replace: no reader sees half a
+    file, no writer loses another's entries. The file keeps its mode, and is
+    not rewritten when nothing changes.
     """
     path = Path(path)
     for item, seconds in new.items():
         if not _is_seconds(seconds):
             raise ValueError(f"duration of '{item}' must be a non-negative number, got {seconds!r}")
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+    with open(path.with_name(path.name + ".lock"), "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        current = load_durations(path)
+        merged = {**current, **{item: _round(seconds) for item, seconds in new.items()}}
+        if path.exists() and merged == current:
+            return
         try:
-            current = load_durations(path)
-            merged = dict(current)
-            merged.update({item: _round(seconds) for item, seconds in new.items()})
-            if path.exists() and merged == current:
-                return
-            _write_atomically(path, dump_durations(merged))
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o644
+        data = dump_durations(merged).encode("utf-8", errors="surrogateescape")
+        write_atomically(path, data, mode=mode)
 
 
 def durations_from_junit(
     xml_path: Path, items: Iterable[str], root: Optional[Path] = None
 ) -> Dict[str, float]:
-    """Seconds per item, read from a JUnit XML report (see the module docstring).
+    """Seconds per item from a JUnit XML report; ValueError if it is missing or not JUnit.
 
-    ``root`` is the directory items are relative to; it turns absolute
-    ``file`` attributes into item paths. Raises ValueError with a one-line
-    message when the report is missing or is not JUnit XML.
+    ``root``, the directory items are relative to, turns absolute ``file`` attributes into items.
     """
     try:
-        tree = ElementTree.parse(str(xml_path))
+        top = ElementTree.parse(str(xml_path)).getroot()
     except (OSError, ElementTree.ParseError) as error:
         raise ValueError(f"cannot read JUnit XML {xml_path}: {error}") from None
-    top = tree.getroot()
     if top.tag not in ("testsuites", "testsuite"):
         raise ValueError(
-            f"cannot read JUnit XML {xml_path}: root element is <{top.tag}>, not <testsuites> or <testsuite>"
+            f"cannot read JUnit XML {xml_path}: root element is <{top.tag}>, "
+            "not <testsuites> or <testsuite>"
         )
-
     items = list(items)
-    item_files = {_normal_path(_file_part(item)) for item in items}
+    item_files = {_normal_path(item.partition("::")[0]) for item in items}
     keyed: Dict[str, float] = {}
     for suite_name, suite_file, case in _test_cases(top, None, None):
         seconds = _case_seconds(case)
         for key in _case_keys(case, suite_name, suite_file, item_files, root):
             keyed[key] = keyed.get(key, 0.0) + seconds
-
-    found: Dict[str, float] = {}
-    for item in items:
-        item_seconds = _item_seconds(item, keyed)
-        if item_seconds is not None:
-            found[item] = _round(item_seconds)
-    return found
-
-
-# ---------------------------------------------------------------- file format
-
-
-def _parse_durations(text: str, path: Path) -> Dict[str, float]:
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ConfigError(
-            f"{display_path(path)}: corrupt durations file (not JSON: {error}); fix or delete it"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{display_path(path)}: corrupt durations file (expected a JSON object of item: seconds); fix or delete it"
-        )
-    for item, seconds in data.items():
-        if not _is_seconds(seconds):
-            raise ConfigError(
-                f"{display_path(path)}: corrupt durations file ('{item}' has {json.dumps(seconds)}, expected seconds); fix or delete it"
-            )
-    return {item: float(seconds) for item, seconds in data.items()}
+    found = {item: _item_seconds(item, keyed) for item in items}
+    return {item: _round(seconds) for item, seconds in found.items() if seconds is not None}
 
 
 def _is_seconds(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 def _round(seconds: float) -> float:
     return round(float(seconds), DECIMALS)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    try:
-        mode = os.stat(path).st_mode & 0o777  # keep the committed file's mode
-    except FileNotFoundError:
-        mode = 0o644
-    write_atomically(path, text.encode("utf-8", errors="surrogateescape"), mode=mode)
-
-
-# ---------------------------------------------------------------- JUnit
 
 
 def _test_cases(
@@ -239,26 +188,26 @@ def _case_keys(
     """Names a test case answers to: its file, node id, name, classname, suite."""
     name = case.get("name") or ""
     classname = case.get("classname") or ""
-    keys = []
     file, class_parts = None, []
     attribute_file = case.get("file") or suite_file
     if attribute_file:
-        file = _relative_file(attribute_file, root)
+        if root is not None and os.path.isabs(attribute_file):
+            try:
+                attribute_file = os.path.relpath(attribute_file, root)
+            except ValueError:
+                pass
+        file = _normal_path(attribute_file)
         dotted_file = file[: -len(".py")].replace("/", ".") if file.endswith(".py") else None
         if dotted_file and classname.startswith(dotted_file + "."):
             class_parts = classname[len(dotted_file) + 1 :].split(".")
     elif classname:
         file, class_parts = _file_from_classname(classname, item_files)
+    keys = []
     if file:
         keys.append("file:" + file)
         if name:
             keys.append("node:" + "::".join([file, *class_parts, name]))
-    if name:
-        keys.append("name:" + name)
-    if classname:
-        keys.append("name:" + classname)
-    if suite_name:
-        keys.append("name:" + suite_name)
+    keys += ["name:" + key for key in (name, classname, suite_name) if key]
     return list(dict.fromkeys(keys))
 
 
@@ -279,28 +228,13 @@ def _item_seconds(item: str, keyed: Mapping[str, float]) -> Optional[float]:
     if "file:" + path in keyed:
         return keyed["file:" + path]
     prefix = "file:" + path + "/" if path else "file:"
-    below = [seconds for key, seconds in sorted(keyed.items()) if key.startswith(prefix)]
-    if below:
-        return math.fsum(below)
-    return keyed.get("name:" + item)
-
-
-def _file_part(item: str) -> str:
-    return item.partition("::")[0]
+    # math.fsum rounds the exact sum: the order of the keys does not matter.
+    below = [seconds for key, seconds in keyed.items() if key.startswith(prefix)]
+    return math.fsum(below) if below else keyed.get("name:" + item)
 
 
 def _normal_path(text: str) -> str:
     """``./a//b/`` and ``a/b/...`` -> ``a/b``, to compare items with report paths."""
     if text.endswith("/..."):
         text = text[: -len("/...")]
-    parts = [part for part in text.replace("\\", "/").split("/") if part not in ("", ".")]
-    return "/".join(parts)
-
-
-def _relative_file(file: str, root: Optional[Path]) -> str:
-    if root is not None and os.path.isabs(file):
-        try:
-            file = os.path.relpath(file, root)
-        except ValueError:
-            pass
-    return _normal_path(file)
+    return "/".join(part for part in text.replace("\\", "/").split("/") if part not in ("", "."))

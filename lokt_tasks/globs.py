@@ -1,42 +1,36 @@
 """Glob and exclude patterns: which files a ``glob`` names, which items an ``exclude`` drops.
 
-The patterns are wcmatch's glob patterns with ``GLOBSTAR``: ``*``, ``?`` and
-``[abc]`` (``[!abc]``, ``[a-z]``) match within one path segment, and ``**``
-as a whole segment matches any number of segments, including none. A
-backslash, ``^`` and ``:`` are plain characters (wcmatch's escapes,
-``[^abc]`` and ``[[:alpha:]]`` are not part of the language).
-Wildcards do not match a name that starts with a dot unless the pattern
-segment itself starts with a dot, and ``**`` does not pass through such
-directories. Matching is case-sensitive on every system, and ``/`` is the
-only separator: items are POSIX-style paths relative to the directory of
-shards.toml, the same on every machine.
+Patterns are wcmatch's glob with ``GLOBSTAR``: ``*``, ``?`` and ``[abc]``
+(``[!abc]``, ``[a-z]``) match within one path segment, ``**`` as a whole
+segment matches any number of segments, including none; a backslash, ``^``
+and ``:`` are plain characters. Wildcards skip names that start with a dot
+unless the pattern segment does too, and ``**`` does not enter such
+directories. Matching is case-sensitive, ``/`` the only separator: items are
+POSIX-style paths relative to the directory of shards.toml.
 
-A pattern matches a path, or the directory of that path: a trailing
-``**`` also matches nothing, so ``tests/fixtures/**`` matches the directory
-``tests/fixtures``. In wcmatch's terms a pattern matches the path with a
-``/`` appended (a directory), which is how every path is matched here.
-
-``glob_files`` lists files only: directories are skipped, symlinks to
-files count, broken symlinks do not, and symlinked directories are not
-entered (except in the leading literal part of a pattern). An item is
-excluded when an ``exclude`` pattern matches its path or one of its parent
-directories.
+Every path is matched as a directory (wcmatch's way: with a ``/`` appended),
+so a trailing ``**`` also matches nothing: ``tests/fixtures/**`` matches
+``tests/fixtures``. An item is excluded when an ``exclude`` pattern matches
+its path or one of its parent directories. ``glob_files`` lists files only:
+symlinks to files count, broken symlinks do not, and symlinked directories
+are not entered (except in the leading literal part of a pattern).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Pattern, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 from wcmatch import glob as wcglob
 
-# NOTE: FORCEUNIX and CASE keep "/" the only separator and matching
-# case-sensitive on every system, as on Linux: a plan must name the same
-# items on a Mac, where the file system ignores case, as on a Linux CI runner.
+# NOTE: FORCEUNIX and CASE keep "/" the only separator and matching case-sensitive, as on
+# Linux: a plan must name the same items on a Mac (whose file system ignores case) as in CI.
 _FLAGS = wcglob.GLOBSTAR | wcglob.CASE | wcglob.FORCEUNIX
+_MAGIC = re.compile(r"[*?[]")  # a segment with one of these is a pattern, not a name
 
 
 def path_segments(path: str) -> List[str]:
@@ -49,47 +43,35 @@ def normal_path(path: str) -> str:
     return "/".join(path_segments(path))
 
 
-def _has_magic(segment: str) -> bool:
-    return any(char in segment for char in "*?[")
-
-
 def _wcmatch_pattern(pattern: str) -> str:
-    # NOTE: wcmatch gives meaning to three things that the patterns here
-    # have always taken literally (as Python's fnmatch does), so they are
-    # escaped: a backslash is a character of the name, not an escape; in
-    # "[^a]" the "^" is a member, not a negation (that is "[!a]"); "[:" is
-    # two members, not the start of a POSIX class such as "[:alpha:]".
-    # Inside and outside a set, "[\^" and "[\:" mean what "[^" and "[:" meant.
+    # NOTE: the patterns have always taken literally (as fnmatch does) three
+    # things wcmatch gives a meaning, so they are escaped: a backslash (not an
+    # escape), "^" in "[^a]" (a member, not a negation: that is "[!a]") and
+    # "[:" (two members, not a POSIX class such as "[:alpha:]"). In a set or
+    # not, "[\^" and "[\:" mean what "[^" and "[:" meant.
     escaped = normal_path(pattern).replace("\\", "\\\\")
     return escaped.replace("[^", "[\\^").replace("[:", "[\\:")
-
-
-@functools.lru_cache(maxsize=256)
-def _compile(patterns: Tuple[str, ...]) -> Pattern[str]:
-    """One regular expression for ``patterns``.
-
-    It is matched against a path with ``/`` appended, or "" for the root.
-    """
-    expressions = [
-        expression
-        for pattern in patterns
-        for expression in wcglob.translate(_wcmatch_pattern(pattern), flags=_FLAGS)[0]
-    ]
-    return re.compile("|".join(expressions) if expressions else "(?!)")
 
 
 _NameTest = Callable[[str], Optional["re.Match[str]"]]
 
 
-def _matcher(patterns: Sequence[str]) -> _NameTest:
-    return _compile(tuple(patterns)).fullmatch
+@functools.lru_cache(maxsize=256)
+def _matcher(*patterns: str) -> _NameTest:
+    """A test of a path and "/" (or "" for the root) against any of ``patterns``."""
+    expressions = [
+        expression
+        for pattern in patterns
+        for expression in wcglob.translate(_wcmatch_pattern(pattern), flags=_FLAGS)[0]
+    ]
+    return re.compile("|".join(expressions) if expressions else "(?!)").fullmatch
 
 
 def _directory_matcher(segments: Sequence[str]) -> Callable[[str], bool]:
     """A test of a directory ("" for the root, else its path and "/") against ``segments``."""
     if not segments:
         return lambda directory: directory == ""
-    matches = _matcher(["/".join(segments)])
+    matches = _matcher("/".join(segments))
     return lambda directory: matches(directory) is not None
 
 
@@ -97,19 +79,17 @@ class _Exclusion:
     """Which paths a list of ``exclude`` patterns drops: those it matches, and everything below."""
 
     def __init__(self, exclude: Sequence[str]) -> None:
-        self._matches = _matcher(exclude)
-        # NOTE: a trailing "**" adds nothing here: it matches the directory
-        # the rest of the pattern matches, and what lies below it, which
-        # goes with that directory anyway. Without it, the last segment
-        # matches exactly the last name of a path, so a path costs one match
-        # of its name against the patterns whose other segments match its
-        # directory; that is worked out once per directory.
+        self._matches = _matcher(*exclude)
+        # NOTE: a trailing "**" adds nothing here (what lies below a dropped
+        # directory goes with it). Without it, the last segment matches exactly
+        # a path's last name: a path costs one match of its name against the
+        # patterns whose other segments match its directory (found once per directory).
         self._parts = []
         for pattern in exclude:
             segments = path_segments(pattern)
             while len(segments) > 1 and segments[-1] == "**":
                 segments.pop()
-            self._parts.append((_directory_matcher(segments[:-1]), _matcher(segments[-1:])))
+            self._parts.append((_directory_matcher(segments[:-1]), _matcher(*segments[-1:])))
         self._names: Dict[str, Optional[List[_NameTest]]] = {}
 
     def names_in(self, directory: str) -> Optional[List[_NameTest]]:
@@ -145,34 +125,27 @@ def without_excluded(items: Sequence[str], exclude: Sequence[str]) -> List[str]:
 def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[str]:
     """Files below ``root`` that ``pattern`` matches and ``exclude`` keeps, sorted, relative.
 
-    wcmatch gives the meaning of the pattern; this walk only decides which
-    directories to read. It starts below the pattern's leading literal
-    segments and does not enter excluded directories (large ignored trees
-    such as node_modules cost nothing), nor directories where no file can
-    match: those that the pattern's segments before its first ``**`` reject.
+    The walk reads no directory above the pattern's leading literal segments,
+    none excluded (large ignored trees such as node_modules cost nothing) and
+    none that the segments before the first ``**`` reject.
     """
-    # NOTE: wcmatch.glob.glob would list the same paths, but it cannot tell
-    # a regular file from a broken symlink, a socket or a FIFO without one
-    # stat per file, and it walks excluded trees: with it and that stat, a
-    # plan of 100,000 files took 0.8 to 1 s of CPU instead of 0.2 to 0.3 s
-    # (0.6 s without the stat), too close to the 1 s goal. Here os.scandir's
-    # file types come free with the listing.
+    # NOTE: wcmatch.glob.glob would list the same paths, but it walks excluded trees
+    # and needs a stat per file to tell a regular file from a broken symlink, a socket
+    # or a FIFO (types os.scandir gives for free): a plan of 100,000 files took 0.8
+    # to 1 s of CPU with it, not 0.2 to 0.3 s, too close to the goal of 1 s.
     segments = path_segments(pattern)
     if not segments:
         return []
-    literal_length = 0
-    while literal_length < len(segments) - 1 and not _has_magic(segments[literal_length]):
-        literal_length += 1
+    last = len(segments) - 1
+    literal = next((n for n, segment in enumerate(segments[:last]) if _MAGIC.search(segment)), last)
     exclusion = _Exclusion(exclude)
-    if literal_length == len(segments) - 1 and not _has_magic(segments[-1]):
-        relative = "/".join(segments)
-        if os.path.isfile(root / relative) and not exclusion.drops(relative):
-            return [relative]
-        return []
+    if literal == last and not _MAGIC.search(segments[last]):
+        path = "/".join(segments)
+        return [path] if os.path.isfile(root / path) and not exclusion.drops(path) else []
 
     # Directories are "" (the root) or their relative path and "/", as wcmatch matches them.
-    base = "".join(segment + "/" for segment in segments[:literal_length])
-    if exclusion.names_in(base) is None or not os.path.isdir(root / base if base else root):
+    base = "".join(segment + "/" for segment in segments[:literal])
+    if exclusion.names_in(base) is None or not os.path.isdir(root / base):
         return []
     first_star = segments.index("**") if "**" in segments else len(segments)
     # A directory at depth d <= first_star must match the first d segments;
@@ -180,21 +153,20 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
     # with a dot only if a later segment starts with one.
     prefix_matchers = {
         depth: _directory_matcher(segments[:depth])
-        for depth in range(literal_length + 1, min(first_star, len(segments) - 1) + 1)
+        for depth in range(literal + 1, min(first_star, last) + 1)
     }
-    # Without "**", files lie exactly one segment below the deepest directory worth reading.
-    deepest = len(segments) - 1 if first_star == len(segments) else None
     enter_hidden = any(segment.startswith(".") for segment in segments[first_star + 1 :])
-    # A file matches when its directory matches the segments before the last
-    # and its name the last. A last "**" matches every name without a leading
-    # dot in a directory that the whole pattern matches; elsewhere the whole
-    # path is matched.
+    # Without "**", files lie exactly one segment below the deepest directory worth reading.
+    deepest = math.inf if "**" in segments else last
+    # A file matches when its directory matches the segments before the last and
+    # its name the last. A last "**" matches every name without a leading dot in a
+    # directory the whole pattern matches; elsewhere the whole path is matched.
     whole = _directory_matcher(segments) if segments[-1] == "**" else None
     directory_matches = _directory_matcher(segments[:-1])
-    name_matches = _matcher(segments[-1:])
+    name_matches = _matcher(*segments[-1:])
 
     found = []
-    pending = [(os.path.join(root, base) if base else str(root), base, literal_length)]
+    pending = [(os.path.join(root, base), base, literal)]
     while pending:
         directory, relative_dir, depth = pending.pop()
         try:
@@ -203,46 +175,33 @@ def glob_files(root: Path, pattern: str, exclude: Sequence[str] = ()) -> List[st
         except OSError:
             continue  # unreadable or vanished: skipped, as os.walk does
         dropped = exclusion.names_in(relative_dir)
-        if whole is None:
-            files_match = directory_matches(relative_dir)
-        else:
-            names_match = whole(relative_dir)
+        here = (whole or directory_matches)(relative_dir)
         for entry in entries:
             name = entry.name
-            if _is_dir(entry):
-                # Symlinked directories are not entered (os.walk's default).
-                if entry.is_symlink() or (deepest is not None and depth >= deepest):
-                    continue
+            if _safely(entry.is_dir):
                 relative = relative_dir + name + "/"
                 inner = prefix_matchers.get(depth + 1)
-                if inner is not None:
-                    if not inner(relative):
-                        continue
-                elif name.startswith(".") and not enter_hidden:
-                    continue
-                if exclusion.names_in(relative) is not None:
+                if (
+                    not entry.is_symlink()  # not entered, as by os.walk
+                    and depth < deepest
+                    and (inner(relative) if inner else enter_hidden or not name.startswith("."))
+                    and exclusion.names_in(relative) is not None
+                ):
                     pending.append((entry.path, relative, depth + 1))
                 continue
             if whole is None:
-                if not (files_match and name_matches(name)):
-                    continue
-            elif not (names_match and not name.startswith(".")):
-                if not whole(relative_dir + name + "/"):
-                    continue
-            if _is_file(entry) and not (dropped and any(matches(name) for matches in dropped)):
-                found.append(relative_dir + name)
+                matched = here and name_matches(name) is not None
+            else:
+                matched = (here and not name.startswith(".")) or whole(relative_dir + name + "/")
+            if matched and _safely(entry.is_file):
+                if not (dropped and any(matches(name) for matches in dropped)):
+                    found.append(relative_dir + name)
     return sorted(found)
 
 
-def _is_dir(entry: os.DirEntry[str]) -> bool:
+def _safely(test: Callable[[], bool]) -> bool:
+    """``test()`` of a directory entry, False if it raises OSError (the entry vanished)."""
     try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _is_file(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_file()
+        return test()
     except OSError:
         return False

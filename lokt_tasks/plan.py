@@ -1,82 +1,28 @@
 """Turn a task's configuration into shards: items, argv, lock name, fingerprint.
 
-A plan must come out the same on every machine and in every worktree, for the
-same files and the same durations file: agents that plan separately must
-agree on which shard holds which item, or items would run twice or not at
-all. So items are sorted by their text (POSIX-style paths relative to the
-directory of shards.toml), every tie is broken by name and then by shard
-number, and nothing depends on this machine (CPU count, file order on disk).
+Agents that plan separately must agree on which shard holds which item, or
+items would run twice or not at all. So a plan depends on the files and the
+durations file only, never on the machine (CPU count, file order on disk):
+items are sorted by their text (POSIX-style paths relative to the directory
+of shards.toml), and every tie is broken by name, then by shard number.
 
-Items
-    ``glob``: files only (directories are skipped, symlinks to files count),
-    relative to the directory of shards.toml; wcmatch gives the patterns
-    their meaning (see :mod:`lokt_tasks.globs`). ``*``, ``?`` and ``[abc]``
-    match within one path segment; ``**`` as a whole segment matches any
-    number of segments, including none. Wildcards do not match names that
-    start with a dot (``.git``, ``.venv``, ``.lokt``) unless the pattern
-    segment itself starts with a dot. Every pattern must match at least one
-    file. ``exclude`` uses the same patterns; an item is excluded when a
-    pattern matches its path or one of its parent directories, so
-    ``tests/fixtures`` and ``tests/fixtures/**`` both drop everything below
-    ``tests/fixtures``.
+Items come from ``glob`` (see :mod:`lokt_tasks.globs`; every pattern must
+match a file), from ``collect`` (the stripped, non-empty lines its command
+prints, up to the first blank line after an item), or from explicit
+``[[tasks.NAME.shard]]`` tables (their literal ``items`` plus the files their
+globs match, one shard per table). ``exclude`` drops items of every kind.
 
-    ``collect``: the command is split with shlex (``{python}`` is the
-    interpreter running lokt-tasks, as in ``run``) and run without a shell in
-    the directory of shards.toml; each non-empty output line, stripped, is
-    an item (duplicates are dropped). The list ends at the first blank line
-    after an item, where runners print their summary (``pytest
-    --collect-only -q`` ends with a blank line and "5 tests collected").
-    ``exclude`` applies to these items too. A failing command is a
-    configuration error naming ``tasks.NAME.collect``.
-
-    Explicit ``[[tasks.NAME.shard]]`` tables: the literal ``items`` as written
-    plus the files their ``glob`` patterns match, sorted, one shard per table.
-
-Splitting (dynamic tasks; the shard count never exceeds the item count: with
-fewer items than shards, the count is lowered to the item count and the plan
-carries a warning, because an empty shard would run its command with no
-items, which for most test runners means "run everything")
-
-    ``name``: sorted items cut into contiguous chunks of near-equal count;
-    the first ``items % shards`` shards get one item more. Neighbouring files
-    stay together, and adding one file moves few others.
-
-    ``size``: longest-processing-time first with the file size in bytes as
-    the weight: items from the heaviest (ties: by name) go one by one to the
-    shard with the smallest load so far (ties: the one with fewer items, then
-    the lower number). Items that are not files weigh the mean file size.
-
-    ``timings``: the same, weighted by seconds from the durations file; an
-    item without a recorded time weighs the mean of the recorded ones. With no
-    recorded time for any item, the split falls back to file sizes.
-
-    ``shards = "per-item"``: one shard per item, in sorted order.
-
-    ``size`` and ``timings`` move items when files or timings change; every
-    agent must plan from the same commit and the same durations file. The
-    fingerprint makes a mismatch visible instead of silent.
-
-Commands
-    ``run`` is split with shlex, then in each argument: ``{items}`` (a whole
-    argument) becomes one argument per item; ``{items:SEP}`` becomes the
-    items joined by SEP; ``{shard}``, ``{total}`` and ``{task}`` become the
-    shard number, the shard count and the task name; ``{python}`` becomes
-    the interpreter running lokt-tasks (so a venv's tools are found without
-    activating it); ``{junit}`` is left as it is for the run layer; ``{{`` and ``}}`` are literal braces. Items are
-    always single arguments, never seen by a shell. An item that starts with
-    ``-`` and names an existing path is passed as ``./<item>`` through
-    ``{items}``, so the command reads it as a file and not as an option.
-    A shard whose command line the system could not start (over ARG_MAX,
-    with the environment) is a configuration error at plan time.
-
-Estimates and balance (``PlanStats.unit``) are in seconds when the
-durations file knows any of the task's items, whatever the split: looking
-times up costs nothing per file, and ``shard-all`` starts the shards with the
-largest estimate first. Without timings, a split by name counts items: it
-places items by name alone, so it never reads file sizes (a ``stat`` per
-file would be most of the time a plan of 100,000 files takes). The other
-splits, explicit shards and ``"per-item"`` count bytes when items are files,
-else items.
+A dynamic task gets at most one shard per item: an empty shard would run its
+command with no items, which most test runners take for "run everything".
+``name`` cuts the sorted items into contiguous chunks of near-equal count
+(the first ``items % shards`` one item longer): neighbouring files stay
+together. ``size`` and ``timings`` are longest-processing-time first: items
+from the heaviest (ties: by name) go one by one to the shard with the
+smallest load so far (ties: fewer items, then the lower number), weighed in
+bytes or in recorded seconds (bytes when no item has a time). Both move
+items when files or timings change, so every agent must plan from the same
+commit and durations file; the fingerprint makes a mismatch visible.
+``shards = "per-item"`` is one shard per item.
 """
 
 from __future__ import annotations
@@ -92,6 +38,7 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass
+from itertools import dropwhile, takewhile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -111,8 +58,7 @@ from .errors import ConfigError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
-#: Left in a shard's argv by the plan; the run layer replaces it with the
-#: path where the command should write its JUnit XML report.
+#: Left in a shard's argv for the run layer: the path for the command's JUnit XML report.
 JUNIT_PLACEHOLDER = "{junit}"
 PLAN_JSON_VERSION = 1
 #: How many items a warning lists before "and N more".
@@ -133,12 +79,9 @@ class Shard:
     #: Hex digest over the command template, the shard count and the items:
     #: a record with another fingerprint belongs to another plan.
     fingerprint: str
-    #: Estimated seconds from the durations file (an item without a recorded
-    #: time counts as the mean of the recorded ones), or None when no item of
-    #: the task has a recorded time.
+    #: Estimated seconds, or None when no item of the task has a recorded time.
     estimate: Optional[float] = None
-    #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes
-    #: or items.
+    #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes or items.
     weight: float = 0.0
 
     @property
@@ -152,13 +95,11 @@ class PlanStats:
 
     unit: str
     items: int
-    #: All shards together.
     total: float
     #: ``total / shards``: every shard's load if the split were perfect.
     ideal: float
     #: No split can finish faster: ``max(ideal, heaviest single item)``.
     lower_bound: float
-    #: The heaviest shard.
     largest: float
     #: ``largest / ideal``; 1.0 is a perfect split.
     balance: float
@@ -195,54 +136,43 @@ def build_plan(
     warnings: List[str] = []
     if durations is None:
         durations = _task_durations(task, warnings)
-
     if task.explicit:
         groups = _explicit_groups(config, task, warnings)
         if shards is not None and shards != len(groups):
             raise UsageError(
-                f"task '{task.name}' has {len(groups)} explicit shards in {display_path(config.path)}; "
-                f"a shard count of {shards} cannot change that"
+                f"task '{task.name}' has {len(groups)} explicit shards in "
+                f"{display_path(config.path)}; a shard count of {shards} cannot change that"
             )
-        all_items = sorted({item for group in groups for item in group})
         split = "explicit"
+        all_items = sorted({item for group in groups for item in group})
         costs, unit = _item_costs(all_items, config.root, durations, split)
     else:
-        items = (
-            _collect_items(config, task)
-            if task.collect is not None
-            else _glob_task_items(config, task)
-        )
-        count = _shard_count(config, task, shards, len(items), warnings)
+        items = (_collect_items if task.collect is not None else _glob_task_items)(config, task)
+        count = _shard_count(task, shards, len(items), warnings)
         split = "per-item" if task.per_item and shards is None else task.split
         costs, unit = _item_costs(items, config.root, durations, split)
         groups = _split(items, count, split, config.root, costs, unit)
 
     total = len(groups)
     built = []
-    for index, group in enumerate(groups, start=1):
-        items_tuple = tuple(group)
+    for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
-        built.append(
-            Shard(
-                task=task.name,
-                index=index,
-                total=total,
-                items=items_tuple,
-                argv=expand_argv(
-                    tokens, items_tuple, task=task.name, index=index, total=total, root=config.root
-                ),
-                lock_name=lock_name(task.name, index),
-                fingerprint=fingerprint(task.run, total, index, items_tuple),
-                estimate=weight if unit == "seconds" else None,
-                weight=weight,
-            )
+        shard = Shard(
+            task=task.name,
+            index=index,
+            total=total,
+            items=items_tuple,
+            argv=expand_argv(
+                tokens, items_tuple, task=task.name, index=index, total=total, root=config.root
+            ),
+            lock_name=lock_name(task.name, index),
+            fingerprint=fingerprint(task.run, total, index, items_tuple),
+            estimate=weight if unit == "seconds" else None,
+            weight=weight,
         )
-        size_key = (
-            key_path("tasks", task.name, "shard", index)
-            if task.explicit
-            else key_path("tasks", task.name, "shards")
-        )
-        check_command_size(built[-1], config, size_key)
+        where = ("shard", index) if task.explicit else ("shards",)
+        check_command_size(shard, config, key_path("tasks", task.name, *where))
+        built.append(shard)
     return Plan(
         task=task.name,
         cwd=config.root,
@@ -254,11 +184,7 @@ def build_plan(
 
 
 def _task_durations(task: TaskConfig, warnings: List[str]) -> Mapping[str, float]:
-    """The task's durations file; only ``split = "timings"`` fails on a corrupt one.
-
-    Other splits read it for estimates alone, which are not worth stopping a
-    run for.
-    """
+    """The task's durations file; a corrupt one stops only a ``timings`` split, else warns."""
     if task.durations is None:
         return {}
     try:
@@ -276,20 +202,28 @@ def lock_name(task: str, index: int) -> str:
 
 def fingerprint(run: str, total: int, index: int, items: Sequence[str]) -> str:
     """16 hex digits of sha256 over what a shard runs: a changed plan changes it."""
-    payload = json.dumps(
-        {"run": run, "total": total, "index": index, "items": list(items)}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    payload = {"run": run, "total": total, "index": index, "items": list(items)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def expand_argv(
     tokens, items: Sequence[str], *, task: str, index: int, total: int, root: Path
 ) -> Tuple[str, ...]:
-    """The argv of one shard from a parsed run template (see the module docstring)."""
+    """The argv of one shard from a parsed run template (``config.parse_run_template``).
+
+    ``{items}`` becomes one argument per item (``./<item>`` for one that starts
+    with ``-`` and names a path, so it is not read as an option), ``{items:SEP}``
+    the items joined by SEP, ``{python}`` the interpreter running lokt-tasks (a
+    venv's tools are found without activating it); ``{junit}`` is left as it is.
+    """
+    values = {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
     argv: List[str] = []
     for token in tokens:
         if token == (Placeholder("items"),):
-            argv.extend(_as_arguments(items, root))
+            argv.extend(
+                "./" + item if item.startswith("-") and os.path.lexists(root / item) else item
+                for item in items
+            )
             continue
         text = ""
         for part in token:
@@ -297,34 +231,23 @@ def expand_argv(
                 text += part
             elif part.name == "items":
                 text += part.separator.join(items)
-            elif part.name == "shard":
-                text += str(index)
-            elif part.name == "total":
-                text += str(total)
-            elif part.name == "task":
-                text += task
-            elif part.name == "python":
-                text += sys.executable
             else:
-                text += JUNIT_PLACEHOLDER
+                text += values.get(part.name, JUNIT_PLACEHOLDER)
         argv.append(text)
     return tuple(argv)
 
 
-#: Room kept on the command line for what runs in front of the shard's
-#: command with the lokt engine: lokt guard, and the attempt process with the
-#: fields of the shard's record.
+#: Room kept on the command line for what runs before the shard's command with the
+#: lokt engine: lokt guard, and the attempt process with the fields of the record.
 COMMAND_LINE_HEADROOM = 16 * 1024
 
 
 def check_command_size(shard: Shard, config: Config, key: str) -> None:
-    """Refuse a shard whose command the system could not start.
+    """Raise a ConfigError naming ``key`` now, not inside the lock, for a command that cannot start.
 
-    exec fails with E2BIG when the arguments and the environment together
-    (each string with its NUL and its pointer) pass ARG_MAX, or, on Linux,
-    when one argument passes 32 pages ({items:SEP} joins every item into
-    one). Said here, before anything runs, it is one clear error rather than
-    a shard that cannot start inside its lock.
+    exec fails with E2BIG when the arguments and the environment (each string
+    with its NUL and its pointer) pass ARG_MAX, or, on Linux, when one
+    argument passes 32 pages ({items:SEP} joins every item into one).
     """
     try:
         limit = os.sysconf("SC_ARG_MAX")
@@ -342,13 +265,14 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
     where = (
         f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
     )
-    if size + COMMAND_LINE_HEADROOM > limit:
+    room = limit - COMMAND_LINE_HEADROOM
+    if size > room:
         raise config_error(
             config.path,
             key,
-            f"{where} needs a command line of {size:,} bytes with the environment, over this system's limit "
-            f"of {limit - COMMAND_LINE_HEADROOM:,} (ARG_MAX less {COMMAND_LINE_HEADROOM:,} kept for the attempt process); "
-            f"use more shards",
+            f"{where} needs a command line of {size:,} bytes with the environment, "
+            f"over this system's limit of {room:,} (ARG_MAX less "
+            f"{COMMAND_LINE_HEADROOM:,} kept for the attempt process); use more shards",
         )
     if sys.platform.startswith("linux"):
         one_argument = 32 * os.sysconf("SC_PAGE_SIZE")
@@ -356,31 +280,34 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
             raise config_error(
                 config.path,
                 key,
-                f"{where} has an argument of {max(arguments):,} bytes, over Linux's limit of {one_argument:,} "
-                f"for one argument; use more shards, or {{items}} instead of {{items:SEP}}",
+                f"{where} has an argument of {max(arguments):,} bytes, over Linux's limit of "
+                f"{one_argument:,} for one argument; use more shards, or {{items}} "
+                f"instead of {{items:SEP}}",
             )
 
 
-def _as_arguments(items: Sequence[str], root: Path) -> List[str]:
-    return [
-        "./" + item if item.startswith("-") and os.path.lexists(root / item) else item
-        for item in items
-    ]
-
-
-# ---------------------------------------------------------------- items
+def _glob_all(
+    config: Config, patterns: Sequence[str], exclude: Sequence[str], key: str
+) -> Dict[str, None]:
+    """The files ``patterns`` match less ``exclude``, in order; ConfigError if one matches none."""
+    files: Dict[str, None] = {}
+    for pattern in patterns:
+        matched = glob_files(config.root, pattern, exclude)
+        if not matched and not (exclude and glob_files(config.root, pattern)):
+            hint = ""
+            if (config.root / pattern).is_dir():
+                hint = (
+                    f" ('{pattern}' is a directory; "
+                    f"for the files below it write '{pattern.rstrip('/')}/**')"
+                )
+            raise config_error(config.path, key, f"'{pattern}' matches no files{hint}")
+        files.update(dict.fromkeys(matched))
+    return files
 
 
 def _glob_task_items(config: Config, task: TaskConfig) -> List[str]:
-    # A dict keeps each pattern's files in the sorted order they come in, so
-    # sorting the union is nearly free when one pattern found them all.
-    items: Dict[str, None] = {}
-    for pattern in task.glob:
-        items.update(
-            dict.fromkeys(
-                _glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob"))
-            )
-        )
+    # NOTE: _glob_all keeps each pattern's sorted files in order: sorting them is nearly free.
+    items = _glob_all(config, task.glob, task.exclude, key_path("tasks", task.name, "glob"))
     if not items:
         raise config_error(
             config.path,
@@ -388,19 +315,6 @@ def _glob_task_items(config: Config, task: TaskConfig) -> List[str]:
             "excludes every file the glob patterns match; nothing is left to run",
         )
     return sorted(items)
-
-
-def _glob_key(config: Config, pattern: str, exclude: Sequence[str], key: str) -> List[str]:
-    """Files matching ``pattern`` minus ``exclude``; an error if the pattern matches no file at all."""
-    matched = glob_files(config.root, pattern, exclude)
-    if not matched and exclude and glob_files(config.root, pattern):
-        return []
-    if not matched:
-        hint = ""
-        if (config.root / pattern).is_dir():
-            hint = f" ('{pattern}' is a directory; for the files below it write '{pattern.rstrip('/')}/**')"
-        raise config_error(config.path, key, f"'{pattern}' matches no files{hint}")
-    return matched
 
 
 def _collect_items(config: Config, task: TaskConfig) -> List[str]:
@@ -412,7 +326,6 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
             cwd=str(config.root),
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            text=True,
             encoding="utf-8",
             errors="surrogateescape",
         )
@@ -420,15 +333,15 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
         raise config_error(
             config.path, key, f"cannot run '{command}': {error.strerror or error}"
         ) from None
-    if completed.returncode != 0:
+    code = completed.returncode
+    if code != 0:
         stderr_lines = [line.strip() for line in completed.stderr.splitlines() if line.strip()]
         last = f": {stderr_lines[-1][:200]}" if stderr_lines else " (no error output)"
-        if completed.returncode < 0:
-            ended = f"was killed by signal {-completed.returncode}"
-        else:
-            ended = f"exited with code {completed.returncode}"
+        ended = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise config_error(config.path, key, f"'{command}' {ended}{last}")
-    lines = set(_listed_items(completed.stdout))
+    # Items end at the first blank line after one, before a runner's summary.
+    stripped = (line.strip() for line in completed.stdout.splitlines())
+    lines = set(takewhile(bool, dropwhile(lambda line: not line, stripped)))
     if not lines:
         raise config_error(config.path, key, f"'{command}' printed no items")
     items = without_excluded(sorted(lines), task.exclude)
@@ -441,95 +354,55 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     return items
 
 
-def _listed_items(output: str) -> List[str]:
-    """Non-empty stripped lines, up to the first blank line after an item.
-
-    Test runners print a summary after a blank line (pytest --collect-only -q
-    ends with "5 tests collected in 0.01s"); that line is not an item.
-    """
-    items: List[str] = []
-    for line in output.splitlines():
-        if line.strip():
-            items.append(line.strip())
-        elif items:
-            break
-    return items
-
-
 def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> List[List[str]]:
+    """Each explicit shard's sorted items; warns of items in several shards or in none."""
     groups = []
-    shard_of: Dict[str, int] = {}
-    overlaps: Dict[str, List[int]] = {}
+    shards_of: Dict[str, List[int]] = {}
     for number, entry in enumerate(task.explicit, start=1):
-        members = set(entry.items)
-        for pattern in entry.glob:
-            members.update(
-                _glob_key(
-                    config,
-                    pattern,
-                    task.exclude,
-                    key_path("tasks", task.name, "shard", number, "glob"),
-                )
-            )
+        glob_key = key_path("tasks", task.name, "shard", number, "glob")
+        members = sorted({*entry.items, *_glob_all(config, entry.glob, task.exclude, glob_key)})
         if not members:
             raise config_error(
                 config.path,
                 key_path("tasks", task.name, "shard", number),
                 "shard has no items left after exclude",
             )
-        for item in sorted(members):
-            if item in shard_of:
-                overlaps.setdefault(item, [shard_of[item]]).append(number)
-            else:
-                shard_of[item] = number
-        groups.append(sorted(members))
-
-    for item, numbers in sorted(overlaps.items()):
-        listed = ", ".join(str(number) for number in numbers)
-        warnings.append(
-            f"'{item}' is in shards {listed} of task '{task.name}' (their globs overlap): it runs more than once"
-        )
-
-    if task.glob:
-        files = set()
-        for pattern in task.glob:
-            files.update(
-                _glob_key(config, pattern, task.exclude, key_path("tasks", task.name, "glob"))
+        for item in members:
+            shards_of.setdefault(item, []).append(number)
+        groups.append(members)
+    for item, numbers in sorted(shards_of.items()):
+        if len(numbers) > 1:
+            warnings.append(
+                f"'{item}' is in shards {', '.join(map(str, numbers))} of task '{task.name}' "
+                "(their globs overlap): it runs more than once"
             )
-        covered = {_normal_item(item) for item in shard_of}
-        missing = sorted(path for path in files if not _is_covered(path, covered))
+    if task.glob:
+        glob_key = key_path("tasks", task.name, "glob")
+        # A Go package pattern such as "./pkg/..." covers the files below "pkg".
+        covered = {
+            normal_path(item[: -len("/...")] if item.endswith("/...") else item)
+            for item in shards_of
+        }
+        files = _glob_all(config, task.glob, task.exclude, glob_key)
+        missing = [path for path in sorted(files) if not _is_covered(path, covered)]
         if missing:
             shown = ", ".join(f"'{path}'" for path in missing[:_SHOWN_IN_WARNINGS])
-            more = (
-                f" and {len(missing) - _SHOWN_IN_WARNINGS} more"
-                if len(missing) > _SHOWN_IN_WARNINGS
-                else ""
-            )
+            more = len(missing) - _SHOWN_IN_WARNINGS
             warnings.append(
-                f"{len(missing)} file(s) matched by {key_path('tasks', task.name, 'glob')} are in no shard of task "
-                f"'{task.name}': {shown}{more}"
+                f"{len(missing)} file(s) matched by {glob_key} are in no shard of task "
+                f"'{task.name}': {shown}" + (f" and {more} more" if more > 0 else "")
             )
     return groups
 
 
-def _normal_item(item: str) -> str:
-    if item.endswith("/..."):
-        item = item[: -len("/...")]
-    return normal_path(item)
-
-
 def _is_covered(path: str, covered: set) -> bool:
-    if "" in covered or path in covered:
-        return True
+    """Whether ``path`` or a directory above it is in ``covered`` ("" covers everything)."""
     parts = path.split("/")
-    return any("/".join(parts[:length]) in covered for length in range(1, len(parts)))
-
-
-# ---------------------------------------------------------------- splitting
+    return any("/".join(parts[:length]) in covered for length in range(len(parts) + 1))
 
 
 def _shard_count(
-    config: Config, task: TaskConfig, override: Optional[int], item_count: int, warnings: List[str]
+    task: TaskConfig, override: Optional[int], item_count: int, warnings: List[str]
 ) -> int:
     if override is not None:
         if (
@@ -560,34 +433,19 @@ def _split(
     if split == "per-item":
         return [[item] for item in items]
     if split == "name":
-        return _contiguous(items, count)
-    if split == "size":
-        # Costs not in seconds are already the sizes: no need to stat every file again.
-        weights = costs if unit != "seconds" else _item_costs(items, root, {}, split)[0]
-        return _longest_first(items, count, weights)
-    return _longest_first(items, count, costs)
-
-
-def _contiguous(items: List[str], count: int) -> List[List[str]]:
-    base, extra = divmod(len(items), count)
-    groups, start = [], 0
-    for index in range(count):
-        size = base + (1 if index < extra else 0)
-        groups.append(items[start : start + size])
-        start += size
-    return groups
-
-
-def _longest_first(items: List[str], count: int, weights: Mapping[str, float]) -> List[List[str]]:
-    # Heaviest first, ties by name: a stable sort by weight (reverse keeps
-    # the order of equal keys) over the items sorted by name.
-    order = sorted(sorted(items), key=weights.__getitem__, reverse=True)
+        base, extra = divmod(len(items), count)
+        bounds = [index * base + min(index, extra) for index in range(count + 1)]
+        return [items[start:end] for start, end in zip(bounds, bounds[1:])]
+    if split == "size" and unit == "seconds":
+        costs = _item_costs(items, root, {}, split)[0]  # other costs are already the sizes
+    # Heaviest first, ties by name: a sort with reverse=True keeps equal weights in order.
+    order = sorted(sorted(items), key=costs.__getitem__, reverse=True)
     loads = [(0.0, 0, index) for index in range(count)]
     groups: List[List[str]] = [[] for _ in range(count)]
     for item in order:
         load, size, index = loads[0]  # the lightest shard
         groups[index].append(item)
-        heapq.heapreplace(loads, (load + weights[item], size + 1, index))
+        heapq.heapreplace(loads, (load + costs[item], size + 1, index))
     return [sorted(group) for group in groups]
 
 
@@ -596,46 +454,29 @@ def _item_costs(
 ) -> Tuple[Dict[str, float], str]:
     """Each item's estimated work, and its unit: seconds, else bytes, else items.
 
-    A split by name never reads file sizes: it places items by name alone, so
-    sizes would only be shown, and one ``stat`` per file would be most of
-    the time a large plan takes. Without timings it counts items instead.
+    Seconds whenever an item has a recorded time, whatever the split (``shard-all``
+    starts the longest shards first); an item without one counts as the mean of
+    the known ones. A split by name without timings counts items: it never needs
+    sizes, and a ``stat`` per file would be most of the time a plan of 100,000 files takes.
     """
-    known = (
-        {item: float(durations[item]) for item in items if item in durations} if durations else {}
-    )
-    if known:
-        if len(known) == len(items):
-            return known, "seconds"  # every item timed: no mean to fill in
-        mean = math.fsum(known.values()) / len(known)
-        return {item: known.get(item, mean) for item in items}, "seconds"
-    if split == "name":
+    unit = "seconds"
+    known = {item: float(durations[item]) for item in items if item in durations}
+    if not known and split != "name":
+        unit, prefix = "bytes", os.path.join(root, "")
+        sizes = {item: _file_size(root, prefix, item) for item in items}
+        known = {item: size for item, size in sizes.items() if size is not None}
+    if not known:
         return dict.fromkeys(items, 1.0), "items"
-    sizes = {}
-    root_text = str(root)
-    prefix = root_text if root_text.endswith("/") else root_text + "/"
-    for item in items:
-        size = _file_size(root, prefix, item)
-        if size is not None:
-            sizes[item] = size
-    if sizes:
-        mean = math.fsum(sizes.values()) / len(sizes)
-        return {item: sizes.get(item, mean) for item in items}, "bytes"
-    return {item: 1.0 for item in items}, "items"
+    mean = math.fsum(known.values()) / len(known)
+    return {item: known.get(item, mean) for item in items}, unit
 
 
 def _file_size(root: Path, prefix: str, item: str) -> Optional[float]:
-    """Size in bytes of the regular file ``item`` names below ``root`` (symlinks followed), else None.
-
-    ``prefix`` is ``root`` as text ending in "/": joining by hand names the
-    same file as ``root / item`` at a fraction of pathlib's cost, which
-    counts when a plan has 100,000 items.
-    """
+    """Bytes of the regular file (symlinks followed) ``item`` names below ``root``, else None."""
     if item.endswith(("/", "/.")):
         path = str(root / item)  # pathlib drops the trailing part: "a.py/" is the file a.py
-    elif item.startswith("/"):
-        path = item
-    else:
-        path = prefix + item
+    else:  # prefix + item is root / item at a fraction of pathlib's cost
+        path = item if item.startswith("/") else prefix + item
     try:
         status = os.stat(path)
     except (OSError, ValueError):
@@ -661,19 +502,11 @@ def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> Pl
     )
 
 
-# ---------------------------------------------------------------- output
-
-
 def plan_to_json(plan: Plan) -> Dict[str, Any]:
-    """The plan as JSON-ready data; the keys are a stable contract.
+    """The plan as JSON-ready data, keys and value shapes a stable contract (version 1).
 
-    ``version`` (1), ``task``, ``cwd``, ``split`` (name, size, timings,
-    per-item or explicit), ``shards`` (list, by index) with ``index``,
-    ``total``, ``lock_name``, ``fingerprint``, ``items``, ``argv`` (``{junit}``
-    unexpanded), ``estimate`` (seconds or null) and ``weight`` (in the stats'
-    ``unit``); ``stats`` with ``unit`` (seconds, bytes or items), ``items``,
-    ``total``, ``ideal``, ``lower_bound``, ``largest``, ``balance`` and
-    ``heaviest_item``; ``warnings`` (list of strings).
+    ``argv`` keeps ``{junit}``; ``estimate`` is seconds or null; ``weight`` and
+    the stats are in the stats' ``unit``, with three decimals.
     """
     stats = plan.stats
     return {
@@ -711,48 +544,42 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
 
 
 def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
-    """A table of shards, the balance line, each shard's command, then warnings.
-
-    Commands longer than ``width`` characters are cut unless ``full``.
-    """
+    """The shards' table, the balance, the commands (cut to ``width`` unless ``full``), warnings."""
     stats = plan.stats
     unit = stats.unit if stats else "items"
     item_total = stats.items if stats else sum(len(shard.items) for shard in plan.shards)
     lines = [
-        f"task '{plan.task}': {item_total} item(s) in {len(plan.shards)} shard(s), split: {plan.split}",
+        f"task '{plan.task}': {item_total} item(s) in {len(plan.shards)} shard(s), "
+        f"split: {plan.split}"
     ]
     header = ["shard", "items", "lock", "fingerprint"]
     rows = [
         [f"{shard.index}/{shard.total}", str(len(shard.items)), shard.lock_name, shard.fingerprint]
         for shard in plan.shards
     ]
-    right_aligned = {1}
     if unit != "items":  # in items, a shard's weight is its item count, already shown
-        header.insert(2, _WEIGHT_HEADERS[unit])
+        header.insert(2, {"seconds": "estimate", "bytes": "size"}[unit])
         for row, shard in zip(rows, plan.shards):
             row.insert(2, format_weight(shard.weight, unit))
-        right_aligned = {1, 2}
-    lines.extend(table([header, *rows], right=right_aligned))
+    lines.extend(table([header, *rows], right={1} if unit == "items" else {1, 2}))
     if stats and plan.shards:
+        total, ideal, bound = (
+            format_weight(value, unit) for value in (stats.total, stats.ideal, stats.lower_bound)
+        )
         lines.append(
-            f"total {format_weight(stats.total, unit)}; ideal {format_weight(stats.ideal, unit)} per shard; "
-            f"lower bound {format_weight(stats.lower_bound, unit)}; balance {stats.balance:.2f} (1.00 is even)"
+            f"total {total}; ideal {ideal} per shard; lower bound {bound}; "
+            f"balance {stats.balance:.2f} (1.00 is even)"
         )
     lines.append(f"commands (run in {plan.cwd}):")
     for shard in plan.shards:
         command = shlex.join(shard.argv)
-        if not full:
-            command = shorten(command, width)
-        lines.append(f"  {shard.index}: {command}")
+        lines.append(f"  {shard.index}: {command if full else shorten(command, width)}")
     lines.extend(f"warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)
 
 
-_WEIGHT_HEADERS = {"seconds": "estimate", "bytes": "size"}
-
-
 def format_weight(value: float, unit: str) -> str:
-    """``12.3s`` / ``2m05s`` / ``1h02m`` for seconds, ``12.3 KB`` for bytes, ``3.3 items`` for items."""
+    """``12.3s``, ``2m05s`` or ``1h02m`` for seconds, ``12.3 KB`` for bytes, ``3.3 items``."""
     if unit == "seconds":
         return format_seconds(value)
     if unit == "bytes":
