@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from itertools import dropwhile, takewhile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .config import (
     MAX_SHARDS,
@@ -115,6 +115,10 @@ class Plan:
     split: str = "name"
     warnings: Tuple[str, ...] = ()
     stats: Optional[PlanStats] = None
+    #: Files the task's globs match that no explicit shard covers.
+    uncovered: Tuple[str, ...] = ()
+    #: Explicit items that more than one shard covers, with those shards.
+    overlaps: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
 
 
 def build_plan(
@@ -136,8 +140,10 @@ def build_plan(
     warnings: List[str] = []
     if durations is None:
         durations = _task_durations(task, warnings)
+    uncovered: List[str] = []
+    overlaps: List[Tuple[str, Tuple[int, ...]]] = []
     if task.explicit:
-        groups = _explicit_groups(config, task, warnings)
+        groups = _explicit_groups(config, task, warnings, uncovered, overlaps)
         if shards is not None and shards != len(groups):
             raise UsageError(
                 f"task '{task.name}' has {len(groups)} explicit shards in "
@@ -180,6 +186,8 @@ def build_plan(
         split=split,
         warnings=tuple(warnings),
         stats=_stats(built, costs, unit),
+        uncovered=tuple(uncovered),
+        overlaps=tuple(overlaps),
     )
 
 
@@ -354,10 +362,20 @@ def _collect_items(config: Config, task: TaskConfig) -> List[str]:
     return items
 
 
-def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> List[List[str]]:
-    """Each explicit shard's sorted items; warns of items in several shards or in none."""
+def _explicit_groups(
+    config: Config,
+    task: TaskConfig,
+    warnings: List[str],
+    uncovered: List[str],
+    overlaps: List[Tuple[str, Tuple[int, ...]]],
+) -> List[List[str]]:
+    """Each explicit shard's sorted items. Fills ``overlaps`` with the items
+    that several shards cover (the same item, or one below another's
+    directory or Go package pattern: ``pkg/a``, ``./pkg/a/...``,
+    ``pkg/a/x``) and ``uncovered`` with the files of the task's globs that
+    no shard covers, and warns of both."""
     groups = []
-    shards_of: Dict[str, List[int]] = {}
+    shards_of: Dict[str, Set[int]] = {}  # by normal path: "./pkg/a/..." is "pkg/a"
     for number, entry in enumerate(task.explicit, start=1):
         glob_key = key_path("tasks", task.name, "shard", number, "glob")
         members = sorted({*entry.items, *_glob_all(config, entry.glob, task.exclude, glob_key)})
@@ -368,37 +386,43 @@ def _explicit_groups(config: Config, task: TaskConfig, warnings: List[str]) -> L
                 "shard has no items left after exclude",
             )
         for item in members:
-            shards_of.setdefault(item, []).append(number)
+            shards_of.setdefault(_covered_path(item), set()).add(number)
         groups.append(members)
-    for item, numbers in sorted(shards_of.items()):
+    for item in sorted({item for group in groups for item in group}):
+        numbers = tuple(sorted(set().union(*(shards_of.get(p, set()) for p in _above(item)))))
         if len(numbers) > 1:
+            overlaps.append((item, numbers))
             warnings.append(
                 f"'{item}' is in shards {', '.join(map(str, numbers))} of task '{task.name}' "
                 "(their globs overlap): it runs more than once"
             )
     if task.glob:
         glob_key = key_path("tasks", task.name, "glob")
-        # A Go package pattern such as "./pkg/..." covers the files below "pkg".
-        covered = {
-            normal_path(item[: -len("/...")] if item.endswith("/...") else item)
-            for item in shards_of
-        }
         files = _glob_all(config, task.glob, task.exclude, glob_key)
-        missing = [path for path in sorted(files) if not _is_covered(path, covered)]
-        if missing:
-            shown = ", ".join(f"'{path}'" for path in missing[:_SHOWN_IN_WARNINGS])
-            more = len(missing) - _SHOWN_IN_WARNINGS
+        uncovered.extend(
+            path for path in sorted(files) if not any(p in shards_of for p in _above(path))
+        )
+        if uncovered:
+            shown = ", ".join(f"'{path}'" for path in uncovered[:_SHOWN_IN_WARNINGS])
+            more = len(uncovered) - _SHOWN_IN_WARNINGS
             warnings.append(
-                f"{len(missing)} file(s) matched by {glob_key} are in no shard of task "
+                f"{len(uncovered)} file(s) matched by {glob_key} are in no shard of task "
                 f"'{task.name}': {shown}" + (f" and {more} more" if more > 0 else "")
             )
     return groups
 
 
-def _is_covered(path: str, covered: set) -> bool:
-    """Whether ``path`` or a directory above it is in ``covered`` ("" covers everything)."""
-    parts = path.split("/")
-    return any("/".join(parts[:length]) in covered for length in range(len(parts) + 1))
+def _covered_path(item: str) -> str:
+    """The path an explicit item covers: a Go package pattern such as
+    "./pkg/..." covers what is below "pkg"."""
+    return normal_path(item[: -len("/...")] if item.endswith("/...") else item)
+
+
+def _above(item: str) -> List[str]:
+    """The paths whose items would cover ``item``: its own and each directory
+    above it ("" covers everything)."""
+    parts = _covered_path(item).split("/")
+    return ["/".join(parts[:length]) for length in range(len(parts) + 1)]
 
 
 def _shard_count(
@@ -540,6 +564,8 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
             "heaviest_item": stats.heaviest_item,
         },
         "warnings": list(plan.warnings),
+        "uncovered_items": list(plan.uncovered),
+        "overlapping_items": {item: list(shards) for item, shards in plan.overlaps},
     }
 
 

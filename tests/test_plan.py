@@ -646,7 +646,17 @@ def test_plan_json_and_text(tmp_path):
         durations={"a.py": 61.5, "b.py": 2.0, "c.py": 1.0},
     )
     data = json.loads(json.dumps(plan_to_json(plan)))
-    assert sorted(data) == ["cwd", "shards", "split", "stats", "task", "version", "warnings"]
+    assert sorted(data) == [
+        "cwd",
+        "overlapping_items",
+        "shards",
+        "split",
+        "stats",
+        "task",
+        "uncovered_items",
+        "version",
+        "warnings",
+    ]
     assert data["shards"][0] == {
         "index": 1,
         "total": 2,

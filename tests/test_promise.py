@@ -260,7 +260,7 @@ def test_runs_of_two_worktrees_never_fail_each_other(tmp_path, engine):
     )
     second = None
     try:
-        wait_for(lambda: "check_1.py" in ran(project), "alice's shard")
+        wait_for(lambda: "check_1.py" in ran(project), "alice's shard", limit=60)
         second = start_cli(
             other, "shard", "checks", "--id", "1", "--agent", "bob", "--engine", engine
         )
