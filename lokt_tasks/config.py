@@ -1,34 +1,8 @@
-"""Read and validate shards.toml into plain dataclasses.
+"""Read and validate shards.toml (its format: README.md) into plain dataclasses.
 
-Everything a run depends on is checked here, before any command starts, so a
-typo costs a one-line error instead of a half-finished run. Every error names
-the file, the key path (``tasks.test.shards``) and what was expected.
-
-The file, version 1::
-
-    version = 1                  # optional; anything else is refused
-
-    [defaults]                   # applies to every task that does not set the key
-    ttl = "10m"                  # lock lifetime, a lokt (Go) duration with a unit
-    engine = "auto"              # auto | lokt | embedded
-    jobs = 4                     # parallel shards for shard-all (default: CPU count)
-    split = "name"               # name | size | timings
-    shards = 4                   # an integer from 1 to 10000, or "per-item"
-    exclude = ["tests/fixtures/**"]
-    durations = "shard-durations.json"
-    results = ".lokt-results"    # only here: one results directory per project
-
-    [tasks.test]
-    run = "pytest -q {items}"
-    glob = ["tests/**/test_*.py"]
-    shards = 3
-
-    [tasks.go]                   # explicit shards: one table per shard
-    run = "go test {items}"
-    [[tasks.go.shard]]
-    items = ["./internal/..."]
-    [[tasks.go.shard]]
-    glob = ["cmd/*"]
+Everything a run depends on is checked before any command starts, so a typo
+costs a one-line error instead of a half-finished run. Every error names the
+file, the key path (``tasks.test.shards``) and what was expected.
 
 Rules that are choices rather than facts:
 
@@ -36,11 +10,11 @@ Rules that are choices rather than facts:
   is read as a one-element list.
 - A task's ``exclude`` replaces the one from ``[defaults]``; it does not add to it.
 - A dynamic task (``glob`` or ``collect``) needs a shard count, from the task or
-  from ``[defaults]``: the count is never guessed from this machine's CPUs,
-  because every machine must compute the same plan.
-- ``durations`` and ``results`` are paths relative to the directory holding
-  shards.toml. ``durations`` defaults to ``shard-durations.json``, a file meant
-  to be committed so that every machine splits by the same timings.
+  from ``[defaults]``: never guessed from this machine's CPUs, because every
+  machine must compute the same plan.
+- ``durations`` and ``results`` are relative to the directory of shards.toml;
+  ``durations`` defaults to a file meant to be committed, so that every machine
+  splits by the same timings.
 - Task names become lock names (``<task>-shard-<N>``), so they may only use
   letters, digits, ``.``, ``_`` and ``-``.
 """
@@ -91,6 +65,8 @@ PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{juni
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SIMPLE_PLACEHOLDERS = ("items", "shard", "total", "task", "junit", "python")
+#: In a run template's argument: a literal brace, a placeholder, or a stray brace.
+_BRACES = re.compile(r"\{\{|\}\}|\{([^}]*)\}|[{}]")
 
 
 @dataclass(frozen=True)
@@ -110,9 +86,9 @@ class TaskConfig:
     exclude: Tuple[str, ...] = ()
     #: A command whose non-empty output lines are the items.
     collect: Optional[str] = None
-    #: Shard count for dynamic tasks; None for explicit shards.
+    #: Shard count of a dynamic task; None for explicit shards and for per_item
+    #: (``shards = "per-item"``: one shard per item).
     shards: Optional[int] = None
-    #: ``shards = "per-item"``: one shard per item.
     per_item: bool = False
     explicit: Tuple[ExplicitShard, ...] = ()
     split: str = "name"
@@ -152,9 +128,6 @@ Token = Tuple[Union[str, Placeholder], ...]
 Where = Tuple[Union[str, int], ...]
 
 
-# ---------------------------------------------------------------- finding
-
-
 def find_config(start: Path) -> Path:
     """The nearest shards.toml in ``start`` or a parent directory, absolute."""
     start = Path(start).absolute()
@@ -177,9 +150,6 @@ def get_task(config: Config, name: str) -> TaskConfig:
         ) from None
 
 
-# ---------------------------------------------------------------- errors
-
-
 def display_path(path: Path) -> str:
     """``path`` relative to the current directory when it is below it, else absolute."""
     try:
@@ -195,13 +165,10 @@ def key_path(*parts: Union[str, int]) -> str:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-            continue
-        shown = (
-            part
-            if _BARE_KEY.fullmatch(part)
-            else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        )
-        text = f"{text}.{shown}" if text else shown
+        else:
+            if not _BARE_KEY.fullmatch(part):
+                part = '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = f"{text}.{part}" if text else part
     return text
 
 
@@ -211,30 +178,17 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
     return ConfigError(f"{display_path(path)}: {key}: {problem}")
 
 
-# ---------------------------------------------------------------- durations
-
-
 class DurationError(UsageError, ValueError):
-    """A duration that lokt would refuse.
-
-    A UsageError, so that a bad command-line value (``verify --timeout 10``)
-    exits 2 with its one-line message; also a ValueError, so that callers
-    parsing other sources can treat it as a plain parse error.
-    """
+    """A duration lokt would refuse: a UsageError, so that a bad command-line value
+    (``verify --timeout 10``) exits 2, and a ValueError for callers parsing other sources."""
 
 
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "\u00b5s": 1e-6,
-    "\u03bcs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+#: Seconds per unit; Go reads "us" with either micro sign too.
+_DURATION_UNITS = dict(ns=1e-9, us=1e-6, ms=1e-3, s=1.0, m=60.0, h=3600.0)
+_DURATION_UNITS.update({"\u00b5s": 1e-6, "\u03bcs": 1e-6})
 _BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_DURATION_PART = re.compile(rf"({_BARE_NUMBER.pattern})(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
 
 
 def parse_duration(text: str) -> float:
@@ -253,18 +207,11 @@ def parse_duration(text: str) -> float:
         raise DurationError(
             f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)"
         )
-    position = 0
-    seconds = 0.0
-    while position < len(text):
-        part = _DURATION_PART.match(text, position)
-        if part is None:
-            break
-        seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
-        position = part.end()
-    if position == 0 or position < len(text):
+    if not _DURATION.fullmatch(text):
         raise DurationError(
             f'\'{text}\' is not a duration; expected e.g. "10m", "90s", "1h30m" or "500ms"'
         )
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
     if seconds > MAX_DURATION:
         raise DurationError(
             f"'{text}' is longer than lokt can hold (2562047h, Go's longest duration)"
@@ -282,9 +229,6 @@ def format_duration(seconds: float) -> str:
     if micros % 1000 == 0:
         return f"{micros // 1000}ms"
     return f"{micros}us"
-
-
-# ---------------------------------------------------------------- run templates
 
 
 def parse_run_template(run: str) -> Tuple[Token, ...]:
@@ -318,27 +262,22 @@ def _split_command(command: str) -> List[str]:
 
 def _parse_token(word: str) -> Token:
     parts: List[Union[str, Placeholder]] = []
-    literal = ""
-    position = 0
-    while position < len(word):
-        char = word[position]
-        if word.startswith("{{", position) or word.startswith("}}", position):
-            literal += char
-            position += 2
-        elif char == "{":
-            end = word.find("}", position)
-            if end < 0:
-                raise ValueError(f"unclosed '{{' in '{word}'; write '{{{{' for a literal brace")
-            if literal:
-                parts.append(literal)
-                literal = ""
-            parts.append(_placeholder(word[position + 1 : end]))
-            position = end + 1
-        elif char == "}":
+    literal, end = "", 0
+    for brace in _BRACES.finditer(word):
+        literal += word[end : brace.start()]
+        end = brace.end()
+        if brace.group() in ("{{", "}}"):
+            literal += brace.group()[0]
+        elif brace.group() == "{":
+            raise ValueError(f"unclosed '{{' in '{word}'; write '{{{{' for a literal brace")
+        elif brace.group() == "}":
             raise ValueError(f"single '}}' in '{word}'; write '}}}}' for a literal brace")
         else:
-            literal += char
-            position += 1
+            if literal:
+                parts.append(literal)
+            parts.append(_placeholder(brace.group(1)))
+            literal = ""
+    literal += word[end:]
     if literal or not parts:
         parts.append(literal)
     return tuple(parts)
@@ -351,7 +290,8 @@ def _placeholder(body: str) -> Placeholder:
         return Placeholder("items", body[len("items:") :])
     known = ", ".join(PLACEHOLDERS)
     raise ValueError(
-        f"unknown placeholder '{{{body}}}'; known placeholders: {known} (write {{{{ and }}}} for literal braces)"
+        f"unknown placeholder '{{{body}}}'; known placeholders: {known} "
+        "(write {{ and }} for literal braces)"
     )
 
 
@@ -359,9 +299,6 @@ def uses_items(tokens: Tuple[Token, ...]) -> bool:
     return any(
         isinstance(part, Placeholder) and part.name == "items" for token in tokens for part in token
     )
-
-
-# ---------------------------------------------------------------- glob patterns
 
 
 def pattern_problem(pattern: str) -> Optional[str]:
@@ -385,19 +322,15 @@ def pattern_problem(pattern: str) -> Optional[str]:
     return None
 
 
-# ---------------------------------------------------------------- keys
-
-
 @dataclass(frozen=True)
 class Key:
     """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
 
-    A task takes each key of [defaults] that it does not set (its own value replaces the
-    one from [defaults], a list too); a key set in neither has its ``default``.
+    A task takes each key of [defaults] it does not set; a key set in neither has ``default``.
     """
 
     #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
-    #: value raises ValueError, and _read_keys names the key. Every reader takes all three.
+    #: value raises ValueError, and _read_keys names the key.
     read: Callable[[Path, Any, Where], Any]
     places: Tuple[str, ...]
     default: Any = None
@@ -494,8 +427,9 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
 
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        example = f'"{value}s" or "10m"'
-        raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
+        raise ValueError(
+            f'{value} has no unit; write a string with a unit, e.g. "{value}s" or "10m"'
+        )
     if not isinstance(value, str):
         raise ValueError(f'expected a duration string such as "10m", got {_describe(value)}')
     seconds = parse_duration(value)
@@ -539,14 +473,10 @@ KEYS: Dict[str, Key] = {
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
-    # NOTE: relative, as the table knows no directory: _read_task joins it to the directory
-    # of shards.toml, a join that leaves a path read from the file (absolute) as it is.
+    # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
     "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
     "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
 }
-
-
-# ---------------------------------------------------------------- loading
 
 
 def load_config(path: Path) -> Config:
