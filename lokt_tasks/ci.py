@@ -18,8 +18,7 @@ class CiProvider:
     name: str
     index_var: str
     total_var: str
-    #: 0 when the CI counts runners from 0, 1 when from 1.
-    base: int
+    base: int  #: 0 when the CI counts runners from 0, 1 when from 1.
 
 
 #: Checked in this order; the first whose index variable is set wins.
@@ -35,8 +34,7 @@ PROVIDERS = (
 @dataclass(frozen=True)
 class CiShard:
     provider: str
-    #: 1-based, as in ``--id``.
-    index: int
+    index: int  #: 1-based, as in ``--id``.
     total: int
 
 

@@ -4,19 +4,10 @@ Everything a run depends on is checked before any command starts, so a typo
 costs a one-line error instead of a half-finished run. Every error names the
 file, the key path (``tasks.test.shards``) and what was expected.
 
-Rules that are choices rather than facts:
-
-- ``glob``, ``exclude`` and ``items`` take a list of strings; a single string
-  is read as a one-element list.
-- A task's ``exclude`` replaces the one from ``[defaults]``; it does not add to it.
-- A dynamic task (``glob`` or ``collect``) needs a shard count, from the task or
-  from ``[defaults]``: never guessed from this machine's CPUs, because every
-  machine must compute the same plan.
-- ``durations`` and ``results`` are relative to the directory of shards.toml;
-  ``durations`` defaults to a file meant to be committed, so that every machine
-  splits by the same timings.
-- Task names become lock names (``<task>-shard-<N>``), so they may only use
-  letters, digits, ``.``, ``_`` and ``-``.
+Rules that are choices rather than facts: ``glob``, ``exclude`` and ``items`` read a
+single string as a one-element list; a task's ``exclude`` replaces the one from
+``[defaults]``; a dynamic task (``glob`` or ``collect``) needs a shard count, never
+guessed from this machine's CPUs, because every machine must compute the same plan.
 """
 
 from __future__ import annotations
@@ -46,9 +37,8 @@ ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
 #: Far beyond any real suite; a larger count is almost surely a typo.
 MAX_SHARDS = 10000
-#: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a
-#: longer --ttl or --timeout (exit 64), and the embedded engine could write
-#: no expiry lokt reads.
+#: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a longer --ttl
+#: or --timeout (exit 64), and the embedded engine could write no expiry lokt reads.
 MAX_DURATION = 2_562_047 * 3600.0
 #: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name
 #: of 255 bytes, the longest most file systems take.
@@ -56,7 +46,6 @@ MAX_TASK_NAME = 200
 DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
 
-TOP_KEYS = ("version", "defaults", "tasks")
 #: The tables a key of KEYS may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
 DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
 #: Placeholders ``run`` may use, as they are listed in error messages.
@@ -64,7 +53,6 @@ PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{juni
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SIMPLE_PLACEHOLDERS = ("items", "shard", "total", "task", "junit", "python")
 #: In a run template's argument: a literal brace, a placeholder, or a stray brace.
 _BRACES = re.compile(r"\{\{|\}\}|\{([^}]*)\}|[{}]")
 
@@ -80,12 +68,10 @@ class ExplicitShard:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str
-    #: The command template, as written (split into argv with shlex by plan).
-    run: str
+    run: str  #: The command template, as written (split into argv with shlex by plan).
     glob: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
-    #: A command whose non-empty output lines are the items.
-    collect: Optional[str] = None
+    collect: Optional[str] = None  #: A command whose non-empty output lines are the items.
     #: Shard count of a dynamic task; None for explicit shards and for per_item
     #: (``shards = "per-item"``: one shard per item).
     shards: Optional[int] = None
@@ -96,22 +82,16 @@ class TaskConfig:
     ttl: float = 600.0
     ttl_text: str = "10m"
     engine: str = "auto"
-    #: Parallel shards for shard-all; None means the CPU count.
-    jobs: Optional[int] = None
-    #: Absolute path of the durations file used by split = "timings".
-    durations: Optional[Path] = None
+    jobs: Optional[int] = None  #: Parallel shards for shard-all; None means the CPU count.
+    durations: Optional[Path] = None  #: Absolute path of the file split = "timings" reads.
 
 
 @dataclass(frozen=True)
 class Config:
-    #: Absolute path of shards.toml.
-    path: Path
-    #: The directory holding shards.toml: globs are relative to it, and
-    #: commands run in it.
-    root: Path
+    path: Path  #: Absolute path of shards.toml.
+    root: Path  #: The directory of shards.toml: globs are relative to it; commands run in it.
     tasks: Mapping[str, TaskConfig] = field(default_factory=dict)
-    #: Results directory from ``[defaults] results``, absolute, or None.
-    results: Optional[Path] = None
+    results: Optional[Path] = None  #: ``[defaults] results``, absolute, or None.
 
 
 @dataclass(frozen=True)
@@ -194,10 +174,8 @@ _DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration ("10m", "1h30m", "1.5s", "500ms"), as lokt reads it.
 
-    Units are required, because lokt refuses a bare number: accepting one here
-    would only move the error to the moment the lock is taken. Signs are not
-    accepted (a lock lifetime or a timeout is never negative). Raises
-    DurationError (a UsageError and a ValueError) with a one-line message.
+    Units are required, as lokt refuses a bare number (accepting one would only move the
+    error to the moment the lock is taken), and signs are refused. Raises DurationError.
     """
     if not isinstance(text, str):
         raise DurationError(f'expected a duration string such as "10m", got {text!r}')
@@ -234,10 +212,8 @@ def format_duration(seconds: float) -> str:
 def parse_run_template(run: str) -> Tuple[Token, ...]:
     """Split ``run`` with shlex and find the placeholders in each argv token.
 
-    ``{items}`` must be a whole token (it becomes one argv element per item);
-    ``{items:SEP}`` may sit anywhere inside a token (the items joined by SEP);
-    ``{{`` and ``}}`` are literal braces. Raises ValueError with a one-line
-    message.
+    ``{items}`` must be a whole token (one argv element per item); ``{items:SEP}`` may
+    sit anywhere in one (the items joined by SEP). Raises ValueError (one line).
     """
     tokens = tuple(_parse_token(word) for word in _split_command(run))
     for token in tokens:
@@ -284,10 +260,10 @@ def _parse_token(word: str) -> Token:
 
 
 def _placeholder(body: str) -> Placeholder:
-    if body in _SIMPLE_PLACEHOLDERS:
-        return Placeholder(body)
     if body.startswith("items:"):
         return Placeholder("items", body[len("items:") :])
+    if f"{{{body}}}" in PLACEHOLDERS:
+        return Placeholder(body)
     known = ", ".join(PLACEHOLDERS)
     raise ValueError(
         f"unknown placeholder '{{{body}}}'; known placeholders: {known} "
@@ -302,11 +278,8 @@ def uses_items(tokens: Tuple[Token, ...]) -> bool:
 
 
 def pattern_problem(pattern: str) -> Optional[str]:
-    """Why a glob or exclude pattern cannot be used, or None.
-
-    Patterns are relative to the directory of shards.toml and may not leave
-    it: a plan must mean the same files on every machine and in every worktree.
-    """
+    """Why a glob or exclude pattern cannot be used, or None: it must stay below the
+    directory of shards.toml, to mean the same files on every machine and worktree."""
     if not pattern:
         return "empty pattern"
     if pattern.startswith("/") or pattern.startswith("~") or re.match(r"[A-Za-z]:[\\/]", pattern):
@@ -314,10 +287,9 @@ def pattern_problem(pattern: str) -> Optional[str]:
     segments = pattern.split("/")
     if ".." in segments:
         return f"'{pattern}' uses '..'; patterns may not leave the directory of {CONFIG_NAME}"
-    for segment in segments:
-        if "**" in segment and segment != "**":
-            return f"'{pattern}': '**' must be a whole path segment, as in 'tests/**/test_*.py'"
-    if not [segment for segment in segments if segment not in ("", ".")]:
+    if any("**" in segment and segment != "**" for segment in segments):
+        return f"'{pattern}': '**' must be a whole path segment, as in 'tests/**/test_*.py'"
+    if all(segment in ("", ".") for segment in segments):
         return f"'{pattern}' names no files"
     return None
 
@@ -325,9 +297,7 @@ def pattern_problem(pattern: str) -> Optional[str]:
 @dataclass(frozen=True)
 class Key:
     """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
-
-    A task takes each key of [defaults] it does not set; a key set in neither has ``default``.
-    """
+    A task takes each key of [defaults] it does not set; a key set in neither has ``default``."""
 
     #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
     #: value raises ValueError, and _read_keys names the key.
@@ -489,15 +459,12 @@ def load_config(path: Path) -> Config:
     except OSError as error:
         raise ConfigError(f"{display_path(path)}: cannot read: {error.strerror or error}") from None
     data = _parse_toml(text, path)
-
-    _refuse_unknown(path, data, TOP_KEYS, ())
+    _refuse_unknown(path, data, ("version", "defaults", "tasks"), ())
     version = data.get("version", CONFIG_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version != CONFIG_VERSION:
         problem = f"expected {CONFIG_VERSION}, got {_describe(version)}"
         raise config_error(path, "version", f"{problem}; this lokt-tasks reads version 1")
-
     defaults = _read_keys(path, data.get("defaults", {}), DEFAULTS, ("defaults",), {})
-
     tasks = data.get("tasks")
     if tasks is None or tasks == {}:
         problem = "no tasks defined; add a [tasks.NAME] table with run and glob"
@@ -561,7 +528,6 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
     count = None if explicit else task["shards"]
-
     ttl, ttl_text = task["ttl"]
     return TaskConfig(
         name=name,
@@ -594,12 +560,10 @@ def _read_keys(
         key = KEYS.get(name)
         if key and key.misplaced and place != SHARD and place not in key.places:
             raise config_error(path, key_path(*where, name), key.misplaced)
-    _refuse_unknown(path, table, [name for name, key in KEYS.items() if place in key.places], where)
-
+    known = {name: key for name, key in KEYS.items() if place in key.places}
+    _refuse_unknown(path, table, list(known), where)
     values = {}
-    for name, key in KEYS.items():
-        if place not in key.places:
-            continue
+    for name, key in known.items():
         if name in table:
             try:
                 values[name] = key.read(path, table[name], where + (name,))

@@ -7,15 +7,12 @@ PASSED = 0
 #: lokt-tasks itself failed: an unexpected error, or invoke's own parser rejected
 #: the command line (invoke exits 1 for an unknown task or flag).
 INTERNAL = 1
-#: Bad shards.toml, bad command-line value, unknown task.
-USAGE = 2
-#: At least one shard ran and its command failed (non-zero exit or signal).
-FAILED = 3
+USAGE = 2  #: Bad shards.toml, bad command-line value, unknown task.
+FAILED = 3  #: At least one shard ran and its command failed (non-zero exit or signal).
 #: Not every shard passed under the current plan: missing, running, crashed,
 #: interrupted, outdated or corrupt records.
 INCOMPLETE = 4
-#: The shard's lock is held (or frozen) by another agent; nothing ran.
-HELD = 5
+HELD = 5  #: The shard's lock is held (or frozen) by another agent; nothing ran.
 #: The lock engine or storage failed: lokt missing or erroring, the lock root, the
 #: results directory or a log unusable (read-only, full, not a regular file, a symlink).
 ENGINE = 6

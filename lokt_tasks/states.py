@@ -33,18 +33,12 @@ class Word(str, Enum):
 class GuardState(Word):
     """What the lock engine did with a request to run a command under a lock."""
 
-    #: The command started; its exit code or signal tells how it ended.
-    RAN = "ran"
-    #: Another agent holds the lock. Nothing ran.
-    HELD = "held"
-    #: The lock name is frozen. Nothing ran.
-    FROZEN = "frozen"
-    #: A stop request came before the command started. Nothing ran.
-    INTERRUPTED = "interrupted"
-    #: The lock was ours, but the shard was already done. Nothing ran.
-    SKIPPED = "skipped"
-    #: The engine failed before the command started.
-    ERROR = "error"
+    RAN = "ran"  #: The command started; its exit code or signal tells how it ended.
+    HELD = "held"  #: Another agent holds the lock. Nothing ran.
+    FROZEN = "frozen"  #: The lock name is frozen. Nothing ran.
+    INTERRUPTED = "interrupted"  #: A stop request came before the command started. Nothing ran.
+    SKIPPED = "skipped"  #: The lock was ours, but the shard was already done. Nothing ran.
+    ERROR = "error"  #: The engine failed before the command started.
 
 
 class RecordOutcome(Word):
@@ -53,10 +47,8 @@ class RecordOutcome(Word):
     RUNNING = "running"
     PASSED = "passed"
     FAILED = "failed"
-    #: Stopped by SIGINT/SIGTERM before it finished.
-    INTERRUPTED = "interrupted"
-    #: The lock engine failed before the command could run.
-    ERROR = "error"
+    INTERRUPTED = "interrupted"  #: Stopped by SIGINT/SIGTERM before it finished.
+    ERROR = "error"  #: The lock engine failed before the command could run.
 
 
 class RunOutcome(Word):
@@ -65,57 +57,39 @@ class RunOutcome(Word):
     PASSED = "passed"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
-    #: Another agent holds the shard's lock. Nothing ran.
-    HELD = "held"
-    #: The shard's lock is frozen. Nothing ran.
-    FROZEN = "frozen"
-    #: The engine failed, or a record could not be written. Nothing ran.
-    ERROR = "error"
-    #: Another agent had already finished the shard under this plan. Nothing ran.
-    DONE = "done"
-    #: The attempt died before it wrote the final record (the start record stays).
-    LOST = "lost"
+    HELD = "held"  #: Another agent holds the shard's lock. Nothing ran.
+    FROZEN = "frozen"  #: The shard's lock is frozen. Nothing ran.
+    ERROR = "error"  #: The engine failed, or a record could not be written. Nothing ran.
+    DONE = "done"  #: Another agent had already finished the shard under this plan. Nothing ran.
+    LOST = "lost"  #: The attempt died before it wrote the final record (the start record stays).
 
 
 class Progress(Word):
     """What the live board shows for a shard that has no run outcome yet."""
 
-    #: Not started by this agent yet.
-    WAITING = "waiting"
-    #: Started by this agent: the engine was asked for the lock.
-    RUNNING = "running"
+    WAITING = "waiting"  #: Not started by this agent yet.
+    RUNNING = "running"  #: Started by this agent: the engine was asked for the lock.
 
 
 class ShardState(Word):
     """The state ``verify`` gives one planned shard, in the order the README explains them."""
 
-    #: The record says passed, for this plan (same fingerprint).
-    PASSED = "passed"
-    #: The command failed (exit code or signal), or the engine failed before it ran.
-    FAILED = "failed"
-    #: A live agent holds the shard's lock, whatever the record says.
-    RUNNING = "running"
-    #: A start record for this plan exists but nobody holds the lock any more.
-    CRASHED = "crashed"
-    #: The run was stopped by SIGINT/SIGTERM before it finished.
-    INTERRUPTED = "interrupted"
-    #: No record at all, and nobody running it.
-    MISSING = "missing"
-    #: A record exists but for another plan (its fingerprint differs).
-    OUTDATED = "outdated"
-    #: The record file could not be read.
-    CORRUPT = "corrupt"
+    PASSED = "passed"  #: The record says passed, for this plan (same fingerprint).
+    FAILED = "failed"  #: The command failed (exit code or signal), or the engine before it ran.
+    RUNNING = "running"  #: A live agent holds the shard's lock, whatever the record says.
+    CRASHED = "crashed"  #: A start record for this plan exists but nobody holds the lock any more.
+    INTERRUPTED = "interrupted"  #: The run was stopped by SIGINT/SIGTERM before it finished.
+    MISSING = "missing"  #: No record at all, and nobody running it.
+    OUTDATED = "outdated"  #: A record exists but for another plan (its fingerprint differs).
+    CORRUPT = "corrupt"  #: The record file could not be read.
 
 
 class OverallVerdict(Word):
     """The verdict on a whole run."""
 
-    #: Every shard passed (a plan with no shards is not a pass).
-    PASSED = "passed"
-    #: Some shard failed, even while others still run.
-    FAILED = "failed"
-    #: Neither: some shard has not passed yet.
-    INCOMPLETE = "incomplete"
+    PASSED = "passed"  #: Every shard passed (a plan with no shards is not a pass).
+    FAILED = "failed"  #: Some shard failed, even while others still run.
+    INCOMPLETE = "incomplete"  #: Neither: some shard has not passed yet.
 
 
 #: Record outcomes that are a pass: shard-all skips such a shard unless --force.
