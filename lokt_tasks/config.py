@@ -1,8 +1,7 @@
 """Read and validate shards.toml (its format: README.md) into plain dataclasses.
 
-Everything a run depends on is checked before any command starts, so a typo
-costs a one-line error instead of a half-finished run. Every error names the
-file, the key path (``tasks.test.shards``) and what was expected.
+Everything is checked before any command starts, so a typo costs a one-line error
+naming the file, the key path (``tasks.test.shards``) and what was expected.
 
 Rules that are choices rather than facts: ``glob``, ``exclude`` and ``items`` read a
 single string as a one-element list; a task's ``exclude`` replaces the one from
@@ -35,13 +34,12 @@ CONFIG_VERSION = 1
 SPLITS = ("name", "size", "timings")
 ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
-#: Far beyond any real suite; a larger count is almost surely a typo.
-MAX_SHARDS = 10000
+MAX_SHARDS = 10000  #: Far beyond any real suite; a larger count is almost surely a typo.
 #: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a longer --ttl
 #: or --timeout (exit 64), and the embedded engine could write no expiry lokt reads.
 MAX_DURATION = 2_562_047 * 3600.0
-#: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name
-#: of 255 bytes, the longest most file systems take.
+#: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name of 255
+#: bytes, the longest most file systems take.
 MAX_TASK_NAME = 200
 DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
@@ -72,8 +70,7 @@ class TaskConfig:
     glob: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
     collect: Optional[str] = None  #: A command whose non-empty output lines are the items.
-    #: Shard count of a dynamic task; None for explicit shards and for per_item
-    #: (``shards = "per-item"``: one shard per item).
+    #: Shard count of a dynamic task; None for explicit shards or per_item ("per-item").
     shards: Optional[int] = None
     per_item: bool = False
     explicit: Tuple[ExplicitShard, ...] = ()
@@ -271,12 +268,6 @@ def _placeholder(body: str) -> Placeholder:
     )
 
 
-def uses_items(tokens: Tuple[Token, ...]) -> bool:
-    return any(
-        isinstance(part, Placeholder) and part.name == "items" for token in tokens for part in token
-    )
-
-
 def pattern_problem(pattern: str) -> Optional[str]:
     """Why a glob or exclude pattern cannot be used, or None: it must stay below the
     directory of shards.toml, to mean the same files on every machine and worktree."""
@@ -299,8 +290,7 @@ class Key:
     """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
     A task takes each key of [defaults] it does not set; a key set in neither has ``default``."""
 
-    #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
-    #: value raises ValueError, and _read_keys names the key.
+    #: (path of shards.toml, value as written, key path) -> value as used, or ValueError.
     read: Callable[[Path, Any, Where], Any]
     places: Tuple[str, ...]
     default: Any = None
@@ -397,9 +387,8 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
 
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError(
-            f'{value} has no unit; write a string with a unit, e.g. "{value}s" or "10m"'
-        )
+        example = f'"{value}s" or "10m"'
+        raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
     if not isinstance(value, str):
         raise ValueError(f'expected a duration string such as "10m", got {_describe(value)}')
     seconds = parse_duration(value)
@@ -521,7 +510,8 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         raise config_error(path, f"{here}.shards", f"{problem} (explicit tables make the count)")
     if explicit and "split" in table:
         raise config_error(path, f"{here}.split", f"has no effect with {tables}; remove it")
-    if not uses_items(parse_run_template(task["run"])):
+    parts = [part for token in parse_run_template(task["run"]) for part in token]
+    if not any(isinstance(part, Placeholder) and part.name == "items" for part in parts):
         problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
         raise config_error(path, f"{here}.run", problem)
     if not explicit and task["shards"] is None:
@@ -588,14 +578,10 @@ def _describe(value: Any) -> str:
     """A value and its TOML type, for "expected X, got Y" messages."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, int):
-        return f"{value} (an integer)"
-    if isinstance(value, float):
-        return f"{value} (a float)"
+    if isinstance(value, (int, float)):
+        return f"{value} ({'an integer' if isinstance(value, int) else 'a float'})"
     if isinstance(value, str):
         return f'"{value}" (a string)'
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
+    if isinstance(value, (list, dict)):
+        return "an array" if isinstance(value, list) else "a table"
     return f"a {type(value).__name__.replace('datetime', 'date-time')}"

@@ -1,8 +1,5 @@
-"""What people see: colours, messages, and the live one-line-per-shard view.
-
-Colour is on only when the stream is a terminal and NO_COLOR is unset or empty
-(https://no-color.org).
-"""
+"""What people see: colours (only on a terminal, with NO_COLOR unset or empty, as
+https://no-color.org asks), messages, and the live one-line-per-shard view."""
 
 from __future__ import annotations
 

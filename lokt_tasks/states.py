@@ -1,12 +1,10 @@
 """The words a shard's state is told in, the policies built on them, and their colours.
 
-Each layer that looks at a shard has its vocabulary: a ``str`` enum whose values are
-the words written to records and JSON and printed. A word means the same in every
-vocabulary, so one colour map serves them all. The attempt process (``attempt.py``)
-imports next to nothing and writes record outcomes as literals;
-``tests/test_states.py`` pins the values it relies on. The policy sets name decisions
-taken on these words in more than one place (a command, its help text, the docs), so
-that they cannot drift apart.
+Each layer that looks at a shard has a ``str`` enum whose values are the words written
+to records and JSON and printed; a word means the same in each, so one colour map serves
+all. ``attempt.py`` imports next to nothing and writes record outcomes as literals
+(``tests/test_states.py`` pins them). The policy sets name decisions taken in several
+places (a command, its help text, the docs), so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -103,8 +101,7 @@ RAN_OUTCOMES = frozenset({RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTER
 LOCKED_OUT = frozenset({RunOutcome.HELD, RunOutcome.FROZEN})
 #: Run outcomes whose log tail shard-all shows after the board.
 SHOW_LOG_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.LOST, RunOutcome.ERROR})
-#: Shard states that ``shard-all --failed`` runs again: every state but a pass and a
-#: shard some live agent is running now.
+#: Shard states that ``shard-all --failed`` runs again: all but a pass and a live run.
 RERUN_BY_FAILED = frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
 #: Shard states that ``verify --wait`` waits on: they may still change by themselves.
 WAITED_ON = frozenset({ShardState.RUNNING, ShardState.MISSING})
@@ -118,9 +115,7 @@ W = TypeVar("W", bound=Word)
 
 def ordered(states: Iterable[W]) -> Tuple[W, ...]:
     """``states`` in the order their vocabulary declares them (for text and argv)."""
-    return tuple(
-        sorted(states, key=lambda state: list(type(state).__members__.values()).index(state))
-    )
+    return tuple(sorted(states, key=lambda state: list(type(state).__members__).index(state.name)))
 
 
 #: Warnings (the plan's) are painted like a state that needs a look.

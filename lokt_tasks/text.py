@@ -1,8 +1,7 @@
 """Text for people: seconds, aligned tables, shortened lines, lists of words.
 
-The plan, the live board and the verdict table all print through these pure
-functions, so a duration reads the same everywhere and every table lines up the
-same way. (``config.format_duration`` writes durations for lokt, not people.)
+Pure functions shared by the plan, the live board and the verdict table, so that a
+duration reads the same everywhere and every table lines up the same way.
 """
 
 from __future__ import annotations
