@@ -1,8 +1,5 @@
-"""``--id auto``: the shard index and count that a CI system hands each runner.
-
-Each CI names them differently and counts from 0 or from 1; this module turns
-them into our 1-based shard index and a total (variables: README.md).
-"""
+"""``--id auto``: the shard index and count a CI hands each runner (each CI names them
+differently and counts from 0 or 1), as our 1-based shard index and a total."""
 
 from __future__ import annotations
 

@@ -109,9 +109,8 @@ def find_config(start: Path) -> Path:
     """The nearest shards.toml in ``start`` or a parent directory, absolute."""
     start = Path(start).absolute()
     for directory in (start, *start.parents):
-        candidate = directory / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
+        if (directory / CONFIG_NAME).is_file():
+            return directory / CONFIG_NAME
     raise ConfigError(
         f"no {CONFIG_NAME} found in {start} or any parent directory (use --config PATH)"
     )
@@ -151,8 +150,7 @@ def key_path(*parts: Union[str, int]) -> str:
 
 def config_error(path: Path, key: str, problem: str) -> ConfigError:
     """The one-line error for a bad value: ``shards.toml: tasks.test.shards: <problem>``."""
-    problem = " ".join(problem.split())
-    return ConfigError(f"{display_path(path)}: {key}: {problem}")
+    return ConfigError(f"{display_path(path)}: {key}: {' '.join(problem.split())}")
 
 
 class DurationError(UsageError, ValueError):
@@ -294,10 +292,8 @@ class Key:
     read: Callable[[Path, Any, Where], Any]
     places: Tuple[str, ...]
     default: Any = None
-    #: The error for a task's key in [defaults], or a [defaults] key in a task.
-    misplaced: str = ""
-    #: The error when the key is not set; without one the key is optional.
-    missing: str = ""
+    misplaced: str = ""  #: The error for a task's key in [defaults], or a [defaults] key in a task.
+    missing: str = ""  #: The error when the key is not set; without one the key is optional.
 
 
 def _read_run(path: Path, value: Any, where: Where) -> str:
@@ -330,8 +326,7 @@ def _read_patterns(path: Path, value: Any, where: Where) -> Tuple[str, ...]:
     if not patterns:
         raise ValueError("empty list; give at least one pattern or remove the key")
     for pattern in patterns:
-        problem = pattern_problem(pattern)
-        if problem:
+        if problem := pattern_problem(pattern):
             raise ValueError(problem)
     return patterns
 

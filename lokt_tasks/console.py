@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, TextIO, Union
+from typing import Dict, Optional, Sequence, TextIO
 
 from colorama import Style
 
@@ -49,8 +49,6 @@ class LiveBoard:
     """One line per shard with its state and elapsed time: on a terminal redrawn in place
     twice a second, otherwise printed once per change of state, so CI logs stay readable."""
 
-    REFRESH_SECONDS = 0.5
-
     def __init__(self, console: Console, labels: Sequence[str]):
         self.console = console
         self.labels = list(labels)
@@ -58,7 +56,7 @@ class LiveBoard:
         self.states: Dict[str, str] = {label: Progress.WAITING for label in labels}
         self.started: Dict[str, float] = {}
         self.ended: Dict[str, float] = {}
-        self.details: Dict[str, str] = {}
+        self.details: Dict[str, str] = dict.fromkeys(labels, "")
         self._lock = threading.Lock()
         self._drawn = 0
         self._stop = threading.Event()
@@ -94,17 +92,15 @@ class LiveBoard:
     def _line(self, label: str, now: float) -> str:
         state, started = self.states[label], self.started.get(label)
         elapsed = "" if started is None else format_seconds(self.ended.get(label, now) - started)
-        cells: List[Union[str, Cell]] = [
-            label,
-            Cell(str(state), self.console.color_of(state)),
-            elapsed,
-            self.details.get(label, ""),
-        ]
-        widths = (self.label_width, STATE_WIDTH, ELAPSED_WIDTH)
-        return table([cells], right={2}, widths=widths, indent="")[0]
+        return table(
+            [[label, Cell(str(state), self.console.color_of(state)), elapsed, self.details[label]]],
+            right={2},
+            widths=(self.label_width, STATE_WIDTH, ELAPSED_WIDTH),
+            indent="",
+        )[0]
 
     def _refresh(self) -> None:
-        while not self._stop.wait(self.REFRESH_SECONDS):
+        while not self._stop.wait(0.5):
             self._draw()
 
     def _draw(self) -> None:

@@ -1,10 +1,9 @@
 """The words a shard's state is told in, the policies built on them, and their colours.
 
-Each layer that looks at a shard has a ``str`` enum whose values are the words written
-to records and JSON and printed; a word means the same in each, so one colour map serves
-all. ``attempt.py`` imports next to nothing and writes record outcomes as literals
-(``tests/test_states.py`` pins them). The policy sets name decisions taken in several
-places (a command, its help text, the docs), so that they cannot drift apart.
+One ``str`` enum per layer that looks at a shard, whose values are the words written to
+records and JSON and printed; a word means the same in each. ``attempt.py`` writes record
+outcomes as literals (``tests/test_states.py`` pins them). The policy sets name decisions
+taken in several places (a command, its help, the docs), so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -121,9 +120,8 @@ def ordered(states: Iterable[W]) -> Tuple[W, ...]:
 #: Warnings (the plan's) are painted like a state that needs a look.
 WARNING = "warning"
 
-#: The colour of every word above, wherever it is shown (board, table, summary).
-#: Green: a pass. Red: a failure, or something broken that a human must look at.
-#: Yellow: not finished, or not run. Cyan: in progress. Dim: not started.
+#: The colour of every word above, wherever shown: green a pass; red a failure, or something
+#: broken a human must look at; yellow not finished or not run; cyan in progress; dim not started.
 _WORDS_BY_COLOR = (
     (Fore.GREEN, "passed done"),
     (Fore.RED, "failed crashed corrupt error lost"),

@@ -1,8 +1,5 @@
-"""Text for people: seconds, aligned tables, shortened lines, lists of words.
-
-Pure functions shared by the plan, the live board and the verdict table, so that a
-duration reads the same everywhere and every table lines up the same way.
-"""
+"""Text for people: seconds, aligned tables, shortened lines, lists of words. Pure
+functions shared by the plan, the live board and the verdict table, so they read alike."""
 
 from __future__ import annotations
 
@@ -45,8 +42,7 @@ def paint(text: str, color: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell painted in ``color`` (a colorama code, or "") after padding, so that
-    colour codes never count toward a column's width."""
+    """A cell painted in ``color`` (colorama, or "") after padding: colour takes no width."""
 
     text: str
     color: str = ""
