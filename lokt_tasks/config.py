@@ -154,8 +154,7 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 
 class DurationError(UsageError, ValueError):
-    """A duration lokt would refuse: a UsageError, so that a bad command-line value
-    (``verify --timeout 10``) exits 2, and a ValueError for callers parsing other sources."""
+    """A duration lokt would refuse: a UsageError (``--timeout 10`` exits 2) and a ValueError."""
 
 
 #: Seconds per unit; Go reads "us" with either micro sign too.
