@@ -1,17 +1,11 @@
-"""``--id auto``: the shard index and count that a CI system hands each runner.
-
-Each CI names them differently and counts from 0 or from 1; this module
-turns them into our 1-based shard index and a total. GitHub Actions has no
-variable of its own: pass ``--id ${{ strategy.job-index }}`` style values
-through LOKT_TASKS_SHARD_INDEX / LOKT_TASKS_SHARD_TOTAL (0-based), or use
-``--id`` and ``--total`` directly.
-"""
+"""``--id auto``: the shard index and count a CI hands each runner (each CI names them
+differently and counts from 0 or 1), as our 1-based shard index and a total."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping
 
 from .errors import UsageError
 
@@ -21,8 +15,7 @@ class CiProvider:
     name: str
     index_var: str
     total_var: str
-    #: 0 when the CI counts runners from 0, 1 when from 1.
-    base: int
+    base: int  #: 0 when the CI counts runners from 0, 1 when from 1.
 
 
 #: Checked in this order; the first whose index variable is set wins.
@@ -38,51 +31,44 @@ PROVIDERS = (
 @dataclass(frozen=True)
 class CiShard:
     provider: str
-    #: 1-based, as in ``--id``.
-    index: int
+    index: int  #: 1-based, as in ``--id``.
     total: int
 
 
 def shard_from_env(env: Mapping[str, str]) -> CiShard:
     """Find this runner's shard in ``env``, or explain which variables we looked for."""
-    for provider in PROVIDERS:
-        raw_index = env.get(provider.index_var)
-        if raw_index is None or raw_index == "":
+    for ci in PROVIDERS:
+        raw_index, raw_total = env.get(ci.index_var), env.get(ci.total_var)
+        if not raw_index:
             continue
-        raw_total = env.get(provider.total_var)
         if not raw_total:
-            raise UsageError(
-                f"--id auto: {provider.index_var} is set but {provider.total_var} is not ({provider.name})"
-            )
-        index = _whole_number(raw_index, provider.index_var)
-        total = _whole_number(raw_total, provider.total_var)
+            raise _refuse(f"{ci.index_var} is set but {ci.total_var} is not ({ci.name})")
+        index = _whole_number(raw_index, ci.index_var) - ci.base + 1
+        total = _whole_number(raw_total, ci.total_var)
         if total < 1:
-            raise UsageError(
-                f"--id auto: {provider.total_var}={raw_total} must be at least 1 ({provider.name})"
+            raise _refuse(f"{ci.total_var}={raw_total} must be at least 1 ({ci.name})")
+        if not 1 <= index <= total:
+            raise _refuse(
+                f"{ci.index_var}={raw_index} is outside {ci.base}..{total - 1 + ci.base} "
+                f"for {ci.total_var}={raw_total} ({ci.name} counts from {ci.base})"
             )
-        one_based = index - provider.base + 1
-        if not 1 <= one_based <= total:
-            first, last = provider.base, total - 1 + provider.base
-            raise UsageError(
-                f"--id auto: {provider.index_var}={raw_index} is outside {first}..{last} "
-                f"for {provider.total_var}={raw_total} ({provider.name} counts from {provider.base})"
-            )
-        return CiShard(provider.name, one_based, total)
-    names = ", ".join(p.index_var for p in PROVIDERS)
-    raise UsageError(
-        f"--id auto: no CI shard index in the environment (looked for {names}); pass --id N instead"
-    )
+        return CiShard(ci.name, index, total)
+    names = ", ".join(ci.index_var for ci in PROVIDERS)
+    raise _refuse(f"no CI shard index in the environment (looked for {names}); pass --id N instead")
 
 
 def touch_bazel_status_file(env: Mapping[str, str]) -> None:
     """Tell Bazel that this test runner understands sharding, as its protocol asks."""
-    status_file: Optional[str] = env.get("TEST_SHARD_STATUS_FILE")
-    if status_file:
-        Path(status_file).touch()
+    if env.get("TEST_SHARD_STATUS_FILE"):
+        Path(env["TEST_SHARD_STATUS_FILE"]).touch()
 
 
 def _whole_number(raw: str, variable: str) -> int:
     try:
         return int(raw.strip())
     except ValueError:
-        raise UsageError(f"--id auto: {variable}={raw!r} is not a whole number") from None
+        raise _refuse(f"{variable}={raw!r} is not a whole number") from None
+
+
+def _refuse(problem: str) -> UsageError:
+    return UsageError(f"--id auto: {problem}")

@@ -1,8 +1,7 @@
 """The ``lokt-tasks`` console script: the same tasks, for projects with no tasks.py.
 
-``lokt-tasks shard test --id 1`` is ``invoke shard test --id 1`` without a
-tasks.py. Unlike plain invoke, a command line that does not parse exits with
-the usage code (2) rather than 1, so every outcome keeps its own code.
+Unlike plain invoke, a command line that does not parse exits with the usage
+code (2) rather than 1, so every outcome keeps its own code.
 """
 
 from __future__ import annotations

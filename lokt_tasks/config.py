@@ -1,48 +1,12 @@
-"""Read and validate shards.toml into plain dataclasses.
+"""Read and validate shards.toml (its format: README.md) into plain dataclasses.
 
-Everything a run depends on is checked here, before any command starts, so a
-typo costs a one-line error instead of a half-finished run. Every error names
-the file, the key path (``tasks.test.shards``) and what was expected.
+Everything is checked before any command starts, so a typo costs a one-line error
+naming the file, the key path (``tasks.test.shards``) and what was expected.
 
-The file, version 1::
-
-    version = 1                  # optional; anything else is refused
-
-    [defaults]                   # applies to every task that does not set the key
-    ttl = "10m"                  # lock lifetime, a lokt (Go) duration with a unit
-    engine = "auto"              # auto | lokt | embedded
-    jobs = 4                     # parallel shards for shard-all (default: CPU count)
-    split = "name"               # name | size | timings
-    shards = 4                   # an integer from 1 to 10000, or "per-item"
-    exclude = ["tests/fixtures/**"]
-    durations = "shard-durations.json"
-    results = ".lokt-results"    # only here: one results directory per project
-
-    [tasks.test]
-    run = "pytest -q {items}"
-    glob = ["tests/**/test_*.py"]
-    shards = 3
-
-    [tasks.go]                   # explicit shards: one table per shard
-    run = "go test {items}"
-    [[tasks.go.shard]]
-    items = ["./internal/..."]
-    [[tasks.go.shard]]
-    glob = ["cmd/*"]
-
-Rules that are choices rather than facts:
-
-- ``glob``, ``exclude`` and ``items`` take a list of strings; a single string
-  is read as a one-element list.
-- A task's ``exclude`` replaces the one from ``[defaults]``; it does not add to it.
-- A dynamic task (``glob`` or ``collect``) needs a shard count, from the task or
-  from ``[defaults]``: the count is never guessed from this machine's CPUs,
-  because every machine must compute the same plan.
-- ``durations`` and ``results`` are paths relative to the directory holding
-  shards.toml. ``durations`` defaults to ``shard-durations.json``, a file meant
-  to be committed so that every machine splits by the same timings.
-- Task names become lock names (``<task>-shard-<N>``), so they may only use
-  letters, digits, ``.``, ``_`` and ``-``.
+Rules that are choices rather than facts: ``glob``, ``exclude`` and ``items`` read a
+single string as a one-element list; a task's ``exclude`` replaces the one from
+``[defaults]``; a dynamic task (``glob`` or ``collect``) needs a shard count, never
+guessed from this machine's CPUs, because every machine must compute the same plan.
 """
 
 from __future__ import annotations
@@ -70,19 +34,16 @@ CONFIG_VERSION = 1
 SPLITS = ("name", "size", "timings")
 ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
-#: Far beyond any real suite; a larger count is almost surely a typo.
-MAX_SHARDS = 10000
-#: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a
-#: longer --ttl or --timeout (exit 64), and the embedded engine could write
-#: no expiry lokt reads.
+MAX_SHARDS = 10000  #: Far beyond any real suite; a larger count is almost surely a typo.
+#: Go's longest time.Duration (2^63 - 1 ns) in whole hours: lokt refuses a longer --ttl
+#: or --timeout (exit 64), and the embedded engine could write no expiry lokt reads.
 MAX_DURATION = 2_562_047 * 3600.0
-#: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name
-#: of 255 bytes, the longest most file systems take.
+#: Room for "-shard-10000.json" (lock names) and ".junit.xml" in a file name of 255
+#: bytes, the longest most file systems take.
 MAX_TASK_NAME = 200
 DEFAULT_TTL = "10m"
 DEFAULT_DURATIONS = "shard-durations.json"
 
-TOP_KEYS = ("version", "defaults", "tasks")
 #: The tables a key of KEYS may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
 DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
 #: Placeholders ``run`` may use, as they are listed in error messages.
@@ -90,7 +51,8 @@ PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{juni
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SIMPLE_PLACEHOLDERS = ("items", "shard", "total", "task", "junit", "python")
+#: In a run template's argument: a literal brace, a placeholder, or a stray brace.
+_BRACES = re.compile(r"\{\{|\}\}|\{([^}]*)\}|[{}]")
 
 
 @dataclass(frozen=True)
@@ -104,15 +66,12 @@ class ExplicitShard:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str
-    #: The command template, as written (split into argv with shlex by plan).
-    run: str
+    run: str  #: The command template, as written (split into argv with shlex by plan).
     glob: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
-    #: A command whose non-empty output lines are the items.
-    collect: Optional[str] = None
-    #: Shard count for dynamic tasks; None for explicit shards.
+    collect: Optional[str] = None  #: A command whose non-empty output lines are the items.
+    #: Shard count of a dynamic task; None for explicit shards or per_item ("per-item").
     shards: Optional[int] = None
-    #: ``shards = "per-item"``: one shard per item.
     per_item: bool = False
     explicit: Tuple[ExplicitShard, ...] = ()
     split: str = "name"
@@ -120,22 +79,16 @@ class TaskConfig:
     ttl: float = 600.0
     ttl_text: str = "10m"
     engine: str = "auto"
-    #: Parallel shards for shard-all; None means the CPU count.
-    jobs: Optional[int] = None
-    #: Absolute path of the durations file used by split = "timings".
-    durations: Optional[Path] = None
+    jobs: Optional[int] = None  #: Parallel shards for shard-all; None means the CPU count.
+    durations: Optional[Path] = None  #: Absolute path of the file split = "timings" reads.
 
 
 @dataclass(frozen=True)
 class Config:
-    #: Absolute path of shards.toml.
-    path: Path
-    #: The directory holding shards.toml: globs are relative to it, and
-    #: commands run in it.
-    root: Path
+    path: Path  #: Absolute path of shards.toml.
+    root: Path  #: The directory of shards.toml: globs are relative to it; commands run in it.
     tasks: Mapping[str, TaskConfig] = field(default_factory=dict)
-    #: Results directory from ``[defaults] results``, absolute, or None.
-    results: Optional[Path] = None
+    results: Optional[Path] = None  #: ``[defaults] results``, absolute, or None.
 
 
 @dataclass(frozen=True)
@@ -152,16 +105,12 @@ Token = Tuple[Union[str, Placeholder], ...]
 Where = Tuple[Union[str, int], ...]
 
 
-# ---------------------------------------------------------------- finding
-
-
 def find_config(start: Path) -> Path:
     """The nearest shards.toml in ``start`` or a parent directory, absolute."""
     start = Path(start).absolute()
     for directory in (start, *start.parents):
-        candidate = directory / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
+        if (directory / CONFIG_NAME).is_file():
+            return directory / CONFIG_NAME
     raise ConfigError(
         f"no {CONFIG_NAME} found in {start} or any parent directory (use --config PATH)"
     )
@@ -175,9 +124,6 @@ def get_task(config: Config, name: str) -> TaskConfig:
         raise UsageError(
             f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}"
         ) from None
-
-
-# ---------------------------------------------------------------- errors
 
 
 def display_path(path: Path) -> str:
@@ -195,55 +141,35 @@ def key_path(*parts: Union[str, int]) -> str:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-            continue
-        shown = (
-            part
-            if _BARE_KEY.fullmatch(part)
-            else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        )
-        text = f"{text}.{shown}" if text else shown
+        else:
+            if not _BARE_KEY.fullmatch(part):
+                part = '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = f"{text}.{part}" if text else part
     return text
 
 
 def config_error(path: Path, key: str, problem: str) -> ConfigError:
     """The one-line error for a bad value: ``shards.toml: tasks.test.shards: <problem>``."""
-    problem = " ".join(problem.split())
-    return ConfigError(f"{display_path(path)}: {key}: {problem}")
-
-
-# ---------------------------------------------------------------- durations
+    return ConfigError(f"{display_path(path)}: {key}: {' '.join(problem.split())}")
 
 
 class DurationError(UsageError, ValueError):
-    """A duration that lokt would refuse.
-
-    A UsageError, so that a bad command-line value (``verify --timeout 10``)
-    exits 2 with its one-line message; also a ValueError, so that callers
-    parsing other sources can treat it as a plain parse error.
-    """
+    """A duration lokt would refuse: a UsageError (``--timeout 10`` exits 2) and a ValueError."""
 
 
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "\u00b5s": 1e-6,
-    "\u03bcs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+#: Seconds per unit; Go reads "us" with either micro sign too.
+_DURATION_UNITS = dict(ns=1e-9, us=1e-6, ms=1e-3, s=1.0, m=60.0, h=3600.0)
+_DURATION_UNITS.update({"\u00b5s": 1e-6, "\u03bcs": 1e-6})
 _BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_DURATION_PART = re.compile(rf"({_BARE_NUMBER.pattern})(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration ("10m", "1h30m", "1.5s", "500ms"), as lokt reads it.
 
-    Units are required, because lokt refuses a bare number: accepting one here
-    would only move the error to the moment the lock is taken. Signs are not
-    accepted (a lock lifetime or a timeout is never negative). Raises
-    DurationError (a UsageError and a ValueError) with a one-line message.
+    Units are required, as lokt refuses a bare number (accepting one would only move the
+    error to the moment the lock is taken), and signs are refused. Raises DurationError.
     """
     if not isinstance(text, str):
         raise DurationError(f'expected a duration string such as "10m", got {text!r}')
@@ -253,18 +179,11 @@ def parse_duration(text: str) -> float:
         raise DurationError(
             f"'{text}' has no unit; write '{text}s' for seconds (units: h, m, s, ms, us, ns)"
         )
-    position = 0
-    seconds = 0.0
-    while position < len(text):
-        part = _DURATION_PART.match(text, position)
-        if part is None:
-            break
-        seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
-        position = part.end()
-    if position == 0 or position < len(text):
+    if not _DURATION.fullmatch(text):
         raise DurationError(
             f'\'{text}\' is not a duration; expected e.g. "10m", "90s", "1h30m" or "500ms"'
         )
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
     if seconds > MAX_DURATION:
         raise DurationError(
             f"'{text}' is longer than lokt can hold (2562047h, Go's longest duration)"
@@ -284,16 +203,11 @@ def format_duration(seconds: float) -> str:
     return f"{micros}us"
 
 
-# ---------------------------------------------------------------- run templates
-
-
 def parse_run_template(run: str) -> Tuple[Token, ...]:
     """Split ``run`` with shlex and find the placeholders in each argv token.
 
-    ``{items}`` must be a whole token (it becomes one argv element per item);
-    ``{items:SEP}`` may sit anywhere inside a token (the items joined by SEP);
-    ``{{`` and ``}}`` are literal braces. Raises ValueError with a one-line
-    message.
+    ``{items}`` must be a whole token (one argv element per item); ``{items:SEP}`` may
+    sit anywhere in one (the items joined by SEP). Raises ValueError (one line).
     """
     tokens = tuple(_parse_token(word) for word in _split_command(run))
     for token in tokens:
@@ -318,58 +232,42 @@ def _split_command(command: str) -> List[str]:
 
 def _parse_token(word: str) -> Token:
     parts: List[Union[str, Placeholder]] = []
-    literal = ""
-    position = 0
-    while position < len(word):
-        char = word[position]
-        if word.startswith("{{", position) or word.startswith("}}", position):
-            literal += char
-            position += 2
-        elif char == "{":
-            end = word.find("}", position)
-            if end < 0:
-                raise ValueError(f"unclosed '{{' in '{word}'; write '{{{{' for a literal brace")
-            if literal:
-                parts.append(literal)
-                literal = ""
-            parts.append(_placeholder(word[position + 1 : end]))
-            position = end + 1
-        elif char == "}":
+    literal, end = "", 0
+    for brace in _BRACES.finditer(word):
+        literal += word[end : brace.start()]
+        end = brace.end()
+        if brace.group() in ("{{", "}}"):
+            literal += brace.group()[0]
+        elif brace.group() == "{":
+            raise ValueError(f"unclosed '{{' in '{word}'; write '{{{{' for a literal brace")
+        elif brace.group() == "}":
             raise ValueError(f"single '}}' in '{word}'; write '}}}}' for a literal brace")
         else:
-            literal += char
-            position += 1
+            if literal:
+                parts.append(literal)
+            parts.append(_placeholder(brace.group(1)))
+            literal = ""
+    literal += word[end:]
     if literal or not parts:
         parts.append(literal)
     return tuple(parts)
 
 
 def _placeholder(body: str) -> Placeholder:
-    if body in _SIMPLE_PLACEHOLDERS:
-        return Placeholder(body)
     if body.startswith("items:"):
         return Placeholder("items", body[len("items:") :])
+    if f"{{{body}}}" in PLACEHOLDERS:
+        return Placeholder(body)
     known = ", ".join(PLACEHOLDERS)
     raise ValueError(
-        f"unknown placeholder '{{{body}}}'; known placeholders: {known} (write {{{{ and }}}} for literal braces)"
+        f"unknown placeholder '{{{body}}}'; known placeholders: {known} "
+        "(write {{ and }} for literal braces)"
     )
-
-
-def uses_items(tokens: Tuple[Token, ...]) -> bool:
-    return any(
-        isinstance(part, Placeholder) and part.name == "items" for token in tokens for part in token
-    )
-
-
-# ---------------------------------------------------------------- glob patterns
 
 
 def pattern_problem(pattern: str) -> Optional[str]:
-    """Why a glob or exclude pattern cannot be used, or None.
-
-    Patterns are relative to the directory of shards.toml and may not leave
-    it: a plan must mean the same files on every machine and in every worktree.
-    """
+    """Why a glob or exclude pattern cannot be used, or None: it must stay below the
+    directory of shards.toml, to mean the same files on every machine and worktree."""
     if not pattern:
         return "empty pattern"
     if pattern.startswith("/") or pattern.startswith("~") or re.match(r"[A-Za-z]:[\\/]", pattern):
@@ -377,34 +275,24 @@ def pattern_problem(pattern: str) -> Optional[str]:
     segments = pattern.split("/")
     if ".." in segments:
         return f"'{pattern}' uses '..'; patterns may not leave the directory of {CONFIG_NAME}"
-    for segment in segments:
-        if "**" in segment and segment != "**":
-            return f"'{pattern}': '**' must be a whole path segment, as in 'tests/**/test_*.py'"
-    if not [segment for segment in segments if segment not in ("", ".")]:
+    if any("**" in segment and segment != "**" for segment in segments):
+        return f"'{pattern}': '**' must be a whole path segment, as in 'tests/**/test_*.py'"
+    if all(segment in ("", ".") for segment in segments):
         return f"'{pattern}' names no files"
     return None
-
-
-# ---------------------------------------------------------------- keys
 
 
 @dataclass(frozen=True)
 class Key:
     """A key of [defaults], [tasks.NAME] or [[tasks.NAME.shard]]: how it is read, and where.
+    A task takes each key of [defaults] it does not set; a key set in neither has ``default``."""
 
-    A task takes each key of [defaults] that it does not set (its own value replaces the
-    one from [defaults], a list too); a key set in neither has its ``default``.
-    """
-
-    #: read(path of shards.toml, value as written, key path) returns the value as used; a bad
-    #: value raises ValueError, and _read_keys names the key. Every reader takes all three.
+    #: (path of shards.toml, value as written, key path) -> value as used, or ValueError.
     read: Callable[[Path, Any, Where], Any]
     places: Tuple[str, ...]
     default: Any = None
-    #: The error for a task's key in [defaults], or a [defaults] key in a task.
-    misplaced: str = ""
-    #: The error when the key is not set; without one the key is optional.
-    missing: str = ""
+    misplaced: str = ""  #: The error for a task's key in [defaults], or a [defaults] key in a task.
+    missing: str = ""  #: The error when the key is not set; without one the key is optional.
 
 
 def _read_run(path: Path, value: Any, where: Where) -> str:
@@ -437,8 +325,7 @@ def _read_patterns(path: Path, value: Any, where: Where) -> Tuple[str, ...]:
     if not patterns:
         raise ValueError("empty list; give at least one pattern or remove the key")
     for pattern in patterns:
-        problem = pattern_problem(pattern)
-        if problem:
+        if problem := pattern_problem(pattern):
             raise ValueError(problem)
     return patterns
 
@@ -539,14 +426,10 @@ KEYS: Dict[str, Key] = {
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
-    # NOTE: relative, as the table knows no directory: _read_task joins it to the directory
-    # of shards.toml, a join that leaves a path read from the file (absolute) as it is.
+    # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
     "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
     "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
 }
-
-
-# ---------------------------------------------------------------- loading
 
 
 def load_config(path: Path) -> Config:
@@ -559,15 +442,12 @@ def load_config(path: Path) -> Config:
     except OSError as error:
         raise ConfigError(f"{display_path(path)}: cannot read: {error.strerror or error}") from None
     data = _parse_toml(text, path)
-
-    _refuse_unknown(path, data, TOP_KEYS, ())
+    _refuse_unknown(path, data, ("version", "defaults", "tasks"), ())
     version = data.get("version", CONFIG_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version != CONFIG_VERSION:
         problem = f"expected {CONFIG_VERSION}, got {_describe(version)}"
         raise config_error(path, "version", f"{problem}; this lokt-tasks reads version 1")
-
     defaults = _read_keys(path, data.get("defaults", {}), DEFAULTS, ("defaults",), {})
-
     tasks = data.get("tasks")
     if tasks is None or tasks == {}:
         problem = "no tasks defined; add a [tasks.NAME] table with run and glob"
@@ -624,14 +504,14 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         raise config_error(path, f"{here}.shards", f"{problem} (explicit tables make the count)")
     if explicit and "split" in table:
         raise config_error(path, f"{here}.split", f"has no effect with {tables}; remove it")
-    if not uses_items(parse_run_template(task["run"])):
+    parts = [part for token in parse_run_template(task["run"]) for part in token]
+    if not any(isinstance(part, Placeholder) and part.name == "items" for part in parts):
         problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
         raise config_error(path, f"{here}.run", problem)
     if not explicit and task["shards"] is None:
         problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
     count = None if explicit else task["shards"]
-
     ttl, ttl_text = task["ttl"]
     return TaskConfig(
         name=name,
@@ -664,12 +544,10 @@ def _read_keys(
         key = KEYS.get(name)
         if key and key.misplaced and place != SHARD and place not in key.places:
             raise config_error(path, key_path(*where, name), key.misplaced)
-    _refuse_unknown(path, table, [name for name, key in KEYS.items() if place in key.places], where)
-
+    known = {name: key for name, key in KEYS.items() if place in key.places}
+    _refuse_unknown(path, table, list(known), where)
     values = {}
-    for name, key in KEYS.items():
-        if place not in key.places:
-            continue
+    for name, key in known.items():
         if name in table:
             try:
                 values[name] = key.read(path, table[name], where + (name,))
@@ -694,14 +572,10 @@ def _describe(value: Any) -> str:
     """A value and its TOML type, for "expected X, got Y" messages."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, int):
-        return f"{value} (an integer)"
-    if isinstance(value, float):
-        return f"{value} (a float)"
+    if isinstance(value, (int, float)):
+        return f"{value} ({'an integer' if isinstance(value, int) else 'a float'})"
     if isinstance(value, str):
         return f'"{value}" (a string)'
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
+    if isinstance(value, (list, dict)):
+        return "an array" if isinstance(value, list) else "a table"
     return f"a {type(value).__name__.replace('datetime', 'date-time')}"

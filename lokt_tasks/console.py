@@ -1,9 +1,5 @@
-"""What people see: colours, messages, and the live one-line-per-shard view.
-
-Colour is on only when the stream is a terminal and NO_COLOR is unset
-(https://no-color.org). Without a terminal, progress is plain lines, one per
-state change, so CI logs stay readable.
-"""
+"""What people see: colours (only on a terminal, with NO_COLOR unset or empty, as
+https://no-color.org asks), messages, and the live one-line-per-shard view."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, TextIO, Union
+from typing import Dict, Optional, Sequence, TextIO
 
 from colorama import Style
 
@@ -20,18 +16,8 @@ from .text import Cell, format_seconds, paint, table
 
 #: The board's state column fits every word it can show, so it never shifts.
 STATE_WIDTH = max(len(state) for vocabulary in (Progress, RunOutcome) for state in vocabulary)
-
 #: Elapsed times are right-aligned in this many characters ("59m59s").
-# NOTE: with the table's two-space gap this keeps the board's layout of old
-# (one space, then the time right-aligned in seven).
 ELAPSED_WIDTH = 6
-
-
-def wants_color(stream: TextIO, env=os.environ) -> bool:
-    if "NO_COLOR" in env and env["NO_COLOR"] != "":
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 class Console:
@@ -39,8 +25,8 @@ class Console:
 
     def __init__(self, stream: Optional[TextIO] = None, color: Optional[bool] = None):
         self.stream = stream or sys.stdout
-        self.color = wants_color(self.stream) if color is None else color
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.color = (self.is_tty and not os.environ.get("NO_COLOR")) if color is None else color
 
     def color_of(self, state: str) -> str:
         """The colour code of ``state`` (see states.COLORS), or "" without colour."""
@@ -50,34 +36,27 @@ class Console:
         """``text`` in the colour of ``state`` (any state word, or states.WARNING)."""
         return paint(text, self.color_of(state))
 
-    def dim(self, text: str) -> str:
-        return paint(text, Style.DIM) if self.color else text
-
     def say(self, text: str = "") -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
 
     def note(self, text: str) -> None:
         """A side remark (which engine, which run key), dimmed on a terminal."""
-        self.say(self.dim(f"lokt-tasks: {text}"))
+        self.say(paint(f"lokt-tasks: {text}", Style.DIM if self.color else ""))
 
 
 class LiveBoard:
-    """One line per shard with its state and elapsed time.
-
-    On a terminal the lines are redrawn in place twice a second; otherwise
-    each change of state is printed once as a plain line.
-    """
-
-    REFRESH_SECONDS = 0.5
+    """One line per shard with its state and elapsed time: on a terminal redrawn in place
+    twice a second, otherwise printed once per change of state, so CI logs stay readable."""
 
     def __init__(self, console: Console, labels: Sequence[str]):
         self.console = console
         self.labels = list(labels)
+        self.label_width = max((len(label) for label in labels), default=0)
         self.states: Dict[str, str] = {label: Progress.WAITING for label in labels}
         self.started: Dict[str, float] = {}
         self.ended: Dict[str, float] = {}
-        self.details: Dict[str, str] = {}
+        self.details: Dict[str, str] = dict.fromkeys(labels, "")
         self._lock = threading.Lock()
         self._drawn = 0
         self._stop = threading.Event()
@@ -110,27 +89,18 @@ class LiveBoard:
         if not self.console.is_tty:
             self.console.say(line)
 
-    def _elapsed(self, label: str, now: float) -> str:
-        if label not in self.started:
-            return ""
-        return format_seconds(self.ended.get(label, now) - self.started[label])
-
     def _line(self, label: str, now: float) -> str:
-        state = self.states[label]
-        cells: List[Union[str, Cell]] = [
-            label,
-            Cell(str(state), self.console.color_of(state)),
-            self._elapsed(label, now),
-            self.details.get(label, ""),
-        ]
-        widths = (self._width(), STATE_WIDTH, ELAPSED_WIDTH)
-        return table([cells], right={2}, widths=widths, indent="")[0]
-
-    def _width(self) -> int:
-        return max((len(label) for label in self.labels), default=0)
+        state, started = self.states[label], self.started.get(label)
+        elapsed = "" if started is None else format_seconds(self.ended.get(label, now) - started)
+        return table(
+            [[label, Cell(str(state), self.console.color_of(state)), elapsed, self.details[label]]],
+            right={2},
+            widths=(self.label_width, STATE_WIDTH, ELAPSED_WIDTH),
+            indent="",
+        )[0]
 
     def _refresh(self) -> None:
-        while not self._stop.wait(self.REFRESH_SECONDS):
+        while not self._stop.wait(0.5):
             self._draw()
 
     def _draw(self) -> None:

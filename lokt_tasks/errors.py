@@ -1,28 +1,20 @@
-"""Exit codes and the errors that carry them.
-
-Every outcome of a command has its own exit code, so that a script or an agent
-can tell "the tests failed" from "another agent holds this shard" without
-parsing output. The table is a public contract: README.md documents it.
-"""
+"""Exit codes and the errors that carry them: a public contract (README.md), so that a
+script can tell "the tests failed" from "another agent holds this shard" by the code."""
 
 import errno
 
 PASSED = 0
-#: lokt-tasks itself failed: an unexpected error, or invoke's own parser
-#: rejected the command line (invoke exits 1 for an unknown task or flag).
+#: lokt-tasks itself failed: an unexpected error, or invoke's own parser rejected
+#: the command line (invoke exits 1 for an unknown task or flag).
 INTERNAL = 1
-#: Bad shards.toml, bad command-line value, unknown task.
-USAGE = 2
-#: At least one shard ran and its command failed (non-zero exit or signal).
-FAILED = 3
+USAGE = 2  #: Bad shards.toml, bad command-line value, unknown task.
+FAILED = 3  #: At least one shard ran and its command failed (non-zero exit or signal).
 #: Not every shard passed under the current plan: missing, running, crashed,
 #: interrupted, outdated or corrupt records.
 INCOMPLETE = 4
-#: The shard's lock is held (or frozen) by another agent; nothing ran.
-HELD = 5
-#: The lock engine or storage failed: lokt missing or erroring, the lock
-#: root, the results directory or a log unusable (read-only, full, not a
-#: regular file, a symbolic link).
+HELD = 5  #: The shard's lock is held (or frozen) by another agent; nothing ran.
+#: The lock engine or storage failed: lokt missing or erroring, the lock root, the
+#: results directory or a log unusable (read-only, full, not a regular file, a symlink).
 ENGINE = 6
 #: Stopped by SIGINT / SIGTERM (128 + signal number, as shells do).
 INTERRUPTED_SIGINT = 130
@@ -65,8 +57,8 @@ class StorageError(LoktTasksError):
 
 
 def storage_error(error: OSError) -> LoktTasksError:
-    """The one-line error for an OSError met on a path: a usage error when
-    the path is too long (a task name or run key made it so), else storage."""
+    """The one-line error for an OSError on a path: a UsageError when the path is too
+    long (a task name or run key made it so), else a StorageError."""
     where = error.filename if error.filename is not None else "a file"
     if error.errno == errno.ENAMETOOLONG:
         return UsageError(f"{where}: path too long (shorten the task name or the run key)")

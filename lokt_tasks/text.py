@@ -1,12 +1,5 @@
-"""Text for people: seconds, aligned tables, shortened lines, lists of words.
-
-The plan, the live board and the verdict table all print through these, so a
-duration reads the same everywhere and every table lines up the same way.
-Pure functions: nothing here writes anywhere or decides whether to colour.
-
-Not here: ``config.format_duration``, which writes a duration for lokt to read
-("600s", "1500ms"), not for a person.
-"""
+"""Text for people: seconds, aligned tables, shortened lines, lists of words. Pure
+functions shared by the plan, the live board and the verdict table, so they read alike."""
 
 from __future__ import annotations
 
@@ -14,9 +7,6 @@ from dataclasses import dataclass
 from typing import Collection, List, Optional, Sequence, Union
 
 from colorama import Style
-
-#: What a shortened text ends with.
-ELLIPSIS = "..."
 
 
 def format_seconds(seconds: Optional[float]) -> str:
@@ -34,7 +24,7 @@ def format_seconds(seconds: Optional[float]) -> str:
 
 def shorten(text: str, width: int) -> str:
     """``text`` cut to at most ``width`` characters, ending in ``...`` when cut."""
-    return text if len(text) <= width else text[: width - len(ELLIPSIS)] + ELLIPSIS
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def word_list(words: Sequence[str], last: str = "or") -> str:
@@ -52,8 +42,7 @@ def paint(text: str, color: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell painted in ``color`` (a colorama code, or "") after it is padded,
-    so that colour codes never count toward a column's width."""
+    """A cell painted in ``color`` (colorama, or "") after padding: colour takes no width."""
 
     text: str
     color: str = ""
@@ -69,14 +58,12 @@ def table(
 ) -> List[str]:
     """``rows`` as lines of aligned columns (the first row is usually the header).
 
-    Each column is as wide as its widest cell, or ``widths[column]`` if more;
-    columns in ``right`` are right-aligned. A left-aligned last column is not
-    padded and trailing spaces are dropped, so a short last cell leaves no
-    blank tail.
+    Each column is as wide as its widest cell, or ``widths[column]`` if more; columns
+    in ``right`` are right-aligned. A left-aligned last cell is not padded and trailing
+    spaces are dropped.
     """
     cells = [[cell if isinstance(cell, Cell) else Cell(cell) for cell in row] for row in rows]
-    columns = max((len(row) for row in cells), default=0)
-    width = [widths[column] if column < len(widths) else 0 for column in range(columns)]
+    width = list(widths) + [0] * max((len(row) for row in cells), default=0)
     for row in cells:
         for column, cell in enumerate(row):
             width[column] = max(width[column], len(cell.text))
