@@ -1,10 +1,9 @@
 """Which shard runs next: every shard in parallel (shard-all), or a queue.
 
 Both modes hand shards out longest first, so the slowest shard starts as
-early as possible, and both claim a shard only through its lock: another
-agent holding it is never run over. The check for "already done" is made
-again by the shard's attempt inside the lock, so two agents racing for the same
-shard never both run it.
+early as possible, and claim a shard only through its lock, never running
+over another agent. The shard's attempt checks "already done" again inside
+the lock, so two agents racing for a shard never both run it.
 """
 
 from __future__ import annotations
@@ -70,9 +69,9 @@ def run_all(
                 outcomes.append(outcome)
             on_change(shard, outcome.state, outcome)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(pending) or 1))) as pool:
-        futures = [pool.submit(worker) for _ in range(min(jobs, len(pending)) or 1)]
-        for future in futures:
+    workers = max(1, min(jobs, len(pending)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
             future.result()
     return sorted(outcomes, key=lambda o: o.shard.index)
 
@@ -91,47 +90,54 @@ def run_queue(
     """Queue mode (``--id next``): claim and run unfinished shards until none is left.
 
     ``finished(shard)`` tells from the records whether a shard already has a
-    final outcome (passed or failed) under this plan. Every time the agent
-    looks for work it goes through all unfinished shards again, longest
-    first, and claims the first one nobody holds:
+    final outcome under this plan. Each pass goes through the unfinished
+    shards, longest first, and runs the first one nobody holds. It skips
+    frozen shards, and shards this agent already ran, whatever came of them
+    (a failure is final; a lost or stopped shard is left to another agent or
+    a rerun, so that no agent loops on a shard that cannot finish). Shards
+    live agents hold (see verdict.holder_is_live) are looked at again on
+    every pass: when a holder dies, the engine prunes its lock and the shard
+    is run here, since its record has no final outcome.
 
-    - A shard held by a live agent (see verdict.holder_is_live) is left to
-      it for now. It is looked at again on every later pass, so when its
-      holder dies the shard is claimable again: the engine prunes a dead
-      holder's lock (and an expired one from another host), and the
-      attempt runs the shard because its record has no final outcome.
-    - A frozen shard is left alone and not waited for.
-    - A shard this agent already ran is not run by it again, whatever came
-      of it: a failure is final, and a shard whose attempt died ("lost")
-      or that was stopped by a signal is left to another agent or a rerun,
-      so that one agent never loops on a shard that cannot finish.
-
-    When nothing is claimable but other agents still hold unfinished shards,
-    the agent waits and looks again (every 0.1 s at first, backing off to
-    1 s) instead of leaving: as long as one queue agent is alive, a crashed
-    agent's shard is run again. It waits at most ``patience`` seconds in a
-    row (None: until those shards finish); ``on_wait`` is told which shards
-    it waits for whenever that list changes. The check for "already done"
-    is made again by the attempt inside the lock, so two agents racing for
-    a shard never both run it. Returns the outcomes of the shards this agent
-    ran, in the order it ran them; an engine error ends the queue.
+    When only held shards are left, the agent waits and looks again (every
+    QUEUE_POLL_START seconds, backing off to QUEUE_POLL_MAX), at most
+    ``patience`` seconds in a row (None: until they finish); ``on_wait`` is
+    told the shards it waits for whenever that list changes. Returns the
+    outcomes of the shards this agent ran, in order; an engine error ends
+    the queue.
     """
     settings = replace(settings, wait=False)  # the queue waits itself, never on one lock
+    engine = settings.engine
     outcomes: List[ShardOutcome] = []
     ran_here: Set[int] = set()
     pause = QUEUE_POLL_START
     deadline: Optional[float] = None
     announced: List[Shard] = []
+
+    def claim_next() -> Tuple[Optional[ShardOutcome], List[Shard]]:
+        """One pass: the outcome of the shard this agent ran (None if none),
+        and the shards other live agents hold."""
+        held: List[Shard] = []
+        for shard in longest_first(plan.shards):
+            if stop.is_set():
+                break
+            if shard.index in ran_here or finished(shard) or engine.frozen(shard.lock_name):
+                continue
+            if holder_is_live(engine.holder(shard.lock_name)):
+                held.append(shard)  # looked at without trying: no deny line, no process
+                continue
+            on_change(shard, Progress.RUNNING, None)
+            skip = ordered(FINISHED_OUTCOMES)
+            outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
+            on_change(shard, outcome.state, outcome)
+            if outcome.state == RunOutcome.HELD:
+                held.append(shard)  # another agent took it between our look and our try
+            elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
+                return outcome, held
+        return None, held
+
     while not stop.is_set():
-        outcome, held = _claim_next(
-            plan,
-            settings,
-            ran_here,
-            stop=stop,
-            on_change=on_change,
-            finished=finished,
-            to_log=to_log,
-        )
+        outcome, held = claim_next()
         if outcome is not None:
             outcomes.append(outcome)
             ran_here.add(outcome.shard.index)
@@ -142,8 +148,8 @@ def run_queue(
         if not held:
             break
         now = time.monotonic()
-        if deadline is None:
-            deadline = now + patience if patience is not None else None
+        if deadline is None and patience is not None:
+            deadline = now + patience
         if deadline is not None and now >= deadline:
             break
         if on_wait is not None and held != announced:
@@ -153,40 +159,6 @@ def run_queue(
             break
         pause = min(pause * 2, QUEUE_POLL_MAX)
     return outcomes
-
-
-def _claim_next(
-    plan: Plan,
-    settings: RunSettings,
-    ran_here: Set[int],
-    *,
-    stop: StopRequest,
-    on_change: OnChange,
-    finished: Callable[[Shard], bool],
-    to_log: bool,
-) -> Tuple[Optional[ShardOutcome], List[Shard]]:
-    """One pass over the unfinished shards: the outcome of the first one this
-    agent ran (None if none), and the shards other live agents hold."""
-    held: List[Shard] = []
-    for shard in longest_first(plan.shards):
-        if stop.is_set():
-            break
-        if shard.index in ran_here or finished(shard):
-            continue
-        if settings.engine.frozen(shard.lock_name):
-            continue
-        if holder_is_live(settings.engine.holder(shard.lock_name)):
-            held.append(shard)  # looked at without trying: no deny line, no process
-            continue
-        on_change(shard, Progress.RUNNING, None)
-        skip = ordered(FINISHED_OUTCOMES)
-        outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
-        on_change(shard, outcome.state, outcome)
-        if outcome.state == RunOutcome.HELD:
-            held.append(shard)  # another agent took it between our look and our try
-        elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
-            return outcome, held
-    return None, held
 
 
 def is_finished(record: object, shard: Shard) -> bool:
@@ -200,18 +172,16 @@ def is_finished(record: object, shard: Shard) -> bool:
 
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
-    """Turn SIGINT, SIGTERM and SIGHUP into a stop request for the duration of a run.
+    """Turn SIGINT, SIGTERM and SIGHUP (as SIGTERM: the terminal went away) into
+    a stop request for the duration of a run.
 
-    The handler only records the signal: cleanup (forwarding, releasing
-    locks, writing records) happens in the normal flow of the code, so a
-    second Ctrl-C during cleanup cannot cut a record or a release in half.
-    SIGHUP (the terminal went away) stops the run as SIGTERM would, so the
-    commands are stopped and their locks released rather than orphaned.
-    Once a stop was requested, these signals are ignored from then on: the
+    The handler only records the signal: forwarding, releasing locks and
+    writing records happen in the normal flow, so a second Ctrl-C cannot cut
+    them in half. Once a stop was requested these signals stay ignored: the
     process is already stopping, and one more Ctrl-C while the verdict is
-    printed, or while Python shuts down (which puts back the default
-    handlers), must not end it with a traceback or another exit status.
-    Nothing is started after a stopped run, so no command inherits that.
+    printed, or while Python shuts down (restoring default handlers), must
+    not end it with a traceback or another exit status. Nothing is started
+    after a stopped run, so no command inherits that.
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop
