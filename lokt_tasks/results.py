@@ -38,25 +38,12 @@ if TYPE_CHECKING:
     from .plan import Shard
 
 RECORD_VERSION = 1
-
-#: Outcomes a record can hold. "running" is the start record.
-OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)
-
-#: Environment variable naming the run key, for when ``--run`` is not given.
-RUN_ENV = "LOKT_TASKS_RUN"
-
-#: The run key outside a git repository, or in one without commits.
-LOCAL_RUN_KEY = "local"
-
-#: Longest run key accepted from ``--run`` or the environment.
-MAX_RUN_KEY_LENGTH = 128
-
-#: The longest file name most file systems take (NAME_MAX).
-MAX_COMPONENT_BYTES = 255
-
-#: A record file larger than this is not a record (they are a few hundred bytes).
-MAX_RECORD_BYTES = 1024 * 1024
-
+OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)  # "running": a start record
+RUN_ENV = "LOKT_TASKS_RUN"  # names the run key when --run is not given
+LOCAL_RUN_KEY = "local"  # outside a git repository, or in one without commits
+MAX_RUN_KEY_LENGTH = 128  # from --run or the environment
+MAX_COMPONENT_BYTES = 255  # the longest file name most file systems take (NAME_MAX)
+MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file is not one
 _RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
 
 
@@ -111,11 +98,8 @@ _RFC3339 = re.compile(
 
 
 def parse_time(text: str) -> datetime.datetime:
-    """An RFC 3339 timestamp as an aware UTC datetime; raises ValueError.
-
-    Takes any number of fraction digits (lokt writes nanoseconds; they are cut
-    to microseconds) and a ``Z`` or numeric offset.
-    """
+    """An RFC 3339 timestamp (``Z`` or an offset; lokt writes nanoseconds, cut to
+    microseconds) as an aware UTC datetime; raises ValueError."""
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError("not an RFC 3339 timestamp: %r" % (text,))
@@ -146,12 +130,9 @@ def new_start_record(
     started_at: Optional[str] = None,
     attempt: Optional[str] = None,
 ) -> Record:
-    """The record written just before a shard's command starts (outcome "running"),
-    with a fresh random ``attempt`` unless one is given.
-
-    If the agent dies before the final record, this one stays behind and
-    ``verify`` reports the shard as crashed rather than missing.
-    """
+    """The record written just before a shard's command starts (outcome "running",
+    a fresh random ``attempt`` unless given): if the agent dies, it stays behind
+    and ``verify`` reports the shard as crashed rather than missing."""
     return Record(
         task=shard.task,
         shard=shard.index,
@@ -216,26 +197,22 @@ def unstamped_json(record: Record) -> str:
     return json.dumps(unstamped, indent=2, allow_nan=False)
 
 
-#: The JSON types a field of each annotation accepts, and their name in errors.
-#: bool is refused where an int is expected: json gives True for ``true``, and
-#: Python counts it as an int.
+#: The JSON types a Record field accepts, by its annotation (or the one inside
+#: ``Optional[...]``, which accepts null too), and their name in errors. A bool
+#: is never one of them, though Python counts it as an int.
 _JSON_TYPES = {
     "str": ((str,), "a string"),
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
 }
-
 #: Fields a record file may leave out, with the value they then take.
 _FIELD_DEFAULTS = {"attempt": ""}
 
 
 def record_from_dict(data: object) -> Record:
-    """Build a Record from decoded JSON, checking shape, types and version.
-
-    Raises ValueError with a short reason. Unknown keys are ignored, so a
-    later release may add fields without breaking older readers; a change
-    that older readers must not misread bumps ``version``.
-    """
+    """A Record from decoded JSON, checking shape, types and version; ValueError
+    with a short reason. Unknown keys are ignored, so a later release may add
+    fields; a change that older readers must not misread bumps ``version``."""
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object, found %s" % _json_type(data))
     version = data.get("version")
@@ -247,15 +224,12 @@ def record_from_dict(data: object) -> Record:
     for field in dataclasses.fields(Record):
         name, annotation = field.name, str(field.type)
         optional = annotation.startswith("Optional[")
-        types, type_name = _JSON_TYPES[
-            annotation[len("Optional[") : -1] if optional else annotation
-        ]
-        value = data.get(name, _FIELD_DEFAULTS.get(name))
+        types, type_name = _JSON_TYPES[annotation.removeprefix("Optional[").removesuffix("]")]
         if name not in data and name not in _FIELD_DEFAULTS:
             raise ValueError("field %r is missing" % name)
-        if not (value is None and optional) and (
-            isinstance(value, bool) or not isinstance(value, types)
-        ):
+        value = data.get(name, _FIELD_DEFAULTS.get(name))
+        wrong_type = isinstance(value, bool) or not isinstance(value, types)
+        if wrong_type and not (value is None and optional):
             raise ValueError(
                 "field %r should be %s, found %s" % (name, type_name, _json_type(value))
             )
@@ -291,10 +265,9 @@ def _refuse_constant(name: str) -> object:
 def write_record(path: Path, record: Record) -> Path:
     """Write ``record`` to ``path`` (whose directory must exist) atomically.
 
-    A final record is fsynced, file and directory, so it survives a machine
-    crash. A start record is not: the fsyncs cost more than the rest of a
-    shard's bookkeeping, and without the start record ``verify`` says missing
-    or corrupt instead of crashed, which fail the verdict just the same.
+    Only a final record is fsynced to survive a machine crash: for a start
+    record the fsyncs would cost more than the rest of a shard's bookkeeping,
+    and without it ``verify`` says missing instead of crashed: not a pass either.
     """
     durable = record.outcome != RecordOutcome.RUNNING
     write_atomically(path, record_to_json(record).encode("ascii"), durable=durable)
@@ -302,11 +275,8 @@ def write_record(path: Path, record: Record) -> Path:
 
 
 def read_record(path: Path) -> Optional[AnyRecord]:
-    """Read one record file: a Record, a CorruptRecord naming it, or None if absent.
-
-    Never raises for bad content: empty, truncated, garbage, wrong shape or
-    another version all give a CorruptRecord with the reason.
-    """
+    """A Record, a CorruptRecord naming the file and why (empty, truncated, wrong
+    shape, another version...: never raises for bad content), or None if absent."""
     path = Path(path)
 
     def corrupt(reason: str) -> CorruptRecord:
@@ -410,11 +380,8 @@ class RecordStore:
 
     def read(self, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
         """The record of one shard, a CorruptRecord, or None if there is none.
-
-        A record whose task, run key or shard number differs from where it
-        was found is corrupt too: a file copied to the wrong place must not
-        stand in for the shard it names.
-        """
+        A record naming another task, run key or shard than its place is corrupt:
+        a file copied to the wrong place must not stand in for the shard it names."""
         path = self.record_path(task, run_key, shard)
         record = read_record(path)
         if not isinstance(record, Record):
@@ -476,26 +443,23 @@ class RecordStore:
 
 def validate_run_key(key: str, source: str = "--run") -> str:
     """Check a run key given by the user; UsageError naming ``source`` if unusable."""
+
+    def refuse(problem: str) -> UsageError:
+        return UsageError("%s: the run key %s" % (source, problem))
+
     if not key:
-        raise UsageError("%s: the run key is empty" % source)
+        raise refuse("is empty")
     if len(key) > MAX_RUN_KEY_LENGTH:
-        raise UsageError(
-            "%s: the run key is longer than %d characters" % (source, MAX_RUN_KEY_LENGTH)
-        )
+        raise refuse("is longer than %d characters" % MAX_RUN_KEY_LENGTH)
     if "/" in key or "\\" in key:
-        raise UsageError("%s: the run key %r must not contain a slash" % (source, key))
+        raise refuse("%r must not contain a slash" % key)
     if ".." in key:
-        raise UsageError("%s: the run key %r must not contain '..'" % (source, key))
+        raise refuse("%r must not contain '..'" % key)
     if not key.isprintable() or key != key.strip():
-        raise UsageError(
-            "%s: the run key %r must be printable, without leading or trailing space"
-            % (source, key)
-        )
+        raise refuse("%r must be printable, without leading or trailing space" % key)
     if len(safe_component(key)) > MAX_COMPONENT_BYTES:
-        raise UsageError(
-            "%s: the run key %r is too long once escaped for a directory name (%d bytes at most)"
-            % (source, key, MAX_COMPONENT_BYTES)
-        )
+        limit = "(%d bytes at most)" % MAX_COMPONENT_BYTES
+        raise refuse("%r is too long once escaped for a directory name %s" % (key, limit))
     return key
 
 
@@ -536,20 +500,21 @@ def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
     return head[:12] if digest is None else "%s-dirty-%s" % (head[:12], digest[:8])
 
 
-def _git_env() -> Dict[str, str]:
+def _start_git(cwd: Path, args: Sequence[str], stderr: Any) -> subprocess.Popen[bytes]:
     # Reading the key must not take the index lock other git commands need
     # (for git diff, see _DIFF_ARGS).
-    return {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    command = ["git", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=stderr)
 
 
 def _git_output(cwd: Path, *args: str) -> Optional[str]:
     try:
-        result = subprocess.run(
-            ["git", *args], cwd=str(cwd), env=_git_env(), stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL
-        )
+        with _start_git(cwd, args, DEVNULL) as process:
+            output, _ = process.communicate()
     except OSError:
         return None
-    return result.stdout.decode("utf-8", "replace").strip() if result.returncode == 0 else None
+    return output.decode("utf-8", "replace").strip() if process.returncode == 0 else None
 
 
 # Options that pin the diff's text against personal git configuration, so the
@@ -579,14 +544,7 @@ def _tracked_changes_digest(top: Path, excludes: Sequence[str] = ()) -> Optional
     # file so that a chatty git cannot block on a full pipe meanwhile.
     with tempfile.TemporaryFile() as errors:
         try:
-            process = subprocess.Popen(
-                ["git", *_DIFF_ARGS, *excludes],
-                cwd=str(top),
-                env=_git_env(),
-                stdin=DEVNULL,
-                stdout=PIPE,
-                stderr=errors,
-            )
+            process = _start_git(top, [*_DIFF_ARGS, *excludes], errors)
         except OSError as error:
             raise LoktTasksError("cannot run git to compute the run key: %s" % error) from None
         with process:
