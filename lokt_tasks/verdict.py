@@ -64,9 +64,7 @@ if TYPE_CHECKING:
     from .engine import Holder
     from .plan import Plan, Shard
 
-#: Per-shard states, in the order they are explained in the README.
-STATES: Tuple[ShardState, ...] = tuple(ShardState)
-
+STATES: Tuple[ShardState, ...] = tuple(ShardState)  # in the order the README explains them
 #: Overall verdicts and the exit code each one leaves with.
 VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
     OverallVerdict.PASSED: errors.PASSED,
@@ -75,9 +73,7 @@ VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
 }
 
 JSON_VERSION = 1
-
-#: Lines of a failed shard's log put into its JUnit failure.
-JUNIT_LOG_LINES = 50
+JUNIT_LOG_LINES = 50  # lines of a failed shard's log put into its JUnit failure
 
 
 @dataclass(frozen=True)
@@ -87,18 +83,12 @@ class Row:
     shard: int
     lock_name: str
     state: ShardState
-    #: Human text: exit code, signal, lock holder, corrupt file and reason.
-    detail: str
-    #: The record found for this shard (None if none, or corrupt).
-    record: Optional[Record]
-    #: Seconds the command took; for a running shard, seconds so far.
-    duration: Optional[float]
-    #: Path of the shard's log, from the record.
-    log: Optional[str]
-    #: The live lock holder when the state is "running", else None.
-    holder: Optional[Holder] = None
-    #: The plan's fingerprint of this shard.
-    fingerprint: str = ""
+    detail: str  # for people: exit code, signal, lock holder, corrupt file and reason
+    record: Optional[Record]  # None if none, or corrupt
+    duration: Optional[float]  # seconds the command took; for a running shard, so far
+    log: Optional[str]  # from the record
+    holder: Optional[Holder] = None  # the live lock holder when "running"
+    fingerprint: str = ""  # the plan's
 
 
 @dataclass(frozen=True)
@@ -107,8 +97,7 @@ class Verdict:
     run_key: str
     rows: Tuple[Row, ...]
     state: OverallVerdict
-    #: Shard numbers that have records but are not in the plan (ignored).
-    stray_shards: Tuple[int, ...] = ()
+    stray_shards: Tuple[int, ...] = ()  # numbers of records not in the plan (ignored)
 
     @property
     def exit_code(self) -> int:
@@ -128,12 +117,9 @@ def judge(
     run_key: str,
     now: Optional[datetime.datetime] = None,
 ) -> Verdict:
-    """One Row per planned shard and the overall verdict.
-
-    ``records`` are this run's records by shard number (``RecordStore.read_run``);
-    ``holders`` maps each lock name to its current holder or None, as the
-    engine reports it. ``now`` (aware) only dates running shards.
-    """
+    """One Row per planned shard and the overall verdict, from this run's records by
+    shard number (``RecordStore.read_run``) and each lock name's current holder or
+    None. ``now`` (aware) only dates running shards."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     rows = tuple(
         _judge_shard(shard, records.get(shard.index), holders.get(shard.lock_name), now)
@@ -312,11 +298,7 @@ def _row_to_json(row: Row) -> Dict[str, object]:
     record = row.record
     running = row.state == ShardState.RUNNING
     final = None if running else record  # where the fields of a finished shard come from
-    if running and row.holder is not None:
-        agent: Optional[str] = row.holder.agent_id
-        host: Optional[str] = row.holder.host
-    else:
-        agent, host = (record.agent, record.host) if record else (None, None)
+    live = row.holder if running else None
     started_at = record.started_at if record else None
     if running and not _started_under(record, row.fingerprint):
         started_at = None  # a running shard's start is that of this plan's start record
@@ -328,8 +310,8 @@ def _row_to_json(row: Row) -> Dict[str, object]:
         "exit_code": final.exit_code if final else None,
         "signal": final.signal if final else None,
         "duration": None if row.duration is None else round(row.duration, 3),
-        "agent": agent,
-        "host": host,
+        "agent": live.agent_id if live else (record.agent if record else None),
+        "host": live.host if live else (record.host if record else None),
         "log": row.log,
         "started_at": started_at,
         "ended_at": final.ended_at if final else None,
@@ -400,11 +382,8 @@ def verdict_to_junit(verdict: Verdict) -> str:
 
 
 def render_table(verdict: Verdict, *, color: bool) -> str:
-    """The verdict as aligned text: one row per shard, then a summary line.
-
-    Pure: returns the text (no trailing newline); colour codes only when
-    ``color`` is true.
-    """
+    """The verdict as aligned text (no trailing newline): one row per shard, then
+    a summary line; colour codes only when ``color`` is true."""
     rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "detail"]]
     for row in verdict.rows:
         state = Cell(str(row.state), COLORS.get(row.state, "") if color else "")
@@ -447,11 +426,8 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
 def tail(
     path: Union[str, os.PathLike[str], None], lines: int = 20, *, max_bytes: int = 1024 * 1024
 ) -> str:
-    """The last ``lines`` lines of a file, reading backwards from its end.
-
-    Reads at most ``max_bytes`` however long the log is. Returns "" when the
-    file is missing or unreadable: a lost log must not hide a verdict.
-    """
+    """The last ``lines`` lines of a file, reading at most ``max_bytes`` back from
+    its end; "" when it is missing or unreadable: a lost log must not hide a verdict."""
     if path is None or lines <= 0:
         return ""
     try:
