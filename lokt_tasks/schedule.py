@@ -53,26 +53,17 @@ def run_all(
     Once ``stop`` is set no new shard starts; running ones are stopped by
     their engine, which forwards the signal and releases the lock.
     """
-    pending = longest_first(shards)
-    lock = threading.Lock()
-    outcomes: List[ShardOutcome] = []
 
-    def worker() -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                shard = pending.pop(0)
-            on_change(shard, Progress.RUNNING, None)
-            outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
-            with lock:
-                outcomes.append(outcome)
-            on_change(shard, outcome.state, outcome)
+    def run_one(shard: Shard) -> Optional[ShardOutcome]:
+        if stop.is_set():
+            return None
+        on_change(shard, Progress.RUNNING, None)
+        outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
+        on_change(shard, outcome.state, outcome)
+        return outcome
 
-    workers = max(1, min(jobs, len(pending)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(worker) for _ in range(workers)]:
-            future.result()
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(shards)))) as pool:
+        outcomes = [o for o in pool.map(run_one, longest_first(shards)) if o is not None]
     return sorted(outcomes, key=lambda o: o.shard.index)
 
 
@@ -87,24 +78,17 @@ def run_queue(
     patience: Optional[float] = None,
     on_wait: Optional[Callable[[List[Shard]], None]] = None,
 ) -> List[ShardOutcome]:
-    """Queue mode (``--id next``): claim and run unfinished shards until none is left.
+    """Queue mode (``--id next``): run unfinished shards until none is left, and
+    return the outcomes of those this agent ran, in order (an engine error ends it).
 
-    ``finished(shard)`` tells from the records whether a shard already has a
-    final outcome under this plan. Each pass goes through the unfinished
-    shards, longest first, and runs the first one nobody holds. It skips
-    frozen shards, and shards this agent already ran, whatever came of them
-    (a failure is final; a lost or stopped shard is left to another agent or
-    a rerun, so that no agent loops on a shard that cannot finish). Shards
-    live agents hold (see verdict.holder_is_live) are looked at again on
-    every pass: when a holder dies, the engine prunes its lock and the shard
-    is run here, since its record has no final outcome.
-
-    When only held shards are left, the agent waits and looks again (every
-    QUEUE_POLL_START seconds, backing off to QUEUE_POLL_MAX), at most
-    ``patience`` seconds in a row (None: until they finish); ``on_wait`` is
-    told the shards it waits for whenever that list changes. Returns the
-    outcomes of the shards this agent ran, in order; an engine error ends
-    the queue.
+    Each pass runs the longest shard that is not ``finished`` (a final outcome
+    under this plan, by the records), not frozen, not held by a live agent, and
+    not already run by this agent, whatever came of it: no agent loops on a
+    shard that cannot finish. A held shard is looked at again on every pass, so
+    when its holder dies (its lock pruned) it is run here. While only held
+    shards are left, the agent polls (backing off from QUEUE_POLL_START to
+    QUEUE_POLL_MAX seconds) for at most ``patience`` seconds in a row (None:
+    until they finish), telling ``on_wait`` the shards whenever they change.
     """
     settings = replace(settings, wait=False)  # the queue waits itself, never on one lock
     engine = settings.engine
@@ -173,15 +157,13 @@ def is_finished(record: object, shard: Shard) -> bool:
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """Turn SIGINT, SIGTERM and SIGHUP (as SIGTERM: the terminal went away) into
-    a stop request for the duration of a run.
+    a stop request while a run lasts.
 
-    The handler only records the signal: forwarding, releasing locks and
-    writing records happen in the normal flow, so a second Ctrl-C cannot cut
-    them in half. Once a stop was requested these signals stay ignored: the
-    process is already stopping, and one more Ctrl-C while the verdict is
-    printed, or while Python shuts down (restoring default handlers), must
-    not end it with a traceback or another exit status. Nothing is started
-    after a stopped run, so no command inherits that.
+    The handler only records the signal, so a second Ctrl-C cannot cut a record
+    or a release in half. Once a stop was requested these signals stay ignored:
+    one more Ctrl-C while the verdict is printed, or while Python shuts down,
+    must not end the process with a traceback or another exit status (nothing
+    is started after a stopped run, so no command inherits that).
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop

@@ -22,7 +22,7 @@ from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
 from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
@@ -83,7 +83,6 @@ def _plural(count: int, noun: str) -> str:
 
 def user_errors(body):
     """Turn LoktTasksError into invoke.Exit: one line on stderr and its exit code."""
-
     command = body.__name__.replace("_", "-")
 
     @functools.wraps(body)
@@ -116,9 +115,8 @@ def user_errors(body):
 
 @dataclass
 class Setup:
-    """What every command needs: the config, the task, its plan, where records go."""
+    """What every command needs: the task's config, its plan, where records go."""
 
-    config: Config
     task: TaskConfig
     plan: Plan
     store: RecordStore
@@ -155,7 +153,7 @@ def _setup(
         pinned = store.run_dir(task_name, run_key) / "durations.json"
         durations = pin_durations(task_config.durations, pinned)
     plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
-    return Setup(loaded, task_config, plan, store, run_key, lock_root)
+    return Setup(task_config, plan, store, run_key, lock_root)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -298,14 +296,11 @@ def _shard_queue(
     to_log: bool,
     patience: float,
 ) -> None:
-    """Run shards until every one is finished (see schedule.run_queue), then
-    say how many this agent ran and which shards, if any, are left to others.
-
-    Exit codes: 0 when every shard this agent ran passed (also when it ran
-    none), 3 when one failed, 4 when one ended without a final record (its
-    attempt died) or was stopped by a signal sent to it alone, 6 on an engine
-    error, 130/143 when this agent was interrupted.
-    """
+    """Run shards until every one is finished (see schedule.run_queue), then say
+    how many this agent ran and which shards, if any, are left to others. Exits
+    0 when every shard it ran passed (or it ran none), 3 when one failed, 4 when
+    one was lost or stopped by a signal sent to it alone, 6 on an engine error,
+    130/143 when this agent was interrupted."""
 
     def finished(shard) -> bool:
         return is_finished(setup.store.read(shard.task, setup.run_key, shard.index), shard)
@@ -360,8 +355,7 @@ def _held_list(shards, engine) -> str:
     """``a-shard-1 (held by agent x, pid 1 on h), a-shard-2 (frozen by o)``: who has each shard."""
     described = []
     for shard in shards:
-        frozen = engine.frozen_by(shard.lock_name)
-        holder = engine.holder(shard.lock_name)
+        frozen, holder = engine.frozen_by(shard.lock_name), engine.holder(shard.lock_name)
         if frozen is not None:
             described.append(f"{shard.lock_name} (frozen by {frozen.owner})")
         elif holder_is_live(holder):
