@@ -1,16 +1,13 @@
 """Shard records: one JSON file per task, run key and shard, written atomically.
 
-A record is the only trace a shard leaves for ``verify``. A reader never sees
-half a record (every write is a rename over the old file), and a file that
-cannot be understood is read back as a :class:`CorruptRecord` naming the file
-and why, never as a pass. Layout, below the results directory::
+A reader never sees half a record (every write is a rename over the old file),
+and a file that cannot be understood reads as a :class:`CorruptRecord`, never as
+a pass. Below the results directory, with task and run key as escaped by
+:func:`safe_component`::
 
-    <root>/<task>/<run key>/shard-<N>.json        the record
-    <root>/<task>/<run key>/shard-<N>.log         the shard's output
-    <root>/<task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
-
-Task names and run keys become single path components through
-:func:`safe_component`, so two different names never share a directory.
+    <task>/<run key>/shard-<N>.json        the record
+    <task>/<run key>/shard-<N>.log         the shard's output
+    <task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
 """
 
 from __future__ import annotations
@@ -89,8 +86,6 @@ class CorruptRecord:
 AnyRecord = Union[Record, CorruptRecord]
 
 
-# --- Timestamps -------------------------------------------------------------
-
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
@@ -112,9 +107,6 @@ def parse_time(text: str) -> datetime.datetime:
     year, month, day, hour, minute, second = map(int, date_and_time)
     moment = datetime.datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone)
     return moment.astimezone(datetime.timezone.utc)
-
-
-# --- Records ----------------------------------------------------------------
 
 
 def new_start_record(
@@ -304,15 +296,10 @@ def read_record(path: Path) -> Optional[AnyRecord]:
         return corrupt(str(error))
 
 
-# --- Names and places -------------------------------------------------------
-
-
 def safe_component(name: str) -> str:
-    """Escape ``name`` into one readable path component, reversibly.
-
-    Characters outside ``A-Z a-z 0-9 - _ .`` (and a leading ``.``, which
-    would hide the directory or make ``..``) become ``%XX`` per UTF-8 byte.
-    """
+    """``name`` as one readable path component, reversibly: characters outside
+    ``A-Z a-z 0-9 - _ .``, and a leading ``.`` (a hidden directory, or ``..``),
+    become ``%XX`` per UTF-8 byte, so two names never share a directory."""
     if not name:
         raise ValueError("empty name")
     return re.sub(r"^\.|[^A-Za-z0-9_.-]", _percent_escape, name)
@@ -333,15 +320,10 @@ def unsafe_component(component: str) -> str:
 
 
 def default_results_dir(lock_root: Path) -> Path:
-    """Where records live when shards.toml and the command line do not say:
-    a sibling of the lock root named after it plus ``-tasks``.
-
-    - ``<git common dir>/lokt``  -> ``<git common dir>/lokt-tasks``: shared by
-      every worktree of the repository, like the locks, and never tracked;
-    - ``./.lokt``                -> ``./.lokt-tasks``;
-    - ``$LOKT_ROOT=/srv/locks``  -> ``/srv/locks-tasks``: beside the locks,
-      never inside lokt's own root (lokt sweeps files it does not know).
-    """
+    """Where records live when shards.toml and the command line do not say: beside
+    the lock root, never inside it (lokt sweeps files it does not know), as
+    ``<git common dir>/lokt-tasks`` (shared by every worktree, never tracked),
+    ``./.lokt-tasks`` or ``/srv/locks-tasks`` for ``$LOKT_ROOT=/srv/locks``."""
     lock_root = Path(os.path.abspath(lock_root))
     if not lock_root.name:
         return lock_root / "lokt-tasks"
@@ -400,13 +382,9 @@ class RecordStore:
             names = sorted(os.listdir(self.run_dir(task, run_key)))
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        records = {}
-        for match in filter(None, map(_RECORD_NAME.fullmatch, names)):
-            shard = int(match.group(1))
-            record = self.read(task, run_key, shard)
-            if record is not None:
-                records[shard] = record
-        return records
+        shards = [int(match.group(1)) for match in map(_RECORD_NAME.fullmatch, names) if match]
+        records = {shard: self.read(task, run_key, shard) for shard in shards}
+        return {shard: record for shard, record in records.items() if record is not None}
 
     def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
         """The run in which ``owner`` last started ``shard`` and has not
@@ -438,9 +416,6 @@ class RecordStore:
         return [unsafe_component(name) for _, name in sorted(found)]
 
 
-# --- Run keys ---------------------------------------------------------------
-
-
 def validate_run_key(key: str, source: str = "--run") -> str:
     """Check a run key given by the user; UsageError naming ``source`` if unusable."""
 
@@ -469,16 +444,13 @@ def current_run_key(
     env: Mapping[str, str] = os.environ,
     ignore: Sequence[Path] = (),
 ) -> str:
-    """Which run the records of this invocation belong to.
-
-    In order: ``explicit`` (``--run``); ``$LOKT_TASKS_RUN`` when not empty;
-    else from git in ``cwd``: the first 12 hex digits of HEAD, plus, when
-    tracked files differ from HEAD (staged or not), ``-dirty-`` and 8 hex
-    digits of a SHA-256 over that diff. Untracked and ignored files never
-    change the key (so logs and reports a shard writes do not), nor do the
-    tracked files in ``ignore``, which the run itself rewrites (the durations
-    file). Outside a git work tree, or before the first commit: ``"local"``.
-    """
+    """Which run the records of this invocation belong to: ``explicit`` (``--run``),
+    else ``$LOKT_TASKS_RUN`` if not empty, else from git in ``cwd``: 12 hex digits
+    of HEAD, plus, when tracked files differ from HEAD (staged or not), ``-dirty-``
+    and 8 hex digits of a SHA-256 over that diff; ``"local"`` outside a work tree
+    or before the first commit. Untracked and ignored files never change the key
+    (logs, reports), nor do the tracked files in ``ignore``, which the run itself
+    rewrites (the durations file)."""
     if explicit is not None:
         return validate_run_key(explicit, "--run")
     from_env = env.get(RUN_ENV, "")

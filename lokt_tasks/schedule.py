@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Collection, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Iterator, List, Optional, Sequence, Tuple
 
 from .engine import StopRequest
 from .plan import Plan, Shard
@@ -93,7 +93,6 @@ def run_queue(
     settings = replace(settings, wait=False)  # the queue waits itself, never on one lock
     engine = settings.engine
     outcomes: List[ShardOutcome] = []
-    ran_here: Set[int] = set()
     pause = QUEUE_POLL_START
     deadline: Optional[float] = None
     announced: List[Shard] = []
@@ -102,6 +101,7 @@ def run_queue(
         """One pass: the outcome of the shard this agent ran (None if none),
         and the shards other live agents hold."""
         held: List[Shard] = []
+        ran_here = {outcome.shard.index for outcome in outcomes}
         for shard in longest_first(plan.shards):
             if stop.is_set():
                 break
@@ -124,7 +124,6 @@ def run_queue(
         outcome, held = claim_next()
         if outcome is not None:
             outcomes.append(outcome)
-            ran_here.add(outcome.shard.index)
             if outcome.state == RunOutcome.ERROR:
                 break
             pause, deadline, announced = QUEUE_POLL_START, None, []
@@ -156,8 +155,8 @@ def is_finished(record: object, shard: Shard) -> bool:
 
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
-    """Turn SIGINT, SIGTERM and SIGHUP (as SIGTERM: the terminal went away) into
-    a stop request while a run lasts.
+    """Turn SIGINT, SIGTERM and SIGHUP (the terminal went away: as SIGTERM) into a
+    stop request while a run lasts.
 
     The handler only records the signal, so a second Ctrl-C cannot cut a record
     or a release in half. Once a stop was requested these signals stay ignored:
@@ -172,11 +171,8 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     def request(signum, _frame):
         stop.request(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    previous = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    for sig in previous:
-        signal.signal(sig, request)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request) for sig in signals}
     try:
         yield stop
     finally:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from json import dumps
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Optional
 
 from invoke import Collection, Exit, task
 
@@ -71,10 +71,12 @@ COMMON_HELP = {
 RERUN_WORDS = word_list(ordered(RERUN_BY_FAILED))
 
 
-def _help(common: str, **specific: str) -> Dict[str, str]:
-    """A task's option help: ``specific`` texts, and COMMON_HELP's for the names in ``common``."""
-    shared = {name: COMMON_HELP[name] for name in common.split()}
-    return {"task": "Task name from shards.toml.", **specific, **shared}
+def _command(common: str, name: Optional[str] = None, **specific: str) -> Callable:
+    """An invoke task of the decorated body behind user_errors, with the help of
+    ``specific`` options and COMMON_HELP's for the names in ``common``."""
+    shared = {option: COMMON_HELP[option] for option in common.split()}
+    texts = {"task": "Task name from shards.toml.", **specific, **shared}
+    return lambda body: task(name=name, help=texts)(user_errors(body))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -193,8 +195,7 @@ def _interrupted(stop: StopRequest, message: str) -> Exit:
     return Exit(f"lokt-tasks: {message}", code=128 + (stop.signum or signal.SIGINT))
 
 
-@task(help=_help("config shards", json="Print the plan as JSON."))
-@user_errors
+@_command("config shards", json="Print the plan as JSON.")
 def plan(c, task, json=False, shards=None, config=None):
     """Show what each shard would run, and how balanced the shards are."""
     setup = _setup(task, config=config, shards=shards, run="plan", results=None, pin=False)
@@ -207,21 +208,18 @@ def plan(c, task, json=False, shards=None, config=None):
         console.say(console.paint(f"warning: {warning}", WARNING))
 
 
-@task(
-    help=_help(
-        "agent engine run shards config results",
-        id="Shard to run: a number from 1, 'next' (queue mode: claim shards until none is left)"
-        " or 'auto' (from the CI environment).",
-        total="The shard count the CI expects; a dynamic task is re-planned to it,"
-        " an explicit one must match.",
-        wait="Wait for the shard's lock instead of giving up when another agent holds it"
-        " (--id next always waits).",
-        timeout="With --wait, or with --id next for shards other agents hold: how long to wait,"
-        " as a duration with a unit (default 10m; 0s: do not wait).",
-        log="Write the command's output to the shard's log file instead of the terminal.",
-    )
+@_command(
+    "agent engine run shards config results",
+    id="Shard to run: a number from 1, 'next' (queue mode: claim shards until none is left)"
+    " or 'auto' (from the CI environment).",
+    total="The shard count the CI expects; a dynamic task is re-planned to it,"
+    " an explicit one must match.",
+    wait="Wait for the shard's lock instead of giving up when another agent holds it"
+    " (--id next always waits).",
+    timeout="With --wait, or with --id next for shards other agents hold: how long to wait,"
+    " as a duration with a unit (default 10m; 0s: do not wait).",
+    log="Write the command's output to the shard's log file instead of the terminal.",
 )
-@user_errors
 def shard(
     c,
     task,
@@ -400,16 +398,13 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
         raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
 
 
-@task(
+@_command(
+    "agent engine run shards config results",
     name="shard-all",
-    help=_help(
-        "agent engine run shards config results",
-        jobs="How many shards run at once (default: the task's jobs, else the CPU count).",
-        force="Run shards that already passed under this run key and plan too.",
-        failed=f"Run only the shards that are {RERUN_WORDS} (see verify).",
-    ),
+    jobs="How many shards run at once (default: the task's jobs, else the CPU count).",
+    force="Run shards that already passed under this run key and plan too.",
+    failed=f"Run only the shards that are {RERUN_WORDS} (see verify).",
 )
-@user_errors
 def shard_all(
     c,
     task,
@@ -456,9 +451,8 @@ def shard_all(
                     f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
                     f" last lines of {outcome.log}"
                 )
-                console.say("")
-                console.say(console.paint(heading, outcome.state))
-                console.say(tail(Path(outcome.log), 20).rstrip("\n"))
+                log_tail = tail(Path(outcome.log), 20).rstrip("\n")
+                console.say(f"\n{console.paint(heading, outcome.state)}\n{log_tail}")
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -469,16 +463,13 @@ def shard_all(
         raise Exit(code=verdict.exit_code)
 
 
-@task(
-    help=_help(
-        "engine run shards config results",
-        json="Print the verdict as JSON (see README: verdict JSON).",
-        junit="Also write the verdict as JUnit XML to this file, one testcase per shard.",
-        wait=f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
-        timeout="With --wait: how long to wait, as a duration with a unit (default 10m).",
-    )
+@_command(
+    "engine run shards config results",
+    json="Print the verdict as JSON (see README: verdict JSON).",
+    junit="Also write the verdict as JUnit XML to this file, one testcase per shard.",
+    wait=f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
+    timeout="With --wait: how long to wait, as a duration with a unit (default 10m).",
 )
-@user_errors
 def verify(
     c,
     task,
@@ -503,9 +494,8 @@ def verify(
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         verdict = _judge(setup, settings.engine)
     if junit:
-        report = Path(junit)
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(verdict_to_junit(verdict), encoding="utf-8")
+        Path(junit).parent.mkdir(parents=True, exist_ok=True)
+        Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
     if json:
         print(dumps(verdict_to_json(verdict), indent=2))
     else:

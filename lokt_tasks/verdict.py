@@ -22,19 +22,14 @@ corrupt      the record file could not be read; the detail names the file
 
 The overall verdict is "passed" when every shard passed (a plan with no
 shards is not a pass), "failed" when any shard failed (a failing test is the
-strongest signal, even while others still run), else "incomplete"; it exits
-0, 3 or 4 (see errors.py).
+strongest signal, even while others still run), else "incomplete".
 
-``verdict_to_json`` gives the document the README shows (version 1), whose
-``counts`` always list every state::
-
-    "counts": {"passed": 2, "failed": 1, "running": 0, "crashed": 0,
-               "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}
-
-Every key of a shard is always present. ``exit_code``, ``signal`` and
-``ended_at`` are null while running; ``duration`` is in seconds (so far, while
-running); ``agent`` and ``host`` are the lock holder's while running, else the
-record's; ``record_fingerprint`` differs from ``fingerprint`` when outdated.
+``verdict_to_json`` gives the document the README shows (version 1): every key
+always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
+"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
+listing every state. While a shard runs, its ``exit_code``, ``signal`` and
+``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
+are the lock holder's.
 """
 
 from __future__ import annotations
@@ -145,15 +140,11 @@ def judge_live(
     now: Optional[datetime.datetime] = None,
     rounds: int = 3,
 ) -> Verdict:
-    """Judge the store's records against the live locks (``holder_of`` maps a
-    lock name to its holder or None), without false crashes.
-
-    A shard that finishes while we look could pass for crashed: its start
-    record read, then its lock found free. So records are read before lock
-    holders, and every "crashed" shard's record is read once more: if it
-    changed, the shard moved on, and it is judged again with a fresh holder
-    (at most ``rounds`` times).
-    """
+    """Judge the store's records against the live locks (``holder_of``: a lock
+    name's holder or None), without false crashes: a shard that finishes while
+    we look could pass for crashed (start record read, then its lock found free),
+    so records are read before holders, and a crashed shard whose record changed
+    since is judged again with a fresh holder (at most ``rounds`` times)."""
     records: Dict[int, Optional[AnyRecord]] = dict(store.read_run(plan.task, run_key))
     holders = {shard.lock_name: holder_of(shard.lock_name) for shard in plan.shards}
     for shard in plan.shards:
@@ -277,9 +268,6 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
     return started + "; its lock (held on %s) expired" % holder.host
 
 
-# --- JSON -------------------------------------------------------------------
-
-
 def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
     """The verdict as a JSON-ready dict; the shape is documented above."""
     return {
@@ -320,8 +308,6 @@ def _row_to_json(row: Row) -> Dict[str, object]:
     }
 
 
-# --- JUnit XML --------------------------------------------------------------
-
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
@@ -340,26 +326,18 @@ def verdict_to_junit(verdict: Verdict) -> str:
     """
     counts, tests = verdict.counts, len(verdict.rows)
     failures, passes = counts[ShardState.FAILED], counts[ShardState.PASSED]
-    suite = ElementTree.Element(
-        "testsuite",
-        name="lokt-tasks.%s" % verdict.task,
-        tests=str(tests),
-        failures=str(failures),
-        errors=str(tests - failures - passes),
-        skipped="0",
-        time="%.3f" % sum(row.duration or 0.0 for row in verdict.rows),
-    )
+    suite = ElementTree.Element("testsuite", name="lokt-tasks.%s" % verdict.task, tests=str(tests))
+    suite.set("failures", str(failures))
+    suite.set("errors", str(tests - failures - passes))
+    suite.set("skipped", "0")
+    suite.set("time", "%.3f" % sum(row.duration or 0.0 for row in verdict.rows))
     properties = ElementTree.SubElement(suite, "properties")
     for name, value in (("run_key", verdict.run_key), ("verdict", verdict.state)):
         ElementTree.SubElement(properties, "property", name=name, value=xml_safe(value))
     for row in verdict.rows:
-        case = ElementTree.SubElement(
-            suite,
-            "testcase",
-            classname=verdict.task,
-            name="shard-%d" % row.shard,
-            time="%.3f" % (row.duration or 0.0),
-        )
+        case = ElementTree.SubElement(suite, "testcase", classname=verdict.task)
+        case.set("name", "shard-%d" % row.shard)
+        case.set("time", "%.3f" % (row.duration or 0.0))
         if row.state == ShardState.PASSED:
             continue
         failed = row.state == ShardState.FAILED
@@ -376,9 +354,6 @@ def verdict_to_junit(verdict: Verdict) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n%s\n' % ElementTree.tostring(
         suite, encoding="unicode"
     )
-
-
-# --- Text table -------------------------------------------------------------
 
 
 def render_table(verdict: Verdict, *, color: bool) -> str:
@@ -418,9 +393,6 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
     if len(problems) > 3:
         notes.append("%d more" % (len(problems) - 3))
     return text + (" (%s)" % "; ".join(notes) if notes else "")
-
-
-# --- Logs -------------------------------------------------------------------
 
 
 def tail(
