@@ -1,28 +1,13 @@
 """Shard records: one JSON file per task, run key and shard, written atomically.
 
-A record is the only trace a shard leaves for ``verify``: the agent that ran
-it may be gone, and the verdict is built from these files plus the live lock
-state. So the store is strict about two things:
+A reader never sees half a record (every write is a rename over the old file),
+and a file that cannot be understood reads as a :class:`CorruptRecord`, never as
+a pass. Below the results directory, with task and run key as escaped by
+:func:`safe_component`::
 
-- a reader never sees half a record: every write goes to a temporary file in
-  the same directory and is renamed over the old one;
-- a file that cannot be understood is never a pass: it is read back as a
-  :class:`CorruptRecord` that names the file and says why, instead of raising.
-
-Layout, below the results directory::
-
-    <root>/<task>/<run key>/shard-<N>.json        the record
-    <root>/<task>/<run key>/shard-<N>.log         the shard's output
-    <root>/<task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
-
-Task names and run keys are escaped into single path components with
-:func:`safe_component`: letters, digits, ``-`` and ``_`` stay as they are,
-``.`` stays unless it leads the name, and any other character becomes
-``%XX`` (its UTF-8 bytes in hex). So names stay readable and two different
-names never share a directory.
-
-The run key says which code a record belongs to (see :func:`current_run_key`):
-by default the commit, plus a digest of uncommitted changes to tracked files.
+    <task>/<run key>/shard-<N>.json        the record
+    <task>/<run key>/shard-<N>.log         the shard's output
+    <task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
 """
 
 from __future__ import annotations
@@ -38,6 +23,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import DEVNULL, PIPE
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .attempt import STAMPED_FIELDS, record_text
@@ -49,27 +35,13 @@ if TYPE_CHECKING:
     from .plan import Shard
 
 RECORD_VERSION = 1
-
-#: Outcomes a record can hold. "running" is the start record.
-OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)
-
-#: Environment variable naming the run key, for when ``--run`` is not given.
-RUN_ENV = "LOKT_TASKS_RUN"
-
-#: The run key outside a git repository, or in one without commits.
-LOCAL_RUN_KEY = "local"
-
-#: Longest run key accepted from ``--run`` or the environment.
-MAX_RUN_KEY_LENGTH = 128
-
-#: The longest file name most file systems take (NAME_MAX).
-MAX_COMPONENT_BYTES = 255
-
-#: A record file larger than this is not a record (they are a few hundred bytes).
-MAX_RECORD_BYTES = 1024 * 1024
-
-_RECORD_NAME = re.compile(r"^shard-([0-9]+)\.json$")
-_SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+OUTCOMES: Tuple[RecordOutcome, ...] = tuple(RecordOutcome)  # "running": a start record
+RUN_ENV = "LOKT_TASKS_RUN"  # names the run key when --run is not given
+LOCAL_RUN_KEY = "local"  # outside a git repository, or in one without commits
+MAX_RUN_KEY_LENGTH = 128  # from --run or the environment
+MAX_COMPONENT_BYTES = 255  # the longest file name most file systems take (NAME_MAX)
+MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file is not one
+_RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
 
 
 @dataclass
@@ -114,8 +86,6 @@ class CorruptRecord:
 AnyRecord = Union[Record, CorruptRecord]
 
 
-# --- Timestamps -------------------------------------------------------------
-
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
@@ -123,35 +93,20 @@ _RFC3339 = re.compile(
 
 
 def parse_time(text: str) -> datetime.datetime:
-    """Parse an RFC 3339 timestamp into an aware UTC datetime.
-
-    Accepts any number of fraction digits (lokt writes nanoseconds; they are
-    cut to microseconds) and a ``Z`` or numeric offset. Raises ValueError.
-    """
+    """An RFC 3339 timestamp (``Z`` or an offset; lokt writes nanoseconds, cut to
+    microseconds) as an aware UTC datetime; raises ValueError."""
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError("not an RFC 3339 timestamp: %r" % (text,))
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    if zulu:
-        zone = datetime.timezone.utc
-    else:
+    *date_and_time, fraction, zulu, sign, off_h, off_m = match.groups()
+    zone = datetime.timezone.utc
+    if not zulu:
         offset = datetime.timedelta(hours=int(off_h), minutes=int(off_m))
         zone = datetime.timezone(-offset if sign == "-" else offset)
     microsecond = int((fraction or "0")[:6].ljust(6, "0"))
-    moment = datetime.datetime(
-        int(year),
-        int(month),
-        int(day),
-        int(hour),
-        int(minute),
-        int(second),
-        microsecond,
-        tzinfo=zone,
-    )
+    year, month, day, hour, minute, second = map(int, date_and_time)
+    moment = datetime.datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone)
     return moment.astimezone(datetime.timezone.utc)
-
-
-# --- Records ----------------------------------------------------------------
 
 
 def new_start_record(
@@ -167,12 +122,9 @@ def new_start_record(
     started_at: Optional[str] = None,
     attempt: Optional[str] = None,
 ) -> Record:
-    """The record written just before a shard's command starts (outcome "running").
-
-    If the agent dies before writing the final record, this one stays behind
-    and ``verify`` reports the shard as crashed rather than missing. Each
-    call gets a fresh random ``attempt`` unless one is given.
-    """
+    """The record written just before a shard's command starts (outcome "running",
+    a fresh random ``attempt`` unless given): if the agent dies, it stays behind
+    and ``verify`` reports the shard as crashed rather than missing."""
     return Record(
         task=shard.task,
         shard=shard.index,
@@ -233,52 +185,26 @@ def unstamped_json(record: Record) -> str:
     """The fields of ``record`` that an attempt does not stamp, as the JSON
     object (two-space indent, ASCII) it puts the stamped ones in front of."""
     data = record_to_dict(record)
-    for name in STAMPED_FIELDS:
-        del data[name]
-    return json.dumps(dict(sorted(data.items())), indent=2, allow_nan=False)
+    unstamped = {name: data[name] for name in sorted(data) if name not in STAMPED_FIELDS}
+    return json.dumps(unstamped, indent=2, allow_nan=False)
 
 
-# Which JSON types each field accepts; bool is excluded from int on purpose
-# (json gives True for ``true``, and Python counts it as an int).
-_STR = (str,)
-_INT = (int,)
-_NUMBER = (int, float)
-_FIELD_TYPES = {
-    "task": (_STR, False),
-    "shard": (_INT, False),
-    "total": (_INT, False),
-    "fingerprint": (_STR, False),
-    "run_key": (_STR, False),
-    "lock_name": (_STR, False),
-    "agent": (_STR, False),
-    "owner": (_STR, False),
-    "host": (_STR, False),
-    "pid": (_INT, False),
-    "engine": (_STR, False),
-    "started_at": (_STR, False),
-    "outcome": (_STR, False),
-    "ended_at": (_STR, True),
-    "duration": (_NUMBER, True),
-    "exit_code": (_INT, True),
-    "signal": (_STR, True),
-    "log": (_STR, True),
-    "items": (_INT, False),
-    "message": (_STR, False),
-    "version": (_INT, False),
-    "attempt": (_STR, False),
+#: The JSON types a Record field accepts, by its annotation (or the one inside
+#: ``Optional[...]``, which accepts null too), and their name in errors. A bool
+#: is never one of them, though Python counts it as an int.
+_JSON_TYPES = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
 }
-
 #: Fields a record file may leave out, with the value they then take.
 _FIELD_DEFAULTS = {"attempt": ""}
 
 
 def record_from_dict(data: object) -> Record:
-    """Build a Record from decoded JSON, checking shape, types and version.
-
-    Raises ValueError with a short reason. Unknown keys are ignored, so a
-    later release may add fields without breaking older readers; a change
-    that older readers must not misread bumps ``version``.
-    """
+    """A Record from decoded JSON, checking shape, types and version; ValueError
+    with a short reason. Unknown keys are ignored, so a later release may add
+    fields; a change that older readers must not misread bumps ``version``."""
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object, found %s" % _json_type(data))
     version = data.get("version")
@@ -287,19 +213,17 @@ def record_from_dict(data: object) -> Record:
             "record version %d, this lokt-tasks reads version %d" % (version, RECORD_VERSION)
         )
     values: Dict[str, Any] = {}
-    for name, (types, optional) in _FIELD_TYPES.items():
-        if name not in data and name in _FIELD_DEFAULTS:
-            values[name] = _FIELD_DEFAULTS[name]
-            continue
-        if name not in data:
+    for field in dataclasses.fields(Record):
+        name, annotation = field.name, str(field.type)
+        optional = annotation.startswith("Optional[")
+        types, type_name = _JSON_TYPES[annotation.removeprefix("Optional[").removesuffix("]")]
+        if name not in data and name not in _FIELD_DEFAULTS:
             raise ValueError("field %r is missing" % name)
-        value = data[name]
-        if value is None and optional:
-            values[name] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, types):
+        value = data.get(name, _FIELD_DEFAULTS.get(name))
+        wrong_type = isinstance(value, bool) or not isinstance(value, types)
+        if wrong_type and not (value is None and optional):
             raise ValueError(
-                "field %r should be %s, found %s" % (name, _TYPE_NAMES[types], _json_type(value))
+                "field %r should be %s, found %s" % (name, type_name, _json_type(value))
             )
         values[name] = value
     if values["outcome"] not in OUTCOMES:
@@ -319,21 +243,11 @@ def record_from_dict(data: object) -> Record:
     return Record(**values)
 
 
-_TYPE_NAMES = {_STR: "a string", _INT: "an integer", _NUMBER: "a number"}
-
-
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "an object")
 
 
 def _refuse_constant(name: str) -> object:
@@ -341,104 +255,75 @@ def _refuse_constant(name: str) -> object:
 
 
 def write_record(path: Path, record: Record) -> Path:
-    """Write ``record`` to ``path`` atomically; a final record durably too.
+    """Write ``record`` to ``path`` (whose directory must exist) atomically.
 
-    Temp file in the same directory, fsync, rename over the old record,
-    fsync the directory: readers see the old record or the new one, never
-    a mix, and after a machine crash the rename is not lost. A start record
-    (outcome "running") skips the two fsyncs, which cost more than the rest
-    of a shard's bookkeeping: all it is for after a machine crash is to say
-    "crashed", and without it ``verify`` says missing or corrupt, which fail
-    the verdict just the same. The directory must exist.
+    Only a final record is fsynced to survive a machine crash: for a start
+    record the fsyncs would cost more than the rest of a shard's bookkeeping,
+    and without it ``verify`` says missing instead of crashed: not a pass either.
     """
-    path = Path(path)
     durable = record.outcome != RecordOutcome.RUNNING
     write_atomically(path, record_to_json(record).encode("ascii"), durable=durable)
-    return path
+    return Path(path)
 
 
 def read_record(path: Path) -> Optional[AnyRecord]:
-    """Read one record file: a Record, a CorruptRecord naming it, or None if absent.
-
-    Never raises for bad content: empty, truncated, garbage, wrong shape or
-    another version all give a CorruptRecord with the reason.
-    """
+    """A Record, a CorruptRecord naming the file and why (empty, truncated, wrong
+    shape, another version...: never raises for bad content), or None if absent."""
     path = Path(path)
+
+    def corrupt(reason: str) -> CorruptRecord:
+        return CorruptRecord(str(path), reason)
+
     try:
         raw = read_file(path, MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as error:
-        return CorruptRecord(str(path), "cannot read: %s" % (error.strerror or error))
+        return corrupt("cannot read: %s" % (error.strerror or error))
     if len(raw) > MAX_RECORD_BYTES:
-        return CorruptRecord(str(path), "larger than %d bytes" % MAX_RECORD_BYTES)
+        return corrupt("larger than %d bytes" % MAX_RECORD_BYTES)
     if not raw.strip():
-        return CorruptRecord(str(path), "empty file")
+        return corrupt("empty file")
     try:
-        text = raw.decode("utf-8")
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
-        return CorruptRecord(str(path), "not UTF-8 text")
-    try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        return corrupt("not UTF-8 text")
     except ValueError as error:
-        return CorruptRecord(str(path), "invalid JSON (truncated?): %s" % error)
+        return corrupt("invalid JSON (truncated?): %s" % error)
     try:
         return record_from_dict(data)
     except ValueError as error:
-        return CorruptRecord(str(path), str(error))
-
-
-# --- Names and places -------------------------------------------------------
+        return corrupt(str(error))
 
 
 def safe_component(name: str) -> str:
-    """Escape ``name`` into one readable path component, reversibly.
-
-    Characters outside ``A-Z a-z 0-9 - _ .`` (and a leading ``.``, which
-    would hide the directory or make ``..``) become ``%XX`` per UTF-8 byte.
-    """
+    """``name`` as one readable path component, reversibly: characters outside
+    ``A-Z a-z 0-9 - _ .``, and a leading ``.`` (a hidden directory, or ``..``),
+    become ``%XX`` per UTF-8 byte, so two names never share a directory."""
     if not name:
         raise ValueError("empty name")
-    parts = []
-    for position, char in enumerate(name):
-        if char in _SAFE_CHARS and not (char == "." and position == 0):
-            parts.append(char)
-        else:
-            parts.append("".join("%%%02X" % byte for byte in char.encode("utf-8", "surrogatepass")))
-    return "".join(parts)
+    return re.sub(r"^\.|[^A-Za-z0-9_.-]", _percent_escape, name)
+
+
+def _percent_escape(match: re.Match[str]) -> str:
+    return "".join("%%%02X" % byte for byte in match.group().encode("utf-8", "surrogatepass"))
 
 
 def unsafe_component(component: str) -> str:
     """Undo :func:`safe_component`."""
-    data = bytearray()
-    position = 0
-    while position < len(component):
-        char = component[position]
-        if char == "%" and _is_hex(component[position + 1 : position + 3]):
-            data.append(int(component[position + 1 : position + 3], 16))
-            position += 3
-        else:
-            data.extend(char.encode("utf-8", "surrogatepass"))
-            position += 1
+    data = re.sub(
+        rb"%([0-9A-Fa-f]{2})",
+        lambda match: bytes([int(match.group(1), 16)]),
+        component.encode("utf-8", "surrogatepass"),
+    )
     return data.decode("utf-8", "surrogatepass")
 
 
-def _is_hex(text: str) -> bool:
-    return len(text) == 2 and all(char in "0123456789abcdefABCDEF" for char in text)
-
-
 def default_results_dir(lock_root: Path) -> Path:
-    """Where records live when shards.toml and the command line do not say.
-
-    The rule: a sibling of the lock root named after it plus ``-tasks``.
-    lokt's own root discovery then gives every case a sensible place:
-
-    - ``<git common dir>/lokt``  -> ``<git common dir>/lokt-tasks``: shared by
-      every worktree of the repository, like the locks, and never tracked;
-    - ``./.lokt``                -> ``./.lokt-tasks``;
-    - ``$LOKT_ROOT=/srv/locks``  -> ``/srv/locks-tasks``: beside the locks,
-      never inside lokt's own root (lokt sweeps files it does not know).
-    """
+    """Where records live when shards.toml and the command line do not say: beside
+    the lock root, never inside it (lokt sweeps files it does not know), as
+    ``<git common dir>/lokt-tasks`` (shared by every worktree, never tracked),
+    ``./.lokt-tasks`` or ``/srv/locks-tasks`` for ``$LOKT_ROOT=/srv/locks``."""
     lock_root = Path(os.path.abspath(lock_root))
     if not lock_root.name:
         return lock_root / "lokt-tasks"
@@ -477,34 +362,29 @@ class RecordStore:
 
     def read(self, task: str, run_key: str, shard: int) -> Optional[AnyRecord]:
         """The record of one shard, a CorruptRecord, or None if there is none.
-
-        A record whose task, run key or shard number differs from where it
-        was found is corrupt too: a file copied to the wrong place must not
-        stand in for the shard it names.
-        """
+        A record naming another task, run key or shard than its place is corrupt:
+        a file copied to the wrong place must not stand in for the shard it names."""
         path = self.record_path(task, run_key, shard)
-        return _check_place(read_record(path), path, task, run_key, shard)
+        record = read_record(path)
+        if not isinstance(record, Record):
+            return record
+        for field, expected in (("task", task), ("run_key", run_key), ("shard", shard)):
+            found = getattr(record, field)
+            if found != expected:
+                return CorruptRecord(
+                    str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected)
+                )
+        return record
 
     def read_run(self, task: str, run_key: str) -> Dict[int, AnyRecord]:
         """Every shard record of one run, by shard number. Temp files are ignored."""
-        run_dir = self.run_dir(task, run_key)
         try:
-            names = os.listdir(str(run_dir))
+            names = sorted(os.listdir(self.run_dir(task, run_key)))
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        records = {}
-        for name in sorted(names):
-            match = _RECORD_NAME.match(name)
-            if match is None:
-                continue
-            shard = int(match.group(1))
-            if shard < 1 or name != "shard-%d.json" % shard:
-                continue
-            path = run_dir / name
-            record = _check_place(read_record(path), path, task, run_key, shard)
-            if record is not None:
-                records[shard] = record
-        return records
+        shards = [int(match.group(1)) for match in map(_RECORD_NAME.fullmatch, names) if match]
+        records = {shard: self.read(task, run_key, shard) for shard in shards}
+        return {shard: record for shard, record in records.items() if record is not None}
 
     def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
         """The run in which ``owner`` last started ``shard`` and has not
@@ -521,9 +401,8 @@ class RecordStore:
 
     def runs(self, task: str) -> List[str]:
         """Run keys that have records for ``task``, oldest first by last write."""
-        task_dir = self.task_dir(task)
         try:
-            entries = list(os.scandir(str(task_dir)))
+            entries = list(os.scandir(self.task_dir(task)))
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
@@ -531,53 +410,31 @@ class RecordStore:
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
             try:
-                mtime = entry.stat().st_mtime
+                found.append((entry.stat().st_mtime, entry.name))
             except FileNotFoundError:
                 continue
-            found.append((mtime, entry.name))
-        found.sort()
-        return [unsafe_component(name) for _, name in found]
-
-
-def _check_place(
-    record: Optional[AnyRecord], path: Path, task: str, run_key: str, shard: int
-) -> Optional[AnyRecord]:
-    if not isinstance(record, Record):
-        return record
-    for field, expected in (("task", task), ("run_key", run_key), ("shard", shard)):
-        found = getattr(record, field)
-        if found != expected:
-            return CorruptRecord(
-                str(path), "holds %s %r, expected %r (file moved?)" % (field, found, expected)
-            )
-    return record
-
-
-# --- Run keys ---------------------------------------------------------------
+        return [unsafe_component(name) for _, name in sorted(found)]
 
 
 def validate_run_key(key: str, source: str = "--run") -> str:
     """Check a run key given by the user; UsageError naming ``source`` if unusable."""
+
+    def refuse(problem: str) -> UsageError:
+        return UsageError("%s: the run key %s" % (source, problem))
+
     if not key:
-        raise UsageError("%s: the run key is empty" % source)
+        raise refuse("is empty")
     if len(key) > MAX_RUN_KEY_LENGTH:
-        raise UsageError(
-            "%s: the run key is longer than %d characters" % (source, MAX_RUN_KEY_LENGTH)
-        )
+        raise refuse("is longer than %d characters" % MAX_RUN_KEY_LENGTH)
     if "/" in key or "\\" in key:
-        raise UsageError("%s: the run key %r must not contain a slash" % (source, key))
+        raise refuse("%r must not contain a slash" % key)
     if ".." in key:
-        raise UsageError("%s: the run key %r must not contain '..'" % (source, key))
+        raise refuse("%r must not contain '..'" % key)
     if not key.isprintable() or key != key.strip():
-        raise UsageError(
-            "%s: the run key %r must be printable, without leading or trailing space"
-            % (source, key)
-        )
+        raise refuse("%r must be printable, without leading or trailing space" % key)
     if len(safe_component(key)) > MAX_COMPONENT_BYTES:
-        raise UsageError(
-            "%s: the run key %r is too long once escaped for a directory name (%d bytes at most)"
-            % (source, key, MAX_COMPONENT_BYTES)
-        )
+        limit = "(%d bytes at most)" % MAX_COMPONENT_BYTES
+        raise refuse("%r is too long once escaped for a directory name %s" % (key, limit))
     return key
 
 
@@ -587,19 +444,13 @@ def current_run_key(
     env: Mapping[str, str] = os.environ,
     ignore: Sequence[Path] = (),
 ) -> str:
-    """Which run the records of this invocation belong to.
-
-    In order: ``explicit`` (``--run``); ``$LOKT_TASKS_RUN`` when set and not
-    empty; else from git in ``cwd``: the first 12 hex digits of HEAD, and when
-    tracked files differ from HEAD (staged or not) ``-dirty-`` plus 8 hex
-    digits of a SHA-256 over that diff. Untracked and ignored files never
-    change the key, so logs, caches and JUnit files written by a shard do not
-    make ``verify`` look for another run. Outside a git work tree, or before
-    the first commit, the key is ``"local"``.
-
-    ``ignore`` names tracked files that the run itself rewrites (the
-    durations file): their changes do not count either.
-    """
+    """Which run the records of this invocation belong to: ``explicit`` (``--run``),
+    else ``$LOKT_TASKS_RUN`` if not empty, else from git in ``cwd``: 12 hex digits
+    of HEAD, plus, when tracked files differ from HEAD (staged or not), ``-dirty-``
+    and 8 hex digits of a SHA-256 over that diff; ``"local"`` outside a work tree
+    or before the first commit. Untracked and ignored files never change the key
+    (logs, reports), nor do the tracked files in ``ignore``, which the run itself
+    rewrites (the durations file)."""
     if explicit is not None:
         return validate_run_key(explicit, "--run")
     from_env = env.get(RUN_ENV, "")
@@ -616,57 +467,36 @@ def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
     head = _git_output(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if head is None or not re.match(r"^[0-9a-f]{12,}$", head):
         return LOCAL_RUN_KEY
-    excludes = [":(exclude,top)" + _relative_to(Path(path), Path(top)) for path in ignore]
-    digest = _tracked_changes_digest(Path(top), [e for e in excludes if not e.endswith(")")])
-    if digest is None:
-        return head[:12]
-    return "%s-dirty-%s" % (head[:12], digest[:8])
+    inside = [_relative_to(Path(path), Path(top)) for path in ignore]
+    digest = _tracked_changes_digest(Path(top), [":(exclude,top)" + p for p in inside if p])
+    return head[:12] if digest is None else "%s-dirty-%s" % (head[:12], digest[:8])
 
 
-def _git_env() -> Dict[str, str]:
-    env = dict(os.environ)
+def _start_git(cwd: Path, args: Sequence[str], stderr: Any) -> subprocess.Popen[bytes]:
     # Reading the key must not take the index lock other git commands need
     # (for git diff, see _DIFF_ARGS).
-    env["GIT_OPTIONAL_LOCKS"] = "0"
-    return env
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    command = ["git", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=stderr)
 
 
 def _git_output(cwd: Path, *args: str) -> Optional[str]:
     try:
-        result = subprocess.run(
-            ["git", *args],
-            cwd=str(cwd),
-            env=_git_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        with _start_git(cwd, args, DEVNULL) as process:
+            output, _ = process.communicate()
     except OSError:
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.decode("utf-8", "replace").strip()
+    return output.decode("utf-8", "replace").strip() if process.returncode == 0 else None
 
 
 # Options that pin the diff's text against personal git configuration, so the
 # same tree gives the same digest in every shell and worktree. Without
 # diff.autoRefreshIndex=false, git diff rewrites the index (under its lock)
 # after a file was touched but not changed, whatever GIT_OPTIONAL_LOCKS says.
-_DIFF_ARGS = (
-    "-c",
-    "diff.autoRefreshIndex=false",
-    "diff",
-    "HEAD",
-    "--binary",
-    "--full-index",
-    "--no-color",
-    "--no-ext-diff",
-    "--no-textconv",
-    "--no-renames",
-    "--ignore-submodules=untracked",
-    "--src-prefix=a/",
-    "--dst-prefix=b/",
-    "--",
+_DIFF_ARGS = tuple(
+    "-c diff.autoRefreshIndex=false diff HEAD --binary --full-index --no-color --no-ext-diff"
+    " --no-textconv --no-renames --ignore-submodules=untracked --src-prefix=a/ --dst-prefix=b/"
+    " --".split()
 )
 
 
@@ -686,14 +516,7 @@ def _tracked_changes_digest(top: Path, excludes: Sequence[str] = ()) -> Optional
     # file so that a chatty git cannot block on a full pipe meanwhile.
     with tempfile.TemporaryFile() as errors:
         try:
-            process = subprocess.Popen(
-                ["git", *_DIFF_ARGS, *excludes],
-                cwd=str(top),
-                env=_git_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-            )
+            process = _start_git(top, [*_DIFF_ARGS, *excludes], errors)
         except OSError as error:
             raise LoktTasksError("cannot run git to compute the run key: %s" % error) from None
         with process:

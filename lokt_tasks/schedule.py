@@ -1,10 +1,9 @@
 """Which shard runs next: every shard in parallel (shard-all), or a queue.
 
 Both modes hand shards out longest first, so the slowest shard starts as
-early as possible, and both claim a shard only through its lock: another
-agent holding it is never run over. The check for "already done" is made
-again by the shard's attempt inside the lock, so two agents racing for the same
-shard never both run it.
+early as possible, and claim a shard only through its lock, never running
+over another agent. The shard's attempt checks "already done" again inside
+the lock, so two agents racing for a shard never both run it.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Collection, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Iterator, List, Optional, Sequence, Tuple
 
 from .engine import StopRequest
 from .plan import Plan, Shard
@@ -54,26 +53,17 @@ def run_all(
     Once ``stop`` is set no new shard starts; running ones are stopped by
     their engine, which forwards the signal and releases the lock.
     """
-    pending = longest_first(shards)
-    lock = threading.Lock()
-    outcomes: List[ShardOutcome] = []
 
-    def worker() -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                shard = pending.pop(0)
-            on_change(shard, Progress.RUNNING, None)
-            outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
-            with lock:
-                outcomes.append(outcome)
-            on_change(shard, outcome.state, outcome)
+    def run_one(shard: Shard) -> Optional[ShardOutcome]:
+        if stop.is_set():
+            return None
+        on_change(shard, Progress.RUNNING, None)
+        outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
+        on_change(shard, outcome.state, outcome)
+        return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(pending) or 1))) as pool:
-        futures = [pool.submit(worker) for _ in range(min(jobs, len(pending)) or 1)]
-        for future in futures:
-            future.result()
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(shards)))) as pool:
+        outcomes = [o for o in pool.map(run_one, longest_first(shards)) if o is not None]
     return sorted(outcomes, key=lambda o: o.shard.index)
 
 
@@ -88,53 +78,52 @@ def run_queue(
     patience: Optional[float] = None,
     on_wait: Optional[Callable[[List[Shard]], None]] = None,
 ) -> List[ShardOutcome]:
-    """Queue mode (``--id next``): claim and run unfinished shards until none is left.
+    """Queue mode (``--id next``): run unfinished shards until none is left, and
+    return the outcomes of those this agent ran, in order (an engine error ends it).
 
-    ``finished(shard)`` tells from the records whether a shard already has a
-    final outcome (passed or failed) under this plan. Every time the agent
-    looks for work it goes through all unfinished shards again, longest
-    first, and claims the first one nobody holds:
-
-    - A shard held by a live agent (see verdict.holder_is_live) is left to
-      it for now. It is looked at again on every later pass, so when its
-      holder dies the shard is claimable again: the engine prunes a dead
-      holder's lock (and an expired one from another host), and the
-      attempt runs the shard because its record has no final outcome.
-    - A frozen shard is left alone and not waited for.
-    - A shard this agent already ran is not run by it again, whatever came
-      of it: a failure is final, and a shard whose attempt died ("lost")
-      or that was stopped by a signal is left to another agent or a rerun,
-      so that one agent never loops on a shard that cannot finish.
-
-    When nothing is claimable but other agents still hold unfinished shards,
-    the agent waits and looks again (every 0.1 s at first, backing off to
-    1 s) instead of leaving: as long as one queue agent is alive, a crashed
-    agent's shard is run again. It waits at most ``patience`` seconds in a
-    row (None: until those shards finish); ``on_wait`` is told which shards
-    it waits for whenever that list changes. The check for "already done"
-    is made again by the attempt inside the lock, so two agents racing for
-    a shard never both run it. Returns the outcomes of the shards this agent
-    ran, in the order it ran them; an engine error ends the queue.
+    Each pass runs the longest shard that is not ``finished`` (a final outcome
+    under this plan, by the records), not frozen, not held by a live agent, and
+    not already run by this agent, whatever came of it: no agent loops on a
+    shard that cannot finish. A held shard is looked at again on every pass, so
+    when its holder dies (its lock pruned) it is run here. While only held
+    shards are left, the agent polls (backing off from QUEUE_POLL_START to
+    QUEUE_POLL_MAX seconds) for at most ``patience`` seconds in a row (None:
+    until they finish), telling ``on_wait`` the shards whenever they change.
     """
     settings = replace(settings, wait=False)  # the queue waits itself, never on one lock
+    engine = settings.engine
     outcomes: List[ShardOutcome] = []
-    ran_here: Set[int] = set()
     pause = QUEUE_POLL_START
     deadline: Optional[float] = None
     announced: List[Shard] = []
+
+    def claim_next() -> Tuple[Optional[ShardOutcome], List[Shard]]:
+        """One pass: the outcome of the shard this agent ran (None if none),
+        and the shards other live agents hold."""
+        held: List[Shard] = []
+        ran_here = {outcome.shard.index for outcome in outcomes}
+        for shard in longest_first(plan.shards):
+            if stop.is_set():
+                break
+            if shard.index in ran_here or finished(shard) or engine.frozen(shard.lock_name):
+                continue
+            if holder_is_live(engine.holder(shard.lock_name)):
+                held.append(shard)  # looked at without trying: no deny line, no process
+                continue
+            on_change(shard, Progress.RUNNING, None)
+            skip = ordered(FINISHED_OUTCOMES)
+            outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
+            on_change(shard, outcome.state, outcome)
+            if outcome.state == RunOutcome.HELD:
+                held.append(shard)  # another agent took it between our look and our try
+            elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
+                return outcome, held
+        return None, held
+
     while not stop.is_set():
-        outcome, held = _claim_next(
-            plan,
-            settings,
-            ran_here,
-            stop=stop,
-            on_change=on_change,
-            finished=finished,
-            to_log=to_log,
-        )
+        outcome, held = claim_next()
         if outcome is not None:
             outcomes.append(outcome)
-            ran_here.add(outcome.shard.index)
             if outcome.state == RunOutcome.ERROR:
                 break
             pause, deadline, announced = QUEUE_POLL_START, None, []
@@ -142,8 +131,8 @@ def run_queue(
         if not held:
             break
         now = time.monotonic()
-        if deadline is None:
-            deadline = now + patience if patience is not None else None
+        if deadline is None and patience is not None:
+            deadline = now + patience
         if deadline is not None and now >= deadline:
             break
         if on_wait is not None and held != announced:
@@ -153,40 +142,6 @@ def run_queue(
             break
         pause = min(pause * 2, QUEUE_POLL_MAX)
     return outcomes
-
-
-def _claim_next(
-    plan: Plan,
-    settings: RunSettings,
-    ran_here: Set[int],
-    *,
-    stop: StopRequest,
-    on_change: OnChange,
-    finished: Callable[[Shard], bool],
-    to_log: bool,
-) -> Tuple[Optional[ShardOutcome], List[Shard]]:
-    """One pass over the unfinished shards: the outcome of the first one this
-    agent ran (None if none), and the shards other live agents hold."""
-    held: List[Shard] = []
-    for shard in longest_first(plan.shards):
-        if stop.is_set():
-            break
-        if shard.index in ran_here or finished(shard):
-            continue
-        if settings.engine.frozen(shard.lock_name):
-            continue
-        if holder_is_live(settings.engine.holder(shard.lock_name)):
-            held.append(shard)  # looked at without trying: no deny line, no process
-            continue
-        on_change(shard, Progress.RUNNING, None)
-        skip = ordered(FINISHED_OUTCOMES)
-        outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
-        on_change(shard, outcome.state, outcome)
-        if outcome.state == RunOutcome.HELD:
-            held.append(shard)  # another agent took it between our look and our try
-        elif outcome.state not in (RunOutcome.FROZEN, RunOutcome.DONE):
-            return outcome, held
-    return None, held
 
 
 def is_finished(record: object, shard: Shard) -> bool:
@@ -200,18 +155,14 @@ def is_finished(record: object, shard: Shard) -> bool:
 
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
-    """Turn SIGINT, SIGTERM and SIGHUP into a stop request for the duration of a run.
+    """Turn SIGINT, SIGTERM and SIGHUP (the terminal went away: as SIGTERM) into a
+    stop request while a run lasts.
 
-    The handler only records the signal: cleanup (forwarding, releasing
-    locks, writing records) happens in the normal flow of the code, so a
-    second Ctrl-C during cleanup cannot cut a record or a release in half.
-    SIGHUP (the terminal went away) stops the run as SIGTERM would, so the
-    commands are stopped and their locks released rather than orphaned.
-    Once a stop was requested, these signals are ignored from then on: the
-    process is already stopping, and one more Ctrl-C while the verdict is
-    printed, or while Python shuts down (which puts back the default
-    handlers), must not end it with a traceback or another exit status.
-    Nothing is started after a stopped run, so no command inherits that.
+    The handler only records the signal, so a second Ctrl-C cannot cut a record
+    or a release in half. Once a stop was requested these signals stay ignored:
+    one more Ctrl-C while the verdict is printed, or while Python shuts down,
+    must not end the process with a traceback or another exit status (nothing
+    is started after a stopped run, so no command inherits that).
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -220,11 +171,8 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     def request(signum, _frame):
         stop.request(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    previous = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    for sig in previous:
-        signal.signal(sig, request)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request) for sig in signals}
     try:
         yield stop
     finally:

@@ -1,7 +1,7 @@
 """Merge records and live lock state into one verdict per shard and overall.
 
-``judge`` looks at each shard of the current plan, its record (if any) and
-who holds its lock right now, and gives it exactly one state:
+``judge`` gives each shard of the current plan exactly one state, from its
+record (if any) and who holds its lock right now:
 
 ============ ==============================================================
 passed       the record says passed, for this plan (same fingerprint)
@@ -22,46 +22,20 @@ corrupt      the record file could not be read; the detail names the file
 
 The overall verdict is "passed" when every shard passed (a plan with no
 shards is not a pass), "failed" when any shard failed (a failing test is the
-strongest signal, even while others still run), else "incomplete". Exit
-codes: passed 0, failed 3, incomplete 4 (see errors.py).
+strongest signal, even while others still run), else "incomplete".
 
-JSON shape (``verdict_to_json``, version 1)::
-
-    {
-      "version": 1,
-      "task": "test",
-      "run_key": "1a2b3c4d5e6f",
-      "verdict": "passed" | "failed" | "incomplete",
-      "exit_code": 0 | 3 | 4,
-      "counts": {"passed": 2, "failed": 1, "running": 0, "crashed": 0,
-                 "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0},
-      "shards": [
-        {
-          "shard": 1,                  # 1-based index
-          "lock": "test-shard-1",
-          "state": "failed",           # one of the states above
-          "detail": "exit 1",          # human text, "" when nothing to add
-          "exit_code": 1,              # from the record; null while running
-          "signal": null,              # "SIGKILL"...; null while running
-          "duration": 12.345,          # seconds; for running: so far; or null
-          "agent": "agent-1",          # the lock holder's while running,
-          "host": "build-3",           #   else the record's; or null
-          "log": "/path/shard-1.log",  # or null
-          "started_at": "2024-...Z",   # RFC 3339, or null
-          "ended_at": "2024-...Z",     # null while running or unfinished
-          "fingerprint": "ab12...",    # the plan's fingerprint of this shard
-          "record_fingerprint": "..."  # the record's (differs when outdated)
-        }
-      ],
-      "stray_shards": []               # record numbers not in the plan
-    }
-
-Every key is always present; every state is always in ``counts``.
+``verdict_to_json`` gives the document the README shows (version 1): every key
+always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
+"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
+listing every state. While a shard runs, its ``exit_code``, ``signal`` and
+``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
+are the lock holder's.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -69,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import errors
-from .results import CorruptRecord, Record, RecordStore, parse_time
+from .results import AnyRecord, CorruptRecord, Record, RecordStore, parse_time
 from .states import (
     COLORS,
     INCOMPLETE_STATES,
@@ -85,9 +59,7 @@ if TYPE_CHECKING:
     from .engine import Holder
     from .plan import Plan, Shard
 
-#: Per-shard states, in the order they are explained in the README.
-STATES: Tuple[ShardState, ...] = tuple(ShardState)
-
+STATES: Tuple[ShardState, ...] = tuple(ShardState)  # in the order the README explains them
 #: Overall verdicts and the exit code each one leaves with.
 VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
     OverallVerdict.PASSED: errors.PASSED,
@@ -96,9 +68,7 @@ VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
 }
 
 JSON_VERSION = 1
-
-#: Lines of a failed shard's log put into its JUnit failure.
-JUNIT_LOG_LINES = 50
+JUNIT_LOG_LINES = 50  # lines of a failed shard's log put into its JUnit failure
 
 
 @dataclass(frozen=True)
@@ -108,18 +78,12 @@ class Row:
     shard: int
     lock_name: str
     state: ShardState
-    #: Human text: exit code, signal, lock holder, corrupt file and reason.
-    detail: str
-    #: The record found for this shard (None if none, or corrupt).
-    record: Optional[Record]
-    #: Seconds the command took; for a running shard, seconds so far.
-    duration: Optional[float]
-    #: Path of the shard's log, from the record.
-    log: Optional[str]
-    #: The live lock holder when the state is "running", else None.
-    holder: Optional[Holder] = None
-    #: The plan's fingerprint of this shard.
-    fingerprint: str = ""
+    detail: str  # for people: exit code, signal, lock holder, corrupt file and reason
+    record: Optional[Record]  # None if none, or corrupt
+    duration: Optional[float]  # seconds the command took; for a running shard, so far
+    log: Optional[str]  # from the record
+    holder: Optional[Holder] = None  # the live lock holder when "running"
+    fingerprint: str = ""  # the plan's
 
 
 @dataclass(frozen=True)
@@ -128,8 +92,7 @@ class Verdict:
     run_key: str
     rows: Tuple[Row, ...]
     state: OverallVerdict
-    #: Shard numbers that have records but are not in the plan (ignored).
-    stray_shards: Tuple[int, ...] = ()
+    stray_shards: Tuple[int, ...] = ()  # numbers of records not in the plan (ignored)
 
     @property
     def exit_code(self) -> int:
@@ -138,27 +101,20 @@ class Verdict:
     @property
     def counts(self) -> Dict[ShardState, int]:
         """Rows per state, for every state in STATES (zeros included)."""
-        counts = {state: 0 for state in STATES}
-        for row in self.rows:
-            counts[row.state] += 1
-        return counts
+        return {state: sum(row.state == state for row in self.rows) for state in STATES}
 
 
 def judge(
     plan: Plan,
-    records: Mapping[int, Union[Record, CorruptRecord]],
+    records: Mapping[int, Optional[AnyRecord]],
     holders: Mapping[str, Optional[Holder]],
     *,
     run_key: str,
     now: Optional[datetime.datetime] = None,
 ) -> Verdict:
-    """One Row per planned shard and the overall verdict.
-
-    ``records`` are this run's records by shard number (``RecordStore.read_run``);
-    ``holders`` maps each lock name to its current holder or None, as the
-    engine reports it. ``now`` (aware) is only used for the elapsed time of
-    running shards.
-    """
+    """One Row per planned shard and the overall verdict, from this run's records by
+    shard number (``RecordStore.read_run``) and each lock name's current holder or
+    None. ``now`` (aware) only dates running shards."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     rows = tuple(
         _judge_shard(shard, records.get(shard.index), holders.get(shard.lock_name), now)
@@ -166,9 +122,13 @@ def judge(
     )
     planned = {shard.index for shard in plan.shards}
     stray = tuple(sorted(index for index in records if index not in planned))
-    return Verdict(
-        task=plan.task, run_key=run_key, rows=rows, state=_overall(rows), stray_shards=stray
-    )
+    if any(row.state == ShardState.FAILED for row in rows):
+        overall = OverallVerdict.FAILED
+    elif rows and all(row.state == ShardState.PASSED for row in rows):
+        overall = OverallVerdict.PASSED
+    else:
+        overall = OverallVerdict.INCOMPLETE
+    return Verdict(plan.task, run_key, rows, overall, stray)
 
 
 def judge_live(
@@ -180,118 +140,87 @@ def judge_live(
     now: Optional[datetime.datetime] = None,
     rounds: int = 3,
 ) -> Verdict:
-    """Judge the store's records against the live locks, without false crashes.
-
-    A shard that finishes while we look could pass for crashed: its start
-    record read, then its lock found free. So records are read before lock
-    holders, and every "crashed" shard's record is read once more: if it
-    changed, the shard moved on, and it is judged again with a fresh holder
-    (at most ``rounds`` times). ``holder_of`` maps a lock name to its holder
-    or None (the engine's query).
-    """
-    records: Dict[int, Union[Record, CorruptRecord]] = dict(store.read_run(plan.task, run_key))
+    """Judge the store's records against the live locks (``holder_of``: a lock
+    name's holder or None), without false crashes: a shard that finishes while
+    we look could pass for crashed (start record read, then its lock found free),
+    so records are read before holders, and a crashed shard whose record changed
+    since is judged again with a fresh holder (at most ``rounds`` times)."""
+    records: Dict[int, Optional[AnyRecord]] = dict(store.read_run(plan.task, run_key))
     holders = {shard.lock_name: holder_of(shard.lock_name) for shard in plan.shards}
     for shard in plan.shards:
         # NOTE: every run of a task shares its lock names: a live holder that
         # runs the shard for another run is not running it for this one.
-        holder = holders[shard.lock_name]
-        if holder_is_live(holder) and not _started_by(records.get(shard.index), holder):
-            assert holder is not None
-            other = store.running_for(plan.task, shard.index, holder.owner)
-            if other is not None and other != run_key:
-                holders[shard.lock_name] = None
+        holder, record = holders[shard.lock_name], records.get(shard.index)
+        if holder is None or not holder_is_live(holder):
+            continue
+        if isinstance(record, Record) and record.outcome == RecordOutcome.RUNNING:
+            if record.owner == holder.owner:
+                continue  # the holder's own start record: it runs the shard for this run
+        if store.running_for(plan.task, shard.index, holder.owner) not in (None, run_key):
+            holders[shard.lock_name] = None
     verdict = judge(plan, records, holders, run_key=run_key, now=now)
     for _ in range(rounds):
         moved_on = False
         for row in verdict.rows:
-            if row.state != ShardState.CRASHED:
-                continue
-            again = store.read(plan.task, run_key, row.shard)
-            if again == records.get(row.shard):
-                continue
-            moved_on = True
-            if again is None:
-                records.pop(row.shard, None)
-            else:
-                records[row.shard] = again
-            holders[row.lock_name] = holder_of(row.lock_name)
+            if row.state == ShardState.CRASHED:
+                again = store.read(plan.task, run_key, row.shard)
+                if again != records.get(row.shard):
+                    moved_on = True
+                    records[row.shard] = again  # None when the record is gone
+                    holders[row.lock_name] = holder_of(row.lock_name)
         if not moved_on:
             break
         verdict = judge(plan, records, holders, run_key=run_key, now=now)
     return verdict
 
 
-def _started_by(record: Union[Record, CorruptRecord, None], holder: Holder) -> bool:
-    """Whether ``record`` is the start record of ``holder``'s attempt."""
-    return (
-        isinstance(record, Record)
-        and record.outcome == RecordOutcome.RUNNING
-        and record.owner == holder.owner
-    )
-
-
-def _overall(rows: Tuple[Row, ...]) -> OverallVerdict:
-    if any(row.state == ShardState.FAILED for row in rows):
-        return OverallVerdict.FAILED
-    if rows and all(row.state == ShardState.PASSED for row in rows):
-        return OverallVerdict.PASSED
-    return OverallVerdict.INCOMPLETE
-
-
 def holder_is_live(holder: Optional[Holder]) -> bool:
-    """Whether the lock holder may still be running the shard.
-
-    A live pid counts even past the TTL (lokt keeps such a lock too); a pid
-    we cannot check (another host) counts until the lock expires.
-    """
+    """Whether the lock holder may still be running the shard: a live pid even
+    past the TTL (lokt keeps such a lock too), a pid we cannot check (another
+    host) until the lock expires."""
     if holder is None:
         return False
-    if holder.pid_status == "alive":
-        return True
-    return holder.pid_status == "unknown" and not holder.expired
+    return holder.pid_status == "alive" or (holder.pid_status == "unknown" and not holder.expired)
 
 
 def describe_holder(holder: Holder) -> str:
     """``held by OWNER (agent A, pid P on HOST)``."""
-    return "held by %s (agent %s, pid %d on %s)" % (
-        holder.owner,
-        holder.agent_id,
-        holder.pid,
-        holder.host,
+    return f"held by {holder.owner} (agent {holder.agent_id}, pid {holder.pid} on {holder.host})"
+
+
+def _started_under(record: Optional[Record], fingerprint: str) -> bool:
+    """Whether ``record`` is a start record (no final outcome yet) of this plan."""
+    return (
+        record is not None
+        and record.outcome == RecordOutcome.RUNNING
+        and record.fingerprint == fingerprint
     )
 
 
 def _judge_shard(
     shard: Shard,
-    found: Union[Record, CorruptRecord, None],
+    found: Optional[AnyRecord],
     holder: Optional[Holder],
     now: datetime.datetime,
 ) -> Row:
     record = found if isinstance(found, Record) else None
-    log = record.log if record is not None else None
-
-    def row(
-        state: ShardState,
-        detail: str,
-        duration: Optional[float] = None,
-        live: Optional[Holder] = None,
-    ) -> Row:
-        return Row(
-            shard=shard.index,
-            lock_name=shard.lock_name,
-            state=state,
-            detail=detail,
-            record=record,
-            duration=duration,
-            log=log,
-            holder=live,
-            fingerprint=shard.fingerprint,
-        )
-
-    if holder_is_live(holder):
-        assert holder is not None
-        elapsed = _elapsed(record, shard, now)
-        return row(ShardState.RUNNING, describe_holder(holder), elapsed, holder)
+    row = functools.partial(
+        Row,
+        shard.index,
+        shard.lock_name,
+        record=record,
+        duration=None,
+        log=record.log if record is not None else None,
+        fingerprint=shard.fingerprint,
+    )
+    if holder is not None and holder_is_live(holder):
+        elapsed = None
+        if record is not None and _started_under(record, shard.fingerprint):
+            try:
+                elapsed = max((now - parse_time(record.started_at)).total_seconds(), 0.0)
+            except ValueError:
+                pass
+        return row(ShardState.RUNNING, describe_holder(holder), duration=elapsed, holder=holder)
     if isinstance(found, CorruptRecord):
         return row(ShardState.CORRUPT, "unreadable record %s: %s" % (found.path, found.reason))
     if record is None:
@@ -302,31 +231,25 @@ def _judge_shard(
             "recorded for another plan (outcome %s, fingerprint %s)"
             % (record.outcome, record.fingerprint[:12]),
         )
-    outcome = record.outcome
+    outcome, duration = record.outcome, record.duration
     if outcome == RecordOutcome.PASSED:
-        return row(ShardState.PASSED, "", record.duration)
+        return row(ShardState.PASSED, "", duration=duration)
     if outcome == RecordOutcome.FAILED:
-        how = _with_message(_how_it_ended(record), record.message)
-        return row(ShardState.FAILED, how, record.duration)
+        how = record.signal or (
+            "failed" if record.exit_code is None else "exit %d" % record.exit_code
+        )
+        return row(ShardState.FAILED, _with_message(how, record.message), duration=duration)
     if outcome == RecordOutcome.ERROR:
         # NOTE: the engine failed before the command ran: a human has to look,
         # so it counts as a failure, not as unfinished.
         how = "engine error: %s" % (record.message or "no message")
-        return row(ShardState.FAILED, how, record.duration)
+        return row(ShardState.FAILED, how, duration=duration)
     if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
-        return row(ShardState.INTERRUPTED, _with_message(how, record.message), record.duration)
+        return row(ShardState.INTERRUPTED, _with_message(how, record.message), duration=duration)
     if outcome == RecordOutcome.RUNNING:
         return row(ShardState.CRASHED, _crash_detail(record, holder))
     return row(ShardState.CORRUPT, "record has unknown outcome %r" % (outcome,))
-
-
-def _how_it_ended(record: Record) -> str:
-    if record.signal:
-        return record.signal
-    if record.exit_code is not None:
-        return "exit %d" % record.exit_code
-    return "failed"
 
 
 def _with_message(detail: str, message: str) -> str:
@@ -334,34 +257,15 @@ def _with_message(detail: str, message: str) -> str:
 
 
 def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
-    started = "started %s by %s on %s (pid %d), never finished" % (
-        record.started_at,
-        record.agent,
-        record.host,
-        record.pid,
+    started = (
+        f"started {record.started_at} by {record.agent} on {record.host} (pid {record.pid}),"
+        " never finished"
     )
     if holder is None:
         return started + "; its lock is free"
     if holder.pid_status == "dead":
         return started + "; lock holder pid %d on %s is dead" % (holder.pid, holder.host)
     return started + "; its lock (held on %s) expired" % holder.host
-
-
-def _elapsed(record: Optional[Record], shard: Shard, now: datetime.datetime) -> Optional[float]:
-    if (
-        record is None
-        or record.outcome != RecordOutcome.RUNNING
-        or record.fingerprint != shard.fingerprint
-    ):
-        return None
-    try:
-        started = parse_time(record.started_at)
-    except ValueError:
-        return None
-    return max((now - started).total_seconds(), 0.0)
-
-
-# --- JSON -------------------------------------------------------------------
 
 
 def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
@@ -381,38 +285,28 @@ def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
 def _row_to_json(row: Row) -> Dict[str, object]:
     record = row.record
     running = row.state == ShardState.RUNNING
-    if running and row.holder is not None:
-        agent: Optional[str] = row.holder.agent_id
-        host: Optional[str] = row.holder.host
-    else:
-        agent = record.agent if record else None
-        host = record.host if record else None
+    final = None if running else record  # where the fields of a finished shard come from
+    live = row.holder if running else None
     started_at = record.started_at if record else None
-    if running and (
-        record is None
-        or record.outcome != RecordOutcome.RUNNING
-        or record.fingerprint != row.fingerprint
-    ):
-        started_at = None
+    if running and not _started_under(record, row.fingerprint):
+        started_at = None  # a running shard's start is that of this plan's start record
     return {
         "shard": row.shard,
         "lock": row.lock_name,
         "state": row.state,
         "detail": row.detail,
-        "exit_code": None if running or record is None else record.exit_code,
-        "signal": None if running or record is None else record.signal,
+        "exit_code": final.exit_code if final else None,
+        "signal": final.signal if final else None,
         "duration": None if row.duration is None else round(row.duration, 3),
-        "agent": agent,
-        "host": host,
+        "agent": live.agent_id if live else (record.agent if record else None),
+        "host": live.host if live else (record.host if record else None),
         "log": row.log,
         "started_at": started_at,
-        "ended_at": None if running or record is None else record.ended_at,
+        "ended_at": final.ended_at if final else None,
         "fingerprint": row.fingerprint,
         "record_fingerprint": record.fingerprint if record else None,
     }
 
-
-# --- JUnit XML --------------------------------------------------------------
 
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
@@ -430,72 +324,46 @@ def verdict_to_junit(verdict: Verdict) -> str:
     the tail of its log; every other state is an ``<error>``, because a
     shard that did not finish under this plan did not pass.
     """
-    suite = ElementTree.Element("testsuite")
-    suite.set("name", "lokt-tasks.%s" % verdict.task)
-    counts = verdict.counts
-    suite.set("tests", str(len(verdict.rows)))
+    counts, tests = verdict.counts, len(verdict.rows)
     failures, passes = counts[ShardState.FAILED], counts[ShardState.PASSED]
+    suite = ElementTree.Element("testsuite", name="lokt-tasks.%s" % verdict.task, tests=str(tests))
     suite.set("failures", str(failures))
-    suite.set("errors", str(len(verdict.rows) - failures - passes))
+    suite.set("errors", str(tests - failures - passes))
     suite.set("skipped", "0")
-    suite.set("time", _junit_time(sum(row.duration or 0.0 for row in verdict.rows)))
+    suite.set("time", "%.3f" % sum(row.duration or 0.0 for row in verdict.rows))
     properties = ElementTree.SubElement(suite, "properties")
     for name, value in (("run_key", verdict.run_key), ("verdict", verdict.state)):
-        prop = ElementTree.SubElement(properties, "property")
-        prop.set("name", name)
-        prop.set("value", xml_safe(value))
+        ElementTree.SubElement(properties, "property", name=name, value=xml_safe(value))
     for row in verdict.rows:
-        case = ElementTree.SubElement(suite, "testcase")
-        case.set("classname", verdict.task)
+        case = ElementTree.SubElement(suite, "testcase", classname=verdict.task)
         case.set("name", "shard-%d" % row.shard)
-        case.set("time", _junit_time(row.duration or 0.0))
+        case.set("time", "%.3f" % (row.duration or 0.0))
         if row.state == ShardState.PASSED:
             continue
-        if row.state == ShardState.FAILED:
-            problem = ElementTree.SubElement(case, "failure")
-            problem.set("message", xml_safe(row.detail))
-        else:
-            problem = ElementTree.SubElement(case, "error")
-            problem.set("message", xml_safe("%s: %s" % (row.state, row.detail)))
-        problem.set("type", row.state)
+        failed = row.state == ShardState.FAILED
+        message = row.detail if failed else "%s: %s" % (row.state, row.detail)
+        problem = ElementTree.SubElement(
+            case, "failure" if failed else "error", message=xml_safe(message), type=row.state
+        )
+        log_tail = tail(row.log, JUNIT_LOG_LINES) if row.state != ShardState.RUNNING else ""
         body = row.detail
-        shows_log = row.log and row.state != ShardState.RUNNING
-        log_tail = tail(row.log, JUNIT_LOG_LINES) if shows_log else ""
         if log_tail:
-            body = "%s\n--- last %d lines of %s ---\n%s" % (
-                row.detail,
-                JUNIT_LOG_LINES,
-                row.log,
-                log_tail,
-            )
+            body += "\n--- last %d lines of %s ---\n%s" % (JUNIT_LOG_LINES, row.log, log_tail)
         problem.text = xml_safe(body)
     ElementTree.indent(suite)
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        + ElementTree.tostring(suite, encoding="unicode")
-        + "\n"
+    return '<?xml version="1.0" encoding="utf-8"?>\n%s\n' % ElementTree.tostring(
+        suite, encoding="unicode"
     )
 
 
-def _junit_time(seconds: float) -> str:
-    return "%.3f" % seconds
-
-
-# --- Text table -------------------------------------------------------------
-
-
 def render_table(verdict: Verdict, *, color: bool) -> str:
-    """The verdict as aligned text: one row per shard, then a summary line.
-
-    Pure: returns the text (no trailing newline); colour codes only when
-    ``color`` is true.
-    """
+    """The verdict as aligned text (no trailing newline): one row per shard, then
+    a summary line; colour codes only when ``color`` is true."""
     rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "detail"]]
     for row in verdict.rows:
         state = Cell(str(row.state), COLORS.get(row.state, "") if color else "")
         rows.append([str(row.shard), state, format_seconds(row.duration), row.detail])
-    lines = ["%s, run %s" % (verdict.task, verdict.run_key)]
-    lines.extend(table(rows, right={2}))
+    lines = ["%s, run %s" % (verdict.task, verdict.run_key), *table(rows, right={2})]
     for row in verdict.rows:
         if row.log and row.state in SHOW_LOG_STATES:
             lines.append("log of shard %d: %s" % (row.shard, row.log))
@@ -507,60 +375,44 @@ def render_table(verdict: Verdict, *, color: bool) -> str:
 
 
 def summary_line(verdict: Verdict, *, color: bool = False) -> str:
-    """``verdict: FAILED - 2 passed, 1 failed (shard 3: exit 1)``."""
+    """``verdict: FAILED - 2 passed, 1 failed (shard 3: exit 1)``, naming the
+    first few shards that did not pass, failed ones first."""
     word = verdict.state.upper()
     if color:
         word = paint(word, COLORS[verdict.state])
     counts = verdict.counts
     parts = ["%d %s" % (counts[state], state) for state in STATES if counts[state]]
     text = "verdict: %s - %s" % (word, ", ".join(parts) if parts else "no shards")
-    notes = _problem_notes(verdict)
-    return text + (" (%s)" % notes if notes else "")
-
-
-def _problem_notes(verdict: Verdict, limit: int = 3) -> str:
-    """The first few shards that did not pass, failed ones first."""
     failed = [row for row in verdict.rows if row.state == ShardState.FAILED]
-    others = [row for row in verdict.rows if row.state in INCOMPLETE_STATES]
-    problems = failed + others
-    notes = []
-    for row in problems[:limit]:
-        detail = shorten(row.detail, 60) if row.state == ShardState.FAILED else row.state
-        notes.append("shard %d: %s" % (row.shard, detail))
-    if len(problems) > limit:
-        notes.append("%d more" % (len(problems) - limit))
-    return "; ".join(notes)
-
-
-# --- Logs -------------------------------------------------------------------
+    problems = failed + [row for row in verdict.rows if row.state in INCOMPLETE_STATES]
+    notes = [
+        "shard %d: %s"
+        % (row.shard, shorten(row.detail, 60) if row.state == ShardState.FAILED else row.state)
+        for row in problems[:3]
+    ]
+    if len(problems) > 3:
+        notes.append("%d more" % (len(problems) - 3))
+    return text + (" (%s)" % "; ".join(notes) if notes else "")
 
 
 def tail(
     path: Union[str, os.PathLike[str], None], lines: int = 20, *, max_bytes: int = 1024 * 1024
 ) -> str:
-    """The last ``lines`` lines of a file, reading backwards from its end.
-
-    Reads at most ``max_bytes`` however long the log is. Returns "" when the
-    file is missing or unreadable: a lost log must not hide a verdict.
-    """
+    """The last ``lines`` lines of a file, reading at most ``max_bytes`` back from
+    its end; "" when it is missing or unreadable: a lost log must not hide a verdict."""
     if path is None or lines <= 0:
         return ""
-    block = 8192
     try:
         with open(open_file(path), "rb") as handle:
             position = handle.seek(0, os.SEEK_END)
             data = b""
             while position > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:
-                step = min(block, position)
+                step = min(8192, position)
                 position -= step
                 handle.seek(position)
                 data = handle.read(step) + data
     except OSError:
         return ""
-    ends_with_newline = data.endswith(b"\n")
-    body = data[:-1] if ends_with_newline else data
-    kept = body.split(b"\n")[-lines:]
-    if not body and not ends_with_newline:
-        return ""
-    text = b"\n".join(kept) + (b"\n" if ends_with_newline else b"")
-    return text.decode("utf-8", "replace")
+    newline = b"\n" if data.endswith(b"\n") else b""
+    kept = data[: len(data) - len(newline)].split(b"\n")[-lines:]
+    return (b"\n".join(kept) + newline).decode("utf-8", "replace")
