@@ -155,6 +155,9 @@ def _setup(
         pinned = store.run_dir(task_name, run_key) / "durations.json"
         durations = pin_durations(task_config.durations, pinned)
     plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
+    if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
+        for warning in plan.warnings:
+            print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
     return Setup(task_config, plan, store, run_key, lock_root)
 
 
@@ -266,6 +269,13 @@ def shard(
         _shard_queue(setup, settings, console, stop, to_log=log, patience=patience)
         return
     count = len(setup.plan.shards)
+    asked = _count(shards, "--total") or count
+    if count < index <= asked:  # NOTE: a spare CI runner: fewer items than runners
+        console.say(
+            f"no shard to run: task '{task}' has {_plural(count, 'shard')} of the {asked} asked"
+            f" for (one item each at most), so runner {index} of {asked} has nothing to do"
+        )
+        return
     if not 1 <= index <= count:
         raise UsageError(
             f"--id {index} is out of range: task '{task}' has {_plural(count, 'shard')}"

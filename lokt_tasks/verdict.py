@@ -93,6 +93,21 @@ class Verdict:
     rows: Tuple[Row, ...]
     state: OverallVerdict
     stray_shards: Tuple[int, ...] = ()  # numbers of records not in the plan (ignored)
+    #: What the plan leaves out or runs twice (``Plan.uncovered``, ``Plan.overlaps``).
+    uncovered: Tuple[str, ...] = ()
+    overlaps: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
+
+    @property
+    def plan_problems(self) -> List[str]:
+        """One line per problem of the plan, which keep the verdict from passing."""
+        problems = []
+        if self.uncovered:
+            shown = ", ".join(self.uncovered[:5]) + (" ..." if len(self.uncovered) > 5 else "")
+            problems.append("%d item(s) in no shard: %s" % (len(self.uncovered), shown))
+        for item, shards in self.overlaps:
+            numbers = ", ".join(map(str, shards))
+            problems.append("%s is in shards %s: it runs more than once" % (item, numbers))
+        return problems
 
     @property
     def exit_code(self) -> int:
@@ -122,13 +137,16 @@ def judge(
     )
     planned = {shard.index for shard in plan.shards}
     stray = tuple(sorted(index for index in records if index not in planned))
+    # NOTE: a plan that leaves an item out, or runs one twice, is not an
+    # honest pass whatever its shards did: never skipped, never twice.
+    complete = not plan.uncovered and not plan.overlaps
     if any(row.state == ShardState.FAILED for row in rows):
         overall = OverallVerdict.FAILED
-    elif rows and all(row.state == ShardState.PASSED for row in rows):
+    elif rows and complete and all(row.state == ShardState.PASSED for row in rows):
         overall = OverallVerdict.PASSED
     else:
         overall = OverallVerdict.INCOMPLETE
-    return Verdict(plan.task, run_key, rows, overall, stray)
+    return Verdict(plan.task, run_key, rows, overall, stray, plan.uncovered, plan.overlaps)
 
 
 def judge_live(
@@ -279,6 +297,8 @@ def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
         "counts": verdict.counts,
         "shards": [_row_to_json(row) for row in verdict.rows],
         "stray_shards": list(verdict.stray_shards),
+        "uncovered_items": list(verdict.uncovered),
+        "overlapping_items": {item: list(shards) for item, shards in verdict.overlaps},
     }
 
 
@@ -350,6 +370,14 @@ def verdict_to_junit(verdict: Verdict) -> str:
         if log_tail:
             body += "\n--- last %d lines of %s ---\n%s" % (JUNIT_LOG_LINES, row.log, log_tail)
         problem.text = xml_safe(body)
+    problems = verdict.plan_problems
+    if problems:  # NOTE: a CI test tab must not show green for a plan that skips items
+        case = ElementTree.SubElement(suite, "testcase", classname=verdict.task, name="plan")
+        failure = ElementTree.SubElement(case, "failure", message=xml_safe("; ".join(problems)))
+        failure.set("type", "plan")
+        failure.text = xml_safe("\n".join(problems))
+        suite.set("tests", str(tests + 1))
+        suite.set("failures", str(failures + 1))
     ElementTree.indent(suite)
     return '<?xml version="1.0" encoding="utf-8"?>\n%s\n' % ElementTree.tostring(
         suite, encoding="unicode"
@@ -370,6 +398,7 @@ def render_table(verdict: Verdict, *, color: bool) -> str:
     if verdict.stray_shards:
         numbers = ", ".join(str(index) for index in verdict.stray_shards)
         lines.append("ignored records for shards not in the plan: %s" % numbers)
+    lines.extend("plan: %s" % problem for problem in verdict.plan_problems)
     lines.append(summary_line(verdict, color=color))
     return "\n".join(lines)
 

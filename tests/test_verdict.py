@@ -341,7 +341,10 @@ def test_json_has_the_documented_shape(tmp_path):
         "counts",
         "shards",
         "stray_shards",
+        "uncovered_items",
+        "overlapping_items",
     }
+    assert (data["uncovered_items"], data["overlapping_items"]) == ([], {})
     assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
     assert list(data["counts"]) == list(STATES)
