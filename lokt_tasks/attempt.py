@@ -1,45 +1,35 @@
-"""One attempt at a shard: its records, its command, its signals, written once.
+"""One attempt at a shard, while its lock is held: its records, its command,
+its signals, written once.
 
-An attempt runs while its shard's lock is held, and every step of it
-happens under that lock:
-
-1. ``begin``: if ``skip`` names outcomes and the record already holds one of
-   them, from another attempt under the same plan, the shard is done: run
-   nothing. Else empty the log and write the start record (outcome
-   "running"), which proves the command started: ``lokt guard`` exits 2
-   both for "held" and for a command's own 2, so its exit code cannot.
-2. ``start``: the command, never through a shell, in a session of its own,
-   stdout and stderr to the log. One that cannot start ends as under a
-   shell: 127 (not found) or 126.
-3. ``wait``: forward a stop (SIGINT/SIGTERM) to the command once, SIGKILL
-   its process group if it outlives the grace period; once it ended, stop
-   what is left of its process group (SIGTERM, then SIGKILL). If the attempt
-   is abandoned (its agent died, its lock was lost), stop the whole group
+1. ``begin``: if the record already holds one of the ``skip`` outcomes,
+   written by another attempt under the same plan, run nothing. Else empty
+   the log and write the start record (outcome "running"): it proves the
+   command started, which ``lokt guard``'s exit code cannot (2 is both
+   "held" and a command's own 2).
+2. ``start``: the command, never through a shell, in a process group of its
+   own, stdout and stderr to the log; one that cannot start ends as under a
+   shell (127 or 126).
+3. ``wait``: forward a stop (SIGINT/SIGTERM) once, SIGKILL the group if it
+   outlives the grace period, then stop what is left of the group. If the
+   attempt is abandoned (its agent died, its lock was lost), stop the group
    and owe no final record.
-4. ``finish``: stamp how it ended (outcome, exit code, signal, times) and
-   write the final record durably, before the lock is released, so that
-   the next agent to claim the shard sees it done.
+4. ``finish``: the final record (outcome, exit code, signal, times), written
+   durably before the lock is released, so the next claimant sees it done.
 
-The embedded engine holds its locks in the agent and calls these steps in
-its own process. The lokt engine has ``lokt guard`` run :func:`main` in a
-process of its own (``system.bootstrap("attempt")``)::
+The embedded engine calls these steps in the agent. The lokt engine has
+``lokt guard`` run :func:`main` (``system.bootstrap("attempt")``)::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
 
-which watches the agent (PID), its guard and the lock file (PATH), and exits
-with the command's exit code, or 128 + N when signal N ended it, as a shell
-would.
+which watches the agent, its guard and the lock file, and exits with the
+command's exit code, or 128 + N when signal N ended it, as a shell would.
 
-A record file is the stamped fields (``STAMPED_FIELDS``, in that order)
-followed by the rest, which the agent passes already in JSON
-(``results.unstamped_json``): the attempt needs no JSON encoder, as the
-stamps are numbers, null or plain ASCII words it makes itself. That and
-the imports: this module starts once per shard inside ``lokt guard``, so it
-imports only the standard library modules Python loads at start-up, plus
-``system``; ``json`` (which costs as much as starting Python) only to read
-a record back. The strings it writes ("running", "passed", ...) are the
-values of ``states.Outcome``, which it cannot import for that reason.
+A record is the stamped fields (``STAMPED_FIELDS``, in that order) followed
+by the rest, passed already in JSON (``results.unstamped_json``), so no JSON
+encoder is needed. As this process starts once per shard, it imports only
+modules Python loads at start-up, plus ``system`` (``json`` only to read a
+record back); so it writes the values of ``states.Outcome`` as plain strings.
 """
 
 from __future__ import annotations
@@ -75,10 +65,10 @@ USAGE_LINE = (
 
 
 class Attempt:
-    """One attempt: its record file, the record's other fields (a JSON object
-    as ``results.unstamped_json`` writes it, with a unique ``attempt`` id),
-    the command, the log (None: the command writes to our stdout/stderr) and
-    the outcomes that make it run nothing (``skip``)."""
+    """One attempt: its record file, the record's other fields (JSON from
+    ``results.unstamped_json``, with a unique ``attempt`` id), the command,
+    the log (None: our stdout/stderr) and the outcomes that make it run
+    nothing (``skip``)."""
 
     def __init__(
         self,
@@ -100,13 +90,10 @@ class Attempt:
         self._began = 0.0
         self._log_fd: int | None = None
 
-    # --- the steps -------------------------------------------------------------
-
     def begin(self) -> bool:
-        """Under the lock: False if the shard is already done, else start the
-        log afresh and write the start record. Raises OSError, with the file
-        it names, when the log cannot be opened (a FIFO, a symbolic link...)
-        or the record written: nothing has run then."""
+        """False if the shard is already done, else empty the log and write the
+        start record. Raises OSError naming the file when the log cannot be
+        opened or the record written (nothing has run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
         if self.log:
@@ -130,9 +117,8 @@ class Attempt:
     def start(
         self, *, env: dict | None = None, cwd: str | None = None, new_session: bool = True
     ) -> system.Child | int:
-        """Start the command (see ``system.start``): its Child, or the
-        shell's return code (127 or 126) when it could not start, the reason
-        written where its output goes."""
+        """Start the command (``system.start``): its Child, or 127 or 126 when
+        it could not start, the reason written where its output goes."""
         fd = self._log_fd
         try:
             return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
@@ -147,11 +133,10 @@ class Attempt:
     def wait(
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
-        """Wait for the command :meth:`start` gave (see :func:`supervise`),
-        then for the rest of its process group: what the command started and
-        left behind (a wrapper's test runner, a server) gets SIGTERM, then
-        SIGKILL after ``grace``, so that nothing of the shard runs on once its
-        lock is released. None when abandoned (the group is stopped then)."""
+        """Wait for what :meth:`start` gave (see :func:`supervise`), then stop
+        what the command left behind in its group (a test runner, a server):
+        SIGTERM, SIGKILL after ``grace``, so nothing of the shard outlives its
+        lock. None when abandoned (the group is stopped then)."""
         if isinstance(child, int):
             return child, None
         ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
@@ -160,18 +145,17 @@ class Attempt:
         return ended
 
     def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
-        """Write the final record, durably: the command's return code (-N:
-        killed by signal N; None: it never started) and the stop signal that
-        came while it ran, or None. False, writing nothing, when the record
-        is no longer this attempt's (another agent took the shard over, as it
-        may once our lock was lost). Raises OSError."""
+        """Write the final record durably, from the return code (-N: killed by
+        signal N; None: it never started) and the stop signal that came while
+        it ran. False, writing nothing, when the record is no longer this
+        attempt's (another agent took the shard over once our lock was lost).
+        Raises OSError."""
         self._close_log()
         if not self._record_is_ours():
             return False
-        code = returncode if returncode is not None and returncode >= 0 else None
-        signal = (
-            system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
-        )
+        code, signal = returncode, None
+        if returncode is not None and returncode < 0:
+            code, signal = None, system.signal_name(-returncode)
         if stopped_by:
             outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
         else:
@@ -181,8 +165,8 @@ class Attempt:
         return True
 
     def _record_is_ours(self) -> bool:
-        """Whether the record file still holds this attempt's id (a substring
-        check: json costs the attempt process more than the rest of a shard)."""
+        """Whether the record file still holds this attempt's id (by substring:
+        importing json costs more than the rest of a shard)."""
         mark = '"attempt": "'
         start = self.fields.find(mark) + len(mark)
         attempt_id = self.fields[start : self.fields.find('"', start)]
@@ -191,8 +175,6 @@ class Attempt:
         except OSError:
             return False
         return ('"attempt": "%s"' % attempt_id).encode("ascii") in text
-
-    # --- the record ---------------------------------------------------------------
 
     def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
         # NOTE: the start record is not fsynced (it costs more than the rest of
@@ -203,9 +185,8 @@ class Attempt:
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
     def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
-        """The command line that runs this attempt in a process of its own
-        inside ``lokt guard``, watching the agent ``agent_pid`` and the lock
-        file ``lock`` (see :class:`Watch`)."""
+        """The command line that runs this attempt inside ``lokt guard``,
+        watching the agent ``agent_pid`` and the lock file ``lock``."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
@@ -246,14 +227,12 @@ def _json_value(value: object) -> str:
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
-    """True when the record holds one of the ``skip`` outcomes, written by
-    another attempt under the same plan (version and fingerprint).
-
-    A record that cannot be read is not done. The check of its fields is
-    lighter than ``results.read_record``'s (the fields of ours, with the same
-    JSON types, or null where a record may leave them empty); a record that
-    passes here but not there can only be hand-made, and ``verify`` still
-    calls it corrupt, never passed.
+    """Whether the record holds one of the ``skip`` outcomes, written by
+    another attempt under the same plan (version and fingerprint); an
+    unreadable one does not. Its fields are checked more lightly than by
+    ``results.read_record`` (ours, with the same JSON types, or null where
+    allowed): a record passing here only can be hand-made, and ``verify``
+    still calls it corrupt.
     """
     try:
         data = system.read_file(record_path)
@@ -287,12 +266,10 @@ def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
     """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
-    None when ``abandoned()`` said so (the child is stopped then).
-
-    ``stopped()`` returns the number of a stop signal asked for, or None: it
-    is forwarded once to the child itself (which passes it on to its own
-    children, as ``lokt guard`` does); after ``grace`` seconds the child's
-    whole process group is killed.
+    None once ``abandoned()`` (its whole group is stopped then, SIGTERM, then
+    SIGKILL after ``grace``). A stop signal from ``stopped()`` is forwarded
+    once to the child itself (as ``lokt guard`` does); ``grace`` seconds later
+    its whole process group is killed.
     """
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
@@ -304,30 +281,22 @@ def supervise(
             child.kill_group()
             kill_at = None
         if abandoned is not None and abandoned():
-            stop_orphaned(child, grace)
+            system.stop_groups([child.pid], grace)
+            child.wait()
             return None
     # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
     # terminal can reach both at once.
     return child.returncode, forwarded or stopped()
 
 
-def stop_orphaned(child: system.Child, grace: float) -> None:
-    """End the command of an attempt that is abandoned (its agent died, or
-    its lock was lost): SIGTERM to its whole process group, then SIGKILL
-    after ``grace`` seconds, and reap it."""
-    system.stop_groups([child.pid], grace)
-    child.wait()
-
-
-# --- The attempt as a process of its own, inside ``lokt guard`` ------------------
+# --- The attempt as a process of its own, inside ``lokt guard`` --------------
 
 
 class Watch:
-    """Whether an attempt running inside ``lokt guard`` is abandoned: its
-    agent died (pid gone, a zombie, or reused: another start time), the
-    ``lokt guard`` that runs it died (we were handed to another parent), or
-    the lock is no longer that guard's (``lock``: its lock file, which lokt
-    writes with ``"pid": N,`` on a line of its own)."""
+    """Whether an attempt inside ``lokt guard`` is abandoned: its agent died
+    (gone, a zombie, or its pid reused), its guard died (we have another
+    parent), or the lock file ``lock`` no longer names the guard (lokt writes
+    ``"pid": N,`` on a line of its own)."""
 
     def __init__(self, agent_pid: int, lock: str | None) -> None:
         self.agent_pid = agent_pid
@@ -357,20 +326,15 @@ class Watch:
 def main(argv: list) -> int:
     """Run one attempt as ``lokt guard``'s command (see the module docstring).
 
-    The command lives only as long as the agent that asked for it and the
-    lock that covers it. Killed outright (a CI timeout, kill -9), the agent
-    leaves ``lokt guard`` (in a session of its own) running; a guard killed
-    alone, or a lock taken over (the guard was stopped past its TTL, or
-    another agent of the same name re-entered it, as lokt allows one owner),
-    leaves the command unlocked. Either way a command left running would
-    race the rerun of its shard: the attempt stops its whole process group
-    and writes no final record (the start record stays, and ``verify`` calls
-    the shard crashed, as it is), or runs nothing at all.
+    The command lives only as long as its agent and its lock. An agent
+    killed outright leaves ``lokt guard`` running; a guard killed alone, or a
+    lock taken over (the guard stopped past its TTL, or re-entered by another
+    agent of the same name, as lokt allows), leaves the command unlocked.
+    Either way it would race the rerun of its shard, so the attempt stops its
+    process group and writes no final record (``verify`` calls the shard
+    crashed), or runs nothing at all.
     """
-    try:
-        separator = argv.index("--")
-    except ValueError:
-        separator = len(argv)
+    separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
         if word in ("--agent", "--log", "--skip", "--lock", "--grace"):
@@ -379,12 +343,8 @@ def main(argv: list) -> int:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
-    if (
-        len(positional) != 2
-        or not command
-        or not agent_pid.isdigit()
-        or not positional[1].startswith("{\n")
-    ):
+    usable = len(positional) == 2 and command and agent_pid.isdigit()
+    if not usable or not positional[1].startswith("{\n"):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()

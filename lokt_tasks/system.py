@@ -1,12 +1,9 @@
 """What lokt-tasks asks of the operating system, defined once.
 
-Processes (alive, zombie, start time), signal names, starting a command
-(and the shell's 126/127 rule when it cannot start), atomic file writes and
-the UTC clock. Every layer uses these, including the two processes that
-must start fast (the attempt inside ``lokt guard`` and the watchdog), so
-this module imports only what Python has loaded at start-up anyway:
-``signal`` (which pulls in ``enum``) and ``ctypes`` are imported where a
-function needs them, ``subprocess`` only in the agent's own process.
+The two processes that must start fast (the attempt inside ``lokt guard``
+and the watchdog) use it too, so it imports only what Python loads at
+start-up: ``signal`` (which pulls in ``enum``), ``ctypes`` and ``subprocess``
+are imported by the functions that need them.
 """
 
 from __future__ import annotations
@@ -35,29 +32,28 @@ NOT_EXECUTABLE = 126
 # --- Processes ----------------------------------------------------------------
 
 
-def pid_alive(pid: int) -> bool:
-    """kill(pid, 0), as lokt checks a holder: EPERM still means it exists.
-
-    A pid of 0 or less is never called dead (kill(0, 0) succeeds for lokt too).
-    """
-    if pid <= 0:
-        return True
+def _signalled(send, target: int, signum: int) -> bool:
+    """``send(target, signum)`` (os.kill or os.killpg): False if there is no
+    such process; EPERM still means it exists."""
     try:
-        os.kill(pid, 0)
+        send(target, signum)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
-def is_zombie(pid: int) -> bool:
-    """A process that has exited but was not reaped yet (told on Linux only).
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0), as lokt checks a holder. A pid of 0 or less is never
+    called dead (kill(0, 0) succeeds for lokt too)."""
+    return pid <= 0 or _signalled(os.kill, pid, 0)
 
-    kill(pid, 0) still succeeds for it, so lokt calls it alive; where PID 1
-    reaps orphans late (many containers), a killed process stays one for
-    seconds.
-    """
+
+def is_zombie(pid: int) -> bool:
+    """Exited but not reaped yet (told on Linux only): kill(pid, 0) still
+    succeeds, so lokt calls it alive; where PID 1 reaps orphans late (many
+    containers), a killed process stays one for seconds."""
     fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
     return bool(fields) and fields[0] in (b"Z", b"X")
 
@@ -68,12 +64,10 @@ def process_gone(pid: int) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """What lokt stores as ``pid_start_ns``, or None where it cannot be read.
-
-    Linux: field 22 of /proc/PID/stat (clock ticks since boot, not ns,
-    whatever lokt's field name says). macOS: kinfo_proc's p_starttime from
-    sysctl, in ns since the epoch. (Both as lokt's own source reads them.)
-    """
+    """What lokt stores as ``pid_start_ns``, read as lokt's source reads it,
+    or None: on Linux field 22 of /proc/PID/stat (clock ticks since boot, not
+    ns, whatever the name says); on macOS kinfo_proc's p_starttime from
+    sysctl (ns since the epoch)."""
     if sys.platform.startswith("linux"):
         try:
             return int(_linux_stat_fields(pid)[19])
@@ -97,18 +91,12 @@ def _linux_stat_fields(pid: int) -> list:
 
 def _darwin_start_time(pid: int) -> int | None:
     import ctypes  # macOS only, and slow to import
+    from ctypes import POINTER, c_int, c_size_t, c_uint, c_void_p
 
     try:
         sysctl = ctypes.CDLL(None, use_errno=True).sysctl
-        sysctl.argtypes = [
-            ctypes.POINTER(ctypes.c_int),
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_size_t),
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-        ]
-        sysctl.restype = ctypes.c_int
+        sysctl.argtypes = [POINTER(c_int), c_uint, c_void_p, POINTER(c_size_t), c_void_p, c_size_t]
+        sysctl.restype = c_int
         mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
         size = ctypes.c_size_t(0)
         if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
@@ -127,22 +115,12 @@ def _darwin_start_time(pid: int) -> int | None:
 
 def signal_group(group: int, signum: int) -> bool:
     """Send ``signum`` to a process group; False once it has no process left."""
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _signalled(os.killpg, group, signum)
 
 
 def group_alive(group: int) -> bool:
-    """Whether process group ``group`` still has a process that runs code.
-
-    A zombie does not count (Linux tells them; elsewhere every member
-    counts): where PID 1 reaps orphans late, a killed group is only zombies
-    for seconds.
-    """
+    """Whether process group ``group`` still has a process that is not a
+    zombie (Linux tells them; elsewhere every member counts)."""
     if not signal_group(group, 0):
         return False
     if not sys.platform.startswith("linux"):
@@ -214,9 +192,8 @@ def signal_number(name: str) -> int | None:
 
 
 class Child:
-    """A command started by :func:`start`, leading a process group of its own:
-    its pid (which is the group's), and its return code once reaped (-N when
-    signal N killed it, as subprocess says)."""
+    """A command started by :func:`start`: its pid (also its process group's)
+    and, once reaped, its return code (-N: killed by signal N)."""
 
     def __init__(self, pid: int, *, keep: object = None) -> None:
         self.pid = pid
@@ -228,10 +205,8 @@ class Child:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The return code; None if still running after ``timeout`` seconds.
-
-        Polls in doubling sleeps from 0.5 ms to 25 ms, so that a short
-        command's end is seen at once and a long one costs little.
-        """
+        Polls in doubling sleeps from 0.5 ms to 25 ms: a short command's end
+        is seen at once, and a long one costs little."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.0005
         while self._reap(0 if deadline is None else os.WNOHANG) is None:
@@ -252,8 +227,7 @@ class Child:
         return self.returncode
 
     def send(self, signum: int) -> None:
-        """Signal the command itself, never once it is reaped (its pid may be
-        someone else's by then)."""
+        """Signal the command itself, never once reaped (the pid may be reused)."""
         if self.returncode is None:
             try:
                 os.kill(self.pid, signum)
@@ -273,35 +247,20 @@ def start(
     cwd: str | None = None,
     new_session: bool = True,
 ) -> Child:
-    """Start ``argv`` (never through a shell), leading a process group of its
-    own: in a session of its own too unless ``new_session`` is False.
-
-    ``stdout`` is a file descriptor that receives both stdout and stderr
-    (the shard's log), or None to inherit ours. Raises OSError when the
-    program cannot be started (see :func:`not_started`).
-
-    # NOTE: posix_spawn is the cheap way (subprocess costs the attempt
-    # process more to import than the rest of its start), but it cannot
-    # change directory; only the agent asks for ``cwd``, and it has
-    # subprocess loaded already.
-    """
+    """Start ``argv`` (never through a shell) leading a process group of its
+    own, in a session of its own too unless ``new_session`` is False.
+    ``stdout``: a descriptor for both stdout and stderr, or None to inherit
+    ours. Raises OSError when the program cannot start (see
+    :func:`not_started`)."""
+    # NOTE: posix_spawn is the cheap way (importing subprocess costs the
+    # attempt process more than the rest of its start), but it cannot change
+    # directory; only the agent asks for ``cwd``, and it has subprocess loaded.
     if cwd is None:
-        actions = (
-            []
-            if stdout is None
-            else [
-                (os.POSIX_SPAWN_DUP2, stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stdout, 2),
-            ]
-        )
+        actions = [] if stdout is None else [(os.POSIX_SPAWN_DUP2, stdout, fd) for fd in (1, 2)]
         group = {"setsid": True} if new_session else {"setpgroup": 0}
+        environ = os.environ if env is None else env
         pid = os.posix_spawnp(
-            argv[0],
-            argv,
-            os.environ if env is None else env,
-            file_actions=actions,
-            setsigdef=RESTORED_SIGNALS,
-            **group,
+            argv[0], argv, environ, file_actions=actions, setsigdef=RESTORED_SIGNALS, **group
         )
         return Child(pid)
     import subprocess
@@ -327,14 +286,11 @@ def not_started(program: str, error: OSError) -> tuple:
 
 
 def bootstrap(module: str) -> list:
-    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python.
-
-    Isolated and without site-packages (``-I -S``), since it needs only the
-    standard library, and imported rather than run by path, so that Python
-    uses the module's cached bytecode instead of compiling it each time. The
-    directory holding lokt_tasks goes last on sys.path: it cannot hide a
-    standard module.
-    """
+    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python:
+    isolated, without site-packages (``-I -S``: it needs only the standard
+    library), imported rather than run by path so that its cached bytecode is
+    used, with the package's directory last on sys.path so that it cannot
+    hide a standard module."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
@@ -347,12 +303,10 @@ def bootstrap(module: str) -> list:
 
 
 def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
-    """``os.open`` for the files we read and append to (records, logs, lock
-    files, the audit log): a descriptor of a regular file, or OSError.
-
-    It never blocks on a FIFO, never follows a symbolic link at ``path``
-    (one placed there would make us read or write its target), and refuses
-    a directory, a device or a socket: the error says what ``path`` is.
+    """``os.open`` for records, logs, lock files and the audit log: a
+    descriptor of a regular file, or OSError saying what ``path`` is. It
+    never blocks on a FIFO, never follows a symbolic link at ``path`` (we
+    would read or write its target), and refuses anything but a regular file.
     """
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
@@ -377,12 +331,11 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
 
 
 def untrusted_directory(path: str | os.PathLike) -> str | None:
-    """Why records, logs and locks under directory ``path`` cannot be trusted,
-    or None: another user could write them. As ssh and git judge it: the
-    directory (or, while it does not exist, the nearest one above it that
-    does) must be owned by us or by root, and no directory on the way may be
-    writable by every user unless it is sticky (as /tmp is). A directory
-    writable by our group is a team's choice (umask 002), and allowed.
+    """Why files under directory ``path`` cannot be trusted (another user
+    could write them), or None. As ssh and git judge it: the directory (or
+    the nearest existing one above it) must be owned by us or by root, and no
+    directory on the way may be writable by every user unless sticky (as
+    /tmp is). Writable by our group is a team's choice (umask 002): allowed.
     """
     current = os.path.abspath(path)
     owner_checked = False
@@ -421,18 +374,15 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data``; its directory must exist.
+    """Replace ``path`` (its directory must exist) with ``data``: a temporary
+    file, fsynced, renamed over it, then the directory fsynced, so a reader
+    sees old or new, never a mix, even after a machine crash.
 
-    A temporary file in the same directory, fsynced, renamed over the old
-    one, then the directory fsynced: a reader sees the old content or the
-    new, never a mix, and a machine crash does not lose the rename.
-    ``mode`` None keeps the temporary file's 0600, as lokt's lock files
-    have; ``prefix`` names the temporary file (default ``.<name>.``);
-    ``durable`` False skips both fsyncs (still atomic for readers).
-    ``exclusive`` creates ``path`` only if there is none (a hard link in
-    place of the rename), raising FileExistsError otherwise: a file that
-    exists is complete from its first moment. Raises OSError, leaving no
-    temporary file behind.
+    ``mode`` None keeps the temporary file's 0600 (as lokt's lock files);
+    ``prefix`` names the temporary file (default ``.<name>.``); ``durable``
+    False skips both fsyncs; ``exclusive`` hard-links instead of renaming,
+    so ``path`` is created complete or FileExistsError raised. Raises
+    OSError, leaving no temporary file behind.
     """
     directory, name = os.path.split(os.fspath(path))
     temporary = os.path.join(
