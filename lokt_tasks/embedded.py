@@ -1,44 +1,41 @@
 """The embedded engine: lokt's locking protocol in Python.
 
-For machines without the lokt binary. It reads and writes the same files in
-the same format (``lockfile``) and follows the same rules, so an embedded
-agent and a ``lokt guard`` exclude each other:
+It reads and writes lokt's files in lokt's format (``lockfile``) by lokt's
+rules, so an embedded agent and a ``lokt guard`` exclude each other:
 
 - sweep the whole root first: remove corrupt files, and expired locks whose
   holder is on another host or dead here (a live holder is kept);
 - an unexpired freeze (freezes/NAME.json) refuses the lock; an expired one
   is removed;
-- acquire by creating locks/NAME.json with O_EXCL, then writing it by temp
-  file + fsync + rename + directory fsync. An existing empty file means
-  another agent is between those two steps: held. A corrupt file is
-  removed; a holder on this host whose pid is dead (or was reused, the
-  start time differs) is pruned; otherwise the lock is held;
+- acquire by creating locks/NAME.json, complete from its first moment
+  (``lockfile.create_lock``). If it exists: an empty file means another
+  agent is between creating and writing it (held); a corrupt file is
+  removed; a holder on this host whose pid is dead (or reused: the start
+  time differs) is pruned; otherwise the lock is held;
 - while the command runs, a heartbeat renews the lock every max(TTL/2,
   0.5 s) as long as owner, host and pid in the file are still ours;
 - release removes the lock only if owner and lock_id are still ours.
 Every step appends lokt's audit event to audit.log.
 
-The lock file's pid is this process (as ``lokt guard`` records itself, not
-the command): the lock lives as long as the agent that holds it. The
-command runs in its own session, so a Ctrl-C at the terminal reaches only
-the agent, which forwards it. If the agent is killed outright, its
-``Watchdog`` (a process that outlives it, see watchdog.py) stops the
-command, which would otherwise run on, no longer locked. (Under a killed
-``lokt guard`` a command does run on.)
+The holder named in the lock file is the agent's ``Watchdog`` (see
+watchdog.py), a process that lives as long as the agent and, if the agent is
+killed outright, stops its commands before it ends: the lock is free only
+once nothing of its shard runs. (Under a killed ``lokt guard`` a command does
+run on.) The command runs in a session of its own, so a Ctrl-C at the
+terminal reaches only the agent, which forwards it.
 
 Stricter than lokt, on purpose:
-- Never re-entrant. lokt lets the same owner overwrite a lock; here a lock
-  with our owner is held like any other while its pid lives, and pruned like
-  any other when it is dead.
-- Waiting (``wait=True``) never breaks an expired lock whose holder is alive
-  on this host; lokt's ``--wait`` does. A live holder renews its lock, so
-  such a lock belongs to a stalled process, not a finished one.
+- Never re-entrant: a lock with our owner is held like any other while its
+  holder lives.
+- Waiting never breaks an expired lock whose holder is alive on this host
+  (lokt's ``--wait`` does): a live holder renews its lock, so it is stalled,
+  not finished.
 - A zombie holder (exited, not reaped: containers without an init) is dead.
 - A stale or corrupt file is removed only if it still reads as it did when
   judged, so an agent never deletes the fresh lock of another that pruned
   the same file a moment earlier.
-Like lokt, an empty lock file is never broken: if a crash left one behind,
-the name stays held until someone removes the file.
+An empty lock file is held, as lokt holds it, until it is older than
+``lockfile.EMPTY_LOCK_ABANDONED_AFTER``: then it is pruned as abandoned.
 """
 
 from __future__ import annotations
@@ -71,14 +68,7 @@ from .engine import (
     interrupted_before_start,
     ran,
 )
-from .lockfile import (
-    CorruptLockFile,
-    EmptyLockFile,
-    LockData,
-    LockFileError,
-    UnsupportedVersion,
-    append_audit,
-)
+from .lockfile import CorruptLockFile, EmptyLockFile, LockData, LockFileError, UnsupportedVersion
 from .states import GuardState
 
 BACKOFF_START = 0.05
@@ -117,16 +107,8 @@ class Claimant:
         return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
 
     def audit(self, root: Path, event: str, name: str, **fields) -> None:
-        line = lockfile.audit_line(
-            event,
-            name,
-            owner=self.owner,
-            host=self.host,
-            pid=self.pid,
-            agent_id=self.agent_id,
-            **fields,
-        )
-        append_audit(root, line)
+        """Append an audit line for ``event`` on lock ``name``, as us."""
+        lockfile.append_audit(root, lockfile.audit_line(event, name, **{**self.who(), **fields}))
 
 
 @dataclass(frozen=True)
@@ -171,23 +153,13 @@ def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
     if lock is not None:
         extra.update(pruned_owner=lock.owner, pruned_host=lock.host, pruned_pid=lock.pid)
     # lokt writes sweep events without agent_id and lock_id.
-    line = lockfile.audit_line(
-        "auto-prune",
-        path.name[: -len(".json")],
-        owner=me.owner,
-        host=me.host,
-        pid=me.pid,
-        extra=extra,
-    )
-    append_audit(root, line)
+    me.audit(root, "auto-prune", path.name[: -len(".json")], agent_id="", extra=extra)
 
 
 def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
     """The unexpired freeze of name, after logging freeze-deny; else None.
-
     Expired and corrupt freezes are removed. Raises UnsupportedVersion for a
-    freeze written by a newer lokt (lokt refuses to guard then, too).
-    """
+    freeze written by a newer lokt (lokt refuses to guard then, too)."""
     for path in (lockfile.freeze_path(root, name), lockfile.legacy_freeze_path(root, name)):
         try:
             text = lockfile.read_text(path)
@@ -245,10 +217,8 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
 
 
 def break_stale(root: Path, name: str, me: Claimant) -> None:
-    """Between waits: free a corrupt lock, or an expired one from another host.
-
-    Dead holders on this host are pruned by ``acquire_once`` itself.
-    """
+    """Between waits: free a corrupt lock, or an expired one from another
+    host (``acquire_once`` prunes dead holders on this host)."""
     path = lockfile.lock_path(root, name)
     try:
         text = lockfile.read_text(path)
@@ -291,9 +261,7 @@ def release(root: Path, name: str, me: Claimant, lock_id: str) -> bool:
         existing = lockfile.read_lock(path)
     except (OSError, LockFileError):
         return False
-    if existing.owner != me.owner or existing.lock_id != lock_id:
-        return False
-    if not lockfile.remove_file(path):
+    if (existing.owner, existing.lock_id) != (me.owner, lock_id) or not lockfile.remove_file(path):
         return False
     me.audit(root, "release", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
     return True
@@ -306,13 +274,11 @@ def backoff(attempt: int) -> float:
 
 
 class Heartbeat:
-    """Renews a lock in a thread while the command runs."""
+    """Renews a lock in a thread while the command runs; ``lost`` once the
+    lock is no longer ours."""
 
     def __init__(self, root: Path, name: str, me: Claimant, interval: float) -> None:
-        self.root = root
-        self.name = name
-        self.me = me
-        self.interval = interval
+        self.root, self.name, self.me, self.interval = root, name, me, interval
         self.lost = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(
@@ -331,24 +297,16 @@ class Heartbeat:
         while not self._stopped.wait(self.interval):
             if renew(self.root, self.name, self.me) is False:
                 self.lost = True
-                print(
-                    f"lokt-tasks: warning: lock {self.name!r} is no longer ours; not renewing it",
-                    file=sys.stderr,
-                )
+                warning = f"lock {self.name!r} is no longer ours; not renewing it"
+                print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
                 return
 
 
 class Watchdog:
-    """The process that holds this agent's locks and stops its commands if
-    the agent dies (see watchdog.py).
-
-    Its pid, not the agent's, is the holder in every lock file this engine
-    writes. It lives as long as the agent; when the agent dies, however it
-    dies, it stops the agent's commands (their whole process groups) and
-    ends only once they are gone. So a lock of ours is free for another agent
-    only once nothing of its shard runs any more. It starts once per engine,
-    in a session of its own; it is told of each command once it runs
-    (``watch``) and once it is reaped (``forget``).
+    """The process that holds this agent's locks (its pid is the holder in
+    every lock file this engine writes) and stops the agent's commands if the
+    agent dies (see watchdog.py). It starts once per engine and is told of
+    each command once it runs (``watch``) and once it is reaped (``forget``).
     """
 
     def __init__(self, grace: float) -> None:
@@ -364,9 +322,8 @@ class Watchdog:
         """The pid to hold a new lock: the watchdog's, started now if it does
         not run; our own (with a warning) if it cannot start."""
         with self._lock:
-            if not self._unavailable and (
-                self._process is None or self._process.poll() is not None
-            ):
+            process = self._process
+            if not self._unavailable and (process is None or process.poll() is not None):
                 self._start()
             return os.getpid() if self._process is None else self._process.pid
 
@@ -414,8 +371,9 @@ class Watchdog:
         except OSError as error:
             os.close(write_end)
             self._unavailable = True
+            reason = error.strerror or error
             print(
-                f"lokt-tasks: warning: cannot start the watchdog ({error.strerror or error}):"
+                f"lokt-tasks: warning: cannot start the watchdog ({reason}):"
                 " if this agent is killed, its commands will run on",
                 file=sys.stderr,
             )
@@ -436,7 +394,7 @@ class EmbeddedEngine(Engine):
 
     @property
     def watchdog(self) -> Watchdog:
-        """This engine's watchdog, given the grace the engine has when it first runs a command."""
+        """This engine's watchdog, with the grace the engine has when it first runs a command."""
         if self._watchdog is None:
             self._watchdog = Watchdog(self.grace)
         return self._watchdog
@@ -458,20 +416,16 @@ class EmbeddedEngine(Engine):
         lifetime = effective_ttl(ttl)
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
-            holder = self.watchdog.holder()
+            pid = self.watchdog.holder()
+            started = system.process_start_time(pid) or 0
             me = Claimant(
-                self.identity.owner,
-                self.identity.host,
-                holder,
-                self.identity.agent,
-                system.process_start_time(holder) or 0,
+                self.identity.owner, self.identity.host, pid, self.identity.agent, started
             )
             try:
                 claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
             except OSError as error:
-                return GuardResult(
-                    GuardState.ERROR, message=f"lock root {self.root} is unusable: {error}"
-                )
+                message = f"lock root {self.root} is unusable: {error}"
+                return GuardResult(GuardState.ERROR, message=message)
             if isinstance(claim, GuardResult):
                 return claim
             cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
@@ -480,7 +434,7 @@ class EmbeddedEngine(Engine):
                 heartbeat.start()
                 cleanup.callback(heartbeat.stop)
             if stop.is_set():
-                return interrupted_before_start(stop)
+                return interrupted_before_start(stop.signum)
             path = lockfile.lock_path(self.root, lock_name)
 
             def lost() -> bool:
@@ -493,12 +447,11 @@ class EmbeddedEngine(Engine):
                 )
 
             try:
-                result = self._attempt(attempt, env, cwd, stop, lost)
+                return self._attempt(attempt, env, cwd, stop, lost)
             except OSError as error:  # from begin or finish: the log or the record
                 where = error.filename or attempt.record
                 message = f"cannot write {where}: {error.strerror or error}"
-                result = GuardResult(GuardState.ERROR, message=message)
-        return result
+                return GuardResult(GuardState.ERROR, message=message)
 
     def _attempt(
         self,
@@ -514,8 +467,8 @@ class EmbeddedEngine(Engine):
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
-            attempt.finish(None, stop.asked())
-            return interrupted_before_start(stop)
+            attempt.finish(None, stop.signum)
+            return interrupted_before_start(stop.signum)
         child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
         if isinstance(child, int):
             attempt.finish(child, None)
@@ -531,7 +484,10 @@ class EmbeddedEngine(Engine):
             if child.returncode is not None:
                 self.watchdog.forget(child.pid)
         if ended is None or lost() or not attempt.finish(*ended):
-            message = "the lock was lost while the command ran: it was stopped, and no final record written"
+            message = (
+                "the lock was lost while the command ran: it was stopped,"
+                " and no final record written"
+            )
             return GuardResult(GuardState.RAN, message=message)
         return ran(*ended)
 
@@ -542,7 +498,7 @@ class EmbeddedEngine(Engine):
         ttl_sec: int,
         wait: bool,
         timeout: Optional[float],
-        stop: Optional[StopRequest],
+        stop: StopRequest,
     ) -> Union[LockData, GuardResult]:
         lockfile.ensure_dirs(self.root)
         sweep(self.root, me)
@@ -565,18 +521,11 @@ class EmbeddedEngine(Engine):
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
                 holder = self._holder_of(name, tried.holder)
-                return GuardResult(
-                    GuardState.HELD,
-                    holder=holder,
-                    message=held_message(name, holder, wait, timeout),
-                )
-            pause = min(backoff(tries), remaining)
+                message = held_message(name, holder, wait, timeout)
+                return GuardResult(GuardState.HELD, holder=holder, message=message)
+            if stop.wait(min(backoff(tries), remaining)):
+                return interrupted_before_start(stop.signum)
             tries += 1
-            if stop is not None:
-                if stop.wait(pause):
-                    return interrupted_before_start(stop)
-            else:
-                time.sleep(pause)
             break_stale(self.root, name, me)
 
     def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:

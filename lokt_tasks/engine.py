@@ -1,33 +1,24 @@
-"""The lock engine: acquire a lock, hold it while an attempt runs, release it.
+"""What both lock engines share: acquire a lock, hold it while an attempt
+runs, release it.
 
-Two engines speak the same on-disk protocol (see ``lockfile``), so agents
-using either exclude each other: ``lokt`` drives the real binary
-(``lokt guard``, in ``lokt_engine``), ``embedded`` implements the protocol in
-Python for machines without lokt (``embedded``). This module holds what they
-share; ``run.select_engine`` picks one. An engine runs an
-:class:`~lokt_tasks.attempt.Attempt` and never calls back into the run layer:
-whether the command started is told by the attempt's own record.
+``lokt`` drives the real binary (``lokt guard``, in ``lokt_engine``);
+``embedded`` implements its on-disk protocol (``lockfile``) in Python, so
+agents using either exclude each other. ``run.select_engine`` picks one. An
+engine runs an :class:`~lokt_tasks.attempt.Attempt` and never calls back into
+the run layer: whether the command started is told by the attempt's record.
 
-Identity. lokt lets a caller whose owner equals the lock's owner re-enter the
-lock, so two agents of one OS user would both "acquire" it. Every agent
-therefore gets its own owner::
+Identity. lokt lets a caller re-enter a lock whose owner equals its own, so
+two agents of one OS user would both "acquire" it; every agent gets its own::
 
     agent = --agent, else $LOKT_AGENT_ID, else "agent-" + 8 random hex digits
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
 
-The command runs with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set to these
-values, with either engine.
+The command runs with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set to these.
 
-Lock root (where locks live), the same for both engines: ``$LOKT_ROOT``, else
-``<git common dir>/lokt`` (shared by all worktrees of a repository), else
-``.lokt`` in the working directory. The lokt engine passes it to lokt
-explicitly, so both always agree.
-
-TTL. A lock expires TTL seconds after its last renewal; while the command
-runs, the lock is renewed every max(TTL/2, 0.5 s). lokt stores whole seconds,
-and writes an already-expired lock for a TTL under one second, so both
-engines round a positive TTL below one second up to one second. A TTL of 0
-means a lock that never expires (and no renewal).
+TTL. A lock expires TTL seconds after its last renewal, and is renewed every
+max(TTL/2, 0.5 s) while the command runs. lokt stores whole seconds (and
+writes an already-expired lock under one second), so a positive TTL is at
+least one second; 0 means a lock that never expires.
 """
 
 from __future__ import annotations
@@ -43,15 +34,13 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from . import lockfile
-from .attempt import STOP_GRACE, Attempt
+from .attempt import POLL_INTERVAL, STOP_GRACE, Attempt
 from .errors import EngineError, UsageError
 from .lockfile import LockData, LockFileError, validate_lock_name
 from .states import GuardState
 
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
-#: How often a stop request is looked at while waiting.
-POLL_INTERVAL = 0.025
 
 
 @dataclass(frozen=True)
@@ -71,23 +60,13 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What happened when we asked to run an attempt under a lock.
-
-    ``state`` is one of:
-    - "ran": the command started; ``exit_code`` (or ``signal``, the number of
-      the signal that killed it, with ``exit_code`` None) tells how it ended.
-      A command that could not be executed ran like under a shell: 127 when
-      not found, 126 when not executable.
-    - "held": another agent holds the lock; ``holder`` says who (None when the
-      holder could not be read, e.g. it was being written). Nothing ran.
-    - "frozen": the lock name is frozen; ``holder`` is who froze it. Nothing ran.
-    - "interrupted": a stop request came before the command started. Nothing
-      ran; ``interrupted`` is the signal number.
-    - "skipped": the lock was ours, but the attempt found its shard done.
-    - "error": the engine failed, or a record could not be written; ``message``
-      says why.
-    ``interrupted`` is the signal number (SIGINT/SIGTERM) of a stop request
-    that came while the command ran, or None.
+    """What happened when we asked to run an attempt under a lock (see
+    ``GuardState``). "ran": ``exit_code`` (127 not found, 126 not executable,
+    as a shell says), or ``signal``, the number of the one that killed it.
+    "held" and "frozen": ``holder`` is who holds or froze the lock (None when
+    unreadable, e.g. being written). "error": ``message`` says why.
+    ``interrupted``: the signal number of a stop request that came before or
+    while the command ran, or None.
     """
 
     state: GuardState
@@ -103,34 +82,31 @@ class GuardResult:
 
 
 class StopRequest:
-    """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers.
-
-    The main thread records the signal; every guard polls it and forwards the
-    signal to its command, then releases its lock. ``request`` takes no lock,
-    so a signal handler may call it while the main thread is in ``wait``
-    (a threading.Event could deadlock there).
+    """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers:
+    every guard polls it, forwards the first signal asked for to its command,
+    and releases its lock. ``request`` takes no lock, so a signal handler may
+    call it while the main thread is in ``wait`` (a threading.Event could
+    deadlock there).
     """
 
     def __init__(self) -> None:
-        self._requested = False
         self.signum: Optional[int] = None
 
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
-            self.signum = signum
-        self._requested = True
+            self.signum = signum or signal.SIGINT
 
     def is_set(self) -> bool:
-        return self._requested
+        return self.signum is not None
 
     def asked(self) -> Optional[int]:
         """The signal of the stop asked for, or None: what ``Attempt.wait`` polls."""
-        return (self.signum or signal.SIGINT) if self._requested else None
+        return self.signum
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to timeout seconds; True as soon as a stop is requested."""
         deadline = time.monotonic() + timeout
-        while not self._requested:
+        while self.signum is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -171,7 +147,9 @@ def os_user_name() -> str:
 
 
 def find_lock_root(cwd: Path) -> Path:
-    """$LOKT_ROOT, else <git common dir>/lokt, else cwd/.lokt (always absolute)."""
+    """Where locks live, the same for both engines (lokt is told it): $LOKT_ROOT,
+    else <git common dir>/lokt (shared by all worktrees of a repository), else
+    cwd/.lokt; always absolute."""
     base = os.path.abspath(cwd)
     configured = os.environ.get("LOKT_ROOT", "")
     if configured:
@@ -212,17 +190,19 @@ def holder_from_lock(lock: LockData, name: str) -> Holder:
     )
 
 
+def _who(holder: Holder) -> str:
+    """A holder as lokt names it: owner (agent: A)@host."""
+    agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
+    return f"{holder.owner}{agent}@{holder.host}"
+
+
 def held_message(name: str, holder: Optional[Holder], wait: bool, timeout: Optional[float]) -> str:
-    """lokt's words for a lock it could not take, naming the holder as lokt does:
-    owner (agent: A)@host (pid N); after a wait, how long it waited."""
+    """lokt's words for a lock it could not take; after a wait, how long it waited."""
     if holder is None:
         message = f'lock "{name}" is held by another agent (its lock file is being written)'
     else:
-        agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
-        message = (
-            f'lock "{name}" held by {holder.owner}{agent}@{holder.host} (pid {holder.pid})'
-            f" for {int(holder.age_sec)}s"
-        )
+        age = int(holder.age_sec)
+        message = f'lock "{name}" held by {_who(holder)} (pid {holder.pid}) for {age}s'
     if not wait:
         return message
     limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
@@ -230,18 +210,13 @@ def held_message(name: str, holder: Optional[Holder], wait: bool, timeout: Optio
 
 
 def frozen_message(name: str, holder: Optional[Holder]) -> str:
-    if holder is None:
-        return f'lock "{name}" is frozen'
-    agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
-    return f'lock "{name}" is frozen by {holder.owner}{agent}@{holder.host}'
+    return f'lock "{name}" is frozen' + (f" by {_who(holder)}" if holder else "")
 
 
-def interrupted_before_start(stop: StopRequest) -> GuardResult:
-    return GuardResult(
-        GuardState.INTERRUPTED,
-        interrupted=stop.signum or signal.SIGINT,
-        message="stopped before the command started",
-    )
+def interrupted_before_start(signum: Optional[int]) -> GuardResult:
+    """Nothing ran: the stop request ``signum`` (None: SIGINT) came first."""
+    message = "stopped before the command started"
+    return GuardResult(GuardState.INTERRUPTED, interrupted=signum or signal.SIGINT, message=message)
 
 
 def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
@@ -252,11 +227,9 @@ def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
 
 
 class Engine:
-    """What the run layer needs from a lock engine.
-
-    Reading lock state (``holder``, ``frozen_by``, ``held_locks``) reads the
-    files directly for both engines: it never removes or rewrites anything,
-    unlike ``lokt status``, which sweeps the root first.
+    """What the run layer needs from a lock engine. Lock state (``holder``,
+    ``frozen_by``, ``held_locks``) is read from the files for both engines:
+    unlike ``lokt status``, which sweeps the root first, it changes nothing.
     """
 
     name = ""
@@ -281,24 +254,21 @@ class Engine:
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
     ) -> GuardResult:
-        """Run ``attempt`` while holding lock_name.
+        """Run ``attempt`` while holding lock_name, and release it.
 
-        ``ttl`` in seconds (0: a lock that never expires); ``timeout`` (with
-        ``wait``): None or <= 0 means 10 minutes. The command runs in a
-        session of its own with ``env`` (default ours) and lokt's identity
-        variables, in ``cwd``, so a Ctrl-C at the terminal reaches only us.
-        When ``stop`` is set, its signal is sent once to the command (as lokt
-        guard does: to the process started, which passes it on to its own
-        children); after ``self.grace`` seconds the command's whole process
-        group is killed. The lock is released either way.
-
-        Raises UsageError for a bad lock name or a missing cwd.
+        ``ttl`` in seconds (0: never expires); ``timeout`` (with ``wait``):
+        None or <= 0 means 10 minutes. The command runs in a session of its
+        own (a Ctrl-C at the terminal reaches only us), in ``cwd``, with
+        ``env`` (default ours) and lokt's identity variables. Once ``stop`` is
+        set, its signal is sent once to the command; ``self.grace`` seconds
+        later its whole process group is killed. Raises UsageError for a bad
+        lock name or a missing cwd.
         """
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")
         if stop is not None and stop.is_set():
-            return interrupted_before_start(stop)
+            return interrupted_before_start(stop.signum)
         return self._guard(
             lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd, stop or StopRequest()
         )
@@ -325,7 +295,7 @@ class Engine:
         except (FileNotFoundError, LockFileError):
             return None
         except OSError as error:
-            raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}")
+            raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}") from None
         return holder_from_lock(lock, lock_name)
 
     def frozen_by(self, lock_name: str) -> Optional[Holder]:

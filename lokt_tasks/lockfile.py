@@ -44,20 +44,12 @@ _TIMESTAMP = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: Characters Go's encoding/json escapes inside strings and Python's does not.
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
+_GO_ESCAPES = {character: "\\u%04x" % ord(character) for character in "<>&\u2028\u2029"}
 
 
 def validate_lock_name(name: str) -> None:
-    """Refuse names lokt refuses, with the reason, before anything runs.
-
-    One rule more than lokt: no leading '-', which ``lokt guard`` cannot take.
-    """
+    """Refuse names lokt refuses, with the reason, before anything runs; and
+    one more: a leading '-', which ``lokt guard`` would read as a flag."""
     if not name:
         raise UsageError("invalid lock name: name cannot be empty")
     if name.startswith("/"):
@@ -65,7 +57,6 @@ def validate_lock_name(name: str) -> None:
     if ".." in name:
         raise UsageError(f"invalid lock name {name!r}: path traversal ('..') not allowed")
     if name.startswith("-"):
-        # lokt's rules allow it, but `lokt guard` would read it as a flag.
         raise UsageError(f"invalid lock name {name!r}: must not start with '-'")
     if not _NAME_CHARACTERS.match(name):
         raise UsageError(f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'")
@@ -97,8 +88,8 @@ def legacy_freeze_path(root: Path, name: str) -> Path:
 
 def ensure_dirs(root: Path) -> None:
     """Create locks/ and freezes/ with lokt's mode (owner only)."""
-    os.makedirs(locks_dir(root), mode=0o700, exist_ok=True)
-    os.makedirs(freezes_dir(root), mode=0o700, exist_ok=True)
+    for directory in (locks_dir(root), freezes_dir(root)):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
 # Timestamps ------------------------------------------------------------------
@@ -160,10 +151,8 @@ class UnsupportedVersion(LockFileError):
 
 @dataclass(frozen=True)
 class LockData:
-    """The content of a lock (or freeze) file, version 1.
-
-    Times are nanoseconds since the epoch; ``expires_ns`` is None without TTL.
-    """
+    """The content of a lock (or freeze) file, version 1. Times are
+    nanoseconds since the epoch; ``expires_ns`` is None without TTL."""
 
     name: str
     owner: str
@@ -261,9 +250,8 @@ def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
 
 def create_lock(path: Path, lock: LockData) -> None:
     """Take the lock name: create its file, written in full, only if there is
-    none (FileExistsError). lokt creates the file empty and writes it next;
-    a process killed between the two leaves an empty file, which lokt reads
-    as "being written" for ever. Ours is never empty."""
+    none (else FileExistsError). Never empty, unlike lokt's: it creates the
+    file empty and writes it next, which a kill between the two leaves so."""
     data = lock.to_json().encode("utf-8")
     system.write_atomically(path, data, mode=None, prefix=".lock-", exclusive=True)
 
@@ -295,14 +283,14 @@ def prune_abandoned(
     root: Path, name: str, *, owner: str, host: str, pid: int, agent_id: str = ""
 ) -> bool:
     """Remove the lock ``name`` if nobody can hold it any more, writing the
-    break to the audit log as lokt does (as ``owner``, ``host``, ``pid``).
+    break to the audit log as lokt does (as ``owner``, ``host``, ``pid``);
     True when the name is free to take now.
 
-    Nobody holds: a corrupt file ("corrupt-break"); a holder on this host
-    that is dead, a zombie included, or whose pid was reused ("auto-prune":
-    lokt calls a zombie alive, so the lokt engine prunes for it); an empty
-    file older than ``EMPTY_LOCK_ABANDONED_AFTER`` ("corrupt-break"): lokt
-    writes one within milliseconds of creating it, and never breaks one.
+    Nobody holds a corrupt file ("corrupt-break"); one whose holder on this
+    host is dead, a zombie, or its pid reused ("auto-prune": lokt calls a
+    zombie alive, so the lokt engine prunes for it); or an empty file older
+    than ``EMPTY_LOCK_ABANDONED_AFTER`` ("corrupt-break": lokt writes one
+    within milliseconds of creating it, and never breaks one).
     """
     path = lock_path(root, name)
     try:
@@ -330,27 +318,15 @@ def prune_abandoned(
         extra = {"pruned_owner": lock.owner, "pruned_host": lock.host, "pruned_pid": lock.pid}
     if not remove_if_unchanged(path, text):
         return False
-    line = audit_line(
-        event,
-        name,
-        owner=owner,
-        host=host,
-        pid=pid,
-        agent_id=agent_id,
-        lock_id=lock_id,
-        extra=extra,
-    )
-    append_audit(root, line)
+    who: Dict[str, Any] = {"owner": owner, "host": host, "pid": pid, "agent_id": agent_id}
+    append_audit(root, audit_line(event, name, lock_id=lock_id, extra=extra, **who))
     return True
 
 
 def remove_if_unchanged(path: Path, seen: str) -> bool:
-    """Remove a stale or corrupt file only if it still holds what we judged.
-
-    Between our read and our removal another agent may have pruned it and
-    taken the lock; re-reading first keeps us from deleting that new lock
-    (it starts out empty, so it never equals what we saw).
-    """
+    """Remove a stale or corrupt file only if it still holds what we judged:
+    between our read and now another agent may have pruned it and taken the
+    lock, and its new lock never equals what we saw."""
     try:
         if read_text(path) != seen:
             return False
@@ -364,10 +340,8 @@ def remove_if_unchanged(path: Path, seen: str) -> bool:
 
 def go_json(value: Any, *, indent: Optional[int] = None) -> str:
     """JSON as Go's encoding/json writes it (HTML characters escaped)."""
-    if indent is None:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    else:
-        text = json.dumps(value, ensure_ascii=False, indent=indent)
+    separators = (",", ":") if indent is None else None
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
     for character, escape in _GO_ESCAPES.items():
         text = text.replace(character, escape)
     return text
@@ -430,11 +404,8 @@ def host_name() -> str:
 
 def pid_status(lock: LockData, host: Optional[str] = None) -> str:
     """ "alive", "dead" or "unknown" (another host) for a lock's holder.
-
-    Stricter than ``lokt status``: a recycled pid (start time differs from
-    the one recorded) counts as dead, as lokt's own pruning treats it; so
-    does a zombie (exited, never reaped).
-    """
+    Stricter than ``lokt status``: a zombie is dead, and so is a reused pid
+    (another start time than recorded), as lokt's own pruning treats it."""
     if lock.host != (host or host_name()):
         return "unknown"
     if system.process_gone(lock.pid):

@@ -1,10 +1,7 @@
-"""The lokt engine: ``lokt guard`` holds the lock; lokt owns its renewal and release.
-
-lokt runs the attempt as a process of its own (``Attempt.argv``), which
-runs the command and writes its records while lokt holds the lock. The
-attempt's record, not lokt's exit code, says whether the command ran: lokt
-exits 2 both when the lock is held and when the command itself exits 2,
-and 255 for every command killed by a signal.
+"""The lokt engine: ``lokt guard`` holds, renews and releases the lock, and
+runs the attempt as a process of its own (``Attempt.argv``). Whether the
+command ran is told by the attempt's record, not by lokt's exit code: 2 both
+when the lock is held and when the command exits 2, 255 for any signal.
 """
 
 from __future__ import annotations
@@ -29,6 +26,8 @@ from .engine import (
     effective_ttl,
     frozen_message,
     held_message,
+    interrupted_before_start,
+    ran,
 )
 from .errors import EngineError
 from .lockfile import LockFileError
@@ -135,11 +134,7 @@ class LoktEngine(Engine):
             message = f'lock "{lock_name}" was taken over by another agent of the same name'
             return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
-            return GuardResult(
-                GuardState.INTERRUPTED,
-                interrupted=forwarded,
-                message="stopped before the command started",
-            )
+            return interrupted_before_start(forwarded)
         message = _last_error_line(lokt_message)
         if returncode == 2:
             return self._refused(lock_name, message, wait, timeout)
@@ -150,14 +145,11 @@ class LoktEngine(Engine):
         return GuardResult(GuardState.ERROR, message=message)
 
     def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
-        """What lokt would get wrong, set right before it runs.
-
-        lokt calls a zombie holder alive, and never breaks an empty lock file
-        (its writer was killed between creating and writing it): such locks
-        are pruned here as the embedded engine prunes them (see
-        ``lockfile.prune_abandoned``). And lokt lets a lock's owner take it
-        again: a live holder with our owner is another agent of our name,
-        and holds the lock as any other would.
+        """What lokt would get wrong, set right before it runs: it calls a
+        zombie holder alive and never breaks an empty lock file, so such locks
+        are pruned here (``lockfile.prune_abandoned``); and it lets a lock's
+        owner take it again, but a live holder with our owner is another agent
+        of our name, and holds the lock as any other would.
         """
         me = self.identity
         lockfile.prune_abandoned(
@@ -185,13 +177,7 @@ class LoktEngine(Engine):
             with open(attempt.log, "a", encoding="utf-8") as handle:
                 handle.write(lokt_message + "\n")
         if own.get("outcome") == RecordOutcome.RUNNING:
-            code = returncode if returncode >= 0 else None
-            return GuardResult(
-                GuardState.RAN,
-                exit_code=code,
-                signal=None if code is not None else -returncode,
-                interrupted=forwarded,
-            )
+            return ran(returncode, forwarded)
         signum = system.signal_number(own["signal"]) if own.get("signal") else None
         return GuardResult(
             GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded
@@ -200,10 +186,8 @@ class LoktEngine(Engine):
     def _refused(
         self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]
     ) -> GuardResult:
-        """Exit 2 and no record of the attempt: held or frozen, said by the files.
-
-        With --wait, lokt only gives up with 2 when frozen or timed out.
-        """
+        """Exit 2 and no record of the attempt: held or frozen, as the files
+        say (with --wait, lokt gives up with 2 only when frozen or timed out)."""
         freeze = self.frozen_by(lock_name)
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
             return GuardResult(

@@ -1,11 +1,7 @@
-"""Run one shard under its lock, record it, and report what happened.
-
-``shard``, ``shard --id next`` and ``shard-all`` all come through
-:func:`run_shard`, so a shard behaves the same whichever command ran it.
-The shard's attempt (``attempt.Attempt``) writes both records while the
-lock is held, in this process with the embedded engine, inside ``lokt
-guard`` with the lokt engine. This layer then reads the record back to
-learn the truth rather than trusting an exit code.
+"""Run one shard under its lock and report what happened, whichever
+command asked (``shard``, ``shard --id next``, ``shard-all``). The shard's
+attempt writes its records while the lock is held; this layer reads the
+record back rather than trusting an exit code.
 """
 
 from __future__ import annotations
@@ -103,30 +99,26 @@ def run_shard(
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
     attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
-    guard = settings.engine.guard(
-        shard.lock_name,
-        attempt,
-        ttl=settings.ttl,
-        wait=settings.wait,
-        timeout=settings.timeout,
-        cwd=settings.cwd,
-        stop=stop,
-    )
+
+    def guard_shard(wait: bool) -> GuardResult:
+        return settings.engine.guard(
+            shard.lock_name,
+            attempt,
+            ttl=settings.ttl,
+            wait=wait,
+            timeout=settings.timeout,
+            cwd=settings.cwd,
+            stop=stop,
+        )
+
+    guard = guard_shard(settings.wait)
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
         other = store.running_for(shard.task, shard.index, guard.holder.owner)
         if other is not None and other != settings.run_key:
             # NOTE: every run of a task shares its lock names (the convention
             # the docs teach). Another run's agent holds this one: runs do not
             # fail each other, so wait for it, as with --wait.
-            guard = settings.engine.guard(
-                shard.lock_name,
-                attempt,
-                ttl=settings.ttl,
-                wait=True,
-                timeout=settings.timeout,
-                cwd=settings.cwd,
-                stop=stop,
-            )
+            guard = guard_shard(True)
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)
 
@@ -150,13 +142,10 @@ def run_shard(
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """Inode, size and mtime of ``path``, or None if it does not exist.
-
-    A JUnit report that is unchanged since before we asked for the lock was
-    left by an earlier attempt and is not read as ours. It is not deleted
-    before the lock is ours either: it may belong to the agent that holds
-    the shard now and has not read it yet.
-    """
+    """Inode, size and mtime of ``path``, or None if it does not exist: a
+    JUnit report unchanged since before we asked for the lock is an earlier
+    attempt's, not ours. (Nor is it deleted before the lock is ours: the
+    agent holding the shard now may not have read it yet.)"""
     try:
         status = path.stat()
     except FileNotFoundError:
