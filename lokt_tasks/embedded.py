@@ -52,15 +52,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional, Union
 
 from . import lockfile, system
-from .attempt import Attempt
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
     STOP_GRACE,
     Engine,
+    GuardRequest,
     GuardResult,
     Holder,
     Identity,
-    StopRequest,
     effective_ttl,
     frozen_message,
     held_message,
@@ -402,40 +401,29 @@ class EmbeddedEngine(Engine):
     def describe(self) -> str:
         return "embedded engine"
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
-        lifetime = effective_ttl(ttl)
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        name, attempt, stop = request.lock_name, request.attempt, request.stop
+        lifetime = effective_ttl(request.ttl)
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
-            pid = self.watchdog.holder()
+            pid, identity = self.watchdog.holder(), self.identity
             started = system.process_start_time(pid) or 0
-            me = Claimant(
-                self.identity.owner, self.identity.host, pid, self.identity.agent, started
-            )
+            me = Claimant(identity.owner, identity.host, pid, identity.agent, started)
             try:
-                claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
+                claim = self._acquire(request, me, int(lifetime))
             except OSError as error:
                 message = f"lock root {self.root} is unusable: {error}"
                 return GuardResult(GuardState.ERROR, message=message)
             if isinstance(claim, GuardResult):
                 return claim
-            cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
+            cleanup.callback(release, self.root, name, me, claim.lock_id)
             if lifetime > 0:
-                heartbeat = Heartbeat(self.root, lock_name, me, max(lifetime / 2, 0.5))
+                heartbeat = Heartbeat(self.root, name, me, max(lifetime / 2, 0.5))
                 heartbeat.start()
                 cleanup.callback(heartbeat.stop)
             if stop.is_set():
                 return interrupted_before_start(stop.signum)
-            path = lockfile.lock_path(self.root, lock_name)
+            path = lockfile.lock_path(self.root, name)
 
             def lost() -> bool:
                 """Whether the lock is no longer ours: taken over (say, after
@@ -447,29 +435,23 @@ class EmbeddedEngine(Engine):
                 )
 
             try:
-                return self._attempt(attempt, env, cwd, stop, lost)
+                return self._attempt(request, lost)
             except OSError as error:  # from begin or finish: the log or the record
                 where = error.filename or attempt.record
                 message = f"cannot write {where}: {error.strerror or error}"
                 return GuardResult(GuardState.ERROR, message=message)
 
-    def _attempt(
-        self,
-        attempt: Attempt,
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-        lost: Callable[[], bool],
-    ) -> GuardResult:
+    def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
         """The attempt, in this process, under the lock we hold. If the lock
         is ``lost()`` meanwhile, the command is stopped and no final record
         written: the shard was not run under its lock to the end."""
+        attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
             attempt.finish(None, stop.signum)
             return interrupted_before_start(stop.signum)
-        child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
+        child = attempt.start(env=request.env, cwd=request.cwd)
         if isinstance(child, int):
             attempt.finish(child, None)
             return ran(child)
@@ -492,14 +474,9 @@ class EmbeddedEngine(Engine):
         return ran(*ended)
 
     def _acquire(
-        self,
-        name: str,
-        me: Claimant,
-        ttl_sec: int,
-        wait: bool,
-        timeout: Optional[float],
-        stop: StopRequest,
+        self, request: GuardRequest, me: Claimant, ttl_sec: int
     ) -> Union[LockData, GuardResult]:
+        name, wait, timeout = request.lock_name, request.wait, request.timeout
         lockfile.ensure_dirs(self.root)
         sweep(self.root, me)
         try:
@@ -523,8 +500,8 @@ class EmbeddedEngine(Engine):
                 holder = self._holder_of(name, tried.holder)
                 message = held_message(name, holder, wait, timeout)
                 return GuardResult(GuardState.HELD, holder=holder, message=message)
-            if stop.wait(min(backoff(tries), remaining)):
-                return interrupted_before_start(stop.signum)
+            if request.stop.wait(min(backoff(tries), remaining)):
+                return interrupted_before_start(request.stop.signum)
             tries += 1
             break_stale(self.root, name, me)
 

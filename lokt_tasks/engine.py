@@ -1,11 +1,10 @@
 """What both lock engines share: acquire a lock, hold it while an attempt
 runs, release it.
 
-``lokt`` drives the real binary (``lokt guard``, in ``lokt_engine``);
-``embedded`` implements its on-disk protocol (``lockfile``) in Python, so
-agents using either exclude each other. ``run.select_engine`` picks one. An
-engine runs an :class:`~lokt_tasks.attempt.Attempt` and never calls back into
-the run layer: whether the command started is told by the attempt's record.
+``lokt`` drives the real binary (``lokt_engine``); ``embedded`` implements
+its on-disk protocol (``lockfile``) in Python, so agents using either
+exclude each other. An engine never calls back into the run layer: whether
+the command started is told by the attempt's own record.
 
 Identity. lokt lets a caller re-enter a lock whose owner equals its own, so
 two agents of one OS user would both "acquire" it; every agent gets its own::
@@ -14,11 +13,6 @@ two agents of one OS user would both "acquire" it; every agent gets its own::
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
 
 The command runs with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set to these.
-
-TTL. A lock expires TTL seconds after its last renewal, and is renewed every
-max(TTL/2, 0.5 s) while the command runs. lokt stores whole seconds (and
-writes an already-expired lock under one second), so a positive TTL is at
-least one second; 0 means a lock that never expires.
 """
 
 from __future__ import annotations
@@ -81,6 +75,20 @@ class GuardResult:
         return self.state == GuardState.RAN
 
 
+@dataclass(frozen=True)
+class GuardRequest:
+    """The arguments of :meth:`Engine.guard`, checked, for an engine's ``_guard``."""
+
+    lock_name: str
+    attempt: Attempt
+    ttl: float
+    wait: bool
+    timeout: Optional[float]
+    env: Dict[str, str]
+    cwd: Optional[str]
+    stop: StopRequest
+
+
 class StopRequest:
     """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers:
     every guard polls it, forwards the first signal asked for to its command,
@@ -124,7 +132,7 @@ class Identity:
 
 
 def make_identity(agent: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Identity:
-    """The agent (argument, $LOKT_AGENT_ID or random) and its own lokt owner."""
+    """The agent and its own lokt owner (see the module docstring)."""
     environ = os.environ if env is None else env
     name = (agent or "").strip() or environ.get("LOKT_AGENT_ID", "").strip()
     if not name:
@@ -154,26 +162,21 @@ def find_lock_root(cwd: Path) -> Path:
     configured = os.environ.get("LOKT_ROOT", "")
     if configured:
         return Path(os.path.normpath(os.path.join(base, configured)))
+    command = ["git", "rev-parse", "--git-common-dir"]
     try:
-        git = subprocess.run(
-            ["git", "rev-parse", "--git-common-dir"],
-            cwd=base,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        git = subprocess.run(command, cwd=base, capture_output=True, text=True)
+        common = git.stdout.strip() if git.returncode == 0 else ""
     except OSError:
-        git = None
-    if git is not None and git.returncode == 0 and git.stdout.strip():
-        return Path(os.path.normpath(os.path.join(base, git.stdout.strip()))) / "lokt"
+        common = ""
+    if common:
+        return Path(os.path.normpath(os.path.join(base, common))) / "lokt"
     return Path(base) / ".lokt"
 
 
 def effective_ttl(ttl: float) -> float:
-    """0 (no TTL) or at least one second: lokt stores whole seconds."""
-    if ttl <= 0:
-        return 0.0
-    return max(float(ttl), 1.0)
+    """0 (a lock that never expires) or at least one second: lokt stores whole
+    seconds, and writes an already-expired lock for a TTL under one second."""
+    return 0.0 if ttl <= 0 else max(float(ttl), 1.0)
 
 
 def holder_from_lock(lock: LockData, name: str) -> Holder:
@@ -269,22 +272,15 @@ class Engine:
             raise UsageError(f"working directory does not exist: {cwd}")
         if stop is not None and stop.is_set():
             return interrupted_before_start(stop.signum)
+        directory = str(cwd) if cwd else None
+        stop = stop or StopRequest()
         return self._guard(
-            lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd, stop or StopRequest()
+            GuardRequest(
+                lock_name, attempt, ttl, wait, timeout, self.child_env(env), directory, stop
+            )
         )
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
-        """The engine's own part of ``guard``, its arguments checked."""
+    def _guard(self, request: GuardRequest) -> GuardResult:
         raise NotImplementedError
 
     def holder(self, lock_name: str) -> Optional[Holder]:

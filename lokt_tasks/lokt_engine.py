@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 from . import lockfile, system
 from .attempt import LOCK_LOST, Attempt, supervise
@@ -20,9 +20,9 @@ from .config import format_duration
 from .engine import (
     STOP_GRACE,
     Engine,
+    GuardRequest,
     GuardResult,
     Identity,
-    StopRequest,
     effective_ttl,
     frozen_message,
     held_message,
@@ -46,17 +46,13 @@ class LoktEngine(Engine):
 
     def describe(self) -> str:
         if self._version is None:
+            command = [self.binary, "version"]
             try:
-                output = subprocess.run(
-                    [self.binary, "version"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                    timeout=10,
-                ).stdout.strip()
+                output = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
             except (OSError, subprocess.TimeoutExpired):
                 output = ""
-            self._version = output.splitlines()[0] if output else "lokt (version unknown)"
+            lines = output.strip().splitlines()
+            self._version = lines[0] if lines else "lokt (version unknown)"
         return f"{self._version} at {self.binary}"
 
     def guard_command(
@@ -75,22 +71,13 @@ class LoktEngine(Engine):
                 command += ["--timeout", format_duration(timeout)]
         return command + [lock_name, "--"]
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        lock_name, attempt = request.lock_name, request.attempt
         refused = self._before_guard(lock_name)
         if refused is not None:
             return refused
         path = str(lockfile.lock_path(self.root, lock_name))
-        argv = self.guard_command(lock_name, ttl, wait, timeout)
+        argv = self.guard_command(lock_name, request.ttl, request.wait, request.timeout)
         argv += attempt.argv(os.getpid(), lock=path, grace=self.grace)
         # NOTE: the attempt stops its command within two grace periods (the
         # command, then what it left behind); the guard is killed only after.
@@ -100,13 +87,12 @@ class LoktEngine(Engine):
         with tempfile.TemporaryFile() as lokt_output:
             out = lokt_output.fileno() if attempt.log else None
             try:
-                guard = system.start(argv, stdout=out, env=env, cwd=str(cwd) if cwd else None)
+                guard = system.start(argv, stdout=out, env=request.env, cwd=request.cwd)
             except OSError as error:
-                return GuardResult(
-                    GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}"
-                )
+                message = f"cannot run {self.binary}: {error.strerror or error}"
+                return GuardResult(GuardState.ERROR, message=message)
             try:
-                ended = supervise(guard, stopped=stop.asked, grace=patience)
+                ended = supervise(guard, stopped=request.stop.asked, grace=patience)
             except BaseException:
                 guard.kill_group()
                 guard.wait()
@@ -137,7 +123,7 @@ class LoktEngine(Engine):
             return interrupted_before_start(forwarded)
         message = _last_error_line(lokt_message)
         if returncode == 2:
-            return self._refused(lock_name, message, wait, timeout)
+            return self._refused(lock_name, message, request.wait, request.timeout)
         if returncode < 0:
             message = f"lokt guard was killed by signal {-returncode} before the command started"
         elif not message:
