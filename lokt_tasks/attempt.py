@@ -1,35 +1,26 @@
-"""One attempt at a shard, while its lock is held: its records, its command,
-its signals, written once.
+"""One attempt at a shard, while its lock is held: ``begin`` (run nothing if
+the record shows the shard done; else empty the log and write the start
+record), ``start`` the command, ``wait`` for it (forwarding a stop), and
+``finish``: the final record, written durably before the lock is released so
+that the next claimant sees the shard done.
 
-1. ``begin``: if the record already holds one of the ``skip`` outcomes,
-   written by another attempt under the same plan, run nothing. Else empty
-   the log and write the start record (outcome "running"): it proves the
-   command started, which ``lokt guard``'s exit code cannot (2 is both
-   "held" and a command's own 2).
-2. ``start``: the command, never through a shell, in a process group of its
-   own, stdout and stderr to the log; one that cannot start ends as under a
-   shell (127 or 126).
-3. ``wait``: forward a stop (SIGINT/SIGTERM) once, SIGKILL the group if it
-   outlives the grace period, then stop what is left of the group. If the
-   attempt is abandoned (its agent died, its lock was lost), stop the group
-   and owe no final record.
-4. ``finish``: the final record (outcome, exit code, signal, times), written
-   durably before the lock is released, so the next claimant sees it done.
+The start record proves that the command started, which ``lokt guard``'s
+exit code cannot (2 is both "held" and a command's own 2). An attempt
+abandoned (its agent died, its lock was lost) stops its command's process
+group and writes no final record: ``verify`` calls the shard crashed.
 
-The embedded engine calls these steps in the agent. The lokt engine has
+The embedded engine calls these steps in the agent; the lokt engine has
 ``lokt guard`` run :func:`main` (``system.bootstrap("attempt")``)::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
 
-which watches the agent, its guard and the lock file, and exits with the
-command's exit code, or 128 + N when signal N ended it, as a shell would.
-
-A record is the stamped fields (``STAMPED_FIELDS``, in that order) followed
-by the rest, passed already in JSON (``results.unstamped_json``), so no JSON
-encoder is needed. As this process starts once per shard, it imports only
-modules Python loads at start-up, plus ``system`` (``json`` only to read a
-record back); so it writes the values of ``states.Outcome`` as plain strings.
+which exits with the command's exit code, or 128 + N when signal N ended it.
+Started once per shard, it imports only what Python loads at start-up, plus
+``system`` (``json`` only to read a record back). So it writes records
+without a JSON encoder: the stamps (``STAMPED_FIELDS``) in front of the rest,
+passed in JSON (``results.unstamped_json``), with the outcomes of
+``states.Outcome`` as plain strings.
 """
 
 from __future__ import annotations
@@ -145,11 +136,11 @@ class Attempt:
         return ended
 
     def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
-        """Write the final record durably, from the return code (-N: killed by
-        signal N; None: it never started) and the stop signal that came while
-        it ran. False, writing nothing, when the record is no longer this
-        attempt's (another agent took the shard over once our lock was lost).
-        Raises OSError."""
+        """Write the final record from the return code (-N: killed by signal
+        N; None: never started) and the stop signal that came while it ran.
+        False, writing nothing, when the record is no longer this attempt's
+        (another agent took the shard over once our lock was lost). Raises
+        OSError."""
         self._close_log()
         if not self._record_is_ours():
             return False
@@ -171,10 +162,9 @@ class Attempt:
         start = self.fields.find(mark) + len(mark)
         attempt_id = self.fields[start : self.fields.find('"', start)]
         try:
-            text = system.read_file(self.record)
+            return ('"attempt": "%s"' % attempt_id).encode("ascii") in system.read_file(self.record)
         except OSError:
             return False
-        return ('"attempt": "%s"' % attempt_id).encode("ascii") in text
 
     def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
         # NOTE: the start record is not fsynced (it costs more than the rest of
@@ -221,19 +211,15 @@ def _json_value(value: object) -> str:
     """A stamp in JSON: null, a number, or one of our own plain ASCII words."""
     if value is None:
         return "null"
-    if isinstance(value, str):
-        return '"%s"' % value
-    return repr(value)
+    return '"%s"' % value if isinstance(value, str) else repr(value)
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
     """Whether the record holds one of the ``skip`` outcomes, written by
-    another attempt under the same plan (version and fingerprint); an
-    unreadable one does not. Its fields are checked more lightly than by
-    ``results.read_record`` (ours, with the same JSON types, or null where
-    allowed): a record passing here only can be hand-made, and ``verify``
-    still calls it corrupt.
-    """
+    another attempt under the same plan (version and fingerprint). Checked
+    more lightly than by ``results.read_record`` (our fields, with the same
+    JSON types or null where allowed): a record that passes here only is
+    hand-made, and ``verify`` still calls it corrupt."""
     try:
         data = system.read_file(record_path)
     except OSError:
@@ -266,11 +252,9 @@ def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
     """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
-    None once ``abandoned()`` (its whole group is stopped then, SIGTERM, then
-    SIGKILL after ``grace``). A stop signal from ``stopped()`` is forwarded
-    once to the child itself (as ``lokt guard`` does); ``grace`` seconds later
-    its whole process group is killed.
-    """
+    None once ``abandoned()`` (its group is stopped then). A signal from
+    ``stopped()`` is forwarded once to the child itself, as ``lokt guard``
+    does; ``grace`` seconds later its whole process group is killed."""
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
         signum = stopped()
@@ -307,8 +291,7 @@ class Watch:
     def agent_gone(self) -> bool:
         if system.process_gone(self.agent_pid):
             return True
-        now = system.process_start_time(self.agent_pid)
-        return self.agent_start is not None and now != self.agent_start
+        return self.agent_start not in (None, system.process_start_time(self.agent_pid))
 
     def lock_lost(self) -> bool:
         if self.lock is None:
@@ -324,16 +307,11 @@ class Watch:
 
 
 def main(argv: list) -> int:
-    """Run one attempt as ``lokt guard``'s command (see the module docstring).
-
-    The command lives only as long as its agent and its lock. An agent
-    killed outright leaves ``lokt guard`` running; a guard killed alone, or a
-    lock taken over (the guard stopped past its TTL, or re-entered by another
-    agent of the same name, as lokt allows), leaves the command unlocked.
-    Either way it would race the rerun of its shard, so the attempt stops its
-    process group and writes no final record (``verify`` calls the shard
-    crashed), or runs nothing at all.
-    """
+    """Run one attempt as ``lokt guard``'s command, for only as long as its
+    agent and its lock last: an agent killed outright leaves ``lokt guard``
+    running, and a guard killed alone or a lock taken over (the guard stopped
+    past its TTL, or re-entered by an agent of the same name) leaves the
+    command unlocked, to race the rerun of its shard."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
@@ -348,9 +326,8 @@ def main(argv: list) -> int:
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
-    attempt = Attempt(
-        positional[0], positional[1], command, log=options.get("--log") or None, skip=skip
-    )
+    record, fields = positional
+    attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
     grace = float(options.get("--grace") or STOP_GRACE)
     watch = Watch(int(agent_pid), options.get("--lock") or None)
     if watch.agent_gone():
@@ -359,9 +336,7 @@ def main(argv: list) -> int:
         return LOCK_LOST
 
     received: list = []
-    previous = system.on_signals(
-        system.STOP_SIGNALS, lambda number, _frame: received.append(number)
-    )
+    previous = system.on_signals(system.STOP_SIGNALS, lambda signum, _: received.append(signum))
     try:
         if not attempt.begin():
             return ALREADY_DONE

@@ -1,11 +1,6 @@
-"""lokt's on-disk format: lock names, lock and freeze files, the audit log.
-
-Both engines read these files, and the embedded engine writes them, so they
-must look exactly like the files lokt writes: the same fields in the same
-order, the same timestamp format, the same audit lines. A lock taken by one
-engine is then understood (and never broken by mistake) by the other.
-
-Layout under the lock root::
+"""lokt's on-disk format, byte for byte as lokt writes it (fields, their
+order, timestamps, audit lines), so that each engine understands, and never
+breaks by mistake, a lock the other took. Under the lock root::
 
     locks/NAME.json      one lock (0700 directory; files 0600 via temp + rename)
     freezes/NAME.json    one freeze, same structure as a lock
@@ -119,9 +114,8 @@ def parse_timestamp(text: str) -> int:
     match = _TIMESTAMP.match(text)
     if not match:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
-    moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-    delta = moment - _EPOCH
+    year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
+    delta = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc) - _EPOCH
     ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000
     ns += int((match.group(7) or "0").ljust(9, "0"))
     if match.group(8):
@@ -239,12 +233,12 @@ def parse_lock(text: str, *, allow_newer: bool = False) -> LockData:
 
 
 def read_text(path: Path) -> str:
-    """A lock or freeze file's text (``system.open_file``: no FIFO, no link)."""
+    """A lock or freeze file's text (through ``system.open_file``)."""
     return system.read_file(path).decode("utf-8", "replace")
 
 
 def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
-    """Read one lock file. FileNotFoundError when there is none."""
+    """One lock file; FileNotFoundError when there is none."""
     return parse_lock(read_text(path), allow_newer=allow_newer)
 
 
@@ -328,11 +322,10 @@ def remove_if_unchanged(path: Path, seen: str) -> bool:
     between our read and now another agent may have pruned it and taken the
     lock, and its new lock never equals what we saw."""
     try:
-        if read_text(path) != seen:
-            return False
+        unchanged = read_text(path) == seen
     except OSError:
         return False
-    return remove_file(path)
+    return unchanged and remove_file(path)
 
 
 # Audit log -------------------------------------------------------------------
@@ -410,8 +403,5 @@ def pid_status(lock: LockData, host: Optional[str] = None) -> str:
         return "unknown"
     if system.process_gone(lock.pid):
         return "dead"
-    if lock.pid_start_ns:
-        current = system.process_start_time(lock.pid)
-        if current is not None and current != lock.pid_start_ns:
-            return "dead"
-    return "alive"
+    started = system.process_start_time(lock.pid) if lock.pid_start_ns else None
+    return "alive" if started in (None, lock.pid_start_ns) else "dead"
