@@ -1,41 +1,32 @@
-"""The embedded engine: lokt's locking protocol in Python.
-
-It reads and writes lokt's files in lokt's format (``lockfile``) by lokt's
-rules, so an embedded agent and a ``lokt guard`` exclude each other:
+"""The embedded engine: lokt's locking protocol in Python, on lokt's files
+(``lockfile``), so that an embedded agent and a ``lokt guard`` exclude each
+other. Every step appends lokt's audit event to audit.log:
 
 - sweep the whole root first: remove corrupt files, and expired locks whose
-  holder is on another host or dead here (a live holder is kept);
+  holder is on another host or dead here;
 - an unexpired freeze (freezes/NAME.json) refuses the lock; an expired one
   is removed;
-- acquire by creating locks/NAME.json, complete from its first moment
-  (``lockfile.create_lock``). If it exists: an empty file means another
-  agent is between creating and writing it (held); a corrupt file is
-  removed; a holder on this host whose pid is dead (or reused: the start
-  time differs) is pruned; otherwise the lock is held;
+- acquire by creating locks/NAME.json, complete from its first moment. If
+  it exists: an empty file (its writer is between creating and writing it)
+  is held; a corrupt one is removed; a holder on this host whose pid is dead
+  (or reused: another start time) is pruned; any other holder holds it;
 - while the command runs, a heartbeat renews the lock every max(TTL/2,
   0.5 s) as long as owner, host and pid in the file are still ours;
 - release removes the lock only if owner and lock_id are still ours.
-Every step appends lokt's audit event to audit.log.
 
-The holder named in the lock file is the agent's ``Watchdog`` (see
-watchdog.py), a process that lives as long as the agent and, if the agent is
-killed outright, stops its commands before it ends: the lock is free only
-once nothing of its shard runs. (Under a killed ``lokt guard`` a command does
-run on.) The command runs in a session of its own, so a Ctrl-C at the
-terminal reaches only the agent, which forwards it.
+The holder named in the lock file is the agent's ``Watchdog``, which lives
+as long as the agent and, if the agent is killed outright, stops its
+commands before it ends (see watchdog.py). The command runs in a session of
+its own, so a Ctrl-C at the terminal reaches only the agent, which forwards
+it.
 
-Stricter than lokt, on purpose:
-- Never re-entrant: a lock with our owner is held like any other while its
-  holder lives.
-- Waiting never breaks an expired lock whose holder is alive on this host
-  (lokt's ``--wait`` does): a live holder renews its lock, so it is stalled,
-  not finished.
-- A zombie holder (exited, not reaped: containers without an init) is dead.
-- A stale or corrupt file is removed only if it still reads as it did when
-  judged, so an agent never deletes the fresh lock of another that pruned
-  the same file a moment earlier.
-An empty lock file is held, as lokt holds it, until it is older than
-``lockfile.EMPTY_LOCK_ABANDONED_AFTER``: then it is pruned as abandoned.
+Stricter than lokt, on purpose: never re-entrant (a lock with our owner is
+held like any other); waiting never breaks an expired lock whose holder is
+alive on this host (it renews its lock, so it is stalled, not finished); a
+zombie holder is dead; a stale or corrupt file is removed only if it still
+reads as it did when judged, so an agent never deletes the fresh lock of
+another that pruned it a moment earlier; and an empty lock file older than
+``lockfile.EMPTY_LOCK_ABANDONED_AFTER`` is pruned as abandoned.
 """
 
 from __future__ import annotations
@@ -272,41 +263,34 @@ def backoff(attempt: int) -> float:
     return interval * random.uniform(0.75, 1.25)
 
 
-class Heartbeat:
-    """Renews a lock in a thread while the command runs; ``lost`` once the
-    lock is no longer ours."""
+class Heartbeat(threading.Thread):
+    """Renews a lock every ``interval`` seconds until stopped; ``lost`` once
+    the lock is no longer ours."""
 
-    def __init__(self, root: Path, name: str, me: Claimant, interval: float) -> None:
-        self.root, self.name, self.me, self.interval = root, name, me, interval
+    def __init__(self, root: Path, lock_name: str, me: Claimant, interval: float) -> None:
+        super().__init__(name=f"lokt-heartbeat-{lock_name}", daemon=True)
+        self.root, self.lock_name, self.me, self.interval = root, lock_name, me, interval
         self.lost = False
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lokt-heartbeat-{name}", daemon=True
-        )
+        self.stopped = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            if renew(self.root, self.name, self.me) is False:
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            if renew(self.root, self.lock_name, self.me) is False:
                 self.lost = True
-                warning = f"lock {self.name!r} is no longer ours; not renewing it"
+                warning = f"lock {self.lock_name!r} is no longer ours; not renewing it"
                 print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
                 return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
 
 
 class Watchdog:
     """The process that holds this agent's locks (its pid is the holder in
     every lock file this engine writes) and stops the agent's commands if the
-    agent dies (see watchdog.py). It starts once per engine and is told of
-    each command once it runs (``watch``) and once it is reaped (``forget``).
-    """
+    agent dies (watchdog.py): told of each command once it runs (``watch``)
+    and once it is reaped (``forget``)."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -330,9 +314,8 @@ class Watchdog:
         """Whether ``holder`` (from :meth:`holder`) still holds our locks: a
         watchdog that died took them with it."""
         process = self._process
-        if holder == os.getpid():
-            return True
-        return process is not None and process.pid == holder and process.poll() is None
+        mine = process is not None and process.pid == holder and process.poll() is None
+        return holder == os.getpid() or mine
 
     def watch(self, pid: int) -> None:
         start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
