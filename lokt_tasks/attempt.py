@@ -273,9 +273,6 @@ def supervise(
     return child.returncode, forwarded or stopped()
 
 
-# --- The attempt as a process of its own, inside ``lokt guard`` --------------
-
-
 class Watch:
     """Whether an attempt inside ``lokt guard`` is abandoned: its agent died
     (gone, a zombie, or its pid reused), its guard died (we have another

@@ -151,20 +151,17 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
     Expired and corrupt freezes are removed. Raises UnsupportedVersion for a
     freeze written by a newer lokt (lokt refuses to guard then, too)."""
     for path in (lockfile.freeze_path(root, name), lockfile.legacy_freeze_path(root, name)):
+        freeze: Optional[LockData] = None
         try:
             text = lockfile.read_text(path)
+            freeze = lockfile.parse_lock(text)
         except FileNotFoundError:
             continue
-        except OSError:
-            return None
-        try:
-            freeze = lockfile.parse_lock(text)
         except CorruptLockFile:
-            lockfile.remove_if_unchanged(path, text)
+            pass
+        except (OSError, EmptyLockFile):
             return None
-        except EmptyLockFile:
-            return None
-        if freeze.expired():
+        if freeze is None or freeze.expired():
             lockfile.remove_if_unchanged(path, text)
             return None
         extra = {"freeze_owner": freeze.owner, "freeze_host": freeze.host, "freeze_pid": freeze.pid}

@@ -57,9 +57,6 @@ def validate_lock_name(name: str) -> None:
         raise UsageError(f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'")
 
 
-# Paths ---------------------------------------------------------------------
-
-
 def locks_dir(root: Path) -> Path:
     return root / "locks"
 
@@ -85,9 +82,6 @@ def ensure_dirs(root: Path) -> None:
     """Create locks/ and freezes/ with lokt's mode (owner only)."""
     for directory in (locks_dir(root), freezes_dir(root)):
         os.makedirs(directory, mode=0o700, exist_ok=True)
-
-
-# Timestamps ------------------------------------------------------------------
 
 
 def now_ns() -> int:
@@ -122,9 +116,6 @@ def parse_timestamp(text: str) -> int:
         offset = (int(match.group(9)) * 60 + int(match.group(10))) * 60 * 1_000_000_000
         ns -= offset if match.group(8) == "+" else -offset
     return ns
-
-
-# Lock files ------------------------------------------------------------------
 
 
 class LockFileError(Exception):
@@ -328,9 +319,6 @@ def remove_if_unchanged(path: Path, seen: str) -> bool:
     return unchanged and remove_file(path)
 
 
-# Audit log -------------------------------------------------------------------
-
-
 def go_json(value: Any, *, indent: Optional[int] = None) -> str:
     """JSON as Go's encoding/json writes it (HTML characters escaped)."""
     separators = (",", ":") if indent is None else None
@@ -382,9 +370,6 @@ def append_audit(root: Path, line: str) -> None:
             os.close(fd)
     except OSError as error:
         print(f"lokt-tasks: audit log write failed: {error}", file=sys.stderr)
-
-
-# Processes -------------------------------------------------------------------
 
 
 def host_name() -> str:

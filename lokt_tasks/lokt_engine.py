@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from . import lockfile, system
-from .attempt import LOCK_LOST, Attempt, supervise
+from .attempt import LOCK_LOST, supervise
 from .config import format_duration
 from .engine import (
     STOP_GRACE,
@@ -112,8 +112,15 @@ class LoktEngine(Engine):
             guard.kill_group()
             self._remove_leftover(lock_name, guard.pid)
         own = attempt.own_record()
-        if own is not None:
-            return self._ran(attempt, own, returncode, forwarded, lokt_message)
+        if own is not None:  # the command ran: its record tells how it ended
+            if lokt_message and attempt.log:
+                with open(attempt.log, "a", encoding="utf-8") as handle:
+                    handle.write(lokt_message + "\n")
+            if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
+                return ran(returncode, forwarded)
+            signum = system.signal_number(own["signal"]) if own.get("signal") else None
+            code = own.get("exit_code")
+            return GuardResult(GuardState.RAN, exit_code=code, signal=signum, interrupted=forwarded)
         if returncode == 0 and attempt.skip:
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if returncode == LOCK_LOST:
@@ -131,12 +138,10 @@ class LoktEngine(Engine):
         return GuardResult(GuardState.ERROR, message=message)
 
     def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
-        """What lokt would get wrong, set right before it runs: it calls a
-        zombie holder alive and never breaks an empty lock file, so such locks
-        are pruned here (``lockfile.prune_abandoned``); and it lets a lock's
-        owner take it again, but a live holder with our owner is another agent
-        of our name, and holds the lock as any other would.
-        """
+        """What lokt gets wrong, set right before it runs: it calls a zombie
+        holder alive and never breaks an empty lock file (such locks are pruned
+        here), and lets a lock's owner re-enter it (a live holder with our
+        owner is another agent of our name: held)."""
         me = self.identity
         lockfile.prune_abandoned(
             self.root, lock_name, owner=me.owner, host=me.host, pid=os.getpid(), agent_id=me.agent
@@ -144,30 +149,10 @@ class LoktEngine(Engine):
         holder = self.holder(lock_name)
         if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
             return None
-        message = held_message(lock_name, holder, False, None)
-        return GuardResult(
-            GuardState.HELD, holder=holder, message=f"{message}: another agent named {me.agent!r}"
+        message = (
+            f"{held_message(lock_name, holder, False, None)}: another agent named {me.agent!r}"
         )
-
-    def _ran(
-        self,
-        attempt: Attempt,
-        own: Mapping,
-        returncode: int,
-        forwarded: Optional[int],
-        lokt_message: str,
-    ) -> GuardResult:
-        """How the command ended, from its final record; from lokt's exit code
-        when the attempt died before it could write one."""
-        if lokt_message and attempt.log:
-            with open(attempt.log, "a", encoding="utf-8") as handle:
-                handle.write(lokt_message + "\n")
-        if own.get("outcome") == RecordOutcome.RUNNING:
-            return ran(returncode, forwarded)
-        signum = system.signal_number(own["signal"]) if own.get("signal") else None
-        return GuardResult(
-            GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded
-        )
+        return GuardResult(GuardState.HELD, holder=holder, message=message)
 
     def _refused(
         self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]
@@ -199,10 +184,8 @@ class LoktEngine(Engine):
 def _last_error_line(text: str) -> str:
     """lokt's one-line reason ("error: ..."), without the prefix."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: ") :]
-    return lines[-1] if lines else ""
+    errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+    return (errors or lines or [""])[-1]
 
 
 def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:

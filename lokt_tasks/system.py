@@ -29,9 +29,6 @@ NOT_FOUND = 127
 NOT_EXECUTABLE = 126
 
 
-# --- Processes ----------------------------------------------------------------
-
-
 def _signalled(send, target: int, signum: int) -> bool:
     """``send(target, signum)`` (os.kill or os.killpg): False if there is no
     such process; EPERM still means it exists."""
@@ -188,9 +185,6 @@ def signal_number(name: str) -> int | None:
         return int(digits) if digits.isdigit() else None
 
 
-# --- Commands -----------------------------------------------------------------
-
-
 class Child:
     """A command started by :func:`start`: its pid (also its process group's)
     and, once reaped, its return code (-N: killed by signal N)."""
@@ -297,9 +291,6 @@ def bootstrap(module: str) -> list:
         "sys.exit(main(sys.argv[1:]))" % (package_parent, module)
     )
     return [sys.executable or "python3", "-I", "-S", "-c", code]
-
-
-# --- Files and time -----------------------------------------------------------
 
 
 def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
