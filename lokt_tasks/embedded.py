@@ -1,32 +1,25 @@
 """The embedded engine: lokt's locking protocol in Python, on lokt's files
-(``lockfile``), so that an embedded agent and a ``lokt guard`` exclude each
-other. Every step appends lokt's audit event to audit.log:
+(``lockfile``), so that it and ``lokt guard`` exclude each other. Each step
+appends lokt's audit event to audit.log:
 
-- sweep the whole root first: remove corrupt files, and expired locks whose
-  holder is on another host or dead here;
-- an unexpired freeze (freezes/NAME.json) refuses the lock; an expired one
-  is removed;
-- acquire by creating locks/NAME.json, complete from its first moment. If
-  it exists: an empty file (its writer is between creating and writing it)
-  is held; a corrupt one is removed; a holder on this host whose pid is dead
-  (or reused: another start time) is pruned; any other holder holds it;
-- while the command runs, a heartbeat renews the lock every max(TTL/2,
-  0.5 s) as long as owner, host and pid in the file are still ours;
-- release removes the lock only if owner and lock_id are still ours.
+- sweep the root: remove corrupt files, and expired locks whose holder is
+  on another host or dead here;
+- an unexpired freeze refuses the lock (an expired one is removed);
+- create locks/NAME.json, complete from its first moment. If it exists, an
+  empty file (being written) is held, a corrupt one removed, a holder on
+  this host whose pid is dead or reused pruned, and any other holds it;
+- while the command runs, renew the lock every max(TTL/2, 0.5 s) as long
+  as owner, host and pid in the file are ours;
+- release it only if owner and lock_id are still ours.
 
-The holder named in the lock file is the agent's ``Watchdog``, which lives
-as long as the agent and, if the agent is killed outright, stops its
-commands before it ends (see watchdog.py). The command runs in a session of
-its own, so a Ctrl-C at the terminal reaches only the agent, which forwards
-it.
+The holder named in the lock file is the agent's ``Watchdog``, which stops
+the agent's commands if the agent is killed outright, and ends only then.
 
-Stricter than lokt, on purpose: never re-entrant (a lock with our owner is
-held like any other); waiting never breaks an expired lock whose holder is
-alive on this host (it renews its lock, so it is stalled, not finished); a
-zombie holder is dead; a stale or corrupt file is removed only if it still
-reads as it did when judged, so an agent never deletes the fresh lock of
-another that pruned it a moment earlier; and an empty lock file older than
-``lockfile.EMPTY_LOCK_ABANDONED_AFTER`` is pruned as abandoned.
+Stricter than lokt, on purpose: never re-entrant; waiting never breaks an
+expired lock whose holder is alive here (it is stalled, not finished); a
+zombie holder is dead; a stale file is removed only if it still reads as
+judged (never another agent's fresh lock); an empty lock file older than
+``lockfile.EMPTY_LOCK_ABANDONED_AFTER`` is abandoned.
 """
 
 from __future__ import annotations

@@ -1,18 +1,14 @@
-"""What both lock engines share: acquire a lock, hold it while an attempt
-runs, release it.
+"""What both lock engines share (``lokt_engine`` drives the lokt binary,
+``embedded`` speaks its protocol in Python): acquire a lock, hold it while
+an attempt runs, release it.
 
-``lokt`` drives the real binary (``lokt_engine``); ``embedded`` implements
-its on-disk protocol (``lockfile``) in Python, so agents using either
-exclude each other. An engine never calls back into the run layer: whether
-the command started is told by the attempt's own record.
-
-Identity. lokt lets a caller re-enter a lock whose owner equals its own, so
-two agents of one OS user would both "acquire" it; every agent gets its own::
+lokt lets a caller re-enter a lock whose owner is its own, so two agents of
+one OS user would both "acquire" it: every agent gets an owner of its own::
 
     agent = --agent, else $LOKT_AGENT_ID, else "agent-" + 8 random hex digits
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
 
-The command runs with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set to these.
+and its commands run with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set.
 """
 
 from __future__ import annotations
@@ -54,14 +50,11 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What happened when we asked to run an attempt under a lock (see
-    ``GuardState``). "ran": ``exit_code`` (127 not found, 126 not executable,
-    as a shell says), or ``signal``, the number of the one that killed it.
-    "held" and "frozen": ``holder`` is who holds or froze the lock (None when
-    unreadable, e.g. being written). "error": ``message`` says why.
-    ``interrupted``: the signal number of a stop request that came before or
-    while the command ran, or None.
-    """
+    """What became of an attempt under a lock (``GuardState``): how the
+    command ended (``exit_code``, 127/126 if it could not start, or the
+    number of the ``signal`` that killed it), who holds or froze the lock
+    (None if unreadable), the stop signal that came (``interrupted``), and
+    for people, a ``message``."""
 
     state: GuardState
     exit_code: Optional[int] = None
@@ -90,12 +83,10 @@ class GuardRequest:
 
 
 class StopRequest:
-    """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers:
-    every guard polls it, forwards the first signal asked for to its command,
-    and releases its lock. ``request`` takes no lock, so a signal handler may
-    call it while the main thread is in ``wait`` (a threading.Event could
-    deadlock there).
-    """
+    """A stop asked for (Ctrl-C, SIGTERM), polled by every guard, which
+    forwards its first signal to its command. It takes no lock, so a signal
+    handler may call ``request`` while the main thread is in ``wait`` (a
+    threading.Event could deadlock there)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -155,9 +146,8 @@ def os_user_name() -> str:
 
 
 def find_lock_root(cwd: Path) -> Path:
-    """Where locks live, the same for both engines (lokt is told it): $LOKT_ROOT,
-    else <git common dir>/lokt (shared by all worktrees of a repository), else
-    cwd/.lokt; always absolute."""
+    """Where locks live, for both engines: $LOKT_ROOT, else <git common
+    dir>/lokt (shared by all worktrees), else cwd/.lokt; always absolute."""
     base = os.path.abspath(cwd)
     configured = os.environ.get("LOKT_ROOT", "")
     if configured:
@@ -230,10 +220,8 @@ def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
 
 
 class Engine:
-    """What the run layer needs from a lock engine. Lock state (``holder``,
-    ``frozen_by``, ``held_locks``) is read from the files for both engines:
-    unlike ``lokt status``, which sweeps the root first, it changes nothing.
-    """
+    """What the run layer needs from a lock engine. Lock state is read from
+    the files for both engines: unlike ``lokt status``, it changes nothing."""
 
     name = ""
 
@@ -257,15 +245,12 @@ class Engine:
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
     ) -> GuardResult:
-        """Run ``attempt`` while holding lock_name, and release it.
-
-        ``ttl`` in seconds (0: never expires); ``timeout`` (with ``wait``):
-        None or <= 0 means 10 minutes. The command runs in a session of its
-        own (a Ctrl-C at the terminal reaches only us), in ``cwd``, with
-        ``env`` (default ours) and lokt's identity variables. Once ``stop`` is
-        set, its signal is sent once to the command; ``self.grace`` seconds
-        later its whole process group is killed. Raises UsageError for a bad
-        lock name or a missing cwd.
+        """Run ``attempt`` while holding lock_name. ``ttl`` in seconds (0:
+        never expires); ``timeout`` with ``wait``: None or <= 0 means 10
+        minutes. The command runs in a session of its own, in ``cwd``, with
+        ``env`` (default ours) and our identity. Once ``stop`` is set, its
+        signal goes to the command, and ``self.grace`` seconds later SIGKILL
+        to its group. Raises UsageError for a bad lock name or a missing cwd.
         """
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():

@@ -267,15 +267,11 @@ def holds(path: Path, lock_id: str) -> bool:
 def prune_abandoned(
     root: Path, name: str, *, owner: str, host: str, pid: int, agent_id: str = ""
 ) -> bool:
-    """Remove the lock ``name`` if nobody can hold it any more, writing the
-    break to the audit log as lokt does (as ``owner``, ``host``, ``pid``);
-    True when the name is free to take now.
-
-    Nobody holds a corrupt file ("corrupt-break"); one whose holder on this
-    host is dead, a zombie, or its pid reused ("auto-prune": lokt calls a
-    zombie alive, so the lokt engine prunes for it); or an empty file older
-    than ``EMPTY_LOCK_ABANDONED_AFTER`` ("corrupt-break": lokt writes one
-    within milliseconds of creating it, and never breaks one).
+    """Remove the lock ``name`` if nobody can hold it, auditing the break as
+    lokt does; True when the name is free to take now. Nobody holds a corrupt
+    file or an empty one older than ``EMPTY_LOCK_ABANDONED_AFTER`` (lokt
+    writes it within milliseconds, but never breaks it): "corrupt-break"; or
+    one whose holder here is dead, a zombie or its pid reused: "auto-prune".
     """
     path = lock_path(root, name)
     try:

@@ -83,18 +83,23 @@ def run_shard(
     skip: Collection[str] = (),
     stop: Optional[StopRequest] = None,
 ) -> ShardOutcome:
-    """Run ``shard`` under its lock and return its outcome.
-
-    ``to_log`` sends the command's output to the shard's log file instead of
-    the terminal. ``skip`` lists record outcomes ("passed", "failed") that
-    make nothing run, because the shard is already done under this plan: a
-    check made *inside* the lock, so that two agents never both run it.
-    """
+    """Run ``shard`` under its lock. ``to_log``: the command's output goes to
+    the shard's log file. ``skip``: the record outcomes that make nothing run
+    (the shard is done under this plan), checked *inside* the lock."""
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None
     junit_path = store.junit_path(shard.task, settings.run_key, shard.index)
-    start = _start_record(shard, settings, log_path)
+    start = new_start_record(
+        shard,
+        run_key=settings.run_key,
+        agent=settings.identity.agent,
+        owner=settings.identity.owner,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        engine=settings.engine.name,
+        log=str(log_path) if log_path else None,
+    )
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
@@ -151,16 +156,3 @@ def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
     except FileNotFoundError:
         return None
     return status.st_ino, status.st_size, status.st_mtime_ns
-
-
-def _start_record(shard: Shard, settings: RunSettings, log_path: Optional[Path]) -> Record:
-    return new_start_record(
-        shard,
-        run_key=settings.run_key,
-        agent=settings.identity.agent,
-        owner=settings.identity.owner,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        engine=settings.engine.name,
-        log=str(log_path) if log_path else None,
-    )

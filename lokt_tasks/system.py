@@ -1,9 +1,7 @@
-"""What lokt-tasks asks of the operating system, defined once.
-
-The two processes that must start fast (the attempt inside ``lokt guard``
-and the watchdog) use it too, so it imports only what Python loads at
-start-up: ``signal`` (which pulls in ``enum``), ``ctypes`` and ``subprocess``
-are imported by the functions that need them.
+"""What lokt-tasks asks of the operating system, defined once. The attempt
+and watchdog processes, which must start fast, use it too: so it imports
+only what Python loads at start-up, and ``signal``, ``ctypes`` and
+``subprocess`` only in the functions that need them.
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ NOT_EXECUTABLE = 126
 
 
 def _signalled(send, target: int, signum: int) -> bool:
-    """``send(target, signum)`` (os.kill or os.killpg): False if there is no
-    such process; EPERM still means it exists."""
+    """``send(target, signum)``: False if there is no such process (EPERM:
+    there is)."""
     try:
         send(target, signum)
     except ProcessLookupError:
@@ -48,9 +46,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_zombie(pid: int) -> bool:
-    """Exited but not reaped yet (told on Linux only): kill(pid, 0) still
-    succeeds, so lokt calls it alive; where PID 1 reaps orphans late (many
-    containers), a killed process stays one for seconds."""
+    """Exited but not reaped yet (told on Linux only), which lokt calls alive:
+    where PID 1 reaps orphans late (containers), for seconds."""
     fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
     return bool(fields) and fields[0] in (b"Z", b"X")
 
@@ -61,10 +58,9 @@ def process_gone(pid: int) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """What lokt stores as ``pid_start_ns``, read as lokt's source reads it,
-    or None: on Linux field 22 of /proc/PID/stat (clock ticks since boot, not
-    ns, whatever the name says); on macOS kinfo_proc's p_starttime from
-    sysctl (ns since the epoch)."""
+    """What lokt stores as ``pid_start_ns``, read as lokt reads it, or None:
+    field 22 of /proc/PID/stat on Linux (clock ticks since boot, whatever the
+    name says), p_starttime from sysctl on macOS (ns since the epoch)."""
     if sys.platform.startswith("linux"):
         try:
             return int(_linux_stat_fields(pid)[19])
@@ -76,8 +72,8 @@ def process_start_time(pid: int) -> int | None:
 
 
 def _linux_stat_fields(pid: int) -> list:
-    """/proc/PID/stat from field 3 on (after the command name, which may
-    itself hold spaces and parentheses); empty if unreadable."""
+    """/proc/PID/stat from field 3 on (after the command name, which may hold
+    spaces and parentheses); empty if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
@@ -134,9 +130,8 @@ def group_alive(group: int) -> bool:
 
 
 def stop_groups(groups: list, grace: float) -> bool:
-    """End every process of ``groups``: SIGTERM, then SIGKILL to what is left
-    after ``grace`` seconds; True once none is left (it waits up to 5 s more
-    for that after SIGKILL)."""
+    """SIGTERM every process of ``groups``, SIGKILL what is left after
+    ``grace`` seconds; True once none is left (within 5 s more)."""
     for signum, limit in ((SIGTERM, grace), (SIGKILL, 5.0)):
         for group in groups:
             signal_group(group, signum)
@@ -198,9 +193,8 @@ class Child:
         self._popen = keep
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The return code; None if still running after ``timeout`` seconds.
-        Polls in doubling sleeps from 0.5 ms to 25 ms: a short command's end
-        is seen at once, and a long one costs little."""
+        """The return code; None if still running after ``timeout`` seconds
+        (polled in sleeps doubling from 0.5 ms to 25 ms)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.0005
         while self._reap(0 if deadline is None else os.WNOHANG) is None:
@@ -241,14 +235,11 @@ def start(
     cwd: str | None = None,
     new_session: bool = True,
 ) -> Child:
-    """Start ``argv`` (never through a shell) leading a process group of its
-    own, in a session of its own too unless ``new_session`` is False.
-    ``stdout``: a descriptor for both stdout and stderr, or None to inherit
-    ours. Raises OSError when the program cannot start (see
-    :func:`not_started`)."""
-    # NOTE: posix_spawn is the cheap way (importing subprocess costs the
-    # attempt process more than the rest of its start), but it cannot change
-    # directory; only the agent asks for ``cwd``, and it has subprocess loaded.
+    """Start ``argv`` (no shell) leading a process group, and a session unless
+    ``new_session`` is False; ``stdout``: a descriptor for stdout and stderr
+    (None: ours). Raises OSError when it cannot start (:func:`not_started`)."""
+    # NOTE: posix_spawn is cheaper than importing subprocess, but cannot
+    # change directory; only the agent asks for ``cwd``, with subprocess loaded.
     if cwd is None:
         actions = [] if stdout is None else [(os.POSIX_SPAWN_DUP2, stdout, fd) for fd in (1, 2)]
         group = {"setsid": True} if new_session else {"setpgroup": 0}
@@ -260,13 +251,9 @@ def start(
     import subprocess
 
     assert new_session, "a command in a directory of its own starts a session of its own"
+    stderr = None if stdout is None else subprocess.STDOUT
     process = subprocess.Popen(
-        argv,
-        stdout=stdout,
-        stderr=None if stdout is None else subprocess.STDOUT,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
+        argv, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True
     )
     return Child(process.pid, keep=process)
 
@@ -280,11 +267,9 @@ def not_started(program: str, error: OSError) -> tuple:
 
 
 def bootstrap(module: str) -> list:
-    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python:
-    isolated, without site-packages (``-I -S``: it needs only the standard
-    library), imported rather than run by path so that its cached bytecode is
-    used, with the package's directory last on sys.path so that it cannot
-    hide a standard module."""
+    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python,
+    isolated (``-I -S``), imported so that its cached bytecode is used, with
+    the package's directory last on sys.path, hiding no standard module."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
@@ -294,11 +279,9 @@ def bootstrap(module: str) -> list:
 
 
 def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
-    """``os.open`` for records, logs, lock files and the audit log: a
-    descriptor of a regular file, or OSError saying what ``path`` is. It
-    never blocks on a FIFO, never follows a symbolic link at ``path`` (we
-    would read or write its target), and refuses anything but a regular file.
-    """
+    """``os.open`` for the files we keep: a regular file's descriptor, or
+    OSError saying what ``path`` is. Never blocks on a FIFO, never follows a
+    symbolic link (we would write its target)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     except OSError as error:
@@ -322,12 +305,10 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
 
 
 def untrusted_directory(path: str | os.PathLike) -> str | None:
-    """Why files under directory ``path`` cannot be trusted (another user
-    could write them), or None. As ssh and git judge it: the directory (or
-    the nearest existing one above it) must be owned by us or by root, and no
-    directory on the way may be writable by every user unless sticky (as
-    /tmp is). Writable by our group is a team's choice (umask 002): allowed.
-    """
+    """Why another user could write files under directory ``path``, or None,
+    as ssh and git judge it: it (or its nearest existing parent) must be ours
+    or root's, and no directory on the way writable by all unless sticky
+    (/tmp). Writable by our group is a team's choice (umask 002)."""
     current = os.path.abspath(path)
     owner_checked = False
     while True:
@@ -365,20 +346,15 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` (its directory must exist) with ``data``: a temporary
-    file, fsynced, renamed over it, then the directory fsynced, so a reader
-    sees old or new, never a mix, even after a machine crash.
-
-    ``mode`` None keeps the temporary file's 0600 (as lokt's lock files);
-    ``prefix`` names the temporary file (default ``.<name>.``); ``durable``
-    False skips both fsyncs; ``exclusive`` hard-links instead of renaming,
-    so ``path`` is created complete or FileExistsError raised. Raises
-    OSError, leaving no temporary file behind.
-    """
+    """Replace ``path`` with ``data`` by a temporary file (named ``prefix``,
+    default ``.<name>.``, then random) fsynced and renamed, then the
+    directory fsynced: old or new, never a mix, even after a crash.
+    ``mode`` None keeps 0600 (as lokt's lock files); ``durable`` False skips
+    the fsyncs; ``exclusive`` links instead (FileExistsError if ``path``
+    exists). Raises OSError, leaving no temporary file."""
     directory, name = os.path.split(os.fspath(path))
-    temporary = os.path.join(
-        directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex())
-    )
+    prefix = prefix or "." + name + "."
+    temporary = os.path.join(directory, prefix + os.urandom(6).hex() + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb") as handle:

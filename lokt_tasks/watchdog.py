@@ -1,21 +1,18 @@
 """The watchdog: holds an embedded agent's locks, and stops its commands if it dies.
 
-``system.bootstrap("watchdog") + [GRACE]``, started once per embedded engine
-in a session of its own, reads from its stdin, a pipe from the agent, one
-line per command started and one per command reaped::
+Started once per embedded engine (``system.bootstrap("watchdog") + [GRACE]``)
+in a session of its own, it reads a pipe from the agent, one line per
+command started and one per command reaped::
 
     +PGID START_TIME     watch this process group (START_TIME: "-" if unknown)
     -PGID                forget it
 
-The agent's commands run in sessions of their own, so if the agent is killed
-outright (kill -9, a CI timeout, the OOM killer) they would run on. The
-kernel closes the agent's end of the pipe however it ends: at the end of its
-stdin the watchdog sends SIGTERM to every group still watched (unless its
-leader's pid was reused: another start time), SIGKILL to what is left after
-GRACE seconds, and exits once none is left. The agent's lock files name the
-watchdog as their holder, so another agent never runs a shard while
-something of its last attempt runs. Like the attempt process, it imports
-only the standard library, through ``system``.
+The agent's commands run in sessions of their own, and would run on if it
+were killed outright. The kernel closes the pipe however the agent ends: the
+watchdog then stops every group still watched (unless its leader's pid was
+reused), SIGKILL after GRACE seconds, and exits once none is left. As the
+lock files name it as holder, no other agent runs a shard while something
+of its last attempt runs. It imports only the standard library.
 """
 
 from __future__ import annotations
