@@ -1,26 +1,21 @@
 """One attempt at a shard, while its lock is held: ``begin`` (run nothing if
-the record shows the shard done; else empty the log and write the start
-record), ``start`` the command, ``wait`` for it (forwarding a stop), and
-``finish``: the final record, written durably before the lock is released so
-that the next claimant sees the shard done.
+the shard is done; else empty the log and write the start record),
+``start`` the command, ``wait`` for it, and ``finish`` with the final
+record, durably, before the lock is released. The start record proves that
+the command started, which ``lokt guard``'s exit code cannot (2 is both
+"held" and a command's own 2); an abandoned attempt (its agent died, its
+lock was lost) stops its command and writes no final record.
 
-The start record proves that the command started, which ``lokt guard``'s
-exit code cannot (2 is both "held" and a command's own 2). An attempt
-abandoned (its agent died, its lock was lost) stops its command's process
-group and writes no final record: ``verify`` calls the shard crashed.
-
-The embedded engine calls these steps in the agent; the lokt engine has
-``lokt guard`` run :func:`main` (``system.bootstrap("attempt")``)::
+The lokt engine has ``lokt guard`` run :func:`main` (``system.bootstrap``)::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
 
-which exits with the command's exit code, or 128 + N when signal N ended it.
-Started once per shard, it imports only what Python loads at start-up, plus
-``system`` (``json`` only to read a record back). So it writes records
-without a JSON encoder: the stamps (``STAMPED_FIELDS``) in front of the rest,
-passed in JSON (``results.unstamped_json``), with the outcomes of
-``states.Outcome`` as plain strings.
+which exits with the command's exit code, or 128 + N for signal N. It
+starts once per shard, so it imports only what Python loads at start-up
+(``json`` only to read a record back): records are written as the stamps
+(``STAMPED_FIELDS``) in front of the rest, passed already in JSON
+(``results.unstamped_json``), outcomes as ``states.Outcome``'s strings.
 """
 
 from __future__ import annotations
@@ -56,10 +51,9 @@ USAGE_LINE = (
 
 
 class Attempt:
-    """One attempt: its record file, the record's other fields (JSON from
-    ``results.unstamped_json``, with a unique ``attempt`` id), the command,
-    the log (None: our stdout/stderr) and the outcomes that make it run
-    nothing (``skip``)."""
+    """An attempt: its record file, the record's other fields (in JSON, with a
+    unique ``attempt`` id), the command, the log (None: our stdout) and the
+    outcomes that make it run nothing (``skip``)."""
 
     def __init__(
         self,
@@ -124,10 +118,9 @@ class Attempt:
     def wait(
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
-        """Wait for what :meth:`start` gave (see :func:`supervise`), then stop
-        what the command left behind in its group (a test runner, a server):
-        SIGTERM, SIGKILL after ``grace``, so nothing of the shard outlives its
-        lock. None when abandoned (the group is stopped then)."""
+        """Wait for what :meth:`start` gave (:func:`supervise`), then stop what
+        the command left behind in its group, so that nothing of the shard
+        outlives its lock."""
         if isinstance(child, int):
             return child, None
         ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
@@ -136,11 +129,9 @@ class Attempt:
         return ended
 
     def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
-        """Write the final record from the return code (-N: killed by signal
-        N; None: never started) and the stop signal that came while it ran.
-        False, writing nothing, when the record is no longer this attempt's
-        (another agent took the shard over once our lock was lost). Raises
-        OSError."""
+        """Write the final record from the return code (-N: signal N; None:
+        never started) and the stop signal that came; raises OSError. False,
+        writing nothing, if another agent took it over (our lock was lost)."""
         self._close_log()
         if not self._record_is_ours():
             return False
@@ -215,11 +206,9 @@ def _json_value(value: object) -> str:
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
-    """Whether the record holds one of the ``skip`` outcomes, written by
-    another attempt under the same plan (version and fingerprint). Checked
-    more lightly than by ``results.read_record`` (our fields, with the same
-    JSON types or null where allowed): a record that passes here only is
-    hand-made, and ``verify`` still calls it corrupt."""
+    """Whether another attempt under the same plan left one of the ``skip``
+    outcomes. Lighter than ``results.read_record`` (our fields, same JSON
+    types or null): a record only this passes is hand-made, and corrupt."""
     try:
         data = system.read_file(record_path)
     except OSError:
@@ -304,11 +293,9 @@ class Watch:
 
 
 def main(argv: list) -> int:
-    """Run one attempt as ``lokt guard``'s command, for only as long as its
-    agent and its lock last: an agent killed outright leaves ``lokt guard``
-    running, and a guard killed alone or a lock taken over (the guard stopped
-    past its TTL, or re-entered by an agent of the same name) leaves the
-    command unlocked, to race the rerun of its shard."""
+    """Run one attempt as ``lokt guard``'s command, only as long as its agent
+    and its lock last (a guard killed alone, or its lock taken over, leaves
+    the command unlocked, to race the rerun of its shard)."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:

@@ -38,12 +38,10 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Union
 from . import lockfile, system
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
-    STOP_GRACE,
     Engine,
     GuardRequest,
     GuardResult,
     Holder,
-    Identity,
     effective_ttl,
     frozen_message,
     held_message,
@@ -277,10 +275,9 @@ class Heartbeat(threading.Thread):
 
 
 class Watchdog:
-    """The process that holds this agent's locks (its pid is the holder in
-    every lock file this engine writes) and stops the agent's commands if the
-    agent dies (watchdog.py): told of each command once it runs (``watch``)
-    and once it is reaped (``forget``)."""
+    """The process that holds this agent's locks (its pid is their holder) and
+    stops the agent's commands if the agent dies (watchdog.py): told of each
+    command once it runs (``watch``) and once it is reaped (``forget``)."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -359,14 +356,11 @@ class Watchdog:
 
 class EmbeddedEngine(Engine):
     name = "embedded"
-
-    def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
-        super().__init__(identity, root, grace=grace)
-        self._watchdog: Optional[Watchdog] = None
+    _watchdog: Optional[Watchdog] = None
 
     @property
     def watchdog(self) -> Watchdog:
-        """This engine's watchdog, with the grace the engine has when it first runs a command."""
+        """This engine's watchdog, with the engine's grace when it first runs a command."""
         if self._watchdog is None:
             self._watchdog = Watchdog(self.grace)
         return self._watchdog
@@ -415,9 +409,9 @@ class EmbeddedEngine(Engine):
                 return GuardResult(GuardState.ERROR, message=message)
 
     def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
-        """The attempt, in this process, under the lock we hold. If the lock
-        is ``lost()`` meanwhile, the command is stopped and no final record
-        written: the shard was not run under its lock to the end."""
+        """The attempt, in this process, under our lock. If the lock is
+        ``lost()`` meanwhile, the command is stopped and no final record
+        written: the shard did not run under its lock to the end."""
         attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
