@@ -185,11 +185,7 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
         return LockTry()  # gone a moment ago, or being written: held by nobody known
     except OSError as error:  # not a regular file, a symbolic link, unreadable
         return LockTry(error=f"{path}: {error.strerror or error}")
-    extra = {
-        "holder_owner": existing.owner,
-        "holder_host": existing.host,
-        "holder_pid": existing.pid,
-    }
+    extra = dict(holder_owner=existing.owner, holder_host=existing.host, holder_pid=existing.pid)
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
     return LockTry(holder=existing)
 

@@ -316,9 +316,6 @@ class Engine:
     def child_env(self, env: Optional[Mapping[str, str]]) -> Dict[str, str]:
         """The command's environment: ours (or env) plus our lokt identity."""
         merged = dict(os.environ if env is None else env)
-        merged.update(
-            LOKT_OWNER=self.identity.owner,
-            LOKT_AGENT_ID=self.identity.agent,
-            LOKT_ROOT=str(self.root),
-        )
+        merged.update(LOKT_OWNER=self.identity.owner, LOKT_AGENT_ID=self.identity.agent)
+        merged["LOKT_ROOT"] = str(self.root)
         return merged

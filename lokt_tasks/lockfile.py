@@ -1,6 +1,5 @@
-"""lokt's on-disk format, byte for byte as lokt writes it (fields, their
-order, timestamps, audit lines), so that each engine understands, and never
-breaks by mistake, a lock the other took. Under the lock root::
+"""lokt's on-disk format, byte for byte as lokt writes it, so that each
+engine understands (and never breaks by mistake) a lock the other took::
 
     locks/NAME.json      one lock (0700 directory; files 0600 via temp + rename)
     freezes/NAME.json    one freeze, same structure as a lock
@@ -224,7 +223,6 @@ def parse_lock(text: str, *, allow_newer: bool = False) -> LockData:
 
 
 def read_text(path: Path) -> str:
-    """A lock or freeze file's text (through ``system.open_file``)."""
     return system.read_file(path).decode("utf-8", "replace")
 
 
@@ -247,7 +245,7 @@ def write_lock(path: Path, lock: LockData) -> None:
 
 
 def remove_file(path: Path) -> bool:
-    """Remove a lock or freeze file and make the removal durable."""
+    """Remove a lock or freeze file, durably; False if there was none."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -338,11 +336,8 @@ def audit_line(
     at_ns: Optional[int] = None,
 ) -> str:
     """One audit.log line in lokt's field order; empty optional fields left out."""
-    fields: Dict[str, Any] = {
-        "ts": format_timestamp(now_ns() if at_ns is None else at_ns),
-        "event": event,
-        "name": name,
-    }
+    stamp = format_timestamp(now_ns() if at_ns is None else at_ns)
+    fields: Dict[str, Any] = {"ts": stamp, "event": event, "name": name}
     if lock_id:
         fields["lock_id"] = lock_id
     fields.update(owner=owner, host=host, pid=pid)

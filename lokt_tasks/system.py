@@ -28,8 +28,7 @@ NOT_EXECUTABLE = 126
 
 
 def _signalled(send, target: int, signum: int) -> bool:
-    """``send(target, signum)``: False if there is no such process (EPERM:
-    there is)."""
+    """``send(target, signum)``; False if there is no such process (EPERM: there is)."""
     try:
         send(target, signum)
     except ProcessLookupError:
@@ -136,13 +135,10 @@ def stop_groups(groups: list, grace: float) -> bool:
         for group in groups:
             signal_group(group, signum)
         deadline = time.monotonic() + limit
-        while True:
-            groups = [group for group in groups if group_alive(group)]
-            if not groups:
-                return True
-            if time.monotonic() >= deadline:
-                break
+        while (groups := [g for g in groups if group_alive(g)]) and time.monotonic() < deadline:
             time.sleep(0.02)
+        if not groups:
+            return True
     return False
 
 
@@ -383,14 +379,12 @@ def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a create, rename or remove in ``directory`` survive a crash."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass  # some filesystems refuse fsync on a directory; the rename happened all the same
-    finally:
-        os.close(fd)
 
 
 def utc_now() -> str:
