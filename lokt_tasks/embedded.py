@@ -70,18 +70,10 @@ class Claimant:
     pid_start_ns: int
 
     def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
-        return LockData(
-            name=name,
-            owner=self.owner,
-            host=self.host,
-            pid=self.pid,
-            lock_id=os.urandom(16).hex(),
-            pid_start_ns=self.pid_start_ns,
-            agent_id=self.agent_id,
-            acquired_ns=at_ns,
-            ttl_sec=ttl_sec,
-            expires_ns=at_ns + ttl_sec * 1_000_000_000 if ttl_sec > 0 else None,
-        )
+        """A lock of ours on ``name``, with a new lock_id, acquired at ``at_ns``."""
+        lock_id, started = os.urandom(16).hex(), self.pid_start_ns
+        fresh = LockData(name, lock_id=lock_id, pid_start_ns=started, ttl_sec=ttl_sec, **self.who())
+        return fresh.renewed(at_ns)
 
     def who(self) -> Dict[str, Any]:
         """Who we are in audit lines."""

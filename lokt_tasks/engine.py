@@ -1,9 +1,6 @@
-"""What both lock engines share (``lokt_engine`` drives the lokt binary,
-``embedded`` speaks its protocol in Python): acquire a lock, hold it while
-an attempt runs, release it.
-
-lokt lets a caller re-enter a lock whose owner is its own, so two agents of
-one OS user would both "acquire" it: every agent gets an owner of its own::
+"""What both lock engines share: acquire a lock, hold it while an attempt
+runs, release it; and who we are in lock files. lokt lets a caller re-enter
+a lock whose owner is its own, so every agent gets an owner of its own::
 
     agent = --agent, else $LOKT_AGENT_ID, else "agent-" + 8 random hex digits
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
@@ -15,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -50,11 +48,10 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What became of an attempt under a lock (``GuardState``): how the
-    command ended (``exit_code``, 127/126 if it could not start, or the
-    number of the ``signal`` that killed it), who holds or froze the lock
-    (None if unreadable), the stop signal that came (``interrupted``), and
-    for people, a ``message``."""
+    """What became of an attempt under a lock: how the command ended (exit
+    code, 127/126 if it could not start, or the number of the signal that
+    killed it), who holds or froze the lock (None if unreadable), the stop
+    signal that came, and a message for people."""
 
     state: GuardState
     exit_code: Optional[int] = None
@@ -134,10 +131,8 @@ def make_identity(agent: Optional[str] = None, env: Optional[Mapping[str, str]] 
 
 def os_user_name() -> str:
     try:
-        import pwd
-
         return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
+    except KeyError:
         pass
     try:
         return getpass.getuser()

@@ -128,7 +128,9 @@ class LoktEngine(Engine):
             return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
             return interrupted_before_start(forwarded)
-        message = _last_error_line(lokt_message)
+        lines = [line.strip() for line in lokt_message.splitlines() if line.strip()]
+        errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+        message = (errors or lines or [""])[-1]  # lokt's reason, without "error: "
         if returncode == 2:
             return self._refused(lock_name, message, request.wait, request.timeout)
         if returncode < 0:
@@ -179,13 +181,6 @@ class LoktEngine(Engine):
         mine = (self.identity.owner, lokt_pid, self.identity.host)
         if (lock.owner, lock.pid, lock.host) == mine:
             lockfile.remove_file(path)
-
-
-def _last_error_line(text: str) -> str:
-    """lokt's one-line reason ("error: ..."), without the prefix."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
-    return (errors or lines or [""])[-1]
 
 
 def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:

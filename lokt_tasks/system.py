@@ -39,8 +39,7 @@ def _signalled(send, target: int, signum: int) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """kill(pid, 0), as lokt checks a holder. A pid of 0 or less is never
-    called dead (kill(0, 0) succeeds for lokt too)."""
+    """kill(pid, 0), as lokt checks a holder (a pid <= 0 is never dead for lokt)."""
     return pid <= 0 or _signalled(os.kill, pid, 0)
 
 
@@ -121,11 +120,8 @@ def group_alive(group: int) -> bool:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return True
-    for pid in pids:
-        fields = _linux_stat_fields(pid)  # state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == b"%d" % group and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+    stats = (_linux_stat_fields(pid) for pid in pids)  # state, ppid, pgrp, ...
+    return any(len(f) > 2 and f[2] == b"%d" % group and f[0] not in (b"Z", b"X") for f in stats)
 
 
 def stop_groups(groups: list, grace: float) -> bool:
@@ -143,8 +139,7 @@ def stop_groups(groups: list, grace: float) -> bool:
 
 
 def on_signals(signums: tuple, handler=None) -> dict:
-    """Handle ``signums`` with ``handler`` (None: ignore them); the previous
-    handlers, to restore."""
+    """Handle ``signums`` with ``handler`` (None: ignore); the previous handlers."""
     action = _signal.SIG_IGN if handler is None else handler
     return {signum: _signal.signal(signum, action) for signum in signums}
 

@@ -1,18 +1,15 @@
 """The watchdog: holds an embedded agent's locks, and stops its commands if it dies.
 
-Started once per embedded engine (``system.bootstrap("watchdog") + [GRACE]``)
-in a session of its own, it reads a pipe from the agent, one line per
-command started and one per command reaped::
+Started once per embedded engine, in a session of its own, with a pipe from
+the agent as its stdin, one line per command started and one per reaped::
 
     +PGID START_TIME     watch this process group (START_TIME: "-" if unknown)
     -PGID                forget it
 
-The agent's commands run in sessions of their own, and would run on if it
-were killed outright. The kernel closes the pipe however the agent ends: the
-watchdog then stops every group still watched (unless its leader's pid was
-reused), SIGKILL after GRACE seconds, and exits once none is left. As the
-lock files name it as holder, no other agent runs a shard while something
-of its last attempt runs. It imports only the standard library.
+The kernel closes the pipe however the agent ends; the watchdog then stops
+every group still watched (unless its leader's pid was reused), SIGKILL
+after GRACE seconds, and exits once none is left. As the agent's lock files
+name it as their holder, no other agent runs a shard until then.
 """
 
 from __future__ import annotations
