@@ -77,8 +77,7 @@ class Attempt:
 
     def begin(self) -> bool:
         """False if the shard is already done, else empty the log and write the
-        start record. Raises OSError naming the file when the log cannot be
-        opened or the record written (nothing has run then)."""
+        start record; raises OSError naming the file (nothing has run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
         if self.log:
@@ -118,9 +117,8 @@ class Attempt:
     def wait(
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
-        """Wait for what :meth:`start` gave (:func:`supervise`), then stop what
-        the command left behind in its group, so that nothing of the shard
-        outlives its lock."""
+        """:func:`supervise` what :meth:`start` gave, then stop what it left
+        behind in its group: nothing of the shard outlives its lock."""
         if isinstance(child, int):
             return child, None
         ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
@@ -240,10 +238,10 @@ def already_done(record_path: str, fields: str, skip: tuple) -> bool:
 def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
-    """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
-    None once ``abandoned()`` (its group is stopped then). A signal from
-    ``stopped()`` is forwarded once to the child itself, as ``lokt guard``
-    does; ``grace`` seconds later its whole process group is killed."""
+    """Wait for ``child``: ``(returncode, stop signal or None)``, or None once
+    ``abandoned()`` (its group is stopped then). A signal from ``stopped()``
+    goes once to the child, as ``lokt guard`` does; SIGKILL to its group
+    ``grace`` seconds later."""
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
         signum = stopped()
@@ -264,9 +262,8 @@ def supervise(
 
 class Watch:
     """Whether an attempt inside ``lokt guard`` is abandoned: its agent died
-    (gone, a zombie, or its pid reused), its guard died (we have another
-    parent), or the lock file ``lock`` no longer names the guard (lokt writes
-    ``"pid": N,`` on a line of its own)."""
+    (or its pid was reused), its guard died (another parent), or the lock
+    file no longer names the guard (lokt writes ``"pid": N,`` on a line)."""
 
     def __init__(self, agent_pid: int, lock: str | None) -> None:
         self.agent_pid = agent_pid
@@ -294,8 +291,7 @@ class Watch:
 
 def main(argv: list) -> int:
     """Run one attempt as ``lokt guard``'s command, only as long as its agent
-    and its lock last (a guard killed alone, or its lock taken over, leaves
-    the command unlocked, to race the rerun of its shard)."""
+    and its lock last (else it would race the rerun of its shard)."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:

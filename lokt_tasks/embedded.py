@@ -76,11 +76,9 @@ class Claimant:
         return fresh.renewed(at_ns)
 
     def who(self) -> Dict[str, Any]:
-        """Who we are in audit lines."""
         return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
 
     def audit(self, root: Path, event: str, name: str, **fields) -> None:
-        """Append an audit line for ``event`` on lock ``name``, as us."""
         lockfile.append_audit(root, lockfile.audit_line(event, name, **{**self.who(), **fields}))
 
 
@@ -130,9 +128,8 @@ def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
 
 
 def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
-    """The unexpired freeze of name, after logging freeze-deny; else None.
-    Expired and corrupt freezes are removed. Raises UnsupportedVersion for a
-    freeze written by a newer lokt (lokt refuses to guard then, too)."""
+    """The unexpired freeze of name (audited), else None, removing expired and
+    corrupt ones; UnsupportedVersion for a newer lokt's (lokt refuses too)."""
     for path in (lockfile.freeze_path(root, name), lockfile.legacy_freeze_path(root, name)):
         freeze: Optional[LockData] = None
         try:
@@ -397,9 +394,8 @@ class EmbeddedEngine(Engine):
                 return GuardResult(GuardState.ERROR, message=message)
 
     def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
-        """The attempt, in this process, under our lock. If the lock is
-        ``lost()`` meanwhile, the command is stopped and no final record
-        written: the shard did not run under its lock to the end."""
+        """The attempt, under our lock. If the lock is ``lost()`` meanwhile,
+        the command is stopped and no final record written."""
         attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")

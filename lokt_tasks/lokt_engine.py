@@ -151,9 +151,8 @@ class LoktEngine(Engine):
         holder = self.holder(lock_name)
         if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
             return None
-        message = (
-            f"{held_message(lock_name, holder, False, None)}: another agent named {me.agent!r}"
-        )
+        named = f": another agent named {me.agent!r}"
+        message = held_message(lock_name, holder, False, None) + named
         return GuardResult(GuardState.HELD, holder=holder, message=message)
 
     def _refused(

@@ -214,7 +214,6 @@ class Child:
                 pass
 
     def kill_group(self, signum: int = SIGKILL) -> None:
-        """Signal the command's whole process group."""
         signal_group(self.pid, signum)
 
 
