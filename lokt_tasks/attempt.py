@@ -1,21 +1,16 @@
-"""One attempt at a shard, while its lock is held: ``begin`` (run nothing if
-the shard is done; else empty the log and write the start record),
-``start`` the command, ``wait`` for it, and ``finish`` with the final
-record, durably, before the lock is released. The start record proves that
-the command started, which ``lokt guard``'s exit code cannot (2 is both
-"held" and a command's own 2); an abandoned attempt (its agent died, its
-lock was lost) stops its command and writes no final record.
-
-The lokt engine has ``lokt guard`` run :func:`main` (``system.bootstrap``)::
+"""One attempt at a shard, under its lock: ``begin`` (nothing to do, or the
+start record), ``start``, ``wait``, and ``finish`` (the final record,
+durably, before the lock is released). The start record proves that the
+command started, which ``lokt guard``'s exit code cannot (2 is both "held"
+and a command's own 2). The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
 
-which exits with the command's exit code, or 128 + N for signal N. It
-starts once per shard, so it imports only what Python loads at start-up
-(``json`` only to read a record back): records are written as the stamps
-(``STAMPED_FIELDS``) in front of the rest, passed already in JSON
-(``results.unstamped_json``), outcomes as ``states.Outcome``'s strings.
+which exits as a shell would: the command's code, or 128 + N for signal N.
+Started once per shard, it imports only what Python loads at start-up
+(``json`` only to read a record back), and writes records without a JSON
+encoder: the stamps in front of the rest (``results.unstamped_json``).
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """The embedded engine: lokt's locking protocol in Python, on lokt's files
-(``lockfile``), so that it and ``lokt guard`` exclude each other. Each step
-appends lokt's audit event to audit.log:
-
-- sweep the root: remove corrupt files, and expired locks whose holder is
-  on another host or dead here;
-- an unexpired freeze refuses the lock (an expired one is removed);
-- create locks/NAME.json, complete from its first moment. If it exists, an
-  empty file (being written) is held, a corrupt one removed, a holder on
-  this host whose pid is dead or reused pruned, and any other holds it;
-- while the command runs, renew the lock every max(TTL/2, 0.5 s) as long
-  as owner, host and pid in the file are ours;
-- release it only if owner and lock_id are still ours.
-
-The holder named in the lock file is the agent's ``Watchdog``, which stops
-the agent's commands if the agent is killed outright, and ends only then.
+(``lockfile``), so that it and ``lokt guard`` exclude each other: sweep,
+freeze check, acquire, heartbeat and release, each audited as lokt does.
+The holder named in its lock files is the agent's ``Watchdog``.
 
 Stricter than lokt, on purpose: never re-entrant; waiting never breaks an
 expired lock whose holder is alive here (it is stalled, not finished); a
@@ -92,7 +80,8 @@ class LockTry:
 
 
 def sweep(root: Path, me: Claimant) -> None:
-    """lokt's opportunistic sweep of locks/ and freezes/ before acquiring."""
+    """lokt's sweep of locks/ and freezes/ before acquiring: corrupt files, and
+    expired locks whose holder is on another host or dead here, go."""
     for directory in (lockfile.locks_dir(root), lockfile.freezes_dir(root)):
         try:
             paths = sorted(directory.glob("*.json"))
@@ -237,8 +226,8 @@ def backoff(attempt: int) -> float:
 
 
 class Heartbeat(threading.Thread):
-    """Renews a lock every ``interval`` seconds until stopped; ``lost`` once
-    the lock is no longer ours."""
+    """Renews a lock every ``interval`` seconds (while owner, host and pid are
+    ours) until stopped; ``lost`` once the lock is no longer ours."""
 
     def __init__(self, root: Path, lock_name: str, me: Claimant, interval: float) -> None:
         super().__init__(name=f"lokt-heartbeat-{lock_name}", daemon=True)

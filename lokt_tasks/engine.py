@@ -277,10 +277,8 @@ class Engine:
     def frozen_by(self, lock_name: str) -> Optional[Holder]:
         """Who froze lock_name, while the freeze lasts; else None."""
         validate_lock_name(lock_name)
-        for path in (
-            lockfile.freeze_path(self.root, lock_name),
-            lockfile.legacy_freeze_path(self.root, lock_name),
-        ):
+        for where in (lockfile.freeze_path, lockfile.legacy_freeze_path):
+            path = where(self.root, lock_name)
             try:
                 freeze = lockfile.read_lock(path, allow_newer=True)
             except FileNotFoundError:

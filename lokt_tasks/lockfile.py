@@ -155,9 +155,7 @@ class LockData:
         moment = now_ns() if at_ns is None else at_ns
         if self.expires_ns is not None:
             return moment > self.expires_ns
-        if self.ttl_sec <= 0:
-            return False
-        return moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
+        return self.ttl_sec > 0 and moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
 
     def renewed(self, at_ns: int) -> LockData:
         """The same lock, acquired again now (what a heartbeat writes)."""

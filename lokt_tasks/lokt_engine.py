@@ -177,8 +177,7 @@ class LoktEngine(Engine):
             lock = lockfile.read_lock(path)
         except (OSError, LockFileError):
             return
-        mine = (self.identity.owner, lokt_pid, self.identity.host)
-        if (lock.owner, lock.pid, lock.host) == mine:
+        if (lock.owner, lock.pid, lock.host) == (self.identity.owner, lokt_pid, self.identity.host):
             lockfile.remove_file(path)
 
 

@@ -133,16 +133,13 @@ def run_shard(
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
     if record.outcome == RecordOutcome.RUNNING:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
-    if (
-        shard.wants_junit
-        and settings.durations_file is not None
-        and _file_state(junit_path) not in (None, report_before)
-    ):
+    durations_file = settings.durations_file if shard.wants_junit else None
+    if durations_file is not None and _file_state(junit_path) not in (None, report_before):
         try:
             timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
         except ValueError:
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
-        merge_durations(settings.durations_file, timings)
+        merge_durations(durations_file, timings)
     return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
 
 

@@ -299,8 +299,7 @@ def untrusted_directory(path: str | os.PathLike) -> str | None:
     as ssh and git judge it: it (or its nearest existing parent) must be ours
     or root's, and no directory on the way writable by all unless sticky
     (/tmp). Writable by our group is a team's choice (umask 002)."""
-    current = os.path.abspath(path)
-    owner_checked = False
+    current, owner_checked = os.path.abspath(path), False
     while True:
         try:
             status = os.stat(current)
