@@ -48,10 +48,9 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What became of an attempt under a lock: how the command ended (exit
-    code, 127/126 if it could not start, or the number of the signal that
-    killed it), who holds or froze the lock (None if unreadable), the stop
-    signal that came, and a message for people."""
+    """What became of an attempt under a lock: how the command ended (127/126:
+    it could not start; ``signal``: the one that killed it), who holds or
+    froze the lock (None if unreadable), the stop signal that came."""
 
     state: GuardState
     exit_code: Optional[int] = None
@@ -80,10 +79,9 @@ class GuardRequest:
 
 
 class StopRequest:
-    """A stop asked for (Ctrl-C, SIGTERM), polled by every guard, which
-    forwards its first signal to its command. It takes no lock, so a signal
-    handler may call ``request`` while the main thread is in ``wait`` (a
-    threading.Event could deadlock there)."""
+    """A stop asked for (Ctrl-C, SIGTERM), polled by every guard. It takes no
+    lock, so a signal handler may call ``request`` while the main thread is
+    in ``wait`` (a threading.Event could deadlock there)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None

@@ -301,9 +301,8 @@ def prune_abandoned(
 
 
 def remove_if_unchanged(path: Path, seen: str) -> bool:
-    """Remove a stale or corrupt file only if it still holds what we judged:
-    between our read and now another agent may have pruned it and taken the
-    lock, and its new lock never equals what we saw."""
+    """Remove a stale or corrupt file only if it still holds what we judged
+    (another agent may have pruned it and taken the lock meanwhile)."""
     try:
         unchanged = read_text(path) == seen
     except OSError:
@@ -370,9 +369,8 @@ def host_name() -> str:
 
 
 def pid_status(lock: LockData, host: Optional[str] = None) -> str:
-    """ "alive", "dead" or "unknown" (another host) for a lock's holder.
-    Stricter than ``lokt status``: a zombie is dead, and so is a reused pid
-    (another start time than recorded), as lokt's own pruning treats it."""
+    """ "alive", "dead" or "unknown" (another host) for a lock's holder; a
+    zombie or a reused pid (another start time) is dead, as lokt prunes."""
     if lock.host != (host or host_name()):
         return "unknown"
     if system.process_gone(lock.pid):

@@ -1,7 +1,6 @@
-"""The lokt engine: ``lokt guard`` holds, renews and releases the lock, and
-runs the attempt as a process of its own (``Attempt.argv``). Whether the
-command ran is told by the attempt's record, not by lokt's exit code: 2 both
-when the lock is held and when the command exits 2, 255 for any signal.
+"""The lokt engine: ``lokt guard`` holds the lock and runs the attempt
+(``Attempt.argv``), whose record says whether the command ran: lokt exits 2
+both when held and when the command exits 2, and 255 for any signal.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Run one shard under its lock and report what happened, whichever
-command asked (``shard``, ``shard --id next``, ``shard-all``). The shard's
-attempt writes its records while the lock is held; this layer reads the
-record back rather than trusting an exit code.
+"""Run one shard under its lock, for ``shard``, ``--id next`` and
+``shard-all`` alike, and learn what happened from its record, not an exit code.
 """
 
 from __future__ import annotations
@@ -144,10 +142,9 @@ def run_shard(
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """Inode, size and mtime of ``path``, or None if it does not exist: a
-    JUnit report unchanged since before we asked for the lock is an earlier
-    attempt's, not ours. (Nor is it deleted before the lock is ours: the
-    agent holding the shard now may not have read it yet.)"""
+    """Inode, size and mtime of ``path``, or None: a JUnit report unchanged
+    since before we asked for the lock is an earlier attempt's (not deleted:
+    the agent holding the shard now may not have read it yet)."""
     try:
         status = path.stat()
     except FileNotFoundError:

@@ -1,7 +1,6 @@
 """What lokt-tasks asks of the operating system, defined once. The attempt
-and watchdog processes, which must start fast, use it too: so it imports
-only what Python loads at start-up, and ``signal``, ``ctypes`` and
-``subprocess`` only in the functions that need them.
+and watchdog processes use it too, so it imports at module level only what
+Python loads at start-up.
 """
 
 from __future__ import annotations
@@ -56,9 +55,8 @@ def process_gone(pid: int) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """What lokt stores as ``pid_start_ns``, read as lokt reads it, or None:
-    field 22 of /proc/PID/stat on Linux (clock ticks since boot, whatever the
-    name says), p_starttime from sysctl on macOS (ns since the epoch)."""
+    """What lokt stores as ``pid_start_ns``, or None: field 22 of /proc/PID/stat
+    (clock ticks since boot), or p_starttime from sysctl on macOS (ns)."""
     if sys.platform.startswith("linux"):
         try:
             return int(_linux_stat_fields(pid)[19])
@@ -257,9 +255,8 @@ def not_started(program: str, error: OSError) -> tuple:
 
 
 def bootstrap(module: str) -> list:
-    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python,
-    isolated (``-I -S``), imported so that its cached bytecode is used, with
-    the package's directory last on sys.path, hiding no standard module."""
+    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in an isolated
+    Python, from cached bytecode, the package's directory last on sys.path."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
@@ -270,8 +267,7 @@ def bootstrap(module: str) -> list:
 
 def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
     """``os.open`` for the files we keep: a regular file's descriptor, or
-    OSError saying what ``path`` is. Never blocks on a FIFO, never follows a
-    symbolic link (we would write its target)."""
+    OSError saying what ``path`` is (never a FIFO, never a symbolic link)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     except OSError as error:
@@ -295,10 +291,9 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
 
 
 def untrusted_directory(path: str | os.PathLike) -> str | None:
-    """Why another user could write files under directory ``path``, or None,
-    as ssh and git judge it: it (or its nearest existing parent) must be ours
-    or root's, and no directory on the way writable by all unless sticky
-    (/tmp). Writable by our group is a team's choice (umask 002)."""
+    """Why another user could write under directory ``path``, or None, as ssh
+    and git judge it: it (or its nearest existing parent) must be ours or
+    root's, and no directory on the way writable by all unless sticky."""
     current, owner_checked = os.path.abspath(path), False
     while True:
         try:
@@ -335,12 +330,10 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data`` by a temporary file (named ``prefix``,
-    default ``.<name>.``, then random) fsynced and renamed, then the
-    directory fsynced: old or new, never a mix, even after a crash.
-    ``mode`` None keeps 0600 (as lokt's lock files); ``durable`` False skips
-    the fsyncs; ``exclusive`` links instead (FileExistsError if ``path``
-    exists). Raises OSError, leaving no temporary file."""
+    """Replace ``path`` with ``data`` through a temporary file (``prefix``,
+    default ``.<name>.``) fsynced and renamed, then the directory fsynced.
+    ``mode`` None keeps 0600; ``durable`` False skips the fsyncs;
+    ``exclusive`` links instead (FileExistsError if ``path`` exists)."""
     directory, name = os.path.split(os.fspath(path))
     prefix = prefix or "." + name + "."
     temporary = os.path.join(directory, prefix + os.urandom(6).hex() + ".tmp")

@@ -1,15 +1,13 @@
 """The watchdog: holds an embedded agent's locks, and stops its commands if it dies.
 
-Started once per embedded engine, in a session of its own, with a pipe from
-the agent as its stdin, one line per command started and one per reaped::
+Started once per embedded engine, in a session of its own, it reads a pipe
+from the agent, one line per command started and one per command reaped::
 
     +PGID START_TIME     watch this process group (START_TIME: "-" if unknown)
     -PGID                forget it
 
-The kernel closes the pipe however the agent ends; the watchdog then stops
-every group still watched (unless its leader's pid was reused), SIGKILL
-after GRACE seconds, and exits once none is left. As the agent's lock files
-name it as their holder, no other agent runs a shard until then.
+The pipe closes however the agent ends: then it stops every group still
+watched (SIGKILL after GRACE seconds) and exits, freeing the agent's locks.
 """
 
 from __future__ import annotations
