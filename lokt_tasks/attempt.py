@@ -151,9 +151,8 @@ class Attempt:
             return False
 
     def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
-        # NOTE: the start record is not fsynced (it costs more than the rest of
-        # a shard's bookkeeping): after a machine crash it can only be missing
-        # or empty, which verify reports as missing or corrupt, never passed.
+        # NOTE: the start record is not fsynced (costly): after a crash it is
+        # missing or empty, which verify reports as missing or corrupt.
         stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
@@ -199,9 +198,8 @@ def _json_value(value: object) -> str:
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
-    """Whether another attempt under the same plan left one of the ``skip``
-    outcomes. Lighter than ``results.read_record`` (our fields, same JSON
-    types or null): a record only this passes is hand-made, and corrupt."""
+    """Whether another attempt under the same plan left a ``skip`` outcome (a
+    lighter check than ``results.read_record``'s, which still judges it)."""
     try:
         data = system.read_file(record_path)
     except OSError:

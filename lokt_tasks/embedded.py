@@ -263,8 +263,7 @@ class Watchdog:
         self._unavailable = False
 
     def holder(self) -> int:
-        """The pid to hold a new lock: the watchdog's, started now if it does
-        not run; our own (with a warning) if it cannot start."""
+        """The pid to hold a new lock: the watchdog's (started if need be), else ours."""
         with self._lock:
             process = self._process
             if not self._unavailable and (process is None or process.poll() is not None):
@@ -272,8 +271,7 @@ class Watchdog:
             return os.getpid() if self._process is None else self._process.pid
 
     def alive(self, holder: int) -> bool:
-        """Whether ``holder`` (from :meth:`holder`) still holds our locks: a
-        watchdog that died took them with it."""
+        """Whether ``holder`` still holds our locks (a dead watchdog took them)."""
         process = self._process
         mine = process is not None and process.pid == holder and process.poll() is None
         return holder == os.getpid() or mine
@@ -446,8 +444,7 @@ class EmbeddedEngine(Engine):
             break_stale(self.root, name, me)
 
     def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:
-        """The holder to report; an empty file is read again for a moment,
-        as its writer is normally between create and rename."""
+        """The holder to report, reading an empty file again for a moment."""
         if seen is not None:
             return holder_from_lock(seen, name)
         for _ in range(SETTLE_TRIES):

@@ -238,13 +238,11 @@ class Engine:
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
     ) -> GuardResult:
-        """Run ``attempt`` while holding lock_name. ``ttl`` in seconds (0:
-        never expires); ``timeout`` with ``wait``: None or <= 0 means 10
-        minutes. The command runs in a session of its own, in ``cwd``, with
-        ``env`` (default ours) and our identity. Once ``stop`` is set, its
-        signal goes to the command, and ``self.grace`` seconds later SIGKILL
-        to its group. Raises UsageError for a bad lock name or a missing cwd.
-        """
+        """Run ``attempt`` holding lock_name: ``ttl`` in seconds (0: never
+        expires), ``timeout`` with ``wait`` (None or <= 0: 10 minutes), in a
+        session of its own with ``env`` (default ours) and our identity. A
+        ``stop`` goes to the command, SIGKILL to its group ``self.grace``
+        seconds later. UsageError for a bad lock name or a missing ``cwd``."""
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")

@@ -230,9 +230,8 @@ def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
 
 
 def create_lock(path: Path, lock: LockData) -> None:
-    """Take the lock name: create its file, written in full, only if there is
-    none (else FileExistsError). Never empty, unlike lokt's: it creates the
-    file empty and writes it next, which a kill between the two leaves so."""
+    """Create the lock file, complete, only if there is none (else
+    FileExistsError): never empty, as lokt's is until written."""
     data = lock.to_json().encode("utf-8")
     system.write_atomically(path, data, mode=None, prefix=".lock-", exclusive=True)
 

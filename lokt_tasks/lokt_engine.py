@@ -57,9 +57,8 @@ class LoktEngine(Engine):
     def guard_command(
         self, lock_name: str, ttl: float, wait: bool, timeout: Optional[float]
     ) -> List[str]:
-        """``lokt guard`` with its flags before the name (Go's flag parsing
-        stops at the first non-flag word) and durations with units (lokt
-        refuses bare numbers)."""
+        """``lokt guard`` with its flags before the name (where Go's flag parsing
+        stops) and durations with units (lokt refuses bare numbers)."""
         command = [self.binary, "guard"]
         lifetime = effective_ttl(ttl)
         if lifetime > 0:
@@ -102,9 +101,8 @@ class LoktEngine(Engine):
         assert ended is not None  # never abandoned
         returncode, forwarded = ended
         if returncode < 0:
-            # NOTE: lokt guard was killed, and its lock is left behind. The
-            # attempt sees its guard gone and stops the command; the lock
-            # goes only once nothing of the shard runs.
+            # NOTE: lokt guard was killed, leaving its lock. The attempt stops
+            # the command; the lock goes only once nothing of the shard runs.
             deadline = time.monotonic() + patience
             while system.group_alive(guard.pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -139,10 +137,9 @@ class LoktEngine(Engine):
         return GuardResult(GuardState.ERROR, message=message)
 
     def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
-        """What lokt gets wrong, set right before it runs: it calls a zombie
-        holder alive and never breaks an empty lock file (such locks are pruned
-        here), and lets a lock's owner re-enter it (a live holder with our
-        owner is another agent of our name: held)."""
+        """What lokt gets wrong, set right: it calls a zombie holder alive and
+        never breaks an empty lock file (pruned here), and lets an owner
+        re-enter its lock (a live holder with our owner: held)."""
         me = self.identity
         lockfile.prune_abandoned(
             self.root, lock_name, owner=me.owner, host=me.host, pid=os.getpid(), agent_id=me.agent

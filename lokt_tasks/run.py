@@ -24,21 +24,19 @@ ENGINE_CHOICES = ("auto", "lokt", "embedded")
 
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
-    """The engine for choice "auto", "lokt" or "embedded", on one lock root:
-    ``auto`` takes lokt when it is found ($LOKT_BIN, else ``lokt`` on PATH)
-    and the embedded engine otherwise."""
+    """The engine for choice "auto", "lokt" or "embedded" on one lock root
+    (``auto``: lokt when found, by $LOKT_BIN or on PATH, else embedded)."""
     if choice not in ENGINE_CHOICES:
         raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINE_CHOICES))
     lock_root = Path(root) if root is not None else find_lock_root(Path.cwd())
-    if choice in ("auto", "lokt"):
-        binary = find_lokt_binary()
-        if binary is not None:
-            return LoktEngine(identity, lock_root, binary)
-        if choice == "lokt":
-            raise EngineError(
-                'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
-                ' or use engine = "embedded"'
-            )
+    binary = find_lokt_binary() if choice != "embedded" else None
+    if binary is not None:
+        return LoktEngine(identity, lock_root, binary)
+    if choice == "lokt":
+        raise EngineError(
+            'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
+            ' or use engine = "embedded"'
+        )
     return EmbeddedEngine(identity, lock_root)
 
 
@@ -118,9 +116,8 @@ def run_shard(
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
         other = store.running_for(shard.task, shard.index, guard.holder.owner)
         if other is not None and other != settings.run_key:
-            # NOTE: every run of a task shares its lock names (the convention
-            # the docs teach). Another run's agent holds this one: runs do not
-            # fail each other, so wait for it, as with --wait.
+            # NOTE: every run of a task shares its lock names (as the docs
+            # teach); runs do not fail each other, so wait for the other's.
             guard = guard_shard(True)
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)

@@ -68,8 +68,7 @@ def process_start_time(pid: int) -> int | None:
 
 
 def _linux_stat_fields(pid: int) -> list:
-    """/proc/PID/stat from field 3 on (after the command name, which may hold
-    spaces and parentheses); empty if unreadable."""
+    """/proc/PID/stat after the command name (which may hold ")"); [] if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
@@ -108,8 +107,7 @@ def signal_group(group: int, signum: int) -> bool:
 
 
 def group_alive(group: int) -> bool:
-    """Whether process group ``group`` still has a process that is not a
-    zombie (Linux tells them; elsewhere every member counts)."""
+    """Whether process group ``group`` has a process left that is not a zombie."""
     if not signal_group(group, 0):
         return False
     if not sys.platform.startswith("linux"):
@@ -176,14 +174,12 @@ class Child:
     def __init__(self, pid: int, *, keep: object = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        # NOTE: a subprocess.Popen must live until we have reaped its pid
-        # ourselves: once collected, subprocess may reap it first, from any
-        # thread that starts another process, and its exit status is lost.
+        # NOTE: a Popen must live until we reaped its pid: once collected, any
+        # thread that starts a process may reap it first, losing its status.
         self._popen = keep
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The return code; None if still running after ``timeout`` seconds
-        (polled in sleeps doubling from 0.5 ms to 25 ms)."""
+        """The return code; None if still running after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.0005
         while self._reap(0 if deadline is None else os.WNOHANG) is None:
@@ -330,10 +326,11 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data`` through a temporary file (``prefix``,
-    default ``.<name>.``) fsynced and renamed, then the directory fsynced.
-    ``mode`` None keeps 0600; ``durable`` False skips the fsyncs;
-    ``exclusive`` links instead (FileExistsError if ``path`` exists)."""
+    """Replace ``path`` with ``data`` (old or new for a reader, even after a
+    crash): a temporary file (``prefix``, default ``.<name>.``) fsynced and
+    renamed, then the directory fsynced. ``mode`` None keeps 0600; ``durable``
+    False skips the fsyncs; ``exclusive`` links (FileExistsError if it exists).
+    """
     directory, name = os.path.split(os.fspath(path))
     prefix = prefix or "." + name + "."
     temporary = os.path.join(directory, prefix + os.urandom(6).hex() + ".tmp")
