@@ -21,8 +21,7 @@ import time
 
 from . import system
 
-#: After a stop was forwarded (or the agent died): how long the command gets
-#: before its process group is killed.
+#: Seconds a command gets after a stop (or its agent's death) before SIGKILL.
 STOP_GRACE = 10.0
 #: How often a running attempt looks at stop requests and its agent.
 POLL_INTERVAL = 0.025
@@ -46,9 +45,8 @@ USAGE_LINE = (
 
 
 class Attempt:
-    """An attempt: its record file, the record's other fields (in JSON, with a
-    unique ``attempt`` id), the command, the log (None: our stdout) and the
-    outcomes that make it run nothing (``skip``)."""
+    """Its record file, the record's other fields (JSON, with a unique ``attempt``
+    id), the command, the log (None: our stdout), the ``skip`` outcomes."""
 
     def __init__(
         self,
@@ -140,8 +138,7 @@ class Attempt:
         return True
 
     def _record_is_ours(self) -> bool:
-        """Whether the record file still holds this attempt's id (by substring:
-        importing json costs more than the rest of a shard)."""
+        """Whether the record still holds our attempt id (by substring: json is costly)."""
         mark = '"attempt": "'
         start = self.fields.find(mark) + len(mark)
         attempt_id = self.fields[start : self.fields.find('"', start)]
@@ -184,8 +181,7 @@ class Attempt:
 
 
 def record_text(stamps: dict, fields: str) -> str:
-    """A record file's text: ``stamps`` as lines in front of ``fields`` (a
-    JSON object, two-space indent), ASCII, with a final newline."""
+    """A record's text: ``stamps`` as lines in front of ``fields`` (JSON, indent 2)."""
     lines = "".join('  "%s": %s,\n' % (name, _json_value(value)) for name, value in stamps.items())
     return "{\n" + lines + fields[2:] + "\n"
 

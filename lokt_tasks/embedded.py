@@ -140,8 +140,8 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
 
 
 def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    """One non-blocking try, as lokt's Acquire (but never re-entrant, and a
-    lock that nobody can hold any more is pruned: see ``prune_abandoned``)."""
+    """One non-blocking try, as lokt's Acquire, but never re-entrant (see
+    ``lockfile.prune_abandoned`` for the locks nobody can hold any more)."""
     path = lockfile.lock_path(root, name)
     for _ in range(3):  # the name is taken again and again only under a race
         lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
@@ -169,8 +169,7 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
 
 
 def break_stale(root: Path, name: str, me: Claimant) -> None:
-    """Between waits: free a corrupt lock, or an expired one from another
-    host (``acquire_once`` prunes dead holders on this host)."""
+    """Between waits: free a corrupt lock, or an expired one from another host."""
     path = lockfile.lock_path(root, name)
     try:
         text = lockfile.read_text(path)
@@ -249,16 +248,14 @@ class Heartbeat(threading.Thread):
 
 
 class Watchdog:
-    """The process that holds this agent's locks (its pid is their holder) and
-    stops the agent's commands if the agent dies (watchdog.py): told of each
-    command once it runs (``watch``) and once it is reaped (``forget``)."""
+    """The process that holds this agent's locks and stops its commands if it
+    dies (watchdog.py), told of each command run (``watch``) and reaped."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen[bytes]] = None
-        #: The write end of the watchdog's stdin: ours alone, closed when we
-        #: are (or when this object is collected), which ends the watchdog.
+        #: Our end of the watchdog's stdin: closing it (as our death does) ends it.
         self._pipe: Optional[BinaryIO] = None
         self._unavailable = False
 
@@ -365,8 +362,7 @@ class EmbeddedEngine(Engine):
             path = lockfile.lock_path(self.root, name)
 
             def lost() -> bool:
-                """Whether the lock is no longer ours: taken over (say, after
-                we were stopped past its TTL), or its holder died."""
+                """Whether the lock is no longer ours (taken over, or its holder died)."""
                 return (
                     (heartbeat is not None and heartbeat.lost)
                     or not self.watchdog.alive(me.pid)

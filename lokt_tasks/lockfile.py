@@ -24,8 +24,7 @@ from .errors import UsageError
 
 LOCK_VERSION = 1
 
-#: Seconds after which an empty lock file counts as abandoned (see
-#: ``prune_abandoned``): its writer was killed between creating and writing it.
+#: Seconds after which an empty lock file is abandoned (see ``prune_abandoned``).
 EMPTY_LOCK_ABANDONED_AFTER = 10.0
 
 _NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._-]+\Z")

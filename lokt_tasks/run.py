@@ -79,9 +79,8 @@ def run_shard(
     skip: Collection[str] = (),
     stop: Optional[StopRequest] = None,
 ) -> ShardOutcome:
-    """Run ``shard`` under its lock. ``to_log``: the command's output goes to
-    the shard's log file. ``skip``: the record outcomes that make nothing run
-    (the shard is done under this plan), checked *inside* the lock."""
+    """Run ``shard`` under its lock; ``to_log``: output to its log file; ``skip``:
+    the record outcomes that make nothing run, checked *inside* the lock."""
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None

@@ -43,8 +43,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_zombie(pid: int) -> bool:
-    """Exited but not reaped yet (told on Linux only), which lokt calls alive:
-    where PID 1 reaps orphans late (containers), for seconds."""
+    """Exited, not reaped (told on Linux only): lokt calls it alive, in containers for seconds."""
     fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
     return bool(fields) and fields[0] in (b"Z", b"X")
 
@@ -107,7 +106,7 @@ def signal_group(group: int, signum: int) -> bool:
 
 
 def group_alive(group: int) -> bool:
-    """Whether process group ``group`` has a process left that is not a zombie."""
+    """Whether process group ``group`` has a process left, zombies not counted on Linux."""
     if not signal_group(group, 0):
         return False
     if not sys.platform.startswith("linux"):
@@ -121,8 +120,7 @@ def group_alive(group: int) -> bool:
 
 
 def stop_groups(groups: list, grace: float) -> bool:
-    """SIGTERM every process of ``groups``, SIGKILL what is left after
-    ``grace`` seconds; True once none is left (within 5 s more)."""
+    """SIGTERM ``groups``, SIGKILL what is left ``grace`` s later; True once none is left."""
     for signum, limit in ((SIGTERM, grace), (SIGKILL, 5.0)):
         for group in groups:
             signal_group(group, signum)
@@ -180,10 +178,12 @@ class Child:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The return code; None if still running after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            return self._reap(0)
+        deadline = time.monotonic() + timeout
         pause = 0.0005
-        while self._reap(0 if deadline is None else os.WNOHANG) is None:
-            remaining = deadline - time.monotonic() if deadline is not None else 0.025
+        while self._reap(os.WNOHANG) is None:
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             time.sleep(min(pause, remaining))
