@@ -64,8 +64,7 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
-        self.started_at = ""
-        self._began = 0.0
+        self.started_at, self._began = "", 0.0  # set by begin
         self._log_fd: int | None = None
 
     def begin(self) -> bool:
@@ -228,9 +227,8 @@ def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
     """Wait for ``child``: ``(returncode, stop signal or None)``, or None once
-    ``abandoned()`` (its group is stopped then). A signal from ``stopped()``
-    goes once to the child, as ``lokt guard`` does; SIGKILL to its group
-    ``grace`` seconds later."""
+    ``abandoned()`` (its group stopped). A ``stopped()`` signal goes once to
+    the child, as ``lokt guard`` does; SIGKILL to its group ``grace`` s later."""
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
         signum = stopped()
@@ -255,10 +253,8 @@ class Watch:
     file no longer names the guard (lokt writes ``"pid": N,`` on a line)."""
 
     def __init__(self, agent_pid: int, lock: str | None) -> None:
-        self.agent_pid = agent_pid
-        self.agent_start = system.process_start_time(agent_pid)
-        self.guard_pid = os.getppid()
-        self.lock = lock
+        self.agent_pid, self.agent_start = agent_pid, system.process_start_time(agent_pid)
+        self.guard_pid, self.lock = os.getppid(), lock
 
     def agent_gone(self) -> bool:
         if system.process_gone(self.agent_pid):

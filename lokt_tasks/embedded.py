@@ -231,8 +231,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, root: Path, lock_name: str, me: Claimant, interval: float) -> None:
         super().__init__(name=f"lokt-heartbeat-{lock_name}", daemon=True)
         self.root, self.lock_name, self.me, self.interval = root, lock_name, me, interval
-        self.lost = False
-        self.stopped = threading.Event()
+        self.lost, self.stopped = False, threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

@@ -219,9 +219,7 @@ class Engine:
     name = ""
 
     def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
-        self.identity = identity
-        self.root = Path(root)
-        self.grace = grace
+        self.identity, self.root, self.grace = identity, Path(root), grace
 
     def describe(self) -> str:
         raise NotImplementedError

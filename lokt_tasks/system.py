@@ -326,11 +326,10 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data`` (old or new for a reader, even after a
-    crash): a temporary file (``prefix``, default ``.<name>.``) fsynced and
-    renamed, then the directory fsynced. ``mode`` None keeps 0600; ``durable``
-    False skips the fsyncs; ``exclusive`` links (FileExistsError if it exists).
-    """
+    """Replace ``path`` with ``data``, old or new for readers even after a crash
+    (a temporary file, ``prefix`` or ``.<name>.``, fsynced, renamed). ``mode``
+    None keeps 0600; ``durable`` False skips fsyncs; ``exclusive`` only creates
+    (else FileExistsError)."""
     directory, name = os.path.split(os.fspath(path))
     prefix = prefix or "." + name + "."
     temporary = os.path.join(directory, prefix + os.urandom(6).hex() + ".tmp")
