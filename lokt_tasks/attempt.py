@@ -2,7 +2,9 @@
 start record), ``start``, ``wait``, and ``finish`` (the final record,
 durably, before the lock is released). The start record proves that the
 command started, which ``lokt guard``'s exit code cannot (2 is both "held"
-and a command's own 2). The lokt engine has ``lokt guard`` run :func:`main`::
+and a command's own 2); an attempt abandoned (its agent died, its lock was
+lost) stops its command and writes no final record: ``verify`` calls it
+crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
@@ -45,8 +47,8 @@ USAGE_LINE = (
 
 
 class Attempt:
-    """Its record file, the record's other fields (JSON, with a unique ``attempt``
-    id), the command, the log (None: our stdout), the ``skip`` outcomes."""
+    """One attempt: its record file, the record's other fields (JSON, with a
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``."""
 
     def __init__(
         self,
@@ -276,7 +278,7 @@ class Watch:
 
 def main(argv: list) -> int:
     """Run one attempt as ``lokt guard``'s command, only as long as its agent
-    and its lock last (else it would race the rerun of its shard)."""
+    and its lock last (:class:`Watch`), or it would race the rerun of its shard."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:

@@ -345,7 +345,7 @@ class EmbeddedEngine(Engine):
             started = system.process_start_time(pid) or 0
             me = Claimant(identity.owner, identity.host, pid, identity.agent, started)
             try:
-                claim = self._acquire(request, me, int(lifetime))
+                claim = self._acquire(request, me)
             except OSError as error:
                 message = f"lock root {self.root} is unusable: {error}"
                 return GuardResult(GuardState.ERROR, message=message)
@@ -406,9 +406,7 @@ class EmbeddedEngine(Engine):
             return GuardResult(GuardState.RAN, message=message)
         return ran(*ended)
 
-    def _acquire(
-        self, request: GuardRequest, me: Claimant, ttl_sec: int
-    ) -> Union[LockData, GuardResult]:
+    def _acquire(self, request: GuardRequest, me: Claimant) -> Union[LockData, GuardResult]:
         name, wait, timeout = request.lock_name, request.wait, request.timeout
         lockfile.ensure_dirs(self.root)
         sweep(self.root, me)
@@ -423,7 +421,7 @@ class EmbeddedEngine(Engine):
         deadline = time.monotonic() + limit
         tries = 0
         while True:
-            tried = acquire_once(self.root, name, me, ttl_sec)
+            tried = acquire_once(self.root, name, me, int(effective_ttl(request.ttl)))
             if tried.acquired is not None:
                 return tried.acquired
             if tried.error:

@@ -1,5 +1,5 @@
 """lokt's on-disk format, byte for byte as lokt writes it, so that each
-engine understands (and never breaks by mistake) a lock the other took::
+engine understands (never breaks) a lock the other took. Under the root::
 
     locks/NAME.json      one lock (0700 directory; files 0600 via temp + rename)
     freezes/NAME.json    one freeze, same structure as a lock

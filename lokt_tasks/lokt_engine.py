@@ -129,7 +129,7 @@ class LoktEngine(Engine):
         errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
         message = (errors or lines or [""])[-1]  # lokt's reason, without "error: "
         if returncode == 2:
-            return self._refused(lock_name, message, request.wait, request.timeout)
+            return self._refused(request, message)
         if returncode < 0:
             message = f"lokt guard was killed by signal {-returncode} before the command started"
         elif not message:
@@ -151,20 +151,17 @@ class LoktEngine(Engine):
         message = held_message(lock_name, holder, False, None) + named
         return GuardResult(GuardState.HELD, holder=holder, message=message)
 
-    def _refused(
-        self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]
-    ) -> GuardResult:
+    def _refused(self, request: GuardRequest, lokt_message: str) -> GuardResult:
         """Exit 2 and no record of the attempt: held or frozen, as the files
         say (with --wait, lokt gives up with 2 only when frozen or timed out)."""
-        freeze = self.frozen_by(lock_name)
+        name = request.lock_name
+        freeze = self.frozen_by(name)
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
-            return GuardResult(
-                GuardState.FROZEN, holder=freeze, message=frozen_message(lock_name, freeze)
-            )
-        holder = self.holder(lock_name)
-        return GuardResult(
-            GuardState.HELD, holder=holder, message=held_message(lock_name, holder, wait, timeout)
-        )
+            message = frozen_message(name, freeze)
+            return GuardResult(GuardState.FROZEN, holder=freeze, message=message)
+        holder = self.holder(name)
+        message = held_message(name, holder, request.wait, request.timeout)
+        return GuardResult(GuardState.HELD, holder=holder, message=message)
 
     def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
         """lokt was killed before it could release: remove its lock, ours only."""

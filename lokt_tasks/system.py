@@ -43,7 +43,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_zombie(pid: int) -> bool:
-    """Exited, not reaped (told on Linux only): lokt calls it alive, in containers for seconds."""
+    """Exited but not yet reaped (Linux only): lokt calls it alive; in containers, for seconds."""
     fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
     return bool(fields) and fields[0] in (b"Z", b"X")
 
@@ -252,7 +252,8 @@ def not_started(program: str, error: OSError) -> tuple:
 
 def bootstrap(module: str) -> list:
     """The argv that runs ``lokt_tasks.<module>.main(argv)`` in an isolated
-    Python, from cached bytecode, the package's directory last on sys.path."""
+    Python (``-I -S``), from cached bytecode, with the package's directory
+    last on sys.path so that it cannot hide a standard module."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
@@ -289,7 +290,8 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
 def untrusted_directory(path: str | os.PathLike) -> str | None:
     """Why another user could write under directory ``path``, or None, as ssh
     and git judge it: it (or its nearest existing parent) must be ours or
-    root's, and no directory on the way writable by all unless sticky."""
+    root's, and no directory on the way writable by all unless sticky. One
+    writable by our group is a team's choice (umask 002), and allowed."""
     current, owner_checked = os.path.abspath(path), False
     while True:
         try:
