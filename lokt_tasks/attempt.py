@@ -1,45 +1,18 @@
-"""One attempt at a shard: its records, its command, its signals, written once.
-
-An attempt runs while its shard's lock is held, and every step of it
-happens under that lock:
-
-1. ``begin``: if ``skip`` names outcomes and the record already holds one of
-   them, from another attempt under the same plan, the shard is done: run
-   nothing. Else empty the log and write the start record (outcome
-   "running"), which proves the command started: ``lokt guard`` exits 2
-   both for "held" and for a command's own 2, so its exit code cannot.
-2. ``start``: the command, never through a shell, in a session of its own,
-   stdout and stderr to the log. One that cannot start ends as under a
-   shell: 127 (not found) or 126.
-3. ``wait``: forward a stop (SIGINT/SIGTERM) to the command once, SIGKILL
-   its process group if it outlives the grace period; once it ended, stop
-   what is left of its process group (SIGTERM, then SIGKILL). If the attempt
-   is abandoned (its agent died, its lock was lost), stop the whole group
-   and owe no final record.
-4. ``finish``: stamp how it ended (outcome, exit code, signal, times) and
-   write the final record durably, before the lock is released, so that
-   the next agent to claim the shard sees it done.
-
-The embedded engine holds its locks in the agent and calls these steps in
-its own process. The lokt engine has ``lokt guard`` run :func:`main` in a
-process of its own (``system.bootstrap("attempt")``)::
+"""One attempt at a shard, under its lock: ``begin`` (nothing to do, or the
+start record), ``start``, ``wait``, and ``finish`` (the final record,
+durably, before the lock is released). The start record proves that the
+command started, which ``lokt guard``'s exit code cannot (2 is both "held"
+and a command's own 2); an attempt abandoned (its agent died, its lock was
+lost) stops its command and writes no final record: ``verify`` calls it
+crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
            [--lock PATH] [--grace SECONDS] -- CMD...
 
-which watches the agent (PID), its guard and the lock file (PATH), and exits
-with the command's exit code, or 128 + N when signal N ended it, as a shell
-would.
-
-A record file is the stamped fields (``STAMPED_FIELDS``, in that order)
-followed by the rest, which the agent passes already in JSON
-(``results.unstamped_json``): the attempt needs no JSON encoder, as the
-stamps are numbers, null or plain ASCII words it makes itself. That and
-the imports: this module starts once per shard inside ``lokt guard``, so it
-imports only the standard library modules Python loads at start-up, plus
-``system``; ``json`` (which costs as much as starting Python) only to read
-a record back. The strings it writes ("running", "passed", ...) are the
-values of ``states.Outcome``, which it cannot import for that reason.
+which exits as a shell would: the command's code, or 128 + N for signal N.
+Started once per shard, it imports only what Python loads at start-up
+(``json`` only to read a record back), and writes records without a JSON
+encoder: the stamps in front of the rest (``results.unstamped_json``).
 """
 
 from __future__ import annotations
@@ -50,8 +23,7 @@ import time
 
 from . import system
 
-#: After a stop was forwarded (or the agent died): how long the command gets
-#: before its process group is killed.
+#: Seconds a command gets after a stop (or its agent's death) before SIGKILL.
 STOP_GRACE = 10.0
 #: How often a running attempt looks at stop requests and its agent.
 POLL_INTERVAL = 0.025
@@ -75,10 +47,8 @@ USAGE_LINE = (
 
 
 class Attempt:
-    """One attempt: its record file, the record's other fields (a JSON object
-    as ``results.unstamped_json`` writes it, with a unique ``attempt`` id),
-    the command, the log (None: the command writes to our stdout/stderr) and
-    the outcomes that make it run nothing (``skip``)."""
+    """One attempt: its record file, the record's other fields (JSON, with a
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``."""
 
     def __init__(
         self,
@@ -96,17 +66,12 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
-        self.started_at = ""
-        self._began = 0.0
+        self.started_at, self._began = "", 0.0  # set by begin
         self._log_fd: int | None = None
 
-    # --- the steps -------------------------------------------------------------
-
     def begin(self) -> bool:
-        """Under the lock: False if the shard is already done, else start the
-        log afresh and write the start record. Raises OSError, with the file
-        it names, when the log cannot be opened (a FIFO, a symbolic link...)
-        or the record written: nothing has run then."""
+        """False if the shard is already done, else empty the log and write the
+        start record; raises OSError naming the file (nothing has run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
         if self.log:
@@ -130,9 +95,8 @@ class Attempt:
     def start(
         self, *, env: dict | None = None, cwd: str | None = None, new_session: bool = True
     ) -> system.Child | int:
-        """Start the command (see ``system.start``): its Child, or the
-        shell's return code (127 or 126) when it could not start, the reason
-        written where its output goes."""
+        """Start the command (``system.start``): its Child, or 127 or 126 when
+        it could not start, the reason written where its output goes."""
         fd = self._log_fd
         try:
             return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
@@ -147,11 +111,8 @@ class Attempt:
     def wait(
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
-        """Wait for the command :meth:`start` gave (see :func:`supervise`),
-        then for the rest of its process group: what the command started and
-        left behind (a wrapper's test runner, a server) gets SIGTERM, then
-        SIGKILL after ``grace``, so that nothing of the shard runs on once its
-        lock is released. None when abandoned (the group is stopped then)."""
+        """:func:`supervise` what :meth:`start` gave, then stop what it left
+        behind in its group: nothing of the shard outlives its lock."""
         if isinstance(child, int):
             return child, None
         ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
@@ -160,18 +121,15 @@ class Attempt:
         return ended
 
     def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
-        """Write the final record, durably: the command's return code (-N:
-        killed by signal N; None: it never started) and the stop signal that
-        came while it ran, or None. False, writing nothing, when the record
-        is no longer this attempt's (another agent took the shard over, as it
-        may once our lock was lost). Raises OSError."""
+        """Write the final record from the return code (-N: signal N; None:
+        never started) and the stop signal that came; raises OSError. False,
+        writing nothing, if another agent took it over (our lock was lost)."""
         self._close_log()
         if not self._record_is_ours():
             return False
-        code = returncode if returncode is not None and returncode >= 0 else None
-        signal = (
-            system.signal_name(-returncode) if returncode is not None and returncode < 0 else None
-        )
+        code, signal = returncode, None
+        if returncode is not None and returncode < 0:
+            code, signal = None, system.signal_name(-returncode)
         if stopped_by:
             outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
         else:
@@ -181,31 +139,25 @@ class Attempt:
         return True
 
     def _record_is_ours(self) -> bool:
-        """Whether the record file still holds this attempt's id (a substring
-        check: json costs the attempt process more than the rest of a shard)."""
+        """Whether the record still holds our attempt id (by substring: json is costly)."""
         mark = '"attempt": "'
         start = self.fields.find(mark) + len(mark)
         attempt_id = self.fields[start : self.fields.find('"', start)]
         try:
-            text = system.read_file(self.record)
+            return ('"attempt": "%s"' % attempt_id).encode("ascii") in system.read_file(self.record)
         except OSError:
             return False
-        return ('"attempt": "%s"' % attempt_id).encode("ascii") in text
-
-    # --- the record ---------------------------------------------------------------
 
     def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
-        # NOTE: the start record is not fsynced (it costs more than the rest of
-        # a shard's bookkeeping): after a machine crash it can only be missing
-        # or empty, which verify reports as missing or corrupt, never passed.
+        # NOTE: the start record is not fsynced (costly): after a crash it is
+        # missing or empty, which verify reports as missing or corrupt.
         stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
     def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
-        """The command line that runs this attempt in a process of its own
-        inside ``lokt guard``, watching the agent ``agent_pid`` and the lock
-        file ``lock`` (see :class:`Watch`)."""
+        """The command line that runs this attempt inside ``lokt guard``,
+        watching the agent ``agent_pid`` and the lock file ``lock``."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
@@ -230,8 +182,7 @@ class Attempt:
 
 
 def record_text(stamps: dict, fields: str) -> str:
-    """A record file's text: ``stamps`` as lines in front of ``fields`` (a
-    JSON object, two-space indent), ASCII, with a final newline."""
+    """A record's text: ``stamps`` as lines in front of ``fields`` (JSON, indent 2)."""
     lines = "".join('  "%s": %s,\n' % (name, _json_value(value)) for name, value in stamps.items())
     return "{\n" + lines + fields[2:] + "\n"
 
@@ -240,21 +191,12 @@ def _json_value(value: object) -> str:
     """A stamp in JSON: null, a number, or one of our own plain ASCII words."""
     if value is None:
         return "null"
-    if isinstance(value, str):
-        return '"%s"' % value
-    return repr(value)
+    return '"%s"' % value if isinstance(value, str) else repr(value)
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
-    """True when the record holds one of the ``skip`` outcomes, written by
-    another attempt under the same plan (version and fingerprint).
-
-    A record that cannot be read is not done. The check of its fields is
-    lighter than ``results.read_record``'s (the fields of ours, with the same
-    JSON types, or null where a record may leave them empty); a record that
-    passes here but not there can only be hand-made, and ``verify`` still
-    calls it corrupt, never passed.
-    """
+    """Whether another attempt under the same plan left a ``skip`` outcome (a
+    lighter check than ``results.read_record``'s, which still judges it)."""
     try:
         data = system.read_file(record_path)
     except OSError:
@@ -286,14 +228,9 @@ def already_done(record_path: str, fields: str, skip: tuple) -> bool:
 def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
-    """Wait for ``child`` to end: ``(returncode, stop signal or None)``, or
-    None when ``abandoned()`` said so (the child is stopped then).
-
-    ``stopped()`` returns the number of a stop signal asked for, or None: it
-    is forwarded once to the child itself (which passes it on to its own
-    children, as ``lokt guard`` does); after ``grace`` seconds the child's
-    whole process group is killed.
-    """
+    """Wait for ``child``: ``(returncode, stop signal or None)``, or None once
+    ``abandoned()`` (its group stopped). A ``stopped()`` signal goes once to
+    the child, as ``lokt guard`` does; SIGKILL to its group ``grace`` s later."""
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
         signum = stopped()
@@ -304,42 +241,27 @@ def supervise(
             child.kill_group()
             kill_at = None
         if abandoned is not None and abandoned():
-            stop_orphaned(child, grace)
+            system.stop_groups([child.pid], grace)
+            child.wait()
             return None
     # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
     # terminal can reach both at once.
     return child.returncode, forwarded or stopped()
 
 
-def stop_orphaned(child: system.Child, grace: float) -> None:
-    """End the command of an attempt that is abandoned (its agent died, or
-    its lock was lost): SIGTERM to its whole process group, then SIGKILL
-    after ``grace`` seconds, and reap it."""
-    system.stop_groups([child.pid], grace)
-    child.wait()
-
-
-# --- The attempt as a process of its own, inside ``lokt guard`` ------------------
-
-
 class Watch:
-    """Whether an attempt running inside ``lokt guard`` is abandoned: its
-    agent died (pid gone, a zombie, or reused: another start time), the
-    ``lokt guard`` that runs it died (we were handed to another parent), or
-    the lock is no longer that guard's (``lock``: its lock file, which lokt
-    writes with ``"pid": N,`` on a line of its own)."""
+    """Whether an attempt inside ``lokt guard`` is abandoned: its agent died
+    (or its pid was reused), its guard died (another parent), or the lock
+    file no longer names the guard (lokt writes ``"pid": N,`` on a line)."""
 
     def __init__(self, agent_pid: int, lock: str | None) -> None:
-        self.agent_pid = agent_pid
-        self.agent_start = system.process_start_time(agent_pid)
-        self.guard_pid = os.getppid()
-        self.lock = lock
+        self.agent_pid, self.agent_start = agent_pid, system.process_start_time(agent_pid)
+        self.guard_pid, self.lock = os.getppid(), lock
 
     def agent_gone(self) -> bool:
         if system.process_gone(self.agent_pid):
             return True
-        now = system.process_start_time(self.agent_pid)
-        return self.agent_start is not None and now != self.agent_start
+        return self.agent_start not in (None, system.process_start_time(self.agent_pid))
 
     def lock_lost(self) -> bool:
         if self.lock is None:
@@ -355,22 +277,9 @@ class Watch:
 
 
 def main(argv: list) -> int:
-    """Run one attempt as ``lokt guard``'s command (see the module docstring).
-
-    The command lives only as long as the agent that asked for it and the
-    lock that covers it. Killed outright (a CI timeout, kill -9), the agent
-    leaves ``lokt guard`` (in a session of its own) running; a guard killed
-    alone, or a lock taken over (the guard was stopped past its TTL, or
-    another agent of the same name re-entered it, as lokt allows one owner),
-    leaves the command unlocked. Either way a command left running would
-    race the rerun of its shard: the attempt stops its whole process group
-    and writes no final record (the start record stays, and ``verify`` calls
-    the shard crashed, as it is), or runs nothing at all.
-    """
-    try:
-        separator = argv.index("--")
-    except ValueError:
-        separator = len(argv)
+    """Run one attempt as ``lokt guard``'s command, only as long as its agent
+    and its lock last (:class:`Watch`), or it would race the rerun of its shard."""
+    separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
         if word in ("--agent", "--log", "--skip", "--lock", "--grace"):
@@ -379,18 +288,13 @@ def main(argv: list) -> int:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
-    if (
-        len(positional) != 2
-        or not command
-        or not agent_pid.isdigit()
-        or not positional[1].startswith("{\n")
-    ):
+    usable = len(positional) == 2 and command and agent_pid.isdigit()
+    if not usable or not positional[1].startswith("{\n"):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
-    attempt = Attempt(
-        positional[0], positional[1], command, log=options.get("--log") or None, skip=skip
-    )
+    record, fields = positional
+    attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
     grace = float(options.get("--grace") or STOP_GRACE)
     watch = Watch(int(agent_pid), options.get("--lock") or None)
     if watch.agent_gone():
@@ -399,9 +303,7 @@ def main(argv: list) -> int:
         return LOCK_LOST
 
     received: list = []
-    previous = system.on_signals(
-        system.STOP_SIGNALS, lambda number, _frame: received.append(number)
-    )
+    previous = system.on_signals(system.STOP_SIGNALS, lambda signum, _: received.append(signum))
     try:
         if not attempt.begin():
             return ALREADY_DONE

@@ -1,44 +1,13 @@
-"""The embedded engine: lokt's locking protocol in Python.
+"""The embedded engine: lokt's locking protocol in Python, on lokt's files
+(``lockfile``), so that it and ``lokt guard`` exclude each other: sweep,
+freeze check, acquire, heartbeat and release, each audited as lokt does.
+The holder named in its lock files is the agent's ``Watchdog``.
 
-For machines without the lokt binary. It reads and writes the same files in
-the same format (``lockfile``) and follows the same rules, so an embedded
-agent and a ``lokt guard`` exclude each other:
-
-- sweep the whole root first: remove corrupt files, and expired locks whose
-  holder is on another host or dead here (a live holder is kept);
-- an unexpired freeze (freezes/NAME.json) refuses the lock; an expired one
-  is removed;
-- acquire by creating locks/NAME.json with O_EXCL, then writing it by temp
-  file + fsync + rename + directory fsync. An existing empty file means
-  another agent is between those two steps: held. A corrupt file is
-  removed; a holder on this host whose pid is dead (or was reused, the
-  start time differs) is pruned; otherwise the lock is held;
-- while the command runs, a heartbeat renews the lock every max(TTL/2,
-  0.5 s) as long as owner, host and pid in the file are still ours;
-- release removes the lock only if owner and lock_id are still ours.
-Every step appends lokt's audit event to audit.log.
-
-The lock file's pid is this process (as ``lokt guard`` records itself, not
-the command): the lock lives as long as the agent that holds it. The
-command runs in its own session, so a Ctrl-C at the terminal reaches only
-the agent, which forwards it. If the agent is killed outright, its
-``Watchdog`` (a process that outlives it, see watchdog.py) stops the
-command, which would otherwise run on, no longer locked. (Under a killed
-``lokt guard`` a command does run on.)
-
-Stricter than lokt, on purpose:
-- Never re-entrant. lokt lets the same owner overwrite a lock; here a lock
-  with our owner is held like any other while its pid lives, and pruned like
-  any other when it is dead.
-- Waiting (``wait=True``) never breaks an expired lock whose holder is alive
-  on this host; lokt's ``--wait`` does. A live holder renews its lock, so
-  such a lock belongs to a stalled process, not a finished one.
-- A zombie holder (exited, not reaped: containers without an init) is dead.
-- A stale or corrupt file is removed only if it still reads as it did when
-  judged, so an agent never deletes the fresh lock of another that pruned
-  the same file a moment earlier.
-Like lokt, an empty lock file is never broken: if a crash left one behind,
-the name stays held until someone removes the file.
+Stricter than lokt, on purpose: never re-entrant; waiting never breaks an
+expired lock whose holder is alive here (it is stalled, not finished); a
+zombie holder is dead; a stale file is removed only if it still reads as
+judged (never another agent's fresh lock); an empty lock file older than
+``lockfile.EMPTY_LOCK_ABANDONED_AFTER`` is abandoned.
 """
 
 from __future__ import annotations
@@ -55,15 +24,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional, Union
 
 from . import lockfile, system
-from .attempt import Attempt
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
-    STOP_GRACE,
     Engine,
+    GuardRequest,
     GuardResult,
     Holder,
-    Identity,
-    StopRequest,
     effective_ttl,
     frozen_message,
     held_message,
@@ -71,14 +37,7 @@ from .engine import (
     interrupted_before_start,
     ran,
 )
-from .lockfile import (
-    CorruptLockFile,
-    EmptyLockFile,
-    LockData,
-    LockFileError,
-    UnsupportedVersion,
-    append_audit,
-)
+from .lockfile import CorruptLockFile, EmptyLockFile, LockData, LockFileError, UnsupportedVersion
 from .states import GuardState
 
 BACKOFF_START = 0.05
@@ -99,34 +58,16 @@ class Claimant:
     pid_start_ns: int
 
     def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
-        return LockData(
-            name=name,
-            owner=self.owner,
-            host=self.host,
-            pid=self.pid,
-            lock_id=os.urandom(16).hex(),
-            pid_start_ns=self.pid_start_ns,
-            agent_id=self.agent_id,
-            acquired_ns=at_ns,
-            ttl_sec=ttl_sec,
-            expires_ns=at_ns + ttl_sec * 1_000_000_000 if ttl_sec > 0 else None,
-        )
+        """A lock of ours on ``name``, with a new lock_id, acquired at ``at_ns``."""
+        lock_id, started = os.urandom(16).hex(), self.pid_start_ns
+        fresh = LockData(name, lock_id=lock_id, pid_start_ns=started, ttl_sec=ttl_sec, **self.who())
+        return fresh.renewed(at_ns)
 
     def who(self) -> Dict[str, Any]:
-        """Who we are in audit lines."""
         return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
 
     def audit(self, root: Path, event: str, name: str, **fields) -> None:
-        line = lockfile.audit_line(
-            event,
-            name,
-            owner=self.owner,
-            host=self.host,
-            pid=self.pid,
-            agent_id=self.agent_id,
-            **fields,
-        )
-        append_audit(root, line)
+        lockfile.append_audit(root, lockfile.audit_line(event, name, **{**self.who(), **fields}))
 
 
 @dataclass(frozen=True)
@@ -139,7 +80,8 @@ class LockTry:
 
 
 def sweep(root: Path, me: Claimant) -> None:
-    """lokt's opportunistic sweep of locks/ and freezes/ before acquiring."""
+    """lokt's sweep of locks/ and freezes/ before acquiring: corrupt files, and
+    expired locks whose holder is on another host or dead here, go."""
     for directory in (lockfile.locks_dir(root), lockfile.freezes_dir(root)):
         try:
             paths = sorted(directory.glob("*.json"))
@@ -171,38 +113,24 @@ def _sweep_one(root: Path, path: Path, me: Claimant) -> None:
     if lock is not None:
         extra.update(pruned_owner=lock.owner, pruned_host=lock.host, pruned_pid=lock.pid)
     # lokt writes sweep events without agent_id and lock_id.
-    line = lockfile.audit_line(
-        "auto-prune",
-        path.name[: -len(".json")],
-        owner=me.owner,
-        host=me.host,
-        pid=me.pid,
-        extra=extra,
-    )
-    append_audit(root, line)
+    me.audit(root, "auto-prune", path.name[: -len(".json")], agent_id="", extra=extra)
 
 
 def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
-    """The unexpired freeze of name, after logging freeze-deny; else None.
-
-    Expired and corrupt freezes are removed. Raises UnsupportedVersion for a
-    freeze written by a newer lokt (lokt refuses to guard then, too).
-    """
+    """The unexpired freeze of name (audited), else None, removing expired and
+    corrupt ones; UnsupportedVersion for a newer lokt's (lokt refuses too)."""
     for path in (lockfile.freeze_path(root, name), lockfile.legacy_freeze_path(root, name)):
+        freeze: Optional[LockData] = None
         try:
             text = lockfile.read_text(path)
+            freeze = lockfile.parse_lock(text)
         except FileNotFoundError:
             continue
-        except OSError:
-            return None
-        try:
-            freeze = lockfile.parse_lock(text)
         except CorruptLockFile:
-            lockfile.remove_if_unchanged(path, text)
+            pass
+        except (OSError, EmptyLockFile):
             return None
-        except EmptyLockFile:
-            return None
-        if freeze.expired():
+        if freeze is None or freeze.expired():
             lockfile.remove_if_unchanged(path, text)
             return None
         extra = {"freeze_owner": freeze.owner, "freeze_host": freeze.host, "freeze_pid": freeze.pid}
@@ -212,8 +140,8 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
 
 
 def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    """One non-blocking try, as lokt's Acquire (but never re-entrant, and a
-    lock that nobody can hold any more is pruned: see ``prune_abandoned``)."""
+    """One non-blocking try, as lokt's Acquire, but never re-entrant (see
+    ``lockfile.prune_abandoned`` for the locks nobody can hold any more)."""
     path = lockfile.lock_path(root, name)
     for _ in range(3):  # the name is taken again and again only under a race
         lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
@@ -235,20 +163,13 @@ def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
         return LockTry()  # gone a moment ago, or being written: held by nobody known
     except OSError as error:  # not a regular file, a symbolic link, unreadable
         return LockTry(error=f"{path}: {error.strerror or error}")
-    extra = {
-        "holder_owner": existing.owner,
-        "holder_host": existing.host,
-        "holder_pid": existing.pid,
-    }
+    extra = dict(holder_owner=existing.owner, holder_host=existing.host, holder_pid=existing.pid)
     me.audit(root, "deny", name, ttl_sec=ttl_sec, extra=extra)
     return LockTry(holder=existing)
 
 
 def break_stale(root: Path, name: str, me: Claimant) -> None:
-    """Between waits: free a corrupt lock, or an expired one from another host.
-
-    Dead holders on this host are pruned by ``acquire_once`` itself.
-    """
+    """Between waits: free a corrupt lock, or an expired one from another host."""
     path = lockfile.lock_path(root, name)
     try:
         text = lockfile.read_text(path)
@@ -291,9 +212,7 @@ def release(root: Path, name: str, me: Claimant, lock_id: str) -> bool:
         existing = lockfile.read_lock(path)
     except (OSError, LockFileError):
         return False
-    if existing.owner != me.owner or existing.lock_id != lock_id:
-        return False
-    if not lockfile.remove_file(path):
+    if (existing.owner, existing.lock_id) != (me.owner, lock_id) or not lockfile.remove_file(path):
         return False
     me.audit(root, "release", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
     return True
@@ -305,78 +224,53 @@ def backoff(attempt: int) -> float:
     return interval * random.uniform(0.75, 1.25)
 
 
-class Heartbeat:
-    """Renews a lock in a thread while the command runs."""
+class Heartbeat(threading.Thread):
+    """Renews a lock every ``interval`` seconds (while owner, host and pid are
+    ours) until stopped; ``lost`` once the lock is no longer ours."""
 
-    def __init__(self, root: Path, name: str, me: Claimant, interval: float) -> None:
-        self.root = root
-        self.name = name
-        self.me = me
-        self.interval = interval
-        self.lost = False
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lokt-heartbeat-{name}", daemon=True
-        )
+    def __init__(self, root: Path, lock_name: str, me: Claimant, interval: float) -> None:
+        super().__init__(name=f"lokt-heartbeat-{lock_name}", daemon=True)
+        self.root, self.lock_name, self.me, self.interval = root, lock_name, me, interval
+        self.lost, self.stopped = False, threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            if renew(self.root, self.lock_name, self.me) is False:
+                self.lost = True
+                warning = f"lock {self.lock_name!r} is no longer ours; not renewing it"
+                print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
+                return
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            if renew(self.root, self.name, self.me) is False:
-                self.lost = True
-                print(
-                    f"lokt-tasks: warning: lock {self.name!r} is no longer ours; not renewing it",
-                    file=sys.stderr,
-                )
-                return
+        self.stopped.set()
+        self.join()
 
 
 class Watchdog:
-    """The process that holds this agent's locks and stops its commands if
-    the agent dies (see watchdog.py).
-
-    Its pid, not the agent's, is the holder in every lock file this engine
-    writes. It lives as long as the agent; when the agent dies, however it
-    dies, it stops the agent's commands (their whole process groups) and
-    ends only once they are gone. So a lock of ours is free for another agent
-    only once nothing of its shard runs any more. It starts once per engine,
-    in a session of its own; it is told of each command once it runs
-    (``watch``) and once it is reaped (``forget``).
-    """
+    """The process that holds this agent's locks and stops its commands if it
+    dies (watchdog.py), told of each command run (``watch``) and reaped."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen[bytes]] = None
-        #: The write end of the watchdog's stdin: ours alone, closed when we
-        #: are (or when this object is collected), which ends the watchdog.
+        #: Our end of the watchdog's stdin: closing it (as our death does) ends it.
         self._pipe: Optional[BinaryIO] = None
         self._unavailable = False
 
     def holder(self) -> int:
-        """The pid to hold a new lock: the watchdog's, started now if it does
-        not run; our own (with a warning) if it cannot start."""
+        """The pid to hold a new lock: the watchdog's (started if need be), else ours."""
         with self._lock:
-            if not self._unavailable and (
-                self._process is None or self._process.poll() is not None
-            ):
+            process = self._process
+            if not self._unavailable and (process is None or process.poll() is not None):
                 self._start()
             return os.getpid() if self._process is None else self._process.pid
 
     def alive(self, holder: int) -> bool:
-        """Whether ``holder`` (from :meth:`holder`) still holds our locks: a
-        watchdog that died took them with it."""
+        """Whether ``holder`` still holds our locks (a dead watchdog took them)."""
         process = self._process
-        if holder == os.getpid():
-            return True
-        return process is not None and process.pid == holder and process.poll() is None
+        mine = process is not None and process.pid == holder and process.poll() is None
+        return holder == os.getpid() or mine
 
     def watch(self, pid: int) -> None:
         start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
@@ -414,8 +308,9 @@ class Watchdog:
         except OSError as error:
             os.close(write_end)
             self._unavailable = True
+            reason = error.strerror or error
             print(
-                f"lokt-tasks: warning: cannot start the watchdog ({error.strerror or error}):"
+                f"lokt-tasks: warning: cannot start the watchdog ({reason}):"
                 " if this agent is killed, its commands will run on",
                 file=sys.stderr,
             )
@@ -429,14 +324,11 @@ class Watchdog:
 
 class EmbeddedEngine(Engine):
     name = "embedded"
-
-    def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
-        super().__init__(identity, root, grace=grace)
-        self._watchdog: Optional[Watchdog] = None
+    _watchdog: Optional[Watchdog] = None
 
     @property
     def watchdog(self) -> Watchdog:
-        """This engine's watchdog, given the grace the engine has when it first runs a command."""
+        """This engine's watchdog, with the engine's grace when it first runs a command."""
         if self._watchdog is None:
             self._watchdog = Watchdog(self.grace)
         return self._watchdog
@@ -444,48 +336,32 @@ class EmbeddedEngine(Engine):
     def describe(self) -> str:
         return "embedded engine"
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
-        lifetime = effective_ttl(ttl)
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        name, attempt, stop = request.lock_name, request.attempt, request.stop
+        lifetime = effective_ttl(request.ttl)
         heartbeat = None
         with ExitStack() as cleanup:  # unwinds in reverse: heartbeat, then the lock
-            holder = self.watchdog.holder()
-            me = Claimant(
-                self.identity.owner,
-                self.identity.host,
-                holder,
-                self.identity.agent,
-                system.process_start_time(holder) or 0,
-            )
+            pid, identity = self.watchdog.holder(), self.identity
+            started = system.process_start_time(pid) or 0
+            me = Claimant(identity.owner, identity.host, pid, identity.agent, started)
             try:
-                claim = self._acquire(lock_name, me, int(lifetime), wait, timeout, stop)
+                claim = self._acquire(request, me)
             except OSError as error:
-                return GuardResult(
-                    GuardState.ERROR, message=f"lock root {self.root} is unusable: {error}"
-                )
+                message = f"lock root {self.root} is unusable: {error}"
+                return GuardResult(GuardState.ERROR, message=message)
             if isinstance(claim, GuardResult):
                 return claim
-            cleanup.callback(release, self.root, lock_name, me, claim.lock_id)
+            cleanup.callback(release, self.root, name, me, claim.lock_id)
             if lifetime > 0:
-                heartbeat = Heartbeat(self.root, lock_name, me, max(lifetime / 2, 0.5))
+                heartbeat = Heartbeat(self.root, name, me, max(lifetime / 2, 0.5))
                 heartbeat.start()
                 cleanup.callback(heartbeat.stop)
             if stop.is_set():
-                return interrupted_before_start(stop)
-            path = lockfile.lock_path(self.root, lock_name)
+                return interrupted_before_start(stop.signum)
+            path = lockfile.lock_path(self.root, name)
 
             def lost() -> bool:
-                """Whether the lock is no longer ours: taken over (say, after
-                we were stopped past its TTL), or its holder died."""
+                """Whether the lock is no longer ours (taken over, or its holder died)."""
                 return (
                     (heartbeat is not None and heartbeat.lost)
                     or not self.watchdog.alive(me.pid)
@@ -493,30 +369,22 @@ class EmbeddedEngine(Engine):
                 )
 
             try:
-                result = self._attempt(attempt, env, cwd, stop, lost)
+                return self._attempt(request, lost)
             except OSError as error:  # from begin or finish: the log or the record
                 where = error.filename or attempt.record
                 message = f"cannot write {where}: {error.strerror or error}"
-                result = GuardResult(GuardState.ERROR, message=message)
-        return result
+                return GuardResult(GuardState.ERROR, message=message)
 
-    def _attempt(
-        self,
-        attempt: Attempt,
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-        lost: Callable[[], bool],
-    ) -> GuardResult:
-        """The attempt, in this process, under the lock we hold. If the lock
-        is ``lost()`` meanwhile, the command is stopped and no final record
-        written: the shard was not run under its lock to the end."""
+    def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
+        """The attempt, under our lock. If the lock is ``lost()`` meanwhile,
+        the command is stopped and no final record written."""
+        attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
-            attempt.finish(None, stop.asked())
-            return interrupted_before_start(stop)
-        child = attempt.start(env=env, cwd=str(cwd) if cwd else None)
+            attempt.finish(None, stop.signum)
+            return interrupted_before_start(stop.signum)
+        child = attempt.start(env=request.env, cwd=request.cwd)
         if isinstance(child, int):
             attempt.finish(child, None)
             return ran(child)
@@ -531,19 +399,15 @@ class EmbeddedEngine(Engine):
             if child.returncode is not None:
                 self.watchdog.forget(child.pid)
         if ended is None or lost() or not attempt.finish(*ended):
-            message = "the lock was lost while the command ran: it was stopped, and no final record written"
+            message = (
+                "the lock was lost while the command ran: it was stopped,"
+                " and no final record written"
+            )
             return GuardResult(GuardState.RAN, message=message)
         return ran(*ended)
 
-    def _acquire(
-        self,
-        name: str,
-        me: Claimant,
-        ttl_sec: int,
-        wait: bool,
-        timeout: Optional[float],
-        stop: Optional[StopRequest],
-    ) -> Union[LockData, GuardResult]:
+    def _acquire(self, request: GuardRequest, me: Claimant) -> Union[LockData, GuardResult]:
+        name, wait, timeout = request.lock_name, request.wait, request.timeout
         lockfile.ensure_dirs(self.root)
         sweep(self.root, me)
         try:
@@ -557,7 +421,7 @@ class EmbeddedEngine(Engine):
         deadline = time.monotonic() + limit
         tries = 0
         while True:
-            tried = acquire_once(self.root, name, me, ttl_sec)
+            tried = acquire_once(self.root, name, me, int(effective_ttl(request.ttl)))
             if tried.acquired is not None:
                 return tried.acquired
             if tried.error:
@@ -565,23 +429,15 @@ class EmbeddedEngine(Engine):
             remaining = deadline - time.monotonic()
             if not wait or remaining <= 0:
                 holder = self._holder_of(name, tried.holder)
-                return GuardResult(
-                    GuardState.HELD,
-                    holder=holder,
-                    message=held_message(name, holder, wait, timeout),
-                )
-            pause = min(backoff(tries), remaining)
+                message = held_message(name, holder, wait, timeout)
+                return GuardResult(GuardState.HELD, holder=holder, message=message)
+            if request.stop.wait(min(backoff(tries), remaining)):
+                return interrupted_before_start(request.stop.signum)
             tries += 1
-            if stop is not None:
-                if stop.wait(pause):
-                    return interrupted_before_start(stop)
-            else:
-                time.sleep(pause)
             break_stale(self.root, name, me)
 
     def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:
-        """The holder to report; an empty file is read again for a moment,
-        as its writer is normally between create and rename."""
+        """The holder to report, reading an empty file again for a moment."""
         if seen is not None:
             return holder_from_lock(seen, name)
         for _ in range(SETTLE_TRIES):

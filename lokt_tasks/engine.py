@@ -1,39 +1,18 @@
-"""The lock engine: acquire a lock, hold it while an attempt runs, release it.
-
-Two engines speak the same on-disk protocol (see ``lockfile``), so agents
-using either exclude each other: ``lokt`` drives the real binary
-(``lokt guard``, in ``lokt_engine``), ``embedded`` implements the protocol in
-Python for machines without lokt (``embedded``). This module holds what they
-share; ``run.select_engine`` picks one. An engine runs an
-:class:`~lokt_tasks.attempt.Attempt` and never calls back into the run layer:
-whether the command started is told by the attempt's own record.
-
-Identity. lokt lets a caller whose owner equals the lock's owner re-enter the
-lock, so two agents of one OS user would both "acquire" it. Every agent
-therefore gets its own owner::
+"""What both lock engines share: acquire a lock, hold it while an attempt
+runs, release it; and who we are in lock files. lokt lets a caller re-enter
+a lock whose owner is its own, so every agent gets an owner of its own::
 
     agent = --agent, else $LOKT_AGENT_ID, else "agent-" + 8 random hex digits
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
 
-The command runs with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set to these
-values, with either engine.
-
-Lock root (where locks live), the same for both engines: ``$LOKT_ROOT``, else
-``<git common dir>/lokt`` (shared by all worktrees of a repository), else
-``.lokt`` in the working directory. The lokt engine passes it to lokt
-explicitly, so both always agree.
-
-TTL. A lock expires TTL seconds after its last renewal; while the command
-runs, the lock is renewed every max(TTL/2, 0.5 s). lokt stores whole seconds,
-and writes an already-expired lock for a TTL under one second, so both
-engines round a positive TTL below one second up to one second. A TTL of 0
-means a lock that never expires (and no renewal).
+and its commands run with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -43,15 +22,13 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from . import lockfile
-from .attempt import STOP_GRACE, Attempt
+from .attempt import POLL_INTERVAL, STOP_GRACE, Attempt
 from .errors import EngineError, UsageError
 from .lockfile import LockData, LockFileError, validate_lock_name
 from .states import GuardState
 
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
-#: How often a stop request is looked at while waiting.
-POLL_INTERVAL = 0.025
 
 
 @dataclass(frozen=True)
@@ -71,24 +48,9 @@ class Holder:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """What happened when we asked to run an attempt under a lock.
-
-    ``state`` is one of:
-    - "ran": the command started; ``exit_code`` (or ``signal``, the number of
-      the signal that killed it, with ``exit_code`` None) tells how it ended.
-      A command that could not be executed ran like under a shell: 127 when
-      not found, 126 when not executable.
-    - "held": another agent holds the lock; ``holder`` says who (None when the
-      holder could not be read, e.g. it was being written). Nothing ran.
-    - "frozen": the lock name is frozen; ``holder`` is who froze it. Nothing ran.
-    - "interrupted": a stop request came before the command started. Nothing
-      ran; ``interrupted`` is the signal number.
-    - "skipped": the lock was ours, but the attempt found its shard done.
-    - "error": the engine failed, or a record could not be written; ``message``
-      says why.
-    ``interrupted`` is the signal number (SIGINT/SIGTERM) of a stop request
-    that came while the command ran, or None.
-    """
+    """What became of an attempt under a lock: how the command ended (127/126:
+    it could not start; ``signal``: the one that killed it), who holds or
+    froze the lock (None if unreadable), the stop signal that came."""
 
     state: GuardState
     exit_code: Optional[int] = None
@@ -102,35 +64,43 @@ class GuardResult:
         return self.state == GuardState.RAN
 
 
-class StopRequest:
-    """A stop asked for from outside (Ctrl-C, SIGTERM), shared with workers.
+@dataclass(frozen=True)
+class GuardRequest:
+    """The arguments of :meth:`Engine.guard`, checked, for an engine's ``_guard``."""
 
-    The main thread records the signal; every guard polls it and forwards the
-    signal to its command, then releases its lock. ``request`` takes no lock,
-    so a signal handler may call it while the main thread is in ``wait``
-    (a threading.Event could deadlock there).
-    """
+    lock_name: str
+    attempt: Attempt
+    ttl: float
+    wait: bool
+    timeout: Optional[float]
+    env: Dict[str, str]
+    cwd: Optional[str]
+    stop: StopRequest
+
+
+class StopRequest:
+    """A stop asked for (Ctrl-C, SIGTERM), polled by every guard. It takes no
+    lock, so a signal handler may call ``request`` while the main thread is
+    in ``wait`` (a threading.Event could deadlock there)."""
 
     def __init__(self) -> None:
-        self._requested = False
         self.signum: Optional[int] = None
 
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
-            self.signum = signum
-        self._requested = True
+            self.signum = signum or signal.SIGINT
 
     def is_set(self) -> bool:
-        return self._requested
+        return self.signum is not None
 
     def asked(self) -> Optional[int]:
         """The signal of the stop asked for, or None: what ``Attempt.wait`` polls."""
-        return (self.signum or signal.SIGINT) if self._requested else None
+        return self.signum
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to timeout seconds; True as soon as a stop is requested."""
         deadline = time.monotonic() + timeout
-        while not self._requested:
+        while self.signum is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -148,7 +118,7 @@ class Identity:
 
 
 def make_identity(agent: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Identity:
-    """The agent (argument, $LOKT_AGENT_ID or random) and its own lokt owner."""
+    """The agent and its own lokt owner (see the module docstring)."""
     environ = os.environ if env is None else env
     name = (agent or "").strip() or environ.get("LOKT_AGENT_ID", "").strip()
     if not name:
@@ -159,10 +129,8 @@ def make_identity(agent: Optional[str] = None, env: Optional[Mapping[str, str]] 
 
 def os_user_name() -> str:
     try:
-        import pwd
-
         return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
+    except KeyError:
         pass
     try:
         return getpass.getuser()
@@ -171,31 +139,27 @@ def os_user_name() -> str:
 
 
 def find_lock_root(cwd: Path) -> Path:
-    """$LOKT_ROOT, else <git common dir>/lokt, else cwd/.lokt (always absolute)."""
+    """Where locks live, for both engines: $LOKT_ROOT, else <git common
+    dir>/lokt (shared by all worktrees), else cwd/.lokt; always absolute."""
     base = os.path.abspath(cwd)
     configured = os.environ.get("LOKT_ROOT", "")
     if configured:
         return Path(os.path.normpath(os.path.join(base, configured)))
+    command = ["git", "rev-parse", "--git-common-dir"]
     try:
-        git = subprocess.run(
-            ["git", "rev-parse", "--git-common-dir"],
-            cwd=base,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        git = subprocess.run(command, cwd=base, capture_output=True, text=True)
+        common = git.stdout.strip() if git.returncode == 0 else ""
     except OSError:
-        git = None
-    if git is not None and git.returncode == 0 and git.stdout.strip():
-        return Path(os.path.normpath(os.path.join(base, git.stdout.strip()))) / "lokt"
+        common = ""
+    if common:
+        return Path(os.path.normpath(os.path.join(base, common))) / "lokt"
     return Path(base) / ".lokt"
 
 
 def effective_ttl(ttl: float) -> float:
-    """0 (no TTL) or at least one second: lokt stores whole seconds."""
-    if ttl <= 0:
-        return 0.0
-    return max(float(ttl), 1.0)
+    """0 (a lock that never expires) or at least one second: lokt stores whole
+    seconds, and writes an already-expired lock for a TTL under one second."""
+    return 0.0 if ttl <= 0 else max(float(ttl), 1.0)
 
 
 def holder_from_lock(lock: LockData, name: str) -> Holder:
@@ -212,17 +176,19 @@ def holder_from_lock(lock: LockData, name: str) -> Holder:
     )
 
 
+def _who(holder: Holder) -> str:
+    """A holder as lokt names it: owner (agent: A)@host."""
+    agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
+    return f"{holder.owner}{agent}@{holder.host}"
+
+
 def held_message(name: str, holder: Optional[Holder], wait: bool, timeout: Optional[float]) -> str:
-    """lokt's words for a lock it could not take, naming the holder as lokt does:
-    owner (agent: A)@host (pid N); after a wait, how long it waited."""
+    """lokt's words for a lock it could not take; after a wait, how long it waited."""
     if holder is None:
         message = f'lock "{name}" is held by another agent (its lock file is being written)'
     else:
-        agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
-        message = (
-            f'lock "{name}" held by {holder.owner}{agent}@{holder.host} (pid {holder.pid})'
-            f" for {int(holder.age_sec)}s"
-        )
+        age = int(holder.age_sec)
+        message = f'lock "{name}" held by {_who(holder)} (pid {holder.pid}) for {age}s'
     if not wait:
         return message
     limit = timeout if timeout is not None and timeout > 0 else DEFAULT_WAIT_TIMEOUT
@@ -230,18 +196,13 @@ def held_message(name: str, holder: Optional[Holder], wait: bool, timeout: Optio
 
 
 def frozen_message(name: str, holder: Optional[Holder]) -> str:
-    if holder is None:
-        return f'lock "{name}" is frozen'
-    agent = f" (agent: {holder.agent_id})" if holder.agent_id else ""
-    return f'lock "{name}" is frozen by {holder.owner}{agent}@{holder.host}'
+    return f'lock "{name}" is frozen' + (f" by {_who(holder)}" if holder else "")
 
 
-def interrupted_before_start(stop: StopRequest) -> GuardResult:
-    return GuardResult(
-        GuardState.INTERRUPTED,
-        interrupted=stop.signum or signal.SIGINT,
-        message="stopped before the command started",
-    )
+def interrupted_before_start(signum: Optional[int]) -> GuardResult:
+    """Nothing ran: the stop request ``signum`` (None: SIGINT) came first."""
+    message = "stopped before the command started"
+    return GuardResult(GuardState.INTERRUPTED, interrupted=signum or signal.SIGINT, message=message)
 
 
 def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
@@ -252,19 +213,13 @@ def ran(returncode: int, interrupted: Optional[int] = None) -> GuardResult:
 
 
 class Engine:
-    """What the run layer needs from a lock engine.
-
-    Reading lock state (``holder``, ``frozen_by``, ``held_locks``) reads the
-    files directly for both engines: it never removes or rewrites anything,
-    unlike ``lokt status``, which sweeps the root first.
-    """
+    """What the run layer needs from a lock engine. Lock state is read from
+    the files for both engines: unlike ``lokt status``, it changes nothing."""
 
     name = ""
 
     def __init__(self, identity: Identity, root: Path, *, grace: float = STOP_GRACE) -> None:
-        self.identity = identity
-        self.root = Path(root)
-        self.grace = grace
+        self.identity, self.root, self.grace = identity, Path(root), grace
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -281,40 +236,25 @@ class Engine:
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
     ) -> GuardResult:
-        """Run ``attempt`` while holding lock_name.
-
-        ``ttl`` in seconds (0: a lock that never expires); ``timeout`` (with
-        ``wait``): None or <= 0 means 10 minutes. The command runs in a
-        session of its own with ``env`` (default ours) and lokt's identity
-        variables, in ``cwd``, so a Ctrl-C at the terminal reaches only us.
-        When ``stop`` is set, its signal is sent once to the command (as lokt
-        guard does: to the process started, which passes it on to its own
-        children); after ``self.grace`` seconds the command's whole process
-        group is killed. The lock is released either way.
-
-        Raises UsageError for a bad lock name or a missing cwd.
-        """
+        """Run ``attempt`` holding lock_name: ``ttl`` in seconds (0: never
+        expires), ``timeout`` with ``wait`` (None or <= 0: 10 minutes), in a
+        session of its own with ``env`` (default ours) and our identity. A
+        ``stop`` goes to the command, SIGKILL to its group ``self.grace``
+        seconds later. UsageError for a bad lock name or a missing ``cwd``."""
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")
         if stop is not None and stop.is_set():
-            return interrupted_before_start(stop)
+            return interrupted_before_start(stop.signum)
+        directory = str(cwd) if cwd else None
+        stop = stop or StopRequest()
         return self._guard(
-            lock_name, attempt, ttl, wait, timeout, self.child_env(env), cwd, stop or StopRequest()
+            GuardRequest(
+                lock_name, attempt, ttl, wait, timeout, self.child_env(env), directory, stop
+            )
         )
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
-        """The engine's own part of ``guard``, its arguments checked."""
+    def _guard(self, request: GuardRequest) -> GuardResult:
         raise NotImplementedError
 
     def holder(self, lock_name: str) -> Optional[Holder]:
@@ -325,16 +265,14 @@ class Engine:
         except (FileNotFoundError, LockFileError):
             return None
         except OSError as error:
-            raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}")
+            raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}") from None
         return holder_from_lock(lock, lock_name)
 
     def frozen_by(self, lock_name: str) -> Optional[Holder]:
         """Who froze lock_name, while the freeze lasts; else None."""
         validate_lock_name(lock_name)
-        for path in (
-            lockfile.freeze_path(self.root, lock_name),
-            lockfile.legacy_freeze_path(self.root, lock_name),
-        ):
+        for where in (lockfile.freeze_path, lockfile.legacy_freeze_path):
+            path = where(self.root, lock_name)
             try:
                 freeze = lockfile.read_lock(path, allow_newer=True)
             except FileNotFoundError:
@@ -365,9 +303,6 @@ class Engine:
     def child_env(self, env: Optional[Mapping[str, str]]) -> Dict[str, str]:
         """The command's environment: ours (or env) plus our lokt identity."""
         merged = dict(os.environ if env is None else env)
-        merged.update(
-            LOKT_OWNER=self.identity.owner,
-            LOKT_AGENT_ID=self.identity.agent,
-            LOKT_ROOT=str(self.root),
-        )
+        merged.update(LOKT_OWNER=self.identity.owner, LOKT_AGENT_ID=self.identity.agent)
+        merged["LOKT_ROOT"] = str(self.root)
         return merged

@@ -1,11 +1,5 @@
-"""lokt's on-disk format: lock names, lock and freeze files, the audit log.
-
-Both engines read these files, and the embedded engine writes them, so they
-must look exactly like the files lokt writes: the same fields in the same
-order, the same timestamp format, the same audit lines. A lock taken by one
-engine is then understood (and never broken by mistake) by the other.
-
-Layout under the lock root::
+"""lokt's on-disk format, byte for byte as lokt writes it, so that each
+engine understands (never breaks) a lock the other took. Under the root::
 
     locks/NAME.json      one lock (0700 directory; files 0600 via temp + rename)
     freezes/NAME.json    one freeze, same structure as a lock
@@ -30,8 +24,7 @@ from .errors import UsageError
 
 LOCK_VERSION = 1
 
-#: Seconds after which an empty lock file counts as abandoned (see
-#: ``prune_abandoned``): its writer was killed between creating and writing it.
+#: Seconds after which an empty lock file is abandoned (see ``prune_abandoned``).
 EMPTY_LOCK_ABANDONED_AFTER = 10.0
 
 _NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -44,20 +37,12 @@ _TIMESTAMP = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: Characters Go's encoding/json escapes inside strings and Python's does not.
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
+_GO_ESCAPES = {character: "\\u%04x" % ord(character) for character in "<>&\u2028\u2029"}
 
 
 def validate_lock_name(name: str) -> None:
-    """Refuse names lokt refuses, with the reason, before anything runs.
-
-    One rule more than lokt: no leading '-', which ``lokt guard`` cannot take.
-    """
+    """Refuse names lokt refuses, with the reason, before anything runs; and
+    one more: a leading '-', which ``lokt guard`` would read as a flag."""
     if not name:
         raise UsageError("invalid lock name: name cannot be empty")
     if name.startswith("/"):
@@ -65,13 +50,9 @@ def validate_lock_name(name: str) -> None:
     if ".." in name:
         raise UsageError(f"invalid lock name {name!r}: path traversal ('..') not allowed")
     if name.startswith("-"):
-        # lokt's rules allow it, but `lokt guard` would read it as a flag.
         raise UsageError(f"invalid lock name {name!r}: must not start with '-'")
     if not _NAME_CHARACTERS.match(name):
         raise UsageError(f"invalid lock name {name!r}: use only letters, digits, '.', '_' and '-'")
-
-
-# Paths ---------------------------------------------------------------------
 
 
 def locks_dir(root: Path) -> Path:
@@ -97,11 +78,8 @@ def legacy_freeze_path(root: Path, name: str) -> Path:
 
 def ensure_dirs(root: Path) -> None:
     """Create locks/ and freezes/ with lokt's mode (owner only)."""
-    os.makedirs(locks_dir(root), mode=0o700, exist_ok=True)
-    os.makedirs(freezes_dir(root), mode=0o700, exist_ok=True)
-
-
-# Timestamps ------------------------------------------------------------------
+    for directory in (locks_dir(root), freezes_dir(root)):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
 def now_ns() -> int:
@@ -128,18 +106,14 @@ def parse_timestamp(text: str) -> int:
     match = _TIMESTAMP.match(text)
     if not match:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
-    moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-    delta = moment - _EPOCH
+    year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
+    delta = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc) - _EPOCH
     ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000
     ns += int((match.group(7) or "0").ljust(9, "0"))
     if match.group(8):
         offset = (int(match.group(9)) * 60 + int(match.group(10))) * 60 * 1_000_000_000
         ns -= offset if match.group(8) == "+" else -offset
     return ns
-
-
-# Lock files ------------------------------------------------------------------
 
 
 class LockFileError(Exception):
@@ -160,10 +134,8 @@ class UnsupportedVersion(LockFileError):
 
 @dataclass(frozen=True)
 class LockData:
-    """The content of a lock (or freeze) file, version 1.
-
-    Times are nanoseconds since the epoch; ``expires_ns`` is None without TTL.
-    """
+    """The content of a lock (or freeze) file, version 1. Times are
+    nanoseconds since the epoch; ``expires_ns`` is None without TTL."""
 
     name: str
     owner: str
@@ -182,9 +154,7 @@ class LockData:
         moment = now_ns() if at_ns is None else at_ns
         if self.expires_ns is not None:
             return moment > self.expires_ns
-        if self.ttl_sec <= 0:
-            return False
-        return moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
+        return self.ttl_sec > 0 and moment - self.acquired_ns > self.ttl_sec * 1_000_000_000
 
     def renewed(self, at_ns: int) -> LockData:
         """The same lock, acquired again now (what a heartbeat writes)."""
@@ -250,20 +220,17 @@ def parse_lock(text: str, *, allow_newer: bool = False) -> LockData:
 
 
 def read_text(path: Path) -> str:
-    """A lock or freeze file's text (``system.open_file``: no FIFO, no link)."""
     return system.read_file(path).decode("utf-8", "replace")
 
 
 def read_lock(path: Path, *, allow_newer: bool = False) -> LockData:
-    """Read one lock file. FileNotFoundError when there is none."""
+    """One lock file; FileNotFoundError when there is none."""
     return parse_lock(read_text(path), allow_newer=allow_newer)
 
 
 def create_lock(path: Path, lock: LockData) -> None:
-    """Take the lock name: create its file, written in full, only if there is
-    none (FileExistsError). lokt creates the file empty and writes it next;
-    a process killed between the two leaves an empty file, which lokt reads
-    as "being written" for ever. Ours is never empty."""
+    """Create the lock file, complete, only if there is none (else
+    FileExistsError): never empty, as lokt's is until written."""
     data = lock.to_json().encode("utf-8")
     system.write_atomically(path, data, mode=None, prefix=".lock-", exclusive=True)
 
@@ -274,7 +241,7 @@ def write_lock(path: Path, lock: LockData) -> None:
 
 
 def remove_file(path: Path) -> bool:
-    """Remove a lock or freeze file and make the removal durable."""
+    """Remove a lock or freeze file, durably; False if there was none."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -294,15 +261,11 @@ def holds(path: Path, lock_id: str) -> bool:
 def prune_abandoned(
     root: Path, name: str, *, owner: str, host: str, pid: int, agent_id: str = ""
 ) -> bool:
-    """Remove the lock ``name`` if nobody can hold it any more, writing the
-    break to the audit log as lokt does (as ``owner``, ``host``, ``pid``).
-    True when the name is free to take now.
-
-    Nobody holds: a corrupt file ("corrupt-break"); a holder on this host
-    that is dead, a zombie included, or whose pid was reused ("auto-prune":
-    lokt calls a zombie alive, so the lokt engine prunes for it); an empty
-    file older than ``EMPTY_LOCK_ABANDONED_AFTER`` ("corrupt-break"): lokt
-    writes one within milliseconds of creating it, and never breaks one.
+    """Remove the lock ``name`` if nobody can hold it, auditing the break as
+    lokt does; True when the name is free to take now. Nobody holds a corrupt
+    file or an empty one older than ``EMPTY_LOCK_ABANDONED_AFTER`` (lokt
+    writes it within milliseconds, but never breaks it): "corrupt-break"; or
+    one whose holder here is dead, a zombie or its pid reused: "auto-prune".
     """
     path = lock_path(root, name)
     try:
@@ -330,44 +293,25 @@ def prune_abandoned(
         extra = {"pruned_owner": lock.owner, "pruned_host": lock.host, "pruned_pid": lock.pid}
     if not remove_if_unchanged(path, text):
         return False
-    line = audit_line(
-        event,
-        name,
-        owner=owner,
-        host=host,
-        pid=pid,
-        agent_id=agent_id,
-        lock_id=lock_id,
-        extra=extra,
-    )
-    append_audit(root, line)
+    who: Dict[str, Any] = {"owner": owner, "host": host, "pid": pid, "agent_id": agent_id}
+    append_audit(root, audit_line(event, name, lock_id=lock_id, extra=extra, **who))
     return True
 
 
 def remove_if_unchanged(path: Path, seen: str) -> bool:
-    """Remove a stale or corrupt file only if it still holds what we judged.
-
-    Between our read and our removal another agent may have pruned it and
-    taken the lock; re-reading first keeps us from deleting that new lock
-    (it starts out empty, so it never equals what we saw).
-    """
+    """Remove a stale or corrupt file only if it still holds what we judged
+    (another agent may have pruned it and taken the lock meanwhile)."""
     try:
-        if read_text(path) != seen:
-            return False
+        unchanged = read_text(path) == seen
     except OSError:
         return False
-    return remove_file(path)
-
-
-# Audit log -------------------------------------------------------------------
+    return unchanged and remove_file(path)
 
 
 def go_json(value: Any, *, indent: Optional[int] = None) -> str:
     """JSON as Go's encoding/json writes it (HTML characters escaped)."""
-    if indent is None:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    else:
-        text = json.dumps(value, ensure_ascii=False, indent=indent)
+    separators = (",", ":") if indent is None else None
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
     for character, escape in _GO_ESCAPES.items():
         text = text.replace(character, escape)
     return text
@@ -387,11 +331,8 @@ def audit_line(
     at_ns: Optional[int] = None,
 ) -> str:
     """One audit.log line in lokt's field order; empty optional fields left out."""
-    fields: Dict[str, Any] = {
-        "ts": format_timestamp(now_ns() if at_ns is None else at_ns),
-        "event": event,
-        "name": name,
-    }
+    stamp = format_timestamp(now_ns() if at_ns is None else at_ns)
+    fields: Dict[str, Any] = {"ts": stamp, "event": event, "name": name}
     if lock_id:
         fields["lock_id"] = lock_id
     fields.update(owner=owner, host=host, pid=pid)
@@ -417,9 +358,6 @@ def append_audit(root: Path, line: str) -> None:
         print(f"lokt-tasks: audit log write failed: {error}", file=sys.stderr)
 
 
-# Processes -------------------------------------------------------------------
-
-
 def host_name() -> str:
     """The host name lokt records (Go's os.Hostname is the same call)."""
     try:
@@ -429,18 +367,11 @@ def host_name() -> str:
 
 
 def pid_status(lock: LockData, host: Optional[str] = None) -> str:
-    """ "alive", "dead" or "unknown" (another host) for a lock's holder.
-
-    Stricter than ``lokt status``: a recycled pid (start time differs from
-    the one recorded) counts as dead, as lokt's own pruning treats it; so
-    does a zombie (exited, never reaped).
-    """
+    """ "alive", "dead" or "unknown" (another host) for a lock's holder; a
+    zombie or a reused pid (another start time) is dead, as lokt prunes."""
     if lock.host != (host or host_name()):
         return "unknown"
     if system.process_gone(lock.pid):
         return "dead"
-    if lock.pid_start_ns:
-        current = system.process_start_time(lock.pid)
-        if current is not None and current != lock.pid_start_ns:
-            return "dead"
-    return "alive"
+    started = system.process_start_time(lock.pid) if lock.pid_start_ns else None
+    return "alive" if started in (None, lock.pid_start_ns) else "dead"

@@ -1,10 +1,6 @@
-"""The lokt engine: ``lokt guard`` holds the lock; lokt owns its renewal and release.
-
-lokt runs the attempt as a process of its own (``Attempt.argv``), which
-runs the command and writes its records while lokt holds the lock. The
-attempt's record, not lokt's exit code, says whether the command ran: lokt
-exits 2 both when the lock is held and when the command itself exits 2,
-and 255 for every command killed by a signal.
+"""The lokt engine: ``lokt guard`` holds the lock and runs the attempt
+(``Attempt.argv``), whose record says whether the command ran: lokt exits 2
+both when held and when the command exits 2, and 255 for any signal.
 """
 
 from __future__ import annotations
@@ -15,20 +11,22 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 from . import lockfile, system
-from .attempt import LOCK_LOST, Attempt, supervise
+from .attempt import LOCK_LOST, supervise
 from .config import format_duration
 from .engine import (
     STOP_GRACE,
     Engine,
+    GuardRequest,
     GuardResult,
     Identity,
-    StopRequest,
     effective_ttl,
     frozen_message,
     held_message,
+    interrupted_before_start,
+    ran,
 )
 from .errors import EngineError
 from .lockfile import LockFileError
@@ -47,25 +45,20 @@ class LoktEngine(Engine):
 
     def describe(self) -> str:
         if self._version is None:
+            command = [self.binary, "version"]
             try:
-                output = subprocess.run(
-                    [self.binary, "version"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                    timeout=10,
-                ).stdout.strip()
+                output = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
             except (OSError, subprocess.TimeoutExpired):
                 output = ""
-            self._version = output.splitlines()[0] if output else "lokt (version unknown)"
+            lines = output.strip().splitlines()
+            self._version = lines[0] if lines else "lokt (version unknown)"
         return f"{self._version} at {self.binary}"
 
     def guard_command(
         self, lock_name: str, ttl: float, wait: bool, timeout: Optional[float]
     ) -> List[str]:
-        """``lokt guard`` with its flags before the name (Go's flag parsing
-        stops at the first non-flag word) and durations with units (lokt
-        refuses bare numbers)."""
+        """``lokt guard`` with its flags before the name (where Go's flag parsing
+        stops) and durations with units (lokt refuses bare numbers)."""
         command = [self.binary, "guard"]
         lifetime = effective_ttl(ttl)
         if lifetime > 0:
@@ -76,22 +69,13 @@ class LoktEngine(Engine):
                 command += ["--timeout", format_duration(timeout)]
         return command + [lock_name, "--"]
 
-    def _guard(
-        self,
-        lock_name: str,
-        attempt: Attempt,
-        ttl: float,
-        wait: bool,
-        timeout: Optional[float],
-        env: Dict[str, str],
-        cwd: Optional[Path],
-        stop: StopRequest,
-    ) -> GuardResult:
+    def _guard(self, request: GuardRequest) -> GuardResult:
+        lock_name, attempt = request.lock_name, request.attempt
         refused = self._before_guard(lock_name)
         if refused is not None:
             return refused
         path = str(lockfile.lock_path(self.root, lock_name))
-        argv = self.guard_command(lock_name, ttl, wait, timeout)
+        argv = self.guard_command(lock_name, request.ttl, request.wait, request.timeout)
         argv += attempt.argv(os.getpid(), lock=path, grace=self.grace)
         # NOTE: the attempt stops its command within two grace periods (the
         # command, then what it left behind); the guard is killed only after.
@@ -101,13 +85,12 @@ class LoktEngine(Engine):
         with tempfile.TemporaryFile() as lokt_output:
             out = lokt_output.fileno() if attempt.log else None
             try:
-                guard = system.start(argv, stdout=out, env=env, cwd=str(cwd) if cwd else None)
+                guard = system.start(argv, stdout=out, env=request.env, cwd=request.cwd)
             except OSError as error:
-                return GuardResult(
-                    GuardState.ERROR, message=f"cannot run {self.binary}: {error.strerror or error}"
-                )
+                message = f"cannot run {self.binary}: {error.strerror or error}"
+                return GuardResult(GuardState.ERROR, message=message)
             try:
-                ended = supervise(guard, stopped=stop.asked, grace=patience)
+                ended = supervise(guard, stopped=request.stop.asked, grace=patience)
             except BaseException:
                 guard.kill_group()
                 guard.wait()
@@ -118,31 +101,35 @@ class LoktEngine(Engine):
         assert ended is not None  # never abandoned
         returncode, forwarded = ended
         if returncode < 0:
-            # NOTE: lokt guard was killed, and its lock is left behind. The
-            # attempt sees its guard gone and stops the command; the lock
-            # goes only once nothing of the shard runs.
+            # NOTE: lokt guard was killed, leaving its lock. The attempt stops
+            # the command; the lock goes only once nothing of the shard runs.
             deadline = time.monotonic() + patience
             while system.group_alive(guard.pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
             guard.kill_group()
             self._remove_leftover(lock_name, guard.pid)
         own = attempt.own_record()
-        if own is not None:
-            return self._ran(attempt, own, returncode, forwarded, lokt_message)
+        if own is not None:  # the command ran: its record tells how it ended
+            if lokt_message and attempt.log:
+                with open(attempt.log, "a", encoding="utf-8") as handle:
+                    handle.write(lokt_message + "\n")
+            if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
+                return ran(returncode, forwarded)
+            signum = system.signal_number(own["signal"]) if own.get("signal") else None
+            code = own.get("exit_code")
+            return GuardResult(GuardState.RAN, exit_code=code, signal=signum, interrupted=forwarded)
         if returncode == 0 and attempt.skip:
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if returncode == LOCK_LOST:
             message = f'lock "{lock_name}" was taken over by another agent of the same name'
             return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
-            return GuardResult(
-                GuardState.INTERRUPTED,
-                interrupted=forwarded,
-                message="stopped before the command started",
-            )
-        message = _last_error_line(lokt_message)
+            return interrupted_before_start(forwarded)
+        lines = [line.strip() for line in lokt_message.splitlines() if line.strip()]
+        errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+        message = (errors or lines or [""])[-1]  # lokt's reason, without "error: "
         if returncode == 2:
-            return self._refused(lock_name, message, wait, timeout)
+            return self._refused(request, message)
         if returncode < 0:
             message = f"lokt guard was killed by signal {-returncode} before the command started"
         elif not message:
@@ -150,15 +137,9 @@ class LoktEngine(Engine):
         return GuardResult(GuardState.ERROR, message=message)
 
     def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
-        """What lokt would get wrong, set right before it runs.
-
-        lokt calls a zombie holder alive, and never breaks an empty lock file
-        (its writer was killed between creating and writing it): such locks
-        are pruned here as the embedded engine prunes them (see
-        ``lockfile.prune_abandoned``). And lokt lets a lock's owner take it
-        again: a live holder with our owner is another agent of our name,
-        and holds the lock as any other would.
-        """
+        """What lokt gets wrong, set right: it calls a zombie holder alive and
+        never breaks an empty lock file (pruned here), and lets an owner
+        re-enter its lock (a live holder with our owner: held)."""
         me = self.identity
         lockfile.prune_abandoned(
             self.root, lock_name, owner=me.owner, host=me.host, pid=os.getpid(), agent_id=me.agent
@@ -166,53 +147,21 @@ class LoktEngine(Engine):
         holder = self.holder(lock_name)
         if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
             return None
-        message = held_message(lock_name, holder, False, None)
-        return GuardResult(
-            GuardState.HELD, holder=holder, message=f"{message}: another agent named {me.agent!r}"
-        )
+        named = f": another agent named {me.agent!r}"
+        message = held_message(lock_name, holder, False, None) + named
+        return GuardResult(GuardState.HELD, holder=holder, message=message)
 
-    def _ran(
-        self,
-        attempt: Attempt,
-        own: Mapping,
-        returncode: int,
-        forwarded: Optional[int],
-        lokt_message: str,
-    ) -> GuardResult:
-        """How the command ended, from its final record; from lokt's exit code
-        when the attempt died before it could write one."""
-        if lokt_message and attempt.log:
-            with open(attempt.log, "a", encoding="utf-8") as handle:
-                handle.write(lokt_message + "\n")
-        if own.get("outcome") == RecordOutcome.RUNNING:
-            code = returncode if returncode >= 0 else None
-            return GuardResult(
-                GuardState.RAN,
-                exit_code=code,
-                signal=None if code is not None else -returncode,
-                interrupted=forwarded,
-            )
-        signum = system.signal_number(own["signal"]) if own.get("signal") else None
-        return GuardResult(
-            GuardState.RAN, exit_code=own.get("exit_code"), signal=signum, interrupted=forwarded
-        )
-
-    def _refused(
-        self, lock_name: str, lokt_message: str, wait: bool, timeout: Optional[float]
-    ) -> GuardResult:
-        """Exit 2 and no record of the attempt: held or frozen, said by the files.
-
-        With --wait, lokt only gives up with 2 when frozen or timed out.
-        """
-        freeze = self.frozen_by(lock_name)
+    def _refused(self, request: GuardRequest, lokt_message: str) -> GuardResult:
+        """Exit 2 and no record of the attempt: held or frozen, as the files
+        say (with --wait, lokt gives up with 2 only when frozen or timed out)."""
+        name = request.lock_name
+        freeze = self.frozen_by(name)
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
-            return GuardResult(
-                GuardState.FROZEN, holder=freeze, message=frozen_message(lock_name, freeze)
-            )
-        holder = self.holder(lock_name)
-        return GuardResult(
-            GuardState.HELD, holder=holder, message=held_message(lock_name, holder, wait, timeout)
-        )
+            message = frozen_message(name, freeze)
+            return GuardResult(GuardState.FROZEN, holder=freeze, message=message)
+        holder = self.holder(name)
+        message = held_message(name, holder, request.wait, request.timeout)
+        return GuardResult(GuardState.HELD, holder=holder, message=message)
 
     def _remove_leftover(self, lock_name: str, lokt_pid: int) -> None:
         """lokt was killed before it could release: remove its lock, ours only."""
@@ -221,18 +170,8 @@ class LoktEngine(Engine):
             lock = lockfile.read_lock(path)
         except (OSError, LockFileError):
             return
-        mine = (self.identity.owner, lokt_pid, self.identity.host)
-        if (lock.owner, lock.pid, lock.host) == mine:
+        if (lock.owner, lock.pid, lock.host) == (self.identity.owner, lokt_pid, self.identity.host):
             lockfile.remove_file(path)
-
-
-def _last_error_line(text: str) -> str:
-    """lokt's one-line reason ("error: ..."), without the prefix."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: ") :]
-    return lines[-1] if lines else ""
 
 
 def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -1,11 +1,5 @@
-"""Run one shard under its lock, record it, and report what happened.
-
-``shard``, ``shard --id next`` and ``shard-all`` all come through
-:func:`run_shard`, so a shard behaves the same whichever command ran it.
-The shard's attempt (``attempt.Attempt``) writes both records while the
-lock is held, in this process with the embedded engine, inside ``lokt
-guard`` with the lokt engine. This layer then reads the record back to
-learn the truth rather than trusting an exit code.
+"""Run one shard under its lock, for ``shard``, ``--id next`` and
+``shard-all`` alike, and learn what happened from its record, not an exit code.
 """
 
 from __future__ import annotations
@@ -30,21 +24,19 @@ ENGINE_CHOICES = ("auto", "lokt", "embedded")
 
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
-    """The engine for choice "auto", "lokt" or "embedded", on one lock root:
-    ``auto`` takes lokt when it is found ($LOKT_BIN, else ``lokt`` on PATH)
-    and the embedded engine otherwise."""
+    """The engine for choice "auto", "lokt" or "embedded" on one lock root
+    (``auto``: lokt when found, by $LOKT_BIN or on PATH, else embedded)."""
     if choice not in ENGINE_CHOICES:
         raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINE_CHOICES))
     lock_root = Path(root) if root is not None else find_lock_root(Path.cwd())
-    if choice in ("auto", "lokt"):
-        binary = find_lokt_binary()
-        if binary is not None:
-            return LoktEngine(identity, lock_root, binary)
-        if choice == "lokt":
-            raise EngineError(
-                'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
-                ' or use engine = "embedded"'
-            )
+    binary = find_lokt_binary() if choice != "embedded" else None
+    if binary is not None:
+        return LoktEngine(identity, lock_root, binary)
+    if choice == "lokt":
+        raise EngineError(
+            'engine "lokt" chosen but no lokt binary found (set LOKT_BIN or put lokt on PATH),'
+            ' or use engine = "embedded"'
+        )
     return EmbeddedEngine(identity, lock_root)
 
 
@@ -87,85 +79,13 @@ def run_shard(
     skip: Collection[str] = (),
     stop: Optional[StopRequest] = None,
 ) -> ShardOutcome:
-    """Run ``shard`` under its lock and return its outcome.
-
-    ``to_log`` sends the command's output to the shard's log file instead of
-    the terminal. ``skip`` lists record outcomes ("passed", "failed") that
-    make nothing run, because the shard is already done under this plan: a
-    check made *inside* the lock, so that two agents never both run it.
-    """
+    """Run ``shard`` under its lock; ``to_log``: output to its log file; ``skip``:
+    the record outcomes that make nothing run, checked *inside* the lock."""
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None
     junit_path = store.junit_path(shard.task, settings.run_key, shard.index)
-    start = _start_record(shard, settings, log_path)
-    command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    report_before = _file_state(junit_path)
-    attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
-    guard = settings.engine.guard(
-        shard.lock_name,
-        attempt,
-        ttl=settings.ttl,
-        wait=settings.wait,
-        timeout=settings.timeout,
-        cwd=settings.cwd,
-        stop=stop,
-    )
-    if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
-        other = store.running_for(shard.task, shard.index, guard.holder.owner)
-        if other is not None and other != settings.run_key:
-            # NOTE: every run of a task shares its lock names (the convention
-            # the docs teach). Another run's agent holds this one: runs do not
-            # fail each other, so wait for it, as with --wait.
-            guard = settings.engine.guard(
-                shard.lock_name,
-                attempt,
-                ttl=settings.ttl,
-                wait=True,
-                timeout=settings.timeout,
-                cwd=settings.cwd,
-                stop=stop,
-            )
-    if not guard.ran and guard.state != GuardState.SKIPPED:
-        return ShardOutcome(shard, RunOutcome(guard.state), guard)
-
-    record = store.read(shard.task, settings.run_key, shard.index)
-    if not isinstance(record, Record) or record.attempt != start.attempt:
-        state = RunOutcome.DONE if skip and isinstance(record, Record) else RunOutcome.LOST
-        return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
-    if record.outcome == RecordOutcome.RUNNING:
-        return ShardOutcome(shard, RunOutcome.LOST, guard, record)
-    if (
-        shard.wants_junit
-        and settings.durations_file is not None
-        and _file_state(junit_path) not in (None, report_before)
-    ):
-        try:
-            timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
-        except ValueError:
-            timings = {}  # an unreadable report costs us timings, not the shard's outcome
-        merge_durations(settings.durations_file, timings)
-    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
-
-
-def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """Inode, size and mtime of ``path``, or None if it does not exist.
-
-    A JUnit report that is unchanged since before we asked for the lock was
-    left by an earlier attempt and is not read as ours. It is not deleted
-    before the lock is ours either: it may belong to the agent that holds
-    the shard now and has not read it yet.
-    """
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
-
-
-def _start_record(shard: Shard, settings: RunSettings, log_path: Optional[Path]) -> Record:
-    return new_start_record(
+    start = new_start_record(
         shard,
         run_key=settings.run_key,
         agent=settings.identity.agent,
@@ -175,3 +95,54 @@ def _start_record(shard: Shard, settings: RunSettings, log_path: Optional[Path])
         engine=settings.engine.name,
         log=str(log_path) if log_path else None,
     )
+    command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    report_before = _file_state(junit_path)
+    attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
+
+    def guard_shard(wait: bool) -> GuardResult:
+        return settings.engine.guard(
+            shard.lock_name,
+            attempt,
+            ttl=settings.ttl,
+            wait=wait,
+            timeout=settings.timeout,
+            cwd=settings.cwd,
+            stop=stop,
+        )
+
+    guard = guard_shard(settings.wait)
+    if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
+        other = store.running_for(shard.task, shard.index, guard.holder.owner)
+        if other is not None and other != settings.run_key:
+            # NOTE: every run of a task shares its lock names (as the docs
+            # teach); runs do not fail each other, so wait for the other's.
+            guard = guard_shard(True)
+    if not guard.ran and guard.state != GuardState.SKIPPED:
+        return ShardOutcome(shard, RunOutcome(guard.state), guard)
+
+    record = store.read(shard.task, settings.run_key, shard.index)
+    if not isinstance(record, Record) or record.attempt != start.attempt:
+        state = RunOutcome.DONE if skip and isinstance(record, Record) else RunOutcome.LOST
+        return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
+    if record.outcome == RecordOutcome.RUNNING:
+        return ShardOutcome(shard, RunOutcome.LOST, guard, record)
+    durations_file = settings.durations_file if shard.wants_junit else None
+    if durations_file is not None and _file_state(junit_path) not in (None, report_before):
+        try:
+            timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
+        except ValueError:
+            timings = {}  # an unreadable report costs us timings, not the shard's outcome
+        merge_durations(durations_file, timings)
+    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
+
+
+def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
+    """Inode, size and mtime of ``path``, or None: a JUnit report unchanged
+    since before we asked for the lock is an earlier attempt's (not deleted:
+    the agent holding the shard now may not have read it yet)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns

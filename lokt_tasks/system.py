@@ -1,12 +1,6 @@
-"""What lokt-tasks asks of the operating system, defined once.
-
-Processes (alive, zombie, start time), signal names, starting a command
-(and the shell's 126/127 rule when it cannot start), atomic file writes and
-the UTC clock. Every layer uses these, including the two processes that
-must start fast (the attempt inside ``lokt guard`` and the watchdog), so
-this module imports only what Python has loaded at start-up anyway:
-``signal`` (which pulls in ``enum``) and ``ctypes`` are imported where a
-function needs them, ``subprocess`` only in the agent's own process.
+"""What lokt-tasks asks of the operating system, defined once. The attempt
+and watchdog processes use it too, so it imports at module level only what
+Python loads at start-up.
 """
 
 from __future__ import annotations
@@ -32,32 +26,24 @@ NOT_FOUND = 127
 NOT_EXECUTABLE = 126
 
 
-# --- Processes ----------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """kill(pid, 0), as lokt checks a holder: EPERM still means it exists.
-
-    A pid of 0 or less is never called dead (kill(0, 0) succeeds for lokt too).
-    """
-    if pid <= 0:
-        return True
+def _signalled(send, target: int, signum: int) -> bool:
+    """``send(target, signum)``; False if there is no such process (EPERM: there is)."""
     try:
-        os.kill(pid, 0)
+        send(target, signum)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
-def is_zombie(pid: int) -> bool:
-    """A process that has exited but was not reaped yet (told on Linux only).
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0), as lokt checks a holder (a pid <= 0 is never dead for lokt)."""
+    return pid <= 0 or _signalled(os.kill, pid, 0)
 
-    kill(pid, 0) still succeeds for it, so lokt calls it alive; where PID 1
-    reaps orphans late (many containers), a killed process stays one for
-    seconds.
-    """
+
+def is_zombie(pid: int) -> bool:
+    """Exited but not yet reaped (Linux only): lokt calls it alive; in containers, for seconds."""
     fields = _linux_stat_fields(pid) if sys.platform.startswith("linux") else []
     return bool(fields) and fields[0] in (b"Z", b"X")
 
@@ -68,12 +54,8 @@ def process_gone(pid: int) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """What lokt stores as ``pid_start_ns``, or None where it cannot be read.
-
-    Linux: field 22 of /proc/PID/stat (clock ticks since boot, not ns,
-    whatever lokt's field name says). macOS: kinfo_proc's p_starttime from
-    sysctl, in ns since the epoch. (Both as lokt's own source reads them.)
-    """
+    """What lokt stores as ``pid_start_ns``, or None: field 22 of /proc/PID/stat
+    (clock ticks since boot), or p_starttime from sysctl on macOS (ns)."""
     if sys.platform.startswith("linux"):
         try:
             return int(_linux_stat_fields(pid)[19])
@@ -85,8 +67,7 @@ def process_start_time(pid: int) -> int | None:
 
 
 def _linux_stat_fields(pid: int) -> list:
-    """/proc/PID/stat from field 3 on (after the command name, which may
-    itself hold spaces and parentheses); empty if unreadable."""
+    """/proc/PID/stat after the command name (which may hold ")"); [] if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
@@ -97,18 +78,12 @@ def _linux_stat_fields(pid: int) -> list:
 
 def _darwin_start_time(pid: int) -> int | None:
     import ctypes  # macOS only, and slow to import
+    from ctypes import POINTER, c_int, c_size_t, c_uint, c_void_p
 
     try:
         sysctl = ctypes.CDLL(None, use_errno=True).sysctl
-        sysctl.argtypes = [
-            ctypes.POINTER(ctypes.c_int),
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_size_t),
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-        ]
-        sysctl.restype = ctypes.c_int
+        sysctl.argtypes = [POINTER(c_int), c_uint, c_void_p, POINTER(c_size_t), c_void_p, c_size_t]
+        sysctl.restype = c_int
         mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
         size = ctypes.c_size_t(0)
         if sysctl(mib, 4, None, ctypes.byref(size), None, 0) != 0 or size.value == 0:
@@ -127,22 +102,11 @@ def _darwin_start_time(pid: int) -> int | None:
 
 def signal_group(group: int, signum: int) -> bool:
     """Send ``signum`` to a process group; False once it has no process left."""
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _signalled(os.killpg, group, signum)
 
 
 def group_alive(group: int) -> bool:
-    """Whether process group ``group`` still has a process that runs code.
-
-    A zombie does not count (Linux tells them; elsewhere every member
-    counts): where PID 1 reaps orphans late, a killed group is only zombies
-    for seconds.
-    """
+    """Whether process group ``group`` has a process left, zombies not counted on Linux."""
     if not signal_group(group, 0):
         return False
     if not sys.platform.startswith("linux"):
@@ -151,34 +115,25 @@ def group_alive(group: int) -> bool:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return True
-    for pid in pids:
-        fields = _linux_stat_fields(pid)  # state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == b"%d" % group and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+    stats = (_linux_stat_fields(pid) for pid in pids)  # state, ppid, pgrp, ...
+    return any(len(f) > 2 and f[2] == b"%d" % group and f[0] not in (b"Z", b"X") for f in stats)
 
 
 def stop_groups(groups: list, grace: float) -> bool:
-    """End every process of ``groups``: SIGTERM, then SIGKILL to what is left
-    after ``grace`` seconds; True once none is left (it waits up to 5 s more
-    for that after SIGKILL)."""
+    """SIGTERM ``groups``, SIGKILL what is left ``grace`` s later; True once none is left."""
     for signum, limit in ((SIGTERM, grace), (SIGKILL, 5.0)):
         for group in groups:
             signal_group(group, signum)
         deadline = time.monotonic() + limit
-        while True:
-            groups = [group for group in groups if group_alive(group)]
-            if not groups:
-                return True
-            if time.monotonic() >= deadline:
-                break
+        while (groups := [g for g in groups if group_alive(g)]) and time.monotonic() < deadline:
             time.sleep(0.02)
+        if not groups:
+            return True
     return False
 
 
 def on_signals(signums: tuple, handler=None) -> dict:
-    """Handle ``signums`` with ``handler`` (None: ignore them); the previous
-    handlers, to restore."""
+    """Handle ``signums`` with ``handler`` (None: ignore); the previous handlers."""
     action = _signal.SIG_IGN if handler is None else handler
     return {signum: _signal.signal(signum, action) for signum in signums}
 
@@ -210,32 +165,25 @@ def signal_number(name: str) -> int | None:
         return int(digits) if digits.isdigit() else None
 
 
-# --- Commands -----------------------------------------------------------------
-
-
 class Child:
-    """A command started by :func:`start`, leading a process group of its own:
-    its pid (which is the group's), and its return code once reaped (-N when
-    signal N killed it, as subprocess says)."""
+    """A command started by :func:`start`: its pid (also its process group's)
+    and, once reaped, its return code (-N: killed by signal N)."""
 
     def __init__(self, pid: int, *, keep: object = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        # NOTE: a subprocess.Popen must live until we have reaped its pid
-        # ourselves: once collected, subprocess may reap it first, from any
-        # thread that starts another process, and its exit status is lost.
+        # NOTE: a Popen must live until we reaped its pid: once collected, any
+        # thread that starts a process may reap it first, losing its status.
         self._popen = keep
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The return code; None if still running after ``timeout`` seconds.
-
-        Polls in doubling sleeps from 0.5 ms to 25 ms, so that a short
-        command's end is seen at once and a long one costs little.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """The return code; None if still running after ``timeout`` seconds."""
+        if timeout is None:
+            return self._reap(0)
+        deadline = time.monotonic() + timeout
         pause = 0.0005
-        while self._reap(0 if deadline is None else os.WNOHANG) is None:
-            remaining = deadline - time.monotonic() if deadline is not None else 0.025
+        while self._reap(os.WNOHANG) is None:
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             time.sleep(min(pause, remaining))
@@ -252,8 +200,7 @@ class Child:
         return self.returncode
 
     def send(self, signum: int) -> None:
-        """Signal the command itself, never once it is reaped (its pid may be
-        someone else's by then)."""
+        """Signal the command itself, never once reaped (the pid may be reused)."""
         if self.returncode is None:
             try:
                 os.kill(self.pid, signum)
@@ -261,7 +208,6 @@ class Child:
                 pass
 
     def kill_group(self, signum: int = SIGKILL) -> None:
-        """Signal the command's whole process group."""
         signal_group(self.pid, signum)
 
 
@@ -273,47 +219,25 @@ def start(
     cwd: str | None = None,
     new_session: bool = True,
 ) -> Child:
-    """Start ``argv`` (never through a shell), leading a process group of its
-    own: in a session of its own too unless ``new_session`` is False.
-
-    ``stdout`` is a file descriptor that receives both stdout and stderr
-    (the shard's log), or None to inherit ours. Raises OSError when the
-    program cannot be started (see :func:`not_started`).
-
-    # NOTE: posix_spawn is the cheap way (subprocess costs the attempt
-    # process more to import than the rest of its start), but it cannot
-    # change directory; only the agent asks for ``cwd``, and it has
-    # subprocess loaded already.
-    """
+    """Start ``argv`` (no shell) leading a process group, and a session unless
+    ``new_session`` is False; ``stdout``: a descriptor for stdout and stderr
+    (None: ours). Raises OSError when it cannot start (:func:`not_started`)."""
+    # NOTE: posix_spawn is cheaper than importing subprocess, but cannot
+    # change directory; only the agent asks for ``cwd``, with subprocess loaded.
     if cwd is None:
-        actions = (
-            []
-            if stdout is None
-            else [
-                (os.POSIX_SPAWN_DUP2, stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stdout, 2),
-            ]
-        )
+        actions = [] if stdout is None else [(os.POSIX_SPAWN_DUP2, stdout, fd) for fd in (1, 2)]
         group = {"setsid": True} if new_session else {"setpgroup": 0}
+        environ = os.environ if env is None else env
         pid = os.posix_spawnp(
-            argv[0],
-            argv,
-            os.environ if env is None else env,
-            file_actions=actions,
-            setsigdef=RESTORED_SIGNALS,
-            **group,
+            argv[0], argv, environ, file_actions=actions, setsigdef=RESTORED_SIGNALS, **group
         )
         return Child(pid)
     import subprocess
 
     assert new_session, "a command in a directory of its own starts a session of its own"
+    stderr = None if stdout is None else subprocess.STDOUT
     process = subprocess.Popen(
-        argv,
-        stdout=stdout,
-        stderr=None if stdout is None else subprocess.STDOUT,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
+        argv, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True
     )
     return Child(process.pid, keep=process)
 
@@ -327,14 +251,9 @@ def not_started(program: str, error: OSError) -> tuple:
 
 
 def bootstrap(module: str) -> list:
-    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in a new Python.
-
-    Isolated and without site-packages (``-I -S``), since it needs only the
-    standard library, and imported rather than run by path, so that Python
-    uses the module's cached bytecode instead of compiling it each time. The
-    directory holding lokt_tasks goes last on sys.path: it cannot hide a
-    standard module.
-    """
+    """The argv that runs ``lokt_tasks.<module>.main(argv)`` in an isolated
+    Python (``-I -S``), from cached bytecode, with the package's directory
+    last on sys.path so that it cannot hide a standard module."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import sys; sys.path.append(%r); from lokt_tasks.%s import main; "
@@ -343,17 +262,9 @@ def bootstrap(module: str) -> list:
     return [sys.executable or "python3", "-I", "-S", "-c", code]
 
 
-# --- Files and time -----------------------------------------------------------
-
-
 def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
-    """``os.open`` for the files we read and append to (records, logs, lock
-    files, the audit log): a descriptor of a regular file, or OSError.
-
-    It never blocks on a FIFO, never follows a symbolic link at ``path``
-    (one placed there would make us read or write its target), and refuses
-    a directory, a device or a socket: the error says what ``path`` is.
-    """
+    """``os.open`` for the files we keep: a regular file's descriptor, or
+    OSError saying what ``path`` is (never a FIFO, never a symbolic link)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     except OSError as error:
@@ -377,15 +288,11 @@ def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o6
 
 
 def untrusted_directory(path: str | os.PathLike) -> str | None:
-    """Why records, logs and locks under directory ``path`` cannot be trusted,
-    or None: another user could write them. As ssh and git judge it: the
-    directory (or, while it does not exist, the nearest one above it that
-    does) must be owned by us or by root, and no directory on the way may be
-    writable by every user unless it is sticky (as /tmp is). A directory
-    writable by our group is a team's choice (umask 002), and allowed.
-    """
-    current = os.path.abspath(path)
-    owner_checked = False
+    """Why another user could write under directory ``path``, or None, as ssh
+    and git judge it: it (or its nearest existing parent) must be ours or
+    root's, and no directory on the way writable by all unless sticky. One
+    writable by our group is a team's choice (umask 002), and allowed."""
+    current, owner_checked = os.path.abspath(path), False
     while True:
         try:
             status = os.stat(current)
@@ -421,23 +328,13 @@ def write_atomically(
     durable: bool = True,
     exclusive: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data``; its directory must exist.
-
-    A temporary file in the same directory, fsynced, renamed over the old
-    one, then the directory fsynced: a reader sees the old content or the
-    new, never a mix, and a machine crash does not lose the rename.
-    ``mode`` None keeps the temporary file's 0600, as lokt's lock files
-    have; ``prefix`` names the temporary file (default ``.<name>.``);
-    ``durable`` False skips both fsyncs (still atomic for readers).
-    ``exclusive`` creates ``path`` only if there is none (a hard link in
-    place of the rename), raising FileExistsError otherwise: a file that
-    exists is complete from its first moment. Raises OSError, leaving no
-    temporary file behind.
-    """
+    """Replace ``path`` with ``data``, old or new for readers even after a crash
+    (a temporary file, ``prefix`` or ``.<name>.``, fsynced, renamed). ``mode``
+    None keeps 0600; ``durable`` False skips fsyncs; ``exclusive`` only creates
+    (else FileExistsError)."""
     directory, name = os.path.split(os.fspath(path))
-    temporary = os.path.join(
-        directory, "%s%s.tmp" % (prefix or "." + name + ".", os.urandom(6).hex())
-    )
+    prefix = prefix or "." + name + "."
+    temporary = os.path.join(directory, prefix + os.urandom(6).hex() + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb") as handle:
@@ -466,14 +363,12 @@ def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a create, rename or remove in ``directory`` survive a crash."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass  # some filesystems refuse fsync on a directory; the rename happened all the same
-    finally:
-        os.close(fd)
 
 
 def utc_now() -> str:
