@@ -288,14 +288,14 @@ def main(argv: list) -> int:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
+    grace = options.get("--grace") or repr(STOP_GRACE)
     usable = len(positional) == 2 and command and agent_pid.isdigit()
-    if not usable or not positional[1].startswith("{\n"):
+    if not usable or not positional[1].startswith("{\n") or not _is_seconds(grace):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
     attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
-    grace = float(options.get("--grace") or STOP_GRACE)
     watch = Watch(int(agent_pid), options.get("--lock") or None)
     if watch.agent_gone():
         return AGENT_GONE
@@ -314,7 +314,7 @@ def main(argv: list) -> int:
             child,
             stopped=lambda: received[0] if received else None,
             abandoned=watch.abandoned,
-            grace=grace,
+            grace=float(grace),
         )
         if ended is None:
             return LOCK_LOST if watch.lock_lost() else AGENT_GONE
@@ -329,3 +329,10 @@ def main(argv: list) -> int:
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _is_seconds(text: str) -> bool:
+    try:
+        return 0 <= float(text) < float("inf")
+    except ValueError:
+        return False

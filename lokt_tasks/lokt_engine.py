@@ -111,7 +111,8 @@ class LoktEngine(Engine):
         own = attempt.own_record()
         if own is not None:  # the command ran: its record tells how it ended
             if lokt_message and attempt.log:
-                with open(attempt.log, "a", encoding="utf-8") as handle:
+                log = system.open_file(attempt.log, os.O_WRONLY | os.O_APPEND)
+                with open(log, "a", encoding="utf-8") as handle:
                     handle.write(lokt_message + "\n")
             if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
                 return ran(returncode, forwarded)
