@@ -272,9 +272,11 @@ def test_a_shard_whose_attempt_process_is_killed_is_not_rerun_by_its_agent_but_b
         attempt = wait_for(
             lambda: [pid for pid in descendants(agent.pid) if _is_attempt(_cmdline(pid))]
         )
-        os.killpg(
-            os.getpgid(attempt[0]), signal.SIGKILL
-        )  # the attempt process and its command, not the agent
+        # The attempt process and its command die, not the agent: the command
+        # leads a process group of its own, beside lokt guard's.
+        groups = {os.getpgid(pid) for pid in [attempt[0], *descendants(attempt[0])]}
+        for group in groups:
+            os.killpg(group, signal.SIGKILL)
         output = finish(agent)
     finally:
         if agent.poll() is None:
