@@ -21,12 +21,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scratch import PASS, WAIT, git, make_project, open_gate, ran, start_cli, states, verdict  # noqa: E402
-from test_engine_conformance import (  # noqa: E402
-    ENGINES,
+from test_engine_conformance import (  # noqa: E402, F401 (engine_name, root, spawn: fixtures)
     NAME,
     audit_events,
+    engine_name,
     in_process,
     lock_file,
+    root,
+    spawn,
     wait_for,
     write_lock,
 )
@@ -35,34 +37,6 @@ from lokt_tasks import errors, lockfile, system  # noqa: E402
 
 needs_lokt = pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request):
-    return request.param
-
-
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def spawn(tmp_path, root):
-    from engine_agent import Agent
-
-    agents = []
-
-    def start(engine, agent, command, **options):
-        started = Agent(
-            tmp_path, engine, root, options.pop("name", NAME), command, agent=agent, **options
-        )
-        agents.append(started)
-        return started
-
-    yield start
-    for agent in agents:
-        agent.kill_everything()
 
 
 #: A shard's command as a wrapper: a shell that starts a child and waits for
