@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Collection, Optional, Tuple
 
 from .attempt import Attempt
+from .config import ENGINES
 from .durations import durations_from_junit, merge_durations
 from .embedded import EmbeddedEngine
 from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
@@ -20,14 +21,12 @@ from .plan import JUNIT_PLACEHOLDER, Shard
 from .results import Record, RecordStore, new_start_record, unstamped_json
 from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
 
-ENGINE_CHOICES = ("auto", "lokt", "embedded")
-
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
     """The engine for choice "auto", "lokt" or "embedded" on one lock root
     (``auto``: lokt when found, by $LOKT_BIN or on PATH, else embedded)."""
-    if choice not in ENGINE_CHOICES:
-        raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINE_CHOICES))
+    if choice not in ENGINES:
+        raise UsageError(f"unknown engine {choice!r}: use one of " + ", ".join(ENGINES))
     lock_root = Path(root) if root is not None else find_lock_root(Path.cwd())
     binary = find_lokt_binary() if choice != "embedded" else None
     if binary is not None:
