@@ -229,8 +229,10 @@ def supervise(
     child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
 ) -> tuple | None:
     """Wait for ``child``: ``(returncode, stop signal or None)``, or None once
-    ``abandoned()`` (its group stopped). A ``stopped()`` signal goes once to
-    the child, as ``lokt guard`` does; SIGKILL to its group ``grace`` s later."""
+    ``abandoned()`` returns the seconds its group gets between SIGTERM and
+    SIGKILL (0 for a lost lock: another agent may run the shard already).
+    A ``stopped()`` signal goes once to the child, as ``lokt guard`` does;
+    SIGKILL to its group ``grace`` s later."""
     forwarded = kill_at = None
     while child.wait(POLL_INTERVAL) is None:
         signum = stopped()
@@ -240,8 +242,9 @@ def supervise(
         if kill_at is not None and time.monotonic() >= kill_at:
             child.kill_group()
             kill_at = None
-        if abandoned is not None and abandoned():
-            system.stop_groups([child.pid], grace)
+        given = abandoned() if abandoned is not None else None
+        if given is not None:
+            system.stop_groups([child.pid], given)
             child.wait()
             return None
     # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
@@ -254,9 +257,9 @@ class Watch:
     (or its pid was reused), its guard died (another parent), or the lock
     file no longer names the guard (lokt writes ``"pid": N,`` on a line)."""
 
-    def __init__(self, agent_pid: int, lock: str | None) -> None:
+    def __init__(self, agent_pid: int, lock: str | None, grace: float) -> None:
         self.agent_pid, self.agent_start = agent_pid, system.process_start_time(agent_pid)
-        self.guard_pid, self.lock = os.getppid(), lock
+        self.guard_pid, self.lock, self.grace = os.getppid(), lock, grace
 
     def agent_gone(self) -> bool:
         if system.process_gone(self.agent_pid):
@@ -272,8 +275,13 @@ class Watch:
             return True
         return (b'"pid": %d,' % self.guard_pid) not in text
 
-    def abandoned(self) -> bool:
-        return self.agent_gone() or os.getppid() != self.guard_pid or self.lock_lost()
+    def abandoned(self) -> float | None:
+        """None while wanted; else the grace its command gets (see supervise)."""
+        if self.lock_lost():
+            return 0.0
+        if self.agent_gone() or os.getppid() != self.guard_pid:
+            return self.grace
+        return None
 
 
 def main(argv: list) -> int:
@@ -296,7 +304,7 @@ def main(argv: list) -> int:
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
     attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
-    watch = Watch(int(agent_pid), options.get("--lock") or None)
+    watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
         return AGENT_GONE
     if watch.lock_lost():

@@ -272,9 +272,10 @@ class Watchdog:
         mine = process is not None and process.pid == holder and process.poll() is None
         return holder == os.getpid() or mine
 
-    def watch(self, pid: int) -> None:
+    def watch(self, pid: int, lock: Path) -> None:
+        """Watch the group ``pid`` leads, run under the lock file ``lock``."""
         start = system.process_start_time(pid) if sys.platform.startswith("linux") else None
-        self._send(f"+{pid} {'-' if start is None else start}\n")
+        self._send(f"+{pid} {'-' if start is None else start} {lock}\n")
 
     def forget(self, pid: int) -> None:
         self._send(f"-{pid}\n")
@@ -287,8 +288,11 @@ class Watchdog:
                 self._pipe.write(line.encode("ascii"))
                 self._pipe.flush()
             except OSError:  # it died: its locks are lost (see alive)
-                self._pipe.close()
-                self._pipe = None
+                pipe, self._pipe = self._pipe, None
+                try:
+                    pipe.close()  # flushes again, and fails again
+                except OSError:
+                    pass
 
     def _start(self) -> None:
         if self._pipe is not None:
@@ -389,8 +393,10 @@ class EmbeddedEngine(Engine):
             attempt.finish(child, None)
             return ran(child)
         try:
-            self.watchdog.watch(child.pid)
-            ended = attempt.wait(child, stopped=stop.asked, abandoned=lost, grace=self.grace)
+            self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
+            # NOTE: a lost lock may be another agent's already: no grace.
+            abandoned = lambda: 0.0 if lost() else None  # noqa: E731
+            ended = attempt.wait(child, stopped=stop.asked, abandoned=abandoned, grace=self.grace)
         except BaseException:
             child.kill_group()
             child.wait()

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Mapping, Optional
 
@@ -17,6 +18,7 @@ from . import lockfile, system
 from .attempt import LOCK_LOST, supervise
 from .config import format_duration
 from .engine import (
+    DEFAULT_WAIT_TIMEOUT,
     STOP_GRACE,
     Engine,
     GuardRequest,
@@ -71,7 +73,7 @@ class LoktEngine(Engine):
 
     def _guard(self, request: GuardRequest) -> GuardResult:
         lock_name, attempt = request.lock_name, request.attempt
-        refused = self._before_guard(lock_name)
+        refused = self._before_guard(request)
         if refused is not None:
             return refused
         path = str(lockfile.lock_path(self.root, lock_name))
@@ -115,14 +117,21 @@ class LoktEngine(Engine):
                 with open(log, "a", encoding="utf-8") as handle:
                     handle.write(lokt_message + "\n")
             if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
-                return ran(returncode, forwarded)
+                result = ran(returncode, forwarded)
+                if returncode == LOCK_LOST:
+                    lost = "the lock was lost while the command ran: it was stopped"
+                    return replace(result, message=lost + ", and no final record written")
+                return result
             signum = system.signal_number(own["signal"]) if own.get("signal") else None
             code = own.get("exit_code")
             return GuardResult(GuardState.RAN, exit_code=code, signal=signum, interrupted=forwarded)
         if returncode == 0 and attempt.skip:
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if returncode == LOCK_LOST:
-            message = f'lock "{lock_name}" was taken over by another agent of the same name'
+            message = (
+                f'lock "{lock_name}" was not this agent\'s when its attempt began (taken over'
+                " while it waited or was stopped, or by another agent of the same name)"
+            )
             return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
         if forwarded is not None:
             return interrupted_before_start(forwarded)
@@ -137,14 +146,32 @@ class LoktEngine(Engine):
             message = f"lokt guard failed with exit code {returncode} before the command started"
         return GuardResult(GuardState.ERROR, message=message)
 
-    def _before_guard(self, lock_name: str) -> Optional[GuardResult]:
+    def _before_guard(self, request: GuardRequest) -> Optional[GuardResult]:
         """What lokt gets wrong, set right: it calls a zombie holder alive and
-        never breaks an empty lock file (pruned here), and lets an owner
-        re-enter its lock (a live holder with our owner: held)."""
-        me = self.identity
-        lockfile.prune_abandoned(
-            self.root, lock_name, owner=me.owner, host=me.host, pid=os.getpid(), agent_id=me.agent
-        )
+        never breaks an empty lock file (pruned here; with --wait, once the
+        file is old enough), lets an owner re-enter its lock (a live holder
+        with our owner: held), and appends to ``audit.log`` through a symbolic
+        link or blocks on a FIFO there (refused)."""
+        me, lock_name = self.identity, request.lock_name
+        audit = self.root / "audit.log"
+        if audit.is_symlink() or (audit.exists() and not audit.is_file()):
+            return GuardResult(GuardState.ERROR, message=f"{audit}: is not a regular file")
+        path = lockfile.lock_path(self.root, lock_name)
+        deadline = time.monotonic() + (request.timeout or DEFAULT_WAIT_TIMEOUT)
+        while True:
+            lockfile.prune_abandoned(
+                self.root,
+                lock_name,
+                owner=me.owner,
+                host=me.host,
+                pid=os.getpid(),
+                agent_id=me.agent,
+            )
+            empty = path.is_file() and path.stat().st_size == 0
+            if not (request.wait and empty and time.monotonic() < deadline):
+                break
+            if request.stop.wait(0.5):
+                return interrupted_before_start(request.stop.signum)
         holder = self.holder(lock_name)
         if holder is None or holder.owner != me.owner or holder.pid_status == "dead":
             return None

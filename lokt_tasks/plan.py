@@ -386,10 +386,11 @@ def _explicit_groups(
                 "shard has no items left after exclude",
             )
         for item in members:
-            shards_of.setdefault(_covered_path(item), set()).add(number)
+            shards_of.setdefault(_covered_path(item, config.root), set()).add(number)
         groups.append(members)
     for item in sorted({item for group in groups for item in group}):
-        numbers = tuple(sorted(set().union(*(shards_of.get(p, set()) for p in _above(item)))))
+        above = _above(_covered_path(item, config.root))
+        numbers = tuple(sorted(set().union(*(shards_of.get(p, set()) for p in above))))
         if len(numbers) > 1:
             overlaps.append((item, numbers))
             warnings.append(
@@ -400,7 +401,9 @@ def _explicit_groups(
         glob_key = key_path("tasks", task.name, "glob")
         files = _glob_all(config, task.glob, task.exclude, glob_key)
         uncovered.extend(
-            path for path in sorted(files) if not any(p in shards_of for p in _above(path))
+            path
+            for path in sorted(files)
+            if not any(p in shards_of for p in _above(_covered_path(path, config.root)))
         )
         if uncovered:
             shown = ", ".join(f"'{path}'" for path in uncovered[:_SHOWN_IN_WARNINGS])
@@ -412,16 +415,25 @@ def _explicit_groups(
     return groups
 
 
-def _covered_path(item: str) -> str:
-    """The path an explicit item covers: a Go package pattern such as
-    "./pkg/..." covers what is below "pkg"."""
-    return normal_path(item[: -len("/...")] if item.endswith("/...") else item)
+def _covered_path(item: str, root: Path) -> str:
+    """The path below ``root`` that an explicit item covers, one spelling for
+    one file: a Go package pattern such as "./pkg/..." covers what is below
+    "pkg"; ``..``, an absolute path and a symbolic link on the way are
+    resolved when the path exists."""
+    path = item[: -len("/...")] if item.endswith("/...") else item
+    full = os.path.join(root, path)
+    if os.path.lexists(full):
+        base = os.path.realpath(root)
+        real = os.path.relpath(os.path.realpath(full), base)
+        if real != ".." and not real.startswith("../"):
+            return normal_path(real)
+    return normal_path(os.path.normpath(path) if path else path)
 
 
-def _above(item: str) -> List[str]:
-    """The paths whose items would cover ``item``: its own and each directory
-    above it ("" covers everything)."""
-    parts = _covered_path(item).split("/")
+def _above(path: str) -> List[str]:
+    """The paths whose items would cover ``path`` (a covered path): its own and
+    each directory above it ("" covers everything)."""
+    parts = path.split("/")
     return ["/".join(parts[:length]) for length in range(len(parts) + 1)]
 
 

@@ -402,7 +402,8 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
     elif outcome.state == RunOutcome.INTERRUPTED or stop.is_set():
         raise _interrupted(stop, f"{label} interrupted")
     elif outcome.state == RunOutcome.LOST:
-        message = f"lokt-tasks: {label}: ended without its final record (its attempt died)"
+        why = outcome.guard.message or "its attempt died"
+        message = f"lokt-tasks: {label}: ended without its final record ({why})"
         raise Exit(message, code=errors.INCOMPLETE)
     else:
         raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)

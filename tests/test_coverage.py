@@ -129,3 +129,26 @@ def test_a_spare_ci_runner_has_nothing_to_run_and_exits_0(tmp_path):
     assert sorted(ran(project)) == ["check_1.py", "check_2.py", "check_3.py"]
     verdict = cli(project, "verify", "checks")
     assert verdict.returncode == errors.PASSED, verdict.stdout
+
+
+@pytest.mark.parametrize("spelling", ["pkg/b/../a/x.txt", "ABSOLUTE", "alias/x.txt"])
+def test_two_spellings_of_one_file_are_an_overlap(tmp_path, spelling):
+    """``..``, an absolute path and a symbolic link name the same file twice."""
+    project = make_project(tmp_path / "p", checks(["check_1.py"]), shards=1)
+    for path in ("pkg/a", "pkg/b"):
+        (project / path).mkdir(parents=True)
+    (project / "pkg/a/x.txt").write_text("")
+    (project / "alias").symlink_to("pkg/a")
+    if spelling == "ABSOLUTE":
+        spelling = str(project / "pkg/a/x.txt")
+    toml = (project / "shards.toml").read_text()
+    toml = toml.replace('glob = ["checks/check_*.py"]\nshards = 1\n', "")
+    toml += '[[tasks.checks.shard]]\nitems = ["pkg/a/x.txt"]\n'
+    toml += f"[[tasks.checks.shard]]\nitems = {json.dumps([spelling])}\n"
+    (project / "shards.toml").write_text(toml)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "items")
+
+    report = json.loads(cli(project, "verify", "checks", "--json").stdout)
+    assert report["verdict"] == "incomplete"
+    assert report["overlapping_items"], report

@@ -253,3 +253,26 @@ def test_runs_of_two_worktrees_never_fail_each_other(tmp_path, engine):
     assert first.returncode == errors.PASSED
     assert second.returncode == errors.PASSED, output
     assert states(verdict(other, "checks", "--engine", engine))[0] == "passed"
+
+
+@linux_only
+def test_a_stopped_agent_s_command_is_stopped_once_its_lock_is_taken_over(tmp_path, root, spawn):
+    """Embedded: the agent is stopped (SIGSTOP) past its TTL and its lock taken
+    over, as ``lokt guard --wait`` does: its watchdog kills the command at
+    once, though the agent itself cannot act, and no final record is written."""
+    pids = tmp_path / "pids"
+    command = ["/bin/sh", "-c", SLOW_TREE, "tree", str(pids), "30"]
+    agent = spawn("embedded", "A", command, ttl=1, grace=10)
+    tree = tree_pids(pids)
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past the TTL
+        start = system.process_start_time(os.getpid()) or 0
+        write_lock(root, owner="tester/B", agent_id="B", pid=os.getpid(), pid_start_ns=start)
+        wait_for(lambda: not any(running(pid) for pid in tree), "the command to stop", limit=5)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    agent.result(limit=60)
+    records = [json.loads(path.read_text()) for path in (tmp_path / "attempts").iterdir()]
+    assert [record["outcome"] for record in records] == ["running"]
+    assert json.loads(lock_file(root).read_text())["owner"] == "tester/B"

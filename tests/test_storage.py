@@ -209,3 +209,34 @@ def test_a_results_directory_every_user_can_write_is_not_trusted(project, result
         assert result.returncode == errors.ENGINE
         assert "writable by every user (mode 0777)" in one_line_error(result)
         assert ran(project) == []
+
+
+@pytest.mark.skipif(shutil.which("lokt") is None, reason="lokt not on PATH")
+@pytest.mark.parametrize("what", ["fifo", "symlink"])
+def test_lokt_is_never_handed_an_audit_log_it_would_hang_on_or_write_through(
+    project, tmp_path, what
+):
+    """lokt itself blocks on a FIFO at audit.log and follows a link there."""
+    root = tmp_path / "lock-root"
+    root.mkdir()
+    victim = tmp_path / "victim"
+    if what == "fifo":
+        os.mkfifo(root / "audit.log")
+    else:
+        (root / "audit.log").symlink_to(victim)
+
+    result = cli(
+        project,
+        "shard",
+        "checks",
+        "--id",
+        "1",
+        "--engine",
+        "lokt",
+        env={"LOKT_ROOT": str(root)},
+        timeout=LIMIT,
+    )
+
+    assert result.returncode == errors.ENGINE, result.stderr
+    assert "audit.log: is not a regular file" in one_line_error(result)
+    assert ran(project) == [] and not victim.exists()
