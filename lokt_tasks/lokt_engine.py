@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -167,8 +168,13 @@ class LoktEngine(Engine):
                 pid=os.getpid(),
                 agent_id=me.agent,
             )
-            empty = path.is_file() and path.stat().st_size == 0
-            if not (request.wait and empty and time.monotonic() < deadline):
+            try:
+                status = path.lstat()
+            except OSError:  # released meanwhile, or not there at all
+                break
+            if not (request.wait and time.monotonic() < deadline):
+                break
+            if not stat.S_ISREG(status.st_mode) or status.st_size:
                 break
             if request.stop.wait(0.5):
                 return interrupted_before_start(request.stop.signum)
