@@ -66,6 +66,10 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
+        # NOTE: found by substring, not json (which the attempt process spares).
+        mark = '"attempt": "'
+        start = fields.find(mark) + len(mark)
+        self.attempt_id = fields[start : fields.find('"', start)] if start >= len(mark) else ""
         self.started_at, self._began = "", 0.0  # set by begin
         self._log_fd: int | None = None
 
@@ -101,7 +105,7 @@ class Attempt:
         try:
             return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
         except OSError as error:
-            code, reason = system.not_started(self.command[0], error)
+            code, reason = system.not_started(error)
             line = "lokt-tasks: %s: %s\n" % (self.command[0], reason)
             os.write(2 if fd is None else fd, line.encode("utf-8", "replace"))
             return code
@@ -140,11 +144,9 @@ class Attempt:
 
     def _record_is_ours(self) -> bool:
         """Whether the record still holds our attempt id (by substring: json is costly)."""
-        mark = '"attempt": "'
-        start = self.fields.find(mark) + len(mark)
-        attempt_id = self.fields[start : self.fields.find('"', start)]
         try:
-            return ('"attempt": "%s"' % attempt_id).encode("ascii") in system.read_file(self.record)
+            mine = ('"attempt": "%s"' % self.attempt_id).encode("ascii")
+            return mine in system.read_file(self.record)
         except OSError:
             return False
 
@@ -175,10 +177,10 @@ class Attempt:
 
         try:
             record = json.loads(system.read_file(self.record))
-            mine = json.loads(self.fields)["attempt"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and record.get("attempt") == mine else None
+        mine = isinstance(record, dict) and record.get("attempt") == self.attempt_id
+        return record if mine and self.attempt_id else None
 
 
 def record_text(stamps: dict, fields: str) -> str:
@@ -252,6 +254,18 @@ def supervise(
     return child.returncode, forwarded or stopped()
 
 
+def names_holder(lock: str, pid: int) -> bool:
+    """Whether the lock file ``lock`` still names ``pid`` as its holder (lokt
+    and the embedded engine both write ``"pid": N,`` on a line of its own).
+    A missing file does not; one that cannot be read now is no proof."""
+    try:
+        return b'"pid": %d,' % pid in system.read_file(lock)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 class Watch:
     """Whether an attempt inside ``lokt guard`` is abandoned: its agent died
     (or its pid was reused), its guard died (another parent), or the lock
@@ -267,13 +281,7 @@ class Watch:
         return self.agent_start not in (None, system.process_start_time(self.agent_pid))
 
     def lock_lost(self) -> bool:
-        if self.lock is None:
-            return False
-        try:
-            text = system.read_file(self.lock)
-        except OSError:
-            return True
-        return (b'"pid": %d,' % self.guard_pid) not in text
+        return self.lock is not None and not names_holder(self.lock, self.guard_pid)
 
     def abandoned(self) -> float | None:
         """None while wanted; else the grace its command gets (see supervise)."""

@@ -202,10 +202,7 @@ class Child:
     def send(self, signum: int) -> None:
         """Signal the command itself, never once reaped (the pid may be reused)."""
         if self.returncode is None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+            _signalled(os.kill, self.pid, signum)
 
     def kill_group(self, signum: int = SIGKILL) -> None:
         signal_group(self.pid, signum)
@@ -242,7 +239,7 @@ def start(
     return Child(process.pid, keep=process)
 
 
-def not_started(program: str, error: OSError) -> tuple:
+def not_started(error: OSError) -> tuple:
     """A command that could not start ends as under a shell: (127, "command
     not found") when there is no such program, else (126, the OS's reason)."""
     if isinstance(error, FileNotFoundError):

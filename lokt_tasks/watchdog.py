@@ -22,6 +22,7 @@ import os
 import select
 
 from . import system
+from .attempt import names_holder
 
 #: Seconds between two looks at the lock files of the watched groups.
 LOCK_CHECK = 0.5
@@ -33,7 +34,6 @@ def main(argv: list) -> int:
     # watchdog must outlive it to do its work.
     system.on_signals((*system.STOP_SIGNALS, system.SIGHUP))
     watched: dict = {}  # group -> (start time or None, lock file or None)
-    ours = b'"pid": %d,' % os.getpid()
     pending = b""
     while True:
         if select.select([0], [], [], LOCK_CHECK)[0]:
@@ -44,7 +44,7 @@ def main(argv: list) -> int:
             for line in lines:
                 _note(watched, line.decode("utf-8", "surrogateescape"))
         for group, (start, lock) in list(watched.items()):
-            if lock is not None and not _holds(lock, ours):
+            if lock is not None and not names_holder(lock, os.getpid()):
                 del watched[group]
                 if not reused(group, start):
                     system.stop_groups([group], 0.0)
@@ -60,15 +60,6 @@ def _note(watched: dict, line: str) -> None:
         watched[int(word[0][1:])] = (start, word[2] if len(word) == 3 else None)
     elif len(word) == 1 and word[0].startswith("-"):
         watched.pop(int(word[0][1:]), None)
-
-
-def _holds(lock: str, ours: bytes) -> bool:
-    try:
-        return ours in system.read_file(lock)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # unreadable for now: not proof of a takeover
 
 
 def reused(pid: int, start_time: int | None) -> bool:

@@ -52,6 +52,12 @@ def lokt_tasks(project, results, *args, engine="embedded"):
     )
 
 
+def shard_1_under(project, root, engine):
+    """``shard checks --id 1`` with its locks (and audit log) under ``root``."""
+    env = {"LOKT_ROOT": str(root)}
+    return cli(project, "shard", "checks", "--id", "1", "--engine", engine, env=env, timeout=LIMIT)
+
+
 def one_line_error(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
@@ -113,17 +119,7 @@ def test_a_symlink_at_audit_log_is_never_written_through(project, tmp_path):
     root.mkdir()
     (root / "audit.log").symlink_to(victim)
 
-    result = cli(
-        project,
-        "shard",
-        "checks",
-        "--id",
-        "1",
-        "--engine",
-        "embedded",
-        env={"LOKT_ROOT": str(root)},
-        timeout=LIMIT,
-    )
+    result = shard_1_under(project, root, "embedded")
 
     assert result.returncode == errors.PASSED, result.stderr
     assert "audit log write failed" in result.stderr and "symbolic link" in result.stderr
@@ -136,17 +132,7 @@ def test_a_fifo_at_a_lock_path_is_an_error_naming_it(project, tmp_path, engine):
     (root / "locks").mkdir(parents=True)
     os.mkfifo(root / "locks" / "checks-shard-1.json")
 
-    result = cli(
-        project,
-        "shard",
-        "checks",
-        "--id",
-        "1",
-        "--engine",
-        engine,
-        env={"LOKT_ROOT": str(root)},
-        timeout=LIMIT,
-    )
+    result = shard_1_under(project, root, engine)
 
     assert result.returncode == errors.ENGINE, result.stderr
     assert "checks-shard-1.json" in one_line_error(result)
@@ -225,17 +211,7 @@ def test_lokt_is_never_handed_an_audit_log_it_would_hang_on_or_write_through(
     else:
         (root / "audit.log").symlink_to(victim)
 
-    result = cli(
-        project,
-        "shard",
-        "checks",
-        "--id",
-        "1",
-        "--engine",
-        "lokt",
-        env={"LOKT_ROOT": str(root)},
-        timeout=LIMIT,
-    )
+    result = shard_1_under(project, root, "lokt")
 
     assert result.returncode == errors.ENGINE, result.stderr
     assert "audit.log: is not a regular file" in one_line_error(result)
