@@ -48,6 +48,17 @@ class RecordOutcome(Word):
     ERROR = "error"  #: The lock engine failed before the command could run.
 
 
+class TestOutcome(Word):
+    """How one JUnit testcase ended, as a report says it."""
+
+    __test__ = False  # NOTE: a name pytest would otherwise try to collect as tests
+
+    PASSED = "passed"
+    FAILED = "failed"  #: An assertion failed (JUnit ``<failure>``).
+    ERROR = "error"  #: The test could not run to its end (JUnit ``<error>``).
+    SKIPPED = "skipped"  #: Skipped, or an expected failure (JUnit ``<skipped>``).
+
+
 class RunOutcome(Word):
     """What one agent's run of a shard came to, from that agent's point of view."""
 
