@@ -21,7 +21,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: Bottom first. The first layer imports nothing of the package.
 LAYERS: List[Set[str]] = [
     {"__init__", "errors", "states", "system", "text"},
-    {"attempt", "ci", "config", "console", "globs", "lockfile"},
+    {"attempt", "ci", "config", "console", "globs", "junit", "lockfile"},
     {"durations", "engine", "watchdog"},
     {"embedded", "lokt_engine", "plan"},
     {"results"},
