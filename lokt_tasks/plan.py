@@ -104,6 +104,8 @@ class PlanStats:
     #: ``largest / ideal``; 1.0 is a perfect split.
     balance: float
     heaviest_item: Optional[str] = None
+    #: The heaviest single item's estimated work, in ``unit``.
+    heaviest: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -535,6 +537,7 @@ def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> Pl
         largest=largest,
         balance=largest / ideal if ideal > 0 else 1.0,
         heaviest_item=heaviest_item,
+        heaviest=longest,
     )
 
 

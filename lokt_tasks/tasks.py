@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,7 +29,8 @@ from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
 from .plan import Plan, build_plan, plan_to_json, render_plan
-from .results import RecordStore, current_run_key, default_results_dir
+from .report import render_html, render_timeline
+from .results import RecordStore, current_run_key, default_results_dir, head_commit
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
@@ -43,7 +45,7 @@ from .states import (
     ShardState,
     ordered,
 )
-from .system import untrusted_directory
+from .system import untrusted_directory, write_atomically
 from .text import word_list
 from .verdict import (
     Verdict,
@@ -478,6 +480,9 @@ def shard_all(
     "engine run shards config results",
     json="Print the verdict as JSON (see README: verdict JSON).",
     junit="Also write the verdict as JUnit XML to this file, one testcase per shard.",
+    html="Also write a picture of the run to this file: one self-contained HTML page"
+    " (timeline, balance, what broke, slowest tests).",
+    timeline="Add the run's timeline to the table: one line per agent, one bar per shard.",
     wait=f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
     timeout="With --wait: how long to wait, as a duration with a unit (default 10m).",
 )
@@ -486,6 +491,8 @@ def verify(
     task,
     json=False,
     junit=None,
+    html=None,
+    timeline=False,
     wait=False,
     timeout=None,
     engine=None,
@@ -495,6 +502,8 @@ def verify(
     results=None,
 ):
     """Merge every shard's record into one verdict; exit 0 only if all passed."""
+    if json and timeline:
+        raise UsageError("--timeline adds to the table; --json carries the same data (timing)")
     setup = _setup(task, config=config, shards=shards, run=run, results=results)
     settings = _settings(setup, engine=engine, agent=None)
     deadline = time.monotonic() + (parse_duration(timeout) if timeout else 600.0)
@@ -507,11 +516,18 @@ def verify(
     if junit:
         Path(junit).parent.mkdir(parents=True, exist_ok=True)
         Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
+    document = verdict_to_json(verdict, commit=head_commit(setup.plan.cwd))
+    if html:
+        Path(html).parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(html, render_html(document).encode("utf-8"), durable=False)
     if json:
-        print(dumps(verdict_to_json(verdict), indent=2))
+        print(dumps(document, indent=2))
     else:
         console = Console()
         console.say(render_table(verdict, color=console.color))
+        if timeline:
+            width = shutil.get_terminal_size((100, 24)).columns
+            console.say(render_timeline(document, width=width, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
 
