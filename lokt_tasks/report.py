@@ -723,10 +723,11 @@ def _problems_section(doc: Mapping[str, Any], per_test: bool, tests: Sequence[Li
         for shard in doc["shards"]
         if shard["state"] != ShardState.PASSED or shard["shard"] in flaky_shards
     ]
-    parts.append(
-        "<h3>Shards that did not pass (%d)</h3>"
-        % sum(shard["state"] != ShardState.PASSED for shard in doc["shards"])
-    )
+    failed = sum(shard["state"] != ShardState.PASSED for shard in doc["shards"])
+    heading = "Shards that did not pass (%d)" % failed
+    if len(shown) > failed:
+        heading += " or hold a flaky test (%d)" % (len(shown) - failed)
+    parts.append("<h3>%s</h3>" % heading)
     if not shown:
         parts.append("<p>None.</p>")
     for shard in shown[:MAX_LISTED]:
@@ -813,7 +814,7 @@ code,pre{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;fo
 .verdict{color:#fff;border-radius:4px;padding:1px 10px;font-size:18px;vertical-align:2px}
 .badge{color:#fff;border-radius:3px;padding:0 6px;font-size:12px}
 .count{margin-right:10px}
-.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:4px 18px;
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:4px 18px;
 margin:8px 0}.facts div{display:flex;gap:8px}.facts dt{color:#666;min-width:78px}
 .facts dd{margin:0;overflow-wrap:anywhere}
 svg{display:block;margin:6px 0;font-size:12px}

@@ -7,6 +7,7 @@ docs/report.png is made)::
 
     python tests/report_demo.py --html report.html --png docs/report.png
 
+The suite is split by timings an earlier run left, the shards' estimates.
 How the run goes: agents ``agent-1`` and ``agent-2`` both run ``shard demo
 --id next`` at once, so they share the 3 shards between them. The flaky test
 fails the first time it runs and passes after, so its shard fails; the
@@ -32,6 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lokt_tasks.config import load_config  # noqa: E402
+from lokt_tasks.durations import pin_durations  # noqa: E402
 from lokt_tasks.junit import TestIds, read_report  # noqa: E402
 from lokt_tasks.plan import build_plan  # noqa: E402
 from lokt_tasks.report import render_html  # noqa: E402
@@ -41,7 +43,7 @@ from lokt_tasks.verdict import judge_live, verdict_to_json  # noqa: E402
 
 TASK, RUN = "demo", "demo-run"
 FAILING_TEST = "tests/test_billing.py::test_refund_rounds_to_cents"
-FLAKY_TEST = "tests/test_search.py::test_index_is_warm"
+FLAKY_TEST = "tests/test_users.py::test_session_cache_is_warm"
 #: file -> its source. Sleeps give the shards different lengths.
 SUITE = {
     "tests/test_auth.py": """
@@ -79,25 +81,25 @@ def test_place_order():
     time.sleep(0.5)
 """,
     "tests/test_search.py": """
-import os
 import time
-
-STATE = os.path.join(os.path.dirname(__file__), "..", "index.warm")
 
 def test_query():
     time.sleep(0.2)
-
-def test_index_is_warm():
-    # Flaky on purpose: the first run finds a cold index.
-    if not os.path.exists(STATE):
-        open(STATE, "w").close()
-        raise AssertionError("search index still warming up (cold start)")
 """,
     "tests/test_users.py": """
+import os
 import time
+
+STATE = os.path.join(os.path.dirname(__file__), "..", "cache.warm")
 
 def test_profile():
     time.sleep(0.3)
+
+def test_session_cache_is_warm():
+    # Flaky on purpose: the first run finds a cold cache.
+    if not os.path.exists(STATE):
+        open(STATE, "w").close()
+        raise AssertionError("session cache still warming up (cold start)")
 """,
 }
 SHARDS_TOML = """\
@@ -110,6 +112,12 @@ results = ".results"
 run = "{python} -m pytest -q -p no:cacheprovider --junitxml={junit} {items}"
 glob = ["tests/test_*.py"]
 shards = 3
+split = "timings"
+"""
+#: The timings an earlier run left (seconds per file): the shards' estimates.
+DURATIONS = """\
+{"tests/test_auth.py": 0.9, "tests/test_billing.py": 0.5, "tests/test_catalog.py": 1.4,
+ "tests/test_orders.py": 0.6, "tests/test_search.py": 0.3, "tests/test_users.py": 0.4}
 """
 
 
@@ -123,7 +131,8 @@ def make_project(root: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(source.lstrip(), encoding="utf-8")
     (root / "shards.toml").write_text(SHARDS_TOML, encoding="utf-8")
-    (root / ".gitignore").write_text(".results/\nindex.warm\n", encoding="utf-8")
+    (root / "shard-durations.json").write_text(DURATIONS, encoding="utf-8")
+    (root / ".gitignore").write_text(".results/\ncache.warm\n", encoding="utf-8")
     git(root, "init", "-q")
     git(root, "config", "user.email", "demo@example.com")
     git(root, "config", "user.name", "demo")
@@ -154,8 +163,12 @@ def run_demo(root: Path) -> Dict[str, Any]:
     for agent in agents:
         agent.communicate(timeout=120)
     config = load_config(root / "shards.toml")
-    plan = build_plan(config, TASK)
     store = RecordStore(config.results or root / ".results")
+    # NOTE: as verify does: a timings split plans from the timings pinned at the run's start.
+    durations_file = config.tasks[TASK].durations
+    assert durations_file is not None
+    pinned = pin_durations(durations_file, store.run_dir(TASK, RUN) / "durations.json")
+    plan = build_plan(config, TASK, durations=pinned)
     flaky_file = FLAKY_TEST.split("::")[0]
     flaky_shard = next(s.index for s in plan.shards if flaky_file in s.items)
     first_report = root / "first-attempt.junit.xml"
