@@ -518,8 +518,7 @@ def verify(
         Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
     document = verdict_to_json(verdict, commit=head_commit(setup.plan.cwd))
     if html:
-        Path(html).parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(html, render_html(document).encode("utf-8"), durable=False)
+        _write_output(html, render_html(document), "--html")
     if json:
         print(dumps(document, indent=2))
     else:
@@ -530,6 +529,22 @@ def verify(
             console.say(render_timeline(document, width=width, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
+
+
+def _write_output(path: str, text: str, flag: str) -> None:
+    """Write ``text`` whole (a temporary file renamed) to the file ``flag`` names,
+    making its directory; a directory in its place is a usage error, a path that
+    cannot be written a storage error, each naming the flag and the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, not a file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, text.encode("utf-8"), durable=False)
+    except FileExistsError as error:  # NOTE: what mkdir says of a file on the way
+        raise errors.StorageError(f"{flag} {path}: {error.filename} is not a directory") from None
+    except OSError as error:
+        raise errors.StorageError(f"{flag} {path}: {error.strerror or error}") from None
 
 
 ns = Collection(plan, shard, shard_all, verify)

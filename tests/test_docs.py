@@ -43,6 +43,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from lokt_tasks.config import load_config
+from lokt_tasks.plan import Plan, PlanStats, Shard
+from lokt_tasks.results import Record
 from lokt_tasks.states import (
     INCOMPLETE_STATES,
     RERUN_BY_FAILED,
@@ -52,6 +54,7 @@ from lokt_tasks.states import (
     ShardState,
     ordered,
 )
+from lokt_tasks.verdict import judge, verdict_to_json
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -666,6 +669,24 @@ def test_counts_in_the_json_examples_list_every_state_in_order(path):
     counts = re.search(r'"counts": (\{[^}]*\})', path.read_text(encoding="utf-8"))
     assert counts, f"no counts example in {path.name}"
     assert list(json.loads(counts.group(1))) == [str(state) for state in ShardState]
+
+
+def test_the_verdict_json_example_shows_every_key():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"`verify --json` prints a stable document.*?```json\n(.*?)```", text, re.S)
+    assert example, "no verdict JSON example in README.md"
+    shown = json.loads(example.group(1))
+    shard = Shard("test", 1, 1, ("a",), ("true",), "test-shard-1", "fp", estimate=1.0)
+    plan = Plan("test", REPO, (shard,), stats=PlanStats("seconds", 1, 1, 1, 1, 1, 1, "a", 1))
+    record = Record(
+        "test", 1, 1, "fp", "k", "test-shard-1", "a", "o", "h", 1, "embedded",
+        "2026-01-01T00:00:00Z", "passed", "2026-01-01T00:00:01Z", 1.0, 0,
+    )  # fmt: skip
+    real = verdict_to_json(judge(plan, {1: record}, {}, run_key="k"))
+    assert list(shown) == list(real)
+    assert list(shown["shards"][0]) == list(real["shards"][0])
+    assert list(shown["timing"]) == list(real["timing"])
+    assert list(shown["timing"]["heaviest_item"]) == list(real["timing"]["heaviest_item"])
 
 
 def test_the_overall_verdicts_are_the_documented_ones():

@@ -379,9 +379,12 @@ PROBE = """
   out.failing = texts('#failing-tests td.test-id');
   out.failing_messages = texts('#failing-tests td.message');
   out.flaky = texts('#flaky-tests td.test-id');
+  out.flaky_messages = texts('#flaky-tests td.message');
   out.logs = texts('.shard-problem pre.log');
   out.problems = Array.prototype.map.call(document.querySelectorAll('.shard-problem'),
-    function (e) { return {shard: +e.dataset.shard, state: e.dataset.state, shown: shown(e)}; });
+    function (e) { var log = e.querySelector('pre.log');
+      return {shard: +e.dataset.shard, state: e.dataset.state, shown: shown(e),
+        why: e.querySelector('h4').textContent, log: log ? log.textContent : null}; });
   out.balance = Array.prototype.map.call(document.querySelectorAll('#balance-chart .balance'),
     function (g) { return {shard: +g.dataset.shard, bar: box(g.querySelector('rect')),
       estimate: g.querySelector('.estimate') ? box(g.querySelector('.estimate')) : null}; });
@@ -469,18 +472,27 @@ def test_the_browser_renders_every_part_of_the_page(demo, tmp_path):
     measured = (bound["box"]["x"] - left) / (wall["box"]["x"] - left)
     assert abs(measured - ratio) < 0.02
 
-    # balance: each shard against the ideal and its estimate
+    # balance: each shard against the ideal and its estimate (a tick where it falls)
     assert [row["shard"] for row in seen["balance"]] == [1, 2, 3]
     assert seen["markers"]["ideal"]["shown"] and seen["balance_rows"] == 3
-    assert all(row["bar"]["w"] > 0 for row in seen["balance"])
+    for row in seen["balance"]:
+        shard = by_shard[row["shard"]]
+        assert row["bar"]["w"] > 0 and row["estimate"] is not None
+        per_second = row["bar"]["w"] / shard["duration"]
+        tick = row["estimate"]["x"] - row["bar"]["x"]
+        assert abs(tick - shard["estimate"] * per_second) < 2.0
 
     # failing and flaky tests, with their messages and the failing shard's log
     assert [(t["text"], t["shown"]) for t in seen["failing"]] == [(report_demo.FAILING_TEST, True)]
     assert "2.675 should round to 2.68" in seen["failing_messages"][0]["text"]
     assert [(t["text"], t["shown"]) for t in seen["flaky"]] == [(report_demo.FLAKY_TEST, True)]
+    assert "cold start" in seen["flaky_messages"][0]["text"]
     assert any("AssertionError" in log["text"] and log["shown"] for log in seen["logs"])
+    flaky_shard = next(t["shard"] for t in doc["tests"] if t["flaky"])
+    problems = {(p["shard"], p["state"]): p for p in seen["problems"]}
     failed = [p for p in seen["problems"] if p["state"] == "failed"]
-    assert len(failed) == 1 and failed[0]["shown"]
+    assert len(failed) == 1 and failed[0]["shown"] and failed[0]["log"]
+    assert problems[(flaky_shard, "passed")]["shown"] and problems[(flaky_shard, "passed")]["log"]
 
     # the slowest tests: all 10 of the demo, the slowest first
     slowest = [row["text"] for row in seen["slowest"]]
@@ -542,3 +554,46 @@ def test_the_browser_draws_a_page_verify_wrote(tmp_path):
         ["checks/check_b.py", "checks/check_a.py"],
     )
     assert any("check failed on purpose" in log["text"] for log in seen["logs"])
+
+
+@needs_chromium
+def test_the_browser_shows_why_shards_crashed_went_missing_or_are_outdated(tmp_path):
+    log = tmp_path / "shard-1.log"
+    log.write_text("collected 3 items\nKilled\n", encoding="utf-8")
+    records = {
+        1: record(1, 0, None, "agent-1", "running", log=str(log)),  # no holder: crashed
+        2: record(2, 0, 3, "agent-2", fingerprint="another-plan"),
+        3: record(3, 0, 5, "agent-2"),
+    }
+    page = tmp_path / "report.html"
+    page.write_text(render_html(document(records, 4)), encoding="utf-8")
+    seen = probe(CHROMIUM, page.read_text(encoding="utf-8"), tmp_path / "probe.html")
+
+    problems = {p["shard"]: p for p in seen["problems"]}
+    assert sorted(problems) == [1, 2, 4] and all(p["shown"] for p in problems.values())
+    assert problems[1]["state"] == "crashed" and "never finished" in problems[1]["why"]
+    assert "its lock is free" in problems[1]["why"] and "Killed" in problems[1]["log"]
+    assert problems[2]["state"] == "outdated" and "another plan" in problems[2]["why"]
+    assert problems[4]["state"] == "missing" and "no record" in problems[4]["why"]
+    # the crashed shard is on the timeline, its bar running to the end; the others are not
+    bars = {bar["shard"]: bar for bar in seen["bars"]}
+    assert sorted(bars) == [1, 3] and bars[1]["state"] == "crashed"
+    assert bars[1]["box"]["x"] + bars[1]["box"]["w"] >= seen["markers"]["wall"]["box"]["x"] - 1
+
+
+def test_verify_says_which_html_path_it_cannot_write(tmp_path):
+    root = make_project(tmp_path / "p", {"check_a.py": PASS}, shards=1)
+    cli(root, "shard-all", "checks")
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+
+    into_directory = cli(root, "verify", "checks", "--html", str(tmp_path / "a-directory"))
+    assert into_directory.returncode == 2
+    assert into_directory.stderr == (
+        f"lokt-tasks: error: --html {tmp_path / 'a-directory'}: is a directory, not a file\n"
+    )
+    under_a_file = cli(root, "verify", "checks", "--html", str(tmp_path / "a-file" / "r.html"))
+    assert under_a_file.returncode == 6
+    assert under_a_file.stderr.startswith(f"lokt-tasks: error: --html {tmp_path / 'a-file'}/")
+    assert "Traceback" not in under_a_file.stderr and len(under_a_file.stderr.splitlines()) == 1
+    assert list((tmp_path / "a-directory").iterdir()) == []
