@@ -86,7 +86,7 @@ class ListedTest(NamedTuple):
     flaky: bool
 
 
-def _tests(doc: Mapping[str, Any]) -> Tuple[bool, List[ListedTest]]:
+def listed_tests(doc: Mapping[str, Any]) -> Tuple[bool, List[ListedTest]]:
     """``(per_test, entries)``: the document's per-test results, each
     ``{"id", "shard", "outcome", "seconds", "message", "flaky"}`` under
     ``tests`` (see ``verdict.TEST_KEYS``); without them (``tests`` null),
@@ -316,7 +316,7 @@ def _more(shown: int, total: int, what: str) -> str:
 
 def render_html(doc: Mapping[str, Any]) -> str:
     """The whole page for a verdict document (see the module's docstring)."""
-    per_test, tests = _tests(doc)
+    per_test, tests = listed_tests(doc)
     title = "%s: %s (run %s)" % (doc["task"], str(doc["verdict"]).upper(), doc["run_key"])
     body = "\n".join(
         [

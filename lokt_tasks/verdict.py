@@ -29,7 +29,9 @@ always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
 "crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
 listing every state. While a shard runs, its ``exit_code``, ``signal`` and
 ``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
-are the lock holder's.
+are the lock holder's. Its ``timing`` says how long the run took and could
+have taken (see ``_timing``); ``report.py`` draws the document, and nothing
+else, as a page and a terminal timeline.
 """
 
 from __future__ import annotations
@@ -354,11 +356,11 @@ def verdict_to_json(
         for entry in entries or ()
         if entry["flaky"] or entry["outcome"] in (TestOutcome.FAILED, TestOutcome.ERROR)
     }
-    shards = [
+    rows = [
         _row_to_json(row, row.state in SHOW_LOG_STATES or row.shard in noted)
         for row in verdict.rows
     ]
-    timing = _timing(verdict, shards, entries)
+    timing = _timing(verdict, rows, entries)
     return {
         "version": JSON_VERSION,
         "task": verdict.task,
@@ -368,7 +370,7 @@ def verdict_to_json(
         "verdict": verdict.state,
         "exit_code": verdict.exit_code,
         "counts": verdict.counts,
-        "shards": shards,
+        "shards": rows,
         "timing": timing,
         "tests": entries,
         "stray_shards": list(verdict.stray_shards),

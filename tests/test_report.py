@@ -27,8 +27,8 @@ from lokt_tasks.plan import Plan, Shard
 from lokt_tasks.report import (
     CSP,
     MAX_LISTED,
-    _tests,
     html_color,
+    listed_tests,
     render_html,
     render_timeline,
     timeline,
@@ -216,14 +216,14 @@ def test_without_per_test_results_items_stand_for_tests():
     }
     verdict = judge(plan_of(3, items_per_shard=1), records, {}, run_key=RUN, now=BASE)
     doc = json.loads(json.dumps(verdict_to_json(verdict)))
-    per_test, entries = _tests(doc)
+    per_test, entries = listed_tests(doc)
     assert not per_test
     assert [(e.id, e.shard, e.outcome, e.seconds) for e in entries] == [
         ("tests/test_1_0.py", 1, "passed", 4.0),
         ("tests/test_2_0.py", 2, "failed", 7.0),
     ]
     wide = judge(plan_of(2, items_per_shard=3), records, {}, run_key=RUN, now=BASE)
-    _, entries = _tests(json.loads(json.dumps(verdict_to_json(wide))))
+    _, entries = listed_tests(json.loads(json.dumps(verdict_to_json(wide))))
     assert [e.id for e in entries] == ["shard 1 (3 items)", "shard 2 (3 items)"]
 
     page = render_html(doc)
