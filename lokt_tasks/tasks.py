@@ -32,6 +32,7 @@ from .results import RecordStore, current_run_key, default_results_dir
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
+    FAILED_OUTCOMES,
     LOCKED_OUT,
     PASSED_OUTCOMES,
     RAN_OUTCOMES,
@@ -187,6 +188,8 @@ def _settings(
         durations_file=setup.task.durations,
         wait=wait,
         timeout=timeout,
+        shard_timeout=setup.task.timeout,
+        shard_timeout_text=setup.task.timeout_text or "",
     )
 
 
@@ -306,9 +309,9 @@ def _shard_queue(
 ) -> None:
     """Run shards until every one is finished (see schedule.run_queue), then say
     how many this agent ran and which shards, if any, are left to others. Exits
-    0 when every shard it ran passed (or it ran none), 3 when one failed, 4 when
-    one was lost or stopped by a signal sent to it alone, 6 on an engine error,
-    130/143 when this agent was interrupted."""
+    0 when every shard it ran passed (or it ran none), 3 when one failed or
+    timed out, 4 when one was lost or stopped by a signal sent to it alone, 6 on
+    an engine error, 130/143 when this agent was interrupted."""
 
     def finished(shard) -> bool:
         return is_finished(setup.store.read(shard.task, setup.run_key, shard.index), shard)
@@ -353,7 +356,7 @@ def _shard_queue(
     states = {o.state for o in outcomes}
     if RunOutcome.ERROR in states:
         raise Exit(code=errors.ENGINE)
-    if RunOutcome.FAILED in states:
+    if states & FAILED_OUTCOMES:
         raise Exit(code=errors.FAILED)
     if states & {RunOutcome.LOST, RunOutcome.INTERRUPTED}:
         raise Exit(code=errors.INCOMPLETE)
@@ -386,6 +389,8 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
         )
     if outcome.state == RunOutcome.ERROR:
         return f": {guard.message}"
+    if outcome.state == RunOutcome.TIMED_OUT and record is not None:
+        return f" ({record.message})"
     if record is None or not (record.signal or record.exit_code):
         return ""
     return f" ({record.signal})" if record.signal else f" (exit {record.exit_code})"
@@ -406,7 +411,8 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
         message = f"lokt-tasks: {label}: ended without its final record ({why})"
         raise Exit(message, code=errors.INCOMPLETE)
     else:
-        raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
+        how = "timed out" if outcome.state == RunOutcome.TIMED_OUT else "failed"
+        raise Exit(f"lokt-tasks: {label} {how}{detail}", code=errors.FAILED)
 
 
 @_command(
