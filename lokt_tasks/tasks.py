@@ -70,6 +70,8 @@ COMMON_HELP = {
 
 #: The states ``shard-all --failed`` runs again, for its help and its messages.
 RERUN_WORDS = word_list(ordered(RERUN_BY_FAILED))
+#: Lines of a failed shard's log that ``shard-all`` shows.
+LOG_TAIL_LINES = 20
 
 
 def _command(common: str, name: Optional[str] = None, **specific: str) -> Callable:
@@ -452,24 +454,16 @@ def shard_all(
         console.say(f"nothing to run: {why}")
     else:
         stop = StopRequest()
-        board = LiveBoard(console, [s.lock_name for s in todo])
+        labels, estimates = [s.lock_name for s in todo], [s.estimate for s in todo]
+        board = LiveBoard(console, labels, estimates=estimates, jobs=workers)
 
         def on_change(shard, state, outcome):
-            board.update(shard.lock_name, state, _outcome_detail(outcome) if outcome else "")
+            detail = _outcome_detail(outcome) if outcome else ""
+            board.update(shard.lock_name, state, detail, report=_log_report(outcome, console))
 
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
-            outcomes = run_all(
-                todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip
-            )
-        for outcome in outcomes:
-            if outcome.state in SHOW_LOG_OUTCOMES and outcome.log:
-                heading = (
-                    f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
-                    f" last lines of {outcome.log}"
-                )
-                log_tail = tail(Path(outcome.log), 20).rstrip("\n")
-                console.say(f"\n{console.paint(heading, outcome.state)}\n{log_tail}")
+            run_all(todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -478,6 +472,19 @@ def shard_all(
     console.say(render_table(verdict, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
+
+
+def _log_report(outcome: Optional[ShardOutcome], console: Console) -> str:
+    """For a shard that ended failed, timed out, lost or in error: a heading and
+    the last lines of its log, shown as soon as it ends; else ""."""
+    if outcome is None or outcome.state not in SHOW_LOG_OUTCOMES or not outcome.log:
+        return ""
+    heading = (
+        f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
+        f" last lines of {outcome.log}"
+    )
+    log_tail = tail(Path(outcome.log), LOG_TAIL_LINES).rstrip("\n")
+    return f"\n{console.paint(heading, outcome.state)}\n{log_tail}"
 
 
 @_command(
