@@ -31,6 +31,11 @@ STOP_GRACE = 10.0
 #: cleanly on SIGTERM (a test runner flushing its output), and the shard is still
 #: gone, recorded and its lock released within 2 s of the limit, as promised.
 TIMEOUT_GRACE = 1.0
+#: The line a timed-out command's output ends with (its log, else our stderr).
+TIMEOUT_NOTE = (
+    "exceeded timeout %s: sent SIGTERM to the command's process group,"
+    " and SIGKILL %gs later to what was left"
+)
 #: How often a running attempt looks at stop requests and its agent.
 POLL_INTERVAL = 0.025
 
@@ -152,10 +157,8 @@ class Attempt:
         if ended is not None and system.group_alive(child.pid):
             system.stop_groups([child.pid], grace)
         if ended is not None and ended[2]:
-            how = "sent SIGTERM to the command's process group, and SIGKILL %gs later to what"
-            how = (how + " was left") % TIMEOUT_GRACE
             try:
-                self._tell("exceeded timeout %s: %s" % (self.timeout_text, how))
+                self._tell(TIMEOUT_NOTE % (self.timeout_text, TIMEOUT_GRACE))
             except OSError:
                 pass  # NOTE: the record, not this line, tells the outcome
         return ended
@@ -308,9 +311,10 @@ def supervise(
     if timed_out and kill_at is not None:
         # NOTE: a wrapper (sh -c) ends at SIGTERM while a child of its group
         # may ignore it: that child too is gone by the same SIGKILL time.
-        while system.group_alive(child.pid) and time.monotonic() < kill_at:
+        while (alive := system.group_alive(child.pid)) and time.monotonic() < kill_at:
             time.sleep(POLL_INTERVAL)
-        child.kill_group()
+        if alive:
+            child.kill_group()
     # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
     # terminal can reach both at once.
     return child.returncode, forwarded or stopped(), timed_out

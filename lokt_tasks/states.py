@@ -107,7 +107,7 @@ RAN_OUTCOMES = frozenset(
 FAILED_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.TIMED_OUT})
 #: Run outcomes for which the lock was not ours, so nothing ran.
 LOCKED_OUT = frozenset({RunOutcome.HELD, RunOutcome.FROZEN})
-#: Run outcomes whose log tail shard-all shows after the board.
+#: Run outcomes whose log tail shard-all shows as soon as the shard ends.
 SHOW_LOG_OUTCOMES = frozenset(
     {RunOutcome.FAILED, RunOutcome.TIMED_OUT, RunOutcome.LOST, RunOutcome.ERROR}
 )

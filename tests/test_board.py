@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+import pyte
 import pytest
 from scratch import FAIL, PASS, cli_env, make_project
 
@@ -24,7 +25,6 @@ from lokt_tasks import errors
 from lokt_tasks.console import Console, LiveBoard
 from lokt_tasks.states import Progress, RunOutcome
 
-pyte = pytest.importorskip("pyte")
 posix_terminal = pytest.mark.skipif(
     not sys.platform.startswith(("linux", "darwin")), reason="pseudo-terminals"
 )
