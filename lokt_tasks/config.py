@@ -81,6 +81,9 @@ class TaskConfig:
     engine: str = "auto"
     jobs: Optional[int] = None  #: Parallel shards for shard-all; None means the CPU count.
     durations: Optional[Path] = None  #: Absolute path of the file split = "timings" reads.
+    #: How long a shard's command may run, in seconds, and as written ("15m"); None: no limit.
+    timeout: Optional[float] = None
+    timeout_text: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,7 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
 
 
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
+    """A positive duration with a unit (``ttl``, ``timeout``): seconds, and the text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         example = f'"{value}s" or "10m"'
         raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
@@ -424,6 +428,8 @@ KEYS: Dict[str, Key] = {
     "shard": Key(_read_shard_tables, (TASK,), default=(), misplaced=f"explicit shards {_IN_TASKS}"),
     "split": Key(partial(_read_choice, choices=SPLITS), (DEFAULTS, TASK), default="name"),
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
+    # NOTE: unset, a shard runs as long as it takes (the lock is renewed meanwhile).
+    "timeout": Key(_read_ttl, (DEFAULTS, TASK), default=(None, None)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
     # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
@@ -513,6 +519,7 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
     count = None if explicit else task["shards"]
     ttl, ttl_text = task["ttl"]
+    timeout, timeout_text = task["timeout"]
     return TaskConfig(
         name=name,
         run=task["run"],
@@ -528,6 +535,8 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         engine=task["engine"],
         jobs=task["jobs"],
         durations=path.parent / task["durations"],
+        timeout=timeout,
+        timeout_text=timeout_text,
     )
 
 

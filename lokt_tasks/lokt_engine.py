@@ -102,7 +102,7 @@ class LoktEngine(Engine):
             lokt_output.seek(0)
             lokt_message = lokt_output.read().decode("utf-8", "replace").strip()
         assert ended is not None  # never abandoned
-        returncode, forwarded = ended
+        returncode, forwarded, _ = ended  # no deadline: the attempt inside keeps it
         if returncode < 0:
             # NOTE: lokt guard was killed, leaving its lock. The attempt stops
             # the command; the lock goes only once nothing of the shard runs.

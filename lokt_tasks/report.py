@@ -54,6 +54,7 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BAR_CHARS: Mapping[str, str] = {
     ShardState.PASSED: "=",
     ShardState.FAILED: "!",
+    ShardState.TIMED_OUT: "x",
     ShardState.RUNNING: ">",
     ShardState.CRASHED: "?",
     ShardState.INTERRUPTED: "/",
@@ -832,6 +833,7 @@ th{background:#f6f6f6;font-weight:600}td.num{text-align:right;white-space:nowrap
 td.test-id{overflow-wrap:anywhere}td.message{color:#8b1a1a;overflow-wrap:anywhere}
 .shard-problem{border-left:4px solid #ccc;padding:2px 12px;margin:10px 0;background:#fcfcfc}
 .shard-problem[data-state=failed],.shard-problem[data-state=crashed],
+.shard-problem[data-state=timed-out],
 .shard-problem[data-state=corrupt]{border-color:#c62828}
 pre.log{background:#1e1e1e;color:#e8e8e8;padding:8px 10px;overflow-x:auto;white-space:pre-wrap;
 overflow-wrap:anywhere;max-height:360px;border-radius:3px}

@@ -34,6 +34,7 @@ from .results import RecordStore, current_run_key, default_results_dir, head_com
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
+    FAILED_OUTCOMES,
     LOCKED_OUT,
     PASSED_OUTCOMES,
     RAN_OUTCOMES,
@@ -71,6 +72,8 @@ COMMON_HELP = {
 
 #: The states ``shard-all --failed`` runs again, for its help and its messages.
 RERUN_WORDS = word_list(ordered(RERUN_BY_FAILED))
+#: Lines of a failed shard's log that ``shard-all`` shows.
+LOG_TAIL_LINES = 20
 
 
 def _command(common: str, name: Optional[str] = None, **specific: str) -> Callable:
@@ -189,6 +192,8 @@ def _settings(
         durations_file=setup.task.durations,
         wait=wait,
         timeout=timeout,
+        shard_timeout=setup.task.timeout,
+        shard_timeout_text=setup.task.timeout_text or "",
     )
 
 
@@ -308,9 +313,9 @@ def _shard_queue(
 ) -> None:
     """Run shards until every one is finished (see schedule.run_queue), then say
     how many this agent ran and which shards, if any, are left to others. Exits
-    0 when every shard it ran passed (or it ran none), 3 when one failed, 4 when
-    one was lost or stopped by a signal sent to it alone, 6 on an engine error,
-    130/143 when this agent was interrupted."""
+    0 when every shard it ran passed (or it ran none), 3 when one failed or
+    timed out, 4 when one was lost or stopped by a signal sent to it alone, 6 on
+    an engine error, 130/143 when this agent was interrupted."""
 
     def finished(shard) -> bool:
         return is_finished(setup.store.read(shard.task, setup.run_key, shard.index), shard)
@@ -355,7 +360,7 @@ def _shard_queue(
     states = {o.state for o in outcomes}
     if RunOutcome.ERROR in states:
         raise Exit(code=errors.ENGINE)
-    if RunOutcome.FAILED in states:
+    if states & FAILED_OUTCOMES:
         raise Exit(code=errors.FAILED)
     if states & {RunOutcome.LOST, RunOutcome.INTERRUPTED}:
         raise Exit(code=errors.INCOMPLETE)
@@ -388,6 +393,8 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
         )
     if outcome.state == RunOutcome.ERROR:
         return f": {guard.message}"
+    if outcome.state == RunOutcome.TIMED_OUT and record is not None:
+        return f" ({record.message})"
     if record is None or not (record.signal or record.exit_code):
         return ""
     return f" ({record.signal})" if record.signal else f" (exit {record.exit_code})"
@@ -408,7 +415,8 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
         message = f"lokt-tasks: {label}: ended without its final record ({why})"
         raise Exit(message, code=errors.INCOMPLETE)
     else:
-        raise Exit(f"lokt-tasks: {label} failed{detail}", code=errors.FAILED)
+        how = "timed out" if outcome.state == RunOutcome.TIMED_OUT else "failed"
+        raise Exit(f"lokt-tasks: {label} {how}{detail}", code=errors.FAILED)
 
 
 @_command(
@@ -448,24 +456,16 @@ def shard_all(
         console.say(f"nothing to run: {why}")
     else:
         stop = StopRequest()
-        board = LiveBoard(console, [s.lock_name for s in todo])
+        labels, estimates = [s.lock_name for s in todo], [s.estimate for s in todo]
+        board = LiveBoard(console, labels, estimates=estimates, jobs=workers)
 
         def on_change(shard, state, outcome):
-            board.update(shard.lock_name, state, _outcome_detail(outcome) if outcome else "")
+            detail = _outcome_detail(outcome) if outcome else ""
+            board.update(shard.lock_name, state, detail, report=_log_report(outcome, console))
 
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
-            outcomes = run_all(
-                todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip
-            )
-        for outcome in outcomes:
-            if outcome.state in SHOW_LOG_OUTCOMES and outcome.log:
-                heading = (
-                    f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
-                    f" last lines of {outcome.log}"
-                )
-                log_tail = tail(Path(outcome.log), 20).rstrip("\n")
-                console.say(f"\n{console.paint(heading, outcome.state)}\n{log_tail}")
+            run_all(todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -474,6 +474,19 @@ def shard_all(
     console.say(render_table(verdict, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
+
+
+def _log_report(outcome: Optional[ShardOutcome], console: Console) -> str:
+    """For a shard that ended failed, timed out, lost or in error: a heading and
+    the last lines of its log, shown as soon as it ends; else ""."""
+    if outcome is None or outcome.state not in SHOW_LOG_OUTCOMES or not outcome.log:
+        return ""
+    heading = (
+        f"--- {outcome.shard.lock_name} {outcome.state}{_outcome_detail(outcome)}:"
+        f" last lines of {outcome.log}"
+    )
+    log_tail = tail(Path(outcome.log), LOG_TAIL_LINES).rstrip("\n")
+    return f"\n{console.paint(heading, outcome.state)}\n{log_tail}"
 
 
 @_command(

@@ -8,6 +8,8 @@ passed       the record says passed, for this plan (same fingerprint)
 failed       the record says the command failed (exit code or signal), or
              that the lock engine failed before it could run ("error"
              outcome: a human has to look, so it counts as a failure)
+timed-out    the record says the command ran past the task's timeout and
+             was stopped; it fails the verdict as a failure does
 running      a live agent holds the shard's lock (pid alive, or on another
              host and not expired), whatever the record says: a rerun in
              progress is running
@@ -21,12 +23,13 @@ corrupt      the record file could not be read; the detail names the file
 ============ ==============================================================
 
 The overall verdict is "passed" when every shard passed (a plan with no
-shards is not a pass), "failed" when any shard failed (a failing test is the
-strongest signal, even while others still run), else "incomplete".
+shards is not a pass), "failed" when any shard failed or timed out (a failing
+test is the strongest signal, even while others still run), else "incomplete".
 
 ``verdict_to_json`` gives the document the README shows (version 1): every key
-always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
-"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
+always present, and ``"counts": {"passed": 2, "failed": 1, "timed-out": 0,
+"running": 0, "crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0,
+"corrupt": 0}``
 listing every state. While a shard runs, its ``exit_code``, ``signal`` and
 ``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
 are the lock holder's. Its ``timing`` says how long the run took and could
@@ -61,6 +64,7 @@ from . import errors
 from .results import AnyRecord, CorruptRecord, Record, RecordStore, format_time, parse_time
 from .states import (
     COLORS,
+    FAILED_STATES,
     INCOMPLETE_STATES,
     SHOW_LOG_STATES,
     OverallVerdict,
@@ -175,7 +179,7 @@ def judge(
     # NOTE: a plan that leaves an item out, or runs one twice, is not an
     # honest pass whatever its shards did: never skipped, never twice.
     complete = not plan.uncovered and not plan.overlaps
-    if any(row.state == ShardState.FAILED for row in rows):
+    if any(row.state in FAILED_STATES for row in rows):
         overall = OverallVerdict.FAILED
     elif rows and complete and all(row.state == ShardState.PASSED for row in rows):
         overall = OverallVerdict.PASSED
@@ -309,6 +313,10 @@ def _judge_shard(
         # so it counts as a failure, not as unfinished.
         how = "engine error: %s" % (record.message or "no message")
         return row(ShardState.FAILED, how, duration=duration)
+    if outcome == RecordOutcome.TIMED_OUT:
+        how = record.signal or ("" if record.exit_code is None else "exit %d" % record.exit_code)
+        detail = record.message or "exceeded its timeout"
+        return row(ShardState.TIMED_OUT, detail + (" (%s)" % how if how else ""), duration=duration)
     if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
         return row(ShardState.INTERRUPTED, _with_message(how, record.message), duration=duration)
@@ -518,12 +526,14 @@ def xml_safe(text: str) -> str:
 def verdict_to_junit(verdict: Verdict) -> str:
     """The verdict as JUnit XML: one testsuite, one testcase per shard.
 
-    Only passed shards are passes: a failed shard is a ``<failure>`` carrying
-    the tail of its log; every other state is an ``<error>``, because a
-    shard that did not finish under this plan did not pass.
+    Only passed shards are passes: a failed or timed-out shard is a
+    ``<failure>`` (of ``type`` its state; a timeout's message names the limit)
+    carrying the tail of its log; every other state is an ``<error>``, because
+    a shard that did not finish under this plan did not pass.
     """
     counts, tests = verdict.counts, len(verdict.rows)
-    failures, passes = counts[ShardState.FAILED], counts[ShardState.PASSED]
+    failures = sum(counts[state] for state in FAILED_STATES)
+    passes = counts[ShardState.PASSED]
     suite = ElementTree.Element("testsuite", name="lokt-tasks.%s" % verdict.task, tests=str(tests))
     suite.set("failures", str(failures))
     suite.set("errors", str(tests - failures - passes))
@@ -538,8 +548,10 @@ def verdict_to_junit(verdict: Verdict) -> str:
         case.set("time", "%.3f" % (row.duration or 0.0))
         if row.state == ShardState.PASSED:
             continue
-        failed = row.state == ShardState.FAILED
-        message = row.detail if failed else "%s: %s" % (row.state, row.detail)
+        failed = row.state in FAILED_STATES
+        message = (
+            row.detail if row.state == ShardState.FAILED else "%s: %s" % (row.state, row.detail)
+        )
         problem = ElementTree.SubElement(
             case, "failure" if failed else "error", message=xml_safe(message), type=row.state
         )
@@ -590,11 +602,11 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
     counts = verdict.counts
     parts = ["%d %s" % (counts[state], state) for state in STATES if counts[state]]
     text = "verdict: %s - %s" % (word, ", ".join(parts) if parts else "no shards")
-    failed = [row for row in verdict.rows if row.state == ShardState.FAILED]
+    failed = [row for row in verdict.rows if row.state in FAILED_STATES]
     problems = failed + [row for row in verdict.rows if row.state in INCOMPLETE_STATES]
     notes = [
         "shard %d: %s"
-        % (row.shard, shorten(row.detail, 60) if row.state == ShardState.FAILED else row.state)
+        % (row.shard, shorten(row.detail, 60) if row.state in FAILED_STATES else row.state)
         for row in problems[:3]
     ]
     if len(problems) > 3:

@@ -632,7 +632,9 @@ def test_every_toml_example_loads_as_a_shards_toml(tmp_path):
 # --- states named in the docs -----------------------------------------------
 
 VERDICT_MODULE = REPO / "lokt_tasks" / "verdict.py"
-WORDS = r"\w+(?:,\s+\w+)*"
+#: A state word ("timed-out" has a hyphen), and a list of them.
+WORD = r"\w+(?:-\w+)*"
+WORDS = rf"{WORD}(?:,\s+{WORD})*"
 
 
 def prose(path: Path) -> str:
@@ -654,14 +656,14 @@ def test_the_readme_explains_every_shard_state_in_order():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("**Verdict.**") :]
     table = section[section.index("| state |") :]
-    rows = re.findall(r"^\| (\w+) \| .+ \|$", table[: table.index("\n\n")], re.M)
+    rows = re.findall(rf"^\| ({WORD}) \| .+ \|$", table[: table.index("\n\n")], re.M)
     assert rows[1:] == [str(state) for state in ShardState]
 
 
 def test_the_verdict_module_explains_every_shard_state_in_order():
     text = VERDICT_MODULE.read_text(encoding="utf-8")
     rows = text[text.index("=" * 12) : text.index("The overall verdict")]
-    assert re.findall(r"^(\w+) {2,}", rows, re.M) == [str(state) for state in ShardState]
+    assert re.findall(rf"^({WORD}) {{2,}}", rows, re.M) == [str(state) for state in ShardState]
 
 
 @pytest.mark.parametrize("path", [REPO / "README.md", VERDICT_MODULE], ids=lambda p: p.name)
@@ -697,7 +699,7 @@ def test_the_overall_verdicts_are_the_documented_ones():
 
 def test_what_failed_reruns_is_the_same_everywhere():
     found = listed_states(
-        rf"--failed`? reruns (?:only )?(?:shards that are )?(?P<words>{WORDS} or \w+)", DOCS
+        rf"--failed`? reruns (?:only )?(?:shards that are )?(?P<words>{WORDS} or {WORD})", DOCS
     )
     assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
     wanted = [str(state) for state in ordered(RERUN_BY_FAILED)]
@@ -728,7 +730,7 @@ def command_help(command: str) -> str:
 
 
 def test_exit_code_4_names_every_incomplete_state():
-    found = listed_states(rf"some shard is (?P<words>{WORDS} or (?:its record is )?\w+)", DOCS)
+    found = listed_states(rf"some shard is (?P<words>{WORDS} or (?:its record is )?{WORD})", DOCS)
     assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
     wanted = [str(state) for state in ordered(INCOMPLETE_STATES)]
     cleaned = [

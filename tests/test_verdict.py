@@ -373,6 +373,7 @@ def test_json_has_the_documented_shape(tmp_path):
     assert data["counts"] == {
         "passed": 1,
         "failed": 1,
+        "timed-out": 0,
         "running": 1,
         "crashed": 1,
         "interrupted": 1,
@@ -646,6 +647,62 @@ def test_summary_lists_problems_failed_first():
     assert summary_line(verdict) == (
         "verdict: FAILED - 1 failed, 1 crashed, 1 missing"
         " (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
+    )
+
+
+def test_a_timed_out_shard_fails_the_verdict_and_names_its_limit(tmp_path):
+    """As a failure: verdict failed (exit 3), its log shown, a JUnit <failure>
+    whose message names the limit; in JSON and the counts as "timed-out"."""
+    log = tmp_path / "shard-2.log"
+    log.write_text("test_hangs ...\nlokt-tasks: exceeded timeout 15m: stopped\n", encoding="utf-8")
+    timed_out = make_record(
+        2,
+        outcome="timed-out",
+        exit_code=None,
+        signal="SIGTERM",
+        message="exceeded timeout 15m",
+        log=str(log),
+        duration=900.4,
+    )
+    verdict = judge(make_plan(2), {1: make_record(1), 2: timed_out}, {}, run_key=RUN)
+
+    assert (verdict.state, verdict.exit_code) == ("failed", errors.FAILED)
+    row = verdict.rows[1]
+    assert (row.state, row.detail) == ("timed-out", "exceeded timeout 15m (SIGTERM)")
+    data = verdict_to_json(verdict)
+    assert data["counts"]["timed-out"] == 1 and data["shards"][1]["state"] == "timed-out"
+    assert (data["shards"][1]["signal"], data["shards"][1]["duration"]) == ("SIGTERM", 900.4)
+    lines = render_table(verdict, color=False).splitlines()
+    assert lines[3].split() == [
+        "2",
+        "timed-out",
+        "15m00s",
+        "exceeded",
+        "timeout",
+        "15m",
+        "(SIGTERM)",
+    ]
+    assert "log of shard 2: %s" % log in lines
+    assert lines[-1] == (
+        "verdict: FAILED - 1 passed, 1 timed-out (shard 2: exceeded timeout 15m (SIGTERM))"
+    )
+    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    assert (suite.get("failures"), suite.get("errors")) == ("1", "0")
+    failure = suite.find("testcase[@name='shard-2']/failure")
+    assert failure.get("type") == "timed-out"
+    assert failure.get("message") == "timed-out: exceeded timeout 15m (SIGTERM)"
+    assert "test_hangs ..." in failure.text
+
+
+def test_the_summary_lists_a_timeout_first_with_the_failures():
+    records = {
+        1: make_record(1, outcome="running", ended_at=None, duration=None, exit_code=None),
+        2: make_record(2, outcome="timed-out", exit_code=143, message="exceeded timeout 1s"),
+    }
+    verdict = judge(make_plan(2), records, {}, run_key=RUN)
+    assert summary_line(verdict) == (
+        "verdict: FAILED - 1 timed-out, 1 crashed"
+        " (shard 2: exceeded timeout 1s (exit 143); shard 1: crashed)"
     )
 
 
