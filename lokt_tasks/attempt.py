@@ -7,7 +7,7 @@ lost) stops its command and writes no final record: ``verify`` calls it
 crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
-           [--lock PATH] [--grace SECONDS] -- CMD...
+           [--lock PATH] [--grace SECONDS] [--stderr FD] -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
 Started once per shard, it imports only what Python loads at start-up
@@ -42,13 +42,15 @@ OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]"
-    " [--lock PATH] [--grace SECONDS] -- CMD..."
+    " [--lock PATH] [--grace SECONDS] [--stderr FD] -- CMD..."
 )
 
 
 class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
-    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``."""
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``,
+    and where the command's stderr goes without a log (``stderr``, a
+    descriptor; None: ours)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class Attempt:
         *,
         log: str | None = None,
         skip: tuple = (),
+        stderr: int | None = None,
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
@@ -66,6 +69,7 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
+        self.stderr = stderr
         # NOTE: found by substring, not json (which the attempt process spares).
         mark = '"attempt": "'
         start = fields.find(mark) + len(mark)
@@ -102,12 +106,16 @@ class Attempt:
         """Start the command (``system.start``): its Child, or 127 or 126 when
         it could not start, the reason written where its output goes."""
         fd = self._log_fd
+        err = self.stderr if fd is None else None
         try:
-            return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
+            return system.start(
+                self.command, stdout=fd, stderr=err, env=env, cwd=cwd, new_session=new_session
+            )
         except OSError as error:
             code, reason = system.not_started(error)
             line = "lokt-tasks: %s: %s\n" % (self.command[0], reason)
-            os.write(2 if fd is None else fd, line.encode("utf-8", "replace"))
+            where = fd if fd is not None else err if err is not None else 2
+            os.write(where, line.encode("utf-8", "replace"))
             return code
         finally:
             self._close_log()
@@ -157,9 +165,17 @@ class Attempt:
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
-    def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
+    def argv(
+        self,
+        agent_pid: int,
+        *,
+        lock: str | None = None,
+        grace: float = STOP_GRACE,
+        stderr: int | None = None,
+    ) -> list:
         """The command line that runs this attempt inside ``lokt guard``,
-        watching the agent ``agent_pid`` and the lock file ``lock``."""
+        watching the agent ``agent_pid`` and the lock file ``lock``; ``stderr``:
+        a descriptor the attempt inherits, for the command's stderr."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
@@ -169,6 +185,8 @@ class Attempt:
             argv += ["--log", self.log]
         if self.skip:
             argv += ["--skip", ",".join(self.skip)]
+        if stderr is not None:
+            argv += ["--stderr", str(stderr)]
         return argv + ["--", *self.command]
 
     def own_record(self) -> dict | None:
@@ -298,20 +316,22 @@ def main(argv: list) -> int:
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
-        if word in ("--agent", "--log", "--skip", "--lock", "--grace"):
+        if word in ("--agent", "--log", "--skip", "--lock", "--grace", "--stderr"):
             options[word] = next(words, "")
         else:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
     grace = options.get("--grace") or repr(STOP_GRACE)
-    usable = len(positional) == 2 and command and agent_pid.isdigit()
+    stderr = options.get("--stderr", "0")
+    usable = len(positional) == 2 and command and agent_pid.isdigit() and stderr.isdigit()
     if not usable or not positional[1].startswith("{\n") or not _is_seconds(grace):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
-    attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
+    log = options.get("--log") or None
+    attempt = Attempt(record, fields, command, log=log, skip=skip, stderr=_inherited(stderr))
     watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
         return AGENT_GONE
@@ -345,6 +365,19 @@ def main(argv: list) -> int:
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _inherited(fd: str) -> int | None:
+    """The descriptor ``fd`` (from ``--stderr``) if it is open, kept from the
+    command itself (which gets it as its stderr); None for 0 or a closed one."""
+    number = int(fd)
+    try:
+        if number > 2:
+            os.set_inheritable(number, False)
+            return number
+    except OSError:
+        pass
+    return None
 
 
 def _is_seconds(text: str) -> bool:
