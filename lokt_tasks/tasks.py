@@ -82,6 +82,9 @@ def user_errors(body):
             if task.startswith("-"):  # an unfilled positional takes the next word
                 unknown = unknown_option(task, options)
                 raise UsageError(f"{command}: {unknown}; the task name comes first")
+            for name, value in kwargs.items():
+                if value == "" and FLAGS[name].value:  # --results "" is no directory
+                    raise UsageError(f"{long_flag(name)} needs a value ({FLAGS[name].value})")
             return body(c, task, *args, **kwargs)
         except BrokenPipeError:
             # The reader went away (`verify --json | head`): stop quietly, as
