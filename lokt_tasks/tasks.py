@@ -131,14 +131,12 @@ def _setup(
     lock_root = find_lock_root(loaded.root)
     # NOTE: shards.toml (the project's) above invoke's configuration (the user's,
     # the machine's), a flag above both: README, invoke configuration.
-    configured = defaults.get("results")
-    results_dir = (
-        Path(results).resolve()
-        if results
-        else loaded.results
-        or (Path(os.path.normpath(loaded.root / configured)) if configured else None)
-        or default_results_dir(lock_root)
-    )
+    if results:
+        results_dir = Path(results).resolve()
+    elif loaded.results or not defaults.get("results"):
+        results_dir = loaded.results or default_results_dir(lock_root)
+    else:  # relative to shards.toml, as results there is
+        results_dir = Path(os.path.normpath(loaded.root / defaults["results"]))
     for directory, what in ((lock_root, "lock root"), (results_dir, "results directory")):
         problem = untrusted_directory(directory)
         if problem:
