@@ -7,7 +7,8 @@ lost) stops its command and writes no final record: ``verify`` calls it
 crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]
-           [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] -- CMD...
+           [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD]
+           -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
 Started once per shard, it imports only what Python loads at start-up
@@ -53,17 +54,27 @@ OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]"
-    " [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] -- CMD..."
+    " [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD] -- CMD..."
 )
 #: The options of :func:`main` that take a value.
-OPTIONS = ("--agent", "--log", "--skip", "--lock", "--grace", "--timeout", "--timeout-text")
+OPTIONS = (
+    "--agent",
+    "--log",
+    "--skip",
+    "--lock",
+    "--grace",
+    "--timeout",
+    "--timeout-text",
+    "--stderr",
+)
 
 
 class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
     unique ``attempt`` id), the command, the log (None: our stdout), ``skip``,
     and ``timeout``: the seconds the command may run (None: no limit), which
-    ``timeout_text`` names in the record's message ("15m")."""
+    ``timeout_text`` names in the record's message ("15m"), and where the
+    command's stderr goes without a log (``stderr``, a descriptor; None: ours)."""
 
     def __init__(
         self,
@@ -75,6 +86,7 @@ class Attempt:
         skip: tuple = (),
         timeout: float | None = None,
         timeout_text: str = "",
+        stderr: int | None = None,
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
@@ -83,6 +95,7 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
+        self.stderr = stderr
         self.timeout = timeout
         self.timeout_text = timeout_text or ("" if timeout is None else "%gs" % timeout)
         # NOTE: found by substring, not json (which the attempt process spares).
@@ -121,8 +134,11 @@ class Attempt:
         """Start the command (``system.start``): its Child, or 127 or 126 when
         it could not start, the reason written where its output goes."""
         fd = self._log_fd
+        err = self.stderr if fd is None else None
         try:
-            return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
+            return system.start(
+                self.command, stdout=fd, stderr=err, env=env, cwd=cwd, new_session=new_session
+            )
         except OSError as error:
             code, reason = system.not_started(error)
             self._tell("%s: %s" % (self.command[0], reason))
@@ -131,10 +147,14 @@ class Attempt:
             self._close_log()
 
     def _tell(self, text: str) -> None:
-        """A line of ours where the command's output goes: its log, else our stderr."""
+        """A line of ours where the command's output goes: its log, else the
+        command's stderr (``stderr``, else ours)."""
         line = ("lokt-tasks: %s\n" % text).encode("utf-8", "replace")
         if self._log_fd is not None or self.log is None:
-            os.write(2 if self._log_fd is None else self._log_fd, line)
+            if self._log_fd is not None:
+                os.write(self._log_fd, line)
+            else:
+                os.write(2 if self.stderr is None else self.stderr, line)
             return
         fd = system.open_file(self.log, os.O_WRONLY | os.O_APPEND)
         try:
@@ -201,9 +221,17 @@ class Attempt:
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
-    def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
+    def argv(
+        self,
+        agent_pid: int,
+        *,
+        lock: str | None = None,
+        grace: float = STOP_GRACE,
+        stderr: int | None = None,
+    ) -> list:
         """The command line that runs this attempt inside ``lokt guard``,
-        watching the agent ``agent_pid`` and the lock file ``lock``."""
+        watching the agent ``agent_pid`` and the lock file ``lock``; ``stderr``:
+        a descriptor the attempt inherits, for the command's stderr."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
@@ -215,6 +243,8 @@ class Attempt:
             argv += ["--skip", ",".join(self.skip)]
         if self.timeout is not None:
             argv += ["--timeout", repr(self.timeout), "--timeout-text", self.timeout_text]
+        if stderr is not None:
+            argv += ["--stderr", str(stderr)]
         return argv + ["--", *self.command]
 
     def own_record(self) -> dict | None:
@@ -372,7 +402,8 @@ def main(argv: list) -> int:
     agent_pid = options.get("--agent", "")
     grace = options.get("--grace") or repr(STOP_GRACE)
     timeout = options.get("--timeout")
-    usable = len(positional) == 2 and command and agent_pid.isdigit()
+    stderr = options.get("--stderr", "0")
+    usable = len(positional) == 2 and command and agent_pid.isdigit() and stderr.isdigit()
     usable = usable and _is_seconds(grace) and (timeout is None or _is_seconds(timeout))
     if not usable or not positional[1].startswith("{\n"):
         print(USAGE_LINE, file=sys.stderr)
@@ -387,6 +418,7 @@ def main(argv: list) -> int:
         skip=skip,
         timeout=None if timeout is None else float(timeout),
         timeout_text=options.get("--timeout-text", ""),
+        stderr=_inherited(stderr),
     )
     watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
@@ -421,6 +453,19 @@ def main(argv: list) -> int:
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _inherited(fd: str) -> int | None:
+    """The descriptor ``fd`` (from ``--stderr``) if it is open, kept from the
+    command itself (which gets it as its stderr); None for 0 or a closed one."""
+    number = int(fd)
+    try:
+        if number > 2:
+            os.set_inheritable(number, False)
+            return number
+    except OSError:
+        pass
+    return None
 
 
 def _is_seconds(text: str) -> bool:

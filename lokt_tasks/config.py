@@ -11,7 +11,6 @@ guessed from this machine's CPUs, because every machine must compute the same pl
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError, UsageError
+from .text import close_match
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,10 +123,9 @@ def get_task(config: Config, name: str) -> TaskConfig:
     try:
         return config.tasks[name]
     except KeyError:
-        known = ", ".join(config.tasks)
-        raise UsageError(
-            f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}"
-        ) from None
+        close = close_match(name, config.tasks)
+        hint = f"did you mean '{close}'?" if close else "known tasks: " + ", ".join(config.tasks)
+        raise UsageError(f"unknown task '{name}' in {display_path(config.path)}; {hint}") from None
 
 
 def display_path(path: Path) -> str:
@@ -157,7 +156,7 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 
 class DurationError(UsageError, ValueError):
-    """A duration lokt would refuse: a UsageError (``--timeout 10`` exits 2) and a ValueError."""
+    """A duration lokt would refuse: a UsageError (``--wait-timeout 10``: exit 2), a ValueError."""
 
 
 #: Seconds per unit; Go reads "us" with either micro sign too.
@@ -400,8 +399,8 @@ def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...])
     if not isinstance(value, str):
         raise ValueError(f"expected one of {allowed}, got {_describe(value)}")
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = close_match(value, choices)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise ValueError(f'expected one of {allowed}, got "{value}"{hint}')
     return value
 
@@ -572,8 +571,8 @@ def _read_keys(
 def _refuse_unknown(path: Path, table: Dict[str, Any], known: Sequence[str], where: Where) -> None:
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            close = close_match(key, known)
+            hint = f"did you mean '{close}'?" if close else "known keys: " + ", ".join(known)
             raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
 
 

@@ -8,6 +8,7 @@ one line on stderr and its exit code (see lokt_tasks.errors).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from json import dumps
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from invoke import Collection, Exit, task
 
@@ -28,9 +29,10 @@ from .console import Console, LiveBoard
 from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
-from .plan import Plan, build_plan, plan_to_json, render_plan
+from .flags import CONFIG_KEY, FLAGS, Command, configured_defaults, long_flag, unknown_option
+from .plan import Plan, build_plan, check_python_modules, plan_to_json, render_plan
 from .report import render_html, render_timeline
-from .results import RecordStore, current_run_key, default_results_dir, head_commit
+from .results import Record, RecordStore, current_run_key, default_results_dir, head_commit
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
@@ -58,30 +60,16 @@ from .verdict import (
     verdict_to_junit,
 )
 
-COMMON_HELP = {
-    "config": "Path of shards.toml (default: found by walking up from the current directory).",
-    "shards": "Override the task's shard count (dynamic tasks only).",
-    "run": "Run key that groups the records of one run"
-    " (default: $LOKT_TASKS_RUN, else the git commit).",
-    "results": "Directory of shard records"
-    " (default: shared by every worktree, beside lokt's lock root).",
-    "engine": "Lock engine: auto (lokt if found, else embedded), lokt or embedded.",
-    "agent": "Name of this agent (default: $LOKT_AGENT_ID, else generated)."
-    " Each agent gets its own lokt owner.",
-}
-
-#: The states ``shard-all --failed`` runs again, for its help and its messages.
+#: The states ``shard-all --failed`` runs again, for its messages.
 RERUN_WORDS = word_list(ordered(RERUN_BY_FAILED))
 #: Lines of a failed shard's log that ``shard-all`` shows.
 LOG_TAIL_LINES = 20
 
 
-def _command(common: str, name: Optional[str] = None, **specific: str) -> Callable:
-    """An invoke task of the decorated body behind user_errors, with the help of
-    ``specific`` options and COMMON_HELP's for the names in ``common``."""
-    shared = {option: COMMON_HELP[option] for option in common.split()}
-    texts = {"task": "Task name from shards.toml.", **specific, **shared}
-    return lambda body: task(name=name, help=texts)(user_errors(body))
+def _command(name: Optional[str] = None) -> Callable:
+    """An invoke task of the decorated body behind user_errors, whose flags and
+    their help come from flags.FLAGS (see flags.Command)."""
+    return lambda body: task(name=name, klass=Command)(user_errors(body))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -91,22 +79,17 @@ def _plural(count: int, noun: str) -> str:
 def user_errors(body):
     """Turn LoktTasksError into invoke.Exit: one line on stderr and its exit code."""
     command = body.__name__.replace("_", "-")
+    options = [long_flag(name) for name in inspect.signature(body).parameters if name in FLAGS]
 
     @functools.wraps(body)
     def wrapper(c, task, *args, **kwargs):
-        # invoke hands an unfilled positional the next word, even "--help".
-        if task in ("-h", "--help"):
-            print(
-                f"usage: invoke {command} TASK [options]\n\n  {body.__doc__}\n\n"
-                f"'invoke --help {command}' lists the options."
-            )
-            return
         try:
-            if task.startswith("-"):
-                raise UsageError(
-                    f"{command}: expected a task name before {task!r};"
-                    f" see 'invoke --help {command}'"
-                )
+            if task.startswith("-"):  # an unfilled positional takes the next word
+                unknown = unknown_option(task, options)
+                raise UsageError(f"{command}: {unknown}; the task name comes first")
+            for name, value in kwargs.items():
+                if value == "" and FLAGS[name].value:  # --results "" is no directory
+                    raise UsageError(f"{long_flag(name)} needs a value ({FLAGS[name].value})")
             return body(c, task, *args, **kwargs)
         except BrokenPipeError:
             # The reader went away (`verify --json | head`): stop quietly, as
@@ -122,16 +105,19 @@ def user_errors(body):
 
 @dataclass
 class Setup:
-    """What every command needs: the task's config, its plan, where records go."""
+    """What every command needs: the task's config, its plan, where records go,
+    and the defaults invoke's configuration gives (flags.configured_defaults)."""
 
     task: TaskConfig
     plan: Plan
     store: RecordStore
     run_key: str
     lock_root: Path
+    defaults: Dict[str, Any]
 
 
 def _setup(
+    c,
     task_name: str,
     *,
     config: Optional[str],
@@ -139,15 +125,23 @@ def _setup(
     run: Optional[str],
     results: Optional[str],
     pin: bool = True,
+    runs: bool = False,
 ) -> Setup:
     """Load the config and plan the task. With ``pin``, a ``timings`` task plans
-    from the timings pinned for this run (see durations.pin_durations)."""
+    from the timings pinned for this run (see durations.pin_durations); with
+    ``runs`` (the command runs shards), check first that ``{python}`` can."""
+    defaults = configured_defaults(c.config.get(CONFIG_KEY))
     loaded = load_config(Path(config) if config else find_config(Path.cwd()))
     task_config = get_task(loaded, task_name)
     lock_root = find_lock_root(loaded.root)
-    results_dir = (
-        Path(results).resolve() if results else loaded.results or default_results_dir(lock_root)
-    )
+    # NOTE: shards.toml (the project's) above invoke's configuration (the user's,
+    # the machine's), a flag above both: README, invoke configuration.
+    if results:
+        results_dir = Path(results).resolve()
+    elif loaded.results or not defaults.get("results"):
+        results_dir = loaded.results or default_results_dir(lock_root)
+    else:  # relative to shards.toml, as results there is
+        results_dir = Path(os.path.normpath(loaded.root / defaults["results"]))
     for directory, what in ((lock_root, "lock root"), (results_dir, "results directory")):
         problem = untrusted_directory(directory)
         if problem:
@@ -155,6 +149,7 @@ def _setup(
     store = RecordStore(results_dir)
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
+    check_python_modules(loaded, task_config, run=runs)
     durations = None
     if task_config.split == "timings" and pin and task_config.durations is not None:
         pinned = store.run_dir(task_name, run_key) / "durations.json"
@@ -163,7 +158,7 @@ def _setup(
     if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
         for warning in plan.warnings:
             print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root)
+    return Setup(task_config, plan, store, run_key, lock_root, defaults)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -181,12 +176,16 @@ def _count(raw: Optional[str], flag: str) -> Optional[int]:
 def _settings(
     setup: Setup, *, engine: Optional[str], agent: Optional[str], wait=False, timeout=None
 ) -> RunSettings:
-    identity = make_identity(agent)
+    identity = make_identity(agent, default=setup.defaults.get("agent"))
+    # NOTE: the task's "auto" (its default) leaves the choice to this machine.
+    chosen = engine or (setup.task.engine if setup.task.engine != "auto" else None)
     return RunSettings(
         cwd=setup.plan.cwd,
         store=setup.store,
         run_key=setup.run_key,
-        engine=select_engine(engine or setup.task.engine, identity, root=setup.lock_root),
+        engine=select_engine(
+            chosen or setup.defaults.get("engine", "auto"), identity, root=setup.lock_root
+        ),
         identity=identity,
         ttl=setup.task.ttl,
         durations_file=setup.task.durations,
@@ -197,6 +196,21 @@ def _settings(
     )
 
 
+def _wait_timeout(setup: Setup, raw: Optional[str]) -> Optional[float]:
+    """--wait-timeout in seconds, else the configured one, else None (the default)."""
+    return parse_duration(raw) if raw else setup.defaults.get("wait_timeout")
+
+
+def _refuse_dry_run(c) -> None:
+    """invoke's --dry promises to echo commands instead of running them; lokt-tasks
+    runs its commands itself, so it cannot keep that promise and runs nothing."""
+    if c.config.get("run", {}).get("dry"):
+        raise UsageError(
+            "invoke's --dry (echo commands instead of running them) does not apply:"
+            " lokt-tasks runs its shards itself; 'plan TASK' shows what each shard would run"
+        )
+
+
 def _judge(setup: Setup, engine) -> Verdict:
     return judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
 
@@ -205,10 +219,10 @@ def _interrupted(stop: StopRequest, message: str) -> Exit:
     return Exit(f"lokt-tasks: {message}", code=128 + (stop.signum or signal.SIGINT))
 
 
-@_command("config shards", json="Print the plan as JSON.")
+@_command()
 def plan(c, task, json=False, shards=None, config=None):
     """Show what each shard would run, and how balanced the shards are."""
-    setup = _setup(task, config=config, shards=shards, run="plan", results=None, pin=False)
+    setup = _setup(c, task, config=config, shards=shards, run="plan", results=None, pin=False)
     if json:
         print(dumps(plan_to_json(setup.plan), indent=2))
         return
@@ -218,18 +232,7 @@ def plan(c, task, json=False, shards=None, config=None):
         console.say(console.paint(f"warning: {warning}", WARNING))
 
 
-@_command(
-    "agent engine run shards config results",
-    id="Shard to run: a number from 1, 'next' (queue mode: claim shards until none is left)"
-    " or 'auto' (from the CI environment).",
-    total="The shard count the CI expects; a dynamic task is re-planned to it,"
-    " an explicit one must match.",
-    wait="Wait for the shard's lock instead of giving up when another agent holds it"
-    " (--id next always waits).",
-    timeout="With --wait, or with --id next for shards other agents hold: how long to wait,"
-    " as a duration with a unit (default 10m; 0s: do not wait).",
-    log="Write the command's output to the shard's log file instead of the terminal.",
-)
+@_command()
 def shard(
     c,
     task,
@@ -240,17 +243,24 @@ def shard(
     run=None,
     shards=None,
     wait=False,
-    timeout=None,
+    wait_timeout=None,
     log=False,
+    force=False,
     config=None,
     results=None,
 ):
-    """Run one shard of TASK under its lock (or, with --id next, every unclaimed one)."""
+    """Run one shard of TASK under its lock (or, with --id next, every unclaimed one).
+
+    A shard that already passed in this run (under the same plan) is not run
+    again, as in shard-all, unless --force."""
     if id is None:
         raise UsageError(
             "shard needs --id: a shard number, 'next' (queue mode)"
             " or 'auto' (from the CI environment)"
         )
+    if id == "next" and force:
+        raise UsageError("--force does not apply to --id next: queue mode runs unfinished shards")
+    _refuse_dry_run(c)
     if id == "auto":
         found = shard_from_env(os.environ)
         shards, index = str(found.total), found.index
@@ -258,22 +268,21 @@ def shard(
     else:
         shards, index = total or shards, None if id == "next" else _shard_id(id)
     try:
-        setup = _setup(task, config=config, shards=shards, run=run, results=results)
+        setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
     except UsageError as error:
         if id != "auto":
             raise
         # The shard count came from the CI, not from the command line: say so.
         raise UsageError(f"--id auto ({found.provider}, {found.total} shards): {error}") from None
-    wait_timeout = parse_duration(timeout) if timeout else None
-    settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=wait_timeout)
+    patience = _wait_timeout(setup, wait_timeout)
+    settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=patience)
     console = Console()
-    console.note(
-        f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}"
-    )
+    banner = f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}"
     stop = StopRequest()
     if index is None:
-        patience = DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout
-        _shard_queue(setup, settings, console, stop, to_log=log, patience=patience)
+        console.note(banner)
+        queue_patience = DEFAULT_WAIT_TIMEOUT if patience is None else patience
+        _shard_queue(setup, settings, console, stop, to_log=log, patience=queue_patience)
         return
     count = len(setup.plan.shards)
     asked = _count(shards, "--total") or count
@@ -289,10 +298,35 @@ def shard(
             f" (1..{count})"
         )
     chosen = setup.plan.shards[index - 1]
+    if not force and _passed(setup, chosen):
+        console.say(_already_passed(chosen, setup.run_key))
+        return
+    console.note(banner)
     console.note(f"{chosen.lock_name}: {_plural(len(chosen.items), 'item')}")
+    skip = () if force else ordered(PASSED_OUTCOMES)
     with stop_on_signals(stop):
-        outcome = run_shard(chosen, settings, to_log=log, stop=stop)
+        outcome = run_shard(chosen, settings, to_log=log, skip=skip, stop=stop)
+    if outcome.state == RunOutcome.DONE:  # passed meanwhile, by another agent
+        console.say(_already_passed(chosen, setup.run_key))
+        return
     _finish_one(outcome, console, stop)
+
+
+def _passed(setup: Setup, shard) -> bool:
+    """Whether ``shard``'s record says passed, in this run and under this plan."""
+    record = setup.store.read(shard.task, setup.run_key, shard.index)
+    return (
+        isinstance(record, Record)
+        and record.fingerprint == shard.fingerprint
+        and record.outcome in PASSED_OUTCOMES
+    )
+
+
+def _already_passed(shard, run_key: str) -> str:
+    return (
+        f"{shard.lock_name}: already passed in run {run_key} under this plan; nothing ran"
+        " (--force runs it again)"
+    )
 
 
 def _shard_id(raw: str) -> int:
@@ -419,13 +453,7 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
         raise Exit(f"lokt-tasks: {label} {how}{detail}", code=errors.FAILED)
 
 
-@_command(
-    "agent engine run shards config results",
-    name="shard-all",
-    jobs="How many shards run at once (default: the task's jobs, else the CPU count).",
-    force="Run shards that already passed under this run key and plan too.",
-    failed=f"Run only the shards that are {RERUN_WORDS} (see verify).",
-)
+@_command(name="shard-all")
 def shard_all(
     c,
     task,
@@ -439,12 +467,18 @@ def shard_all(
     config=None,
     results=None,
 ):
-    """Run every shard of TASK in parallel on this machine, then print the verdict."""
-    setup = _setup(task, config=config, shards=shards, run=run, results=results)
+    """Run every shard of TASK in parallel on this machine, then print the verdict.
+
+    Shards that already passed in this run (under the same plan) are skipped
+    unless --force; --failed runs only the ones that did not pass."""
+    _refuse_dry_run(c)
+    setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
     settings = _settings(setup, engine=engine, agent=agent)
-    workers = _count(jobs, "--jobs") or setup.task.jobs or os.cpu_count() or 1
+    workers = (
+        _count(jobs, "--jobs") or setup.task.jobs or setup.defaults.get("jobs") or os.cpu_count()
+    )
+    workers = workers or 1
     console = Console()
-    console.note(f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once")
     rows = _judge(setup, settings.engine).rows  # one per planned shard, in plan order
     if failed:
         wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
@@ -455,6 +489,7 @@ def shard_all(
     if not todo:
         console.say(f"nothing to run: {why}")
     else:
+        console.note(f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once")
         stop = StopRequest()
         labels, estimates = [s.lock_name for s in todo], [s.estimate for s in todo]
         board = LiveBoard(console, labels, estimates=estimates, jobs=workers)
@@ -489,16 +524,7 @@ def _log_report(outcome: Optional[ShardOutcome], console: Console) -> str:
     return f"\n{console.paint(heading, outcome.state)}\n{log_tail}"
 
 
-@_command(
-    "engine run shards config results",
-    json="Print the verdict as JSON (see README: verdict JSON).",
-    junit="Also write the verdict as JUnit XML to this file, one testcase per shard.",
-    html="Also write a picture of the run to this file: one self-contained HTML page"
-    " (timeline, balance, what broke, slowest tests).",
-    timeline="Add the run's timeline to the table: one line per agent, one bar per shard.",
-    wait=f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
-    timeout="With --wait: how long to wait, as a duration with a unit (default 10m).",
-)
+@_command()
 def verify(
     c,
     task,
@@ -507,7 +533,7 @@ def verify(
     html=None,
     timeline=False,
     wait=False,
-    timeout=None,
+    wait_timeout=None,
     engine=None,
     run=None,
     shards=None,
@@ -517,9 +543,10 @@ def verify(
     """Merge every shard's record into one verdict; exit 0 only if all passed."""
     if json and timeline:
         raise UsageError("--timeline adds to the table; --json carries the same data (timing)")
-    setup = _setup(task, config=config, shards=shards, run=run, results=results)
+    setup = _setup(c, task, config=config, shards=shards, run=run, results=results)
     settings = _settings(setup, engine=engine, agent=None)
-    deadline = time.monotonic() + (parse_duration(timeout) if timeout else 600.0)
+    patience = _wait_timeout(setup, wait_timeout)
+    deadline = time.monotonic() + (DEFAULT_WAIT_TIMEOUT if patience is None else patience)
     verdict = _judge(setup, settings.engine)
     while (
         wait and any(row.state in WAITED_ON for row in verdict.rows) and time.monotonic() < deadline

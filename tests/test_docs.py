@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from invoke.util import yaml
 
 from lokt_tasks.config import load_config
 from lokt_tasks.plan import Plan, PlanStats, Shard
@@ -745,3 +746,48 @@ def test_the_engine_results_in_the_architecture_are_the_guard_states():
     assert sentence
     without_asides = re.sub(r" \([^)]*\)", "", sentence.group(1))
     assert re.split(r",\s+|\s+or\s+", without_asides) == [str(state) for state in GuardState]
+
+
+def readme_table(heading: str) -> List[List[str]]:
+    """The rows (cells stripped) of the first table after ``heading`` in the README."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    table = section[section.index("\n|") + 1 :]
+    lines = table[: table.index("\n\n")].splitlines()[2:]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]
+
+
+def test_the_readme_documents_every_flag_as_the_commands_take_it():
+    from lokt_tasks.flags import FLAGS, long_flag
+    from lokt_tasks.tasks import ns
+
+    takers = {
+        name: sorted(command for command in ns.task_names if name in ns[command].parameters())
+        for name in FLAGS
+    }
+    rows = {row[0].strip("`"): row for row in readme_table("### Flags")}
+    assert set(rows) == {long_flag(name) for name in FLAGS}
+    for name, flag in FLAGS.items():
+        _, short, _, commands, _ = rows[long_flag(name)]
+        assert short == (f"`-{flag.short}`" if flag.short else ""), name
+        listed = sorted(ns.task_names) if commands == "all" else sorted(commands.split(", "))
+        assert listed == takers[name], name
+
+
+def test_the_readme_configuration_example_sets_every_configurable_flag():
+    from lokt_tasks.flags import FLAGS, configured_defaults
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### invoke configuration") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = yaml.safe_load(section[start : section.index("```\n", start)])["lokt_tasks"]
+    assert set(example) == {name for name, flag in FLAGS.items() if flag.configurable}
+    assert set(configured_defaults(example)) == set(example)
+
+
+def test_the_readme_explains_every_exit_code():
+    from lokt_tasks import errors
+
+    codes = {int(code) for row in readme_table("## Exit codes") for code in row[0].split(" / ")}
+    defined = {value for name, value in vars(errors).items() if name.isupper()}
+    assert codes == defined
