@@ -187,6 +187,8 @@ def _settings(
         durations_file=setup.task.durations,
         wait=wait,
         timeout=timeout,
+        retries=setup.task.retries,
+        flaky=setup.task.flaky,
     )
 
 

@@ -20,25 +20,35 @@ from pathlib import Path
 import pytest
 from scratch import wait_for
 
-from lokt_tasks import attempt, system
+from lokt_tasks import attempt, junit, states, system
 from lokt_tasks.attempt import Attempt
 from lokt_tasks.results import Record, read_record, record_to_json, unstamped_json
 
 #: All an attempt may import: the standard library (ctypes on macOS only),
-#: and of the package only ``system``.
+#: and of the package ``system``, and ``junit`` (with ``states``) to read reports.
 STANDARD_MODULES = {
     "__future__",
     "_signal",
     "ctypes",
+    "dataclasses",
+    "enum",
     "errno",
+    "hashlib",
     "json",
+    "math",
     "os",
+    "pathlib",
     "signal",
     "stat",
     "subprocess",
     "sys",
     "time",
+    "types",
+    "typing",
+    "xml",
 }
+#: What each module the attempt process may import imports of the package.
+PACKAGE_IMPORTS = {"attempt": {"system", "junit"}, "junit": {"states", "system"}, "states": set()}
 
 
 def attempt_argv(path: Path, start: Record, command, skip=(), *, log=None):
@@ -87,22 +97,33 @@ def read_back(path: Path) -> Record:
     return record
 
 
-@pytest.mark.parametrize("module", [attempt, system])
+@pytest.mark.parametrize("module", [attempt, system, junit, states])
 def test_the_attempt_imports_only_standard_modules(module):
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-    imported = set()
+    imported, package = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level:
-            assert (node.level, node.module, [alias.name for alias in node.names]) == (
-                1,
-                None,
-                ["system"],
-            )
+            assert node.level == 1
+            package.update([node.module] if node.module else [a.name for a in node.names])
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
     assert imported <= STANDARD_MODULES
+    assert package <= PACKAGE_IMPORTS.get(module.__name__.split(".")[-1], set())
+
+
+def test_the_report_reader_imports_in_a_python_without_site_packages():
+    """As the attempt process starts (``-I -S``): no colorama, no tomli."""
+    code = system.bootstrap("attempt")[4].split("; from")[0]
+    probe = (
+        code
+        + "; from lokt_tasks import junit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('colorama', 'tomli', 'invoke')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
 
 
 def test_a_passing_command(tmp_path):
