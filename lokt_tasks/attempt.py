@@ -248,11 +248,10 @@ class Attempt:
         flaky = [test for test in tests if test.flaky]
         if returncode != 0:  # None: it never started
             if failing and self.retried:
-                message = "%s after %s" % (
+                return "failed", "%s still failing after %s" % (
                     _count(len(failing), "test"),
                     _count(self.retried, "retry", "retries"),
                 )
-                return "failed", message + " still failing"
             return "failed", self._not_retried
         if failing:
             return "failed", "%s in its report" % _count(len(failing), "failing test")

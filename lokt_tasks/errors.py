@@ -16,6 +16,9 @@ HELD = 5  #: The shard's lock is held (or frozen) by another agent; nothing ran.
 #: The lock engine or storage failed: lokt missing or erroring, the lock root, the
 #: results directory or a log unusable (read-only, full, not a regular file, a symlink).
 ENGINE = 6
+#: ``--failed-tests``: the failing tests cannot be given back to the task's command
+#: (a test without a file for a command that takes whole items). Nothing ran.
+CANNOT_RERUN = 7
 #: Stopped by SIGINT / SIGTERM (128 + signal number, as shells do).
 INTERRUPTED_SIGINT = 130
 INTERRUPTED_SIGTERM = 143
@@ -63,3 +66,9 @@ def storage_error(error: OSError) -> LoktTasksError:
     if error.errno == errno.ENAMETOOLONG:
         return UsageError(f"{where}: path too long (shorten the task name or the run key)")
     return StorageError(f"{where}: {error.strerror or error}")
+
+
+class RerunError(LoktTasksError):
+    """The failed tests of a run cannot be run again by the task's command."""
+
+    exit_code = CANNOT_RERUN

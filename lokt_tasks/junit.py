@@ -286,6 +286,11 @@ class TestResult:
         """Whether it passed the last time after failing before (Surefire's flakyFailure)."""
         return self.case.outcome == TestOutcome.PASSED and bool(self.failures)
 
+    def then(self, later: TestResult) -> TestResult:
+        """This result followed by ``later`` runs of the same test."""
+        failures = self.failures + ((self.case,) if self.failing else ()) + later.failures
+        return TestResult(self.id, later.case, failures, self.runs + later.runs)
+
 
 #: Within one run, the outcome kept for a test reported twice: the worst.
 _RANK = {TestOutcome.SKIPPED: 0, TestOutcome.PASSED: 1, TestOutcome.FAILED: 2, TestOutcome.ERROR: 3}
@@ -309,12 +314,8 @@ def fold(
             if seen is None or _RANK[case.outcome] > _RANK[seen.outcome]:
                 this_run[test_id] = case
         for test_id, case in this_run.items():
-            before = results.get(test_id)
-            if before is None:
-                results[test_id] = TestResult(test_id, case)
-                continue
-            failures = before.failures + ((before.case,) if before.failing else ())
-            results[test_id] = TestResult(test_id, case, failures, before.runs + 1)
+            before, now = results.get(test_id), TestResult(test_id, case)
+            results[test_id] = now if before is None else before.then(now)
     return results
 
 

@@ -419,15 +419,18 @@ class RecordStore:
         )
         return groups if valid and data.get("version") == 1 else None
 
-    def new_rerun(self, task: str, run_key: str, groups: Sequence[Sequence[str]]) -> int:
-        """The number of the rerun that runs ``groups`` (each shard's items): the
-        last one when it holds the same items (however split: a second agent
-        rerunning the same tests, or the same tests failing again, joins it),
-        else a new one, its plan written exclusively (two agents agree)."""
+    def new_rerun(
+        self, task: str, run_key: str, groups: Sequence[Sequence[str]]
+    ) -> Tuple[int, List[List[str]]]:
+        """The number and shards of the rerun that runs the items of ``groups``
+        (each shard's items): the last rerun when it holds the same items,
+        however split (a second agent rerunning the same tests, or the same
+        tests failing again, joins it), else a new one, its plan written
+        exclusively (two agents starting one at once agree)."""
         wanted = _all_items(groups)
         rounds = self.reruns(task, run_key)
-        if rounds and _all_items(rounds[-1][1] or []) == wanted:
-            return rounds[-1][0]
+        if rounds and rounds[-1][1] is not None and _all_items(rounds[-1][1]) == wanted:
+            return rounds[-1][0], rounds[-1][1]
         last = rounds[-1][0] if rounds else 0
         data = json.dumps({"version": 1, "shards": [list(group) for group in groups]}, indent=2)
         for number in range(last + 1, last + 100):
@@ -435,10 +438,11 @@ class RecordStore:
             directory.mkdir(parents=True, exist_ok=True)
             try:
                 write_atomically(directory / RERUN_PLAN, data.encode("utf-8"), exclusive=True)
-                return number
+                return number, [list(group) for group in groups]
             except FileExistsError:
-                if _all_items(self._rerun_plan(task, run_key, number) or []) == wanted:
-                    return number
+                theirs = self._rerun_plan(task, run_key, number)
+                if theirs is not None and _all_items(theirs) == wanted:
+                    return number, theirs
         raise LoktTasksError("cannot find a free rerun number in %s" % self.run_dir(task, run_key))
 
     def write(self, record: Record) -> Path:

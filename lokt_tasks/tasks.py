@@ -7,6 +7,7 @@ one line on stderr and its exit code (see lokt_tasks.errors).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -22,13 +23,23 @@ from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
 from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
-from .errors import LoktTasksError, UsageError
-from .plan import Plan, build_plan, plan_to_json, render_plan
-from .results import RecordStore, current_run_key, default_results_dir
+from .errors import LoktTasksError, RerunError, UsageError
+from .junit import runner_items
+from .plan import (
+    JUNIT_PLACEHOLDER,
+    Plan,
+    build_plan,
+    plan_to_json,
+    render_plan,
+    rerun_groups,
+    rerun_plan,
+    takes_whole_items,
+)
+from .results import RecordStore, current_run_key, default_results_dir, rerun_key
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
@@ -43,16 +54,19 @@ from .states import (
     ShardState,
     ordered,
 )
-from .system import untrusted_directory
+from .system import untrusted_directory, write_atomically
 from .text import word_list
 from .verdict import (
+    Rerun,
     Verdict,
     holder_is_live,
     judge_live,
     render_table,
     tail,
+    test_ids,
     verdict_to_json,
     verdict_to_junit,
+    with_reruns,
 )
 
 COMMON_HELP = {
@@ -124,6 +138,7 @@ class Setup:
     store: RecordStore
     run_key: str
     lock_root: Path
+    config: Config
 
 
 def _setup(
@@ -158,7 +173,7 @@ def _setup(
     if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
         for warning in plan.warnings:
             print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root)
+    return Setup(task_config, plan, store, run_key, lock_root, loaded)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -193,7 +208,17 @@ def _settings(
 
 
 def _judge(setup: Setup, engine) -> Verdict:
-    return judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
+    """The run's verdict, with the reruns of its failed tests folded in."""
+    verdict = judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
+    reruns = []
+    for number, groups in setup.store.reruns(setup.plan.task, setup.run_key):
+        key = rerun_key(setup.run_key, number)
+        if groups is None:
+            reruns.append(Rerun(number, key, None, "its plan.json cannot be read; not counted"))
+            continue
+        plan = rerun_plan(setup.config, setup.plan.task, groups)
+        reruns.append(Rerun(number, key, judge_live(plan, setup.store, engine.holder, run_key=key)))
+    return with_reruns(verdict, reruns, flaky=setup.task.flaky)
 
 
 def _interrupted(stop: StopRequest, message: str) -> Exit:
@@ -417,6 +442,8 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
     jobs="How many shards run at once (default: the task's jobs, else the CPU count).",
     force="Run shards that already passed under this run key and plan too.",
     failed=f"Run only the shards that are {RERUN_WORDS} (see verify).",
+    failed_tests="Run only the tests that failed in this run (from the shards' JUnit reports),"
+    " spread over --jobs shards of a rerun; verify folds their outcomes in.",
 )
 def shard_all(
     c,
@@ -424,6 +451,7 @@ def shard_all(
     jobs=None,
     force=False,
     failed=False,
+    failed_tests=False,
     agent=None,
     engine=None,
     run=None,
@@ -432,18 +460,25 @@ def shard_all(
     results=None,
 ):
     """Run every shard of TASK in parallel on this machine, then print the verdict."""
+    if failed and failed_tests:
+        raise UsageError("--failed and --failed-tests cannot be combined: use one, then the other")
     setup = _setup(task, config=config, shards=shards, run=run, results=results)
     settings = _settings(setup, engine=engine, agent=agent)
     workers = _count(jobs, "--jobs") or setup.task.jobs or os.cpu_count() or 1
     console = Console()
     console.note(f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once")
-    rows = _judge(setup, settings.engine).rows  # one per planned shard, in plan order
-    if failed:
-        wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
+    verdict, running = _judge(setup, settings.engine), settings
+    if failed_tests:
+        running, todo, why = _failed_tests(setup, settings, verdict, workers, console)
     else:
-        wanted = {state for state in ShardState if force or state != ShardState.PASSED}
-        why = "every shard already passed under this run and plan (use --force to run them again)"
-    todo = [shard for shard, row in zip(setup.plan.shards, rows) if row.state in wanted]
+        if failed:
+            wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
+        else:
+            wanted = {state for state in ShardState if force or state != ShardState.PASSED}
+            why = (
+                "every shard already passed under this run and plan (use --force to run them again)"
+            )
+        todo = [shard for shard, row in zip(setup.plan.shards, verdict.rows) if row.state in wanted]
     if not todo:
         console.say(f"nothing to run: {why}")
     else:
@@ -456,7 +491,7 @@ def shard_all(
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
             outcomes = run_all(
-                todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip
+                todo, running, jobs=workers, stop=stop, on_change=on_change, skip=skip
             )
         for outcome in outcomes:
             if outcome.state in SHOW_LOG_OUTCOMES and outcome.log:
@@ -470,16 +505,63 @@ def shard_all(
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
             )
-    verdict = _judge(setup, settings.engine)
+    verdict = _judge(setup, settings.engine)  # with a rerun of failed tests folded in
     console.say(render_table(verdict, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
 
 
+def _failed_tests(
+    setup: Setup, settings: RunSettings, verdict: Verdict, jobs: int, console: Console
+) -> tuple:
+    """For ``shard-all --failed-tests``: the settings of a rerun of the run's
+    failing tests (a run of its own, ``<run>/rerun-<K>``, under the locks
+    ``<task>-rerun-<N>``), the shards of it to run, and why there are none.
+    RerunError when the tests cannot be given back to the task's command."""
+    failing = [(row.shard, test) for row in verdict.rows if row.tests for test in row.tests.failing]
+    for row in verdict.rows:
+        if row.state not in (ShardState.PASSED, ShardState.RUNNING) and not (
+            row.tests and row.tests.failing
+        ):
+            console.say(
+                f"note: shard {row.shard} is {row.state} and names no failed test:"
+                f" only 'shard-all {setup.plan.task} --failed' runs it again"
+            )
+    if not failing:
+        return settings, [], "no test failed in this run (by the shards' JUnit reports)"
+    if not any(JUNIT_PLACEHOLDER in arg for arg in setup.plan.shards[0].argv):
+        raise RerunError(f"task '{setup.plan.task}' writes no JUnit report ({{junit}} in run)")
+    try:
+        items = runner_items(
+            [test.case for _, test in failing],
+            test_ids(setup.plan),
+            whole=takes_whole_items(setup.task),
+        )
+    except ValueError as error:
+        raise RerunError(
+            f"cannot rerun the failed tests of task '{setup.plan.task}': {error}"
+        ) from None
+    number, groups = setup.store.new_rerun(
+        setup.plan.task, setup.run_key, rerun_groups(items, jobs)
+    )
+    key = rerun_key(setup.run_key, number)
+    plan = rerun_plan(setup.config, setup.plan.task, groups)
+    console.say(
+        f"rerun {number}: {_plural(len(failing), 'failed test')} as"
+        f" {_plural(len(items), 'item')} in {_plural(len(plan.shards), 'shard')} (run {key})"
+    )
+    judged = judge_live(plan, setup.store, settings.engine.holder, run_key=key)
+    todo = [shard for shard, row in zip(plan.shards, judged.rows) if row.state in RERUN_BY_FAILED]
+    why = f"every shard of rerun {number} passed or is running"
+    # NOTE: no timings from reruns: their items are tests, not the task's items.
+    return dataclasses.replace(settings, run_key=key, durations_file=None), todo, why
+
+
 @_command(
     "engine run shards config results",
     json="Print the verdict as JSON (see README: verdict JSON).",
-    junit="Also write the verdict as JUnit XML to this file, one testcase per shard.",
+    junit="Also write the verdict as one JUnit XML file: every test of every shard"
+    " (a testsuite per shard), and a failing testcase for a shard that did not pass otherwise.",
     wait=f"Poll until no shard is {word_list(ordered(WAITED_ON))}, or until --timeout.",
     timeout="With --wait: how long to wait, as a duration with a unit (default 10m).",
 )
@@ -508,7 +590,7 @@ def verify(
         verdict = _judge(setup, settings.engine)
     if junit:
         Path(junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
+        write_atomically(Path(junit), verdict_to_junit(verdict).encode("utf-8"))
     if json:
         print(dumps(verdict_to_json(verdict), indent=2))
     else:

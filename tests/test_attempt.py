@@ -117,8 +117,8 @@ def test_the_report_reader_imports_in_a_python_without_site_packages():
     """As the attempt process starts (``-I -S``): no colorama, no tomli."""
     code = system.bootstrap("attempt")[4].split("; from")[0]
     probe = (
-        code
-        + "; from lokt_tasks import junit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('colorama', 'tomli', 'invoke')))"
+        code + "; from lokt_tasks import junit"
+        "; print(sorted(m for m in sys.modules if m.startswith(('colorama', 'tomli', 'invoke'))))"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True
