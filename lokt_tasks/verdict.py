@@ -698,6 +698,7 @@ def render_table(verdict: Verdict, *, color: bool) -> str:
     (with its tests passed/failed/skipped when its reports are known), the
     failing tests (at most LISTED_TESTS), the flaky ones, the reruns of failed
     tests, then a summary line; colour codes only when ``color`` is true."""
+    tested = any(row.tests for row in verdict.rows)  # NOTE: no tests column without reports
     rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "tests p/f/s", "detail"]]
     for row in verdict.rows:
         state = Cell(str(row.state), COLORS.get(row.state, "") if color else "")
@@ -705,6 +706,8 @@ def render_table(verdict: Verdict, *, color: bool) -> str:
         if row.tests and row.tests.problem:
             detail = "%s%s" % (detail + "; " if detail else "", row.tests.problem)
         rows.append([str(row.shard), state, format_seconds(row.duration), _tests_cell(row), detail])
+    if not tested:
+        rows = [cells[:3] + cells[4:] for cells in rows]
     lines = ["%s, run %s" % (verdict.task, verdict.run_key), *table(rows, right={2})]
     for row in verdict.rows:
         if row.log and row.state in SHOW_LOG_STATES:
@@ -725,7 +728,7 @@ def render_table(verdict: Verdict, *, color: bool) -> str:
         numbers = ", ".join(str(index) for index in verdict.stray_shards)
         lines.append("ignored records for shards not in the plan: %s" % numbers)
     lines.extend("plan: %s" % problem for problem in verdict.plan_problems)
-    if any(row.tests for row in verdict.rows):
+    if tested:
         counts = verdict.test_counts
         failed = counts[TestOutcome.FAILED] + counts[TestOutcome.ERROR]
         words = "%d passed, %d failed, %d skipped" % (

@@ -309,6 +309,9 @@ SHARD_KEYS = {
     "ended_at",
     "fingerprint",
     "record_fingerprint",
+    "retries",
+    "tests",
+    "test_problem",
 }
 
 
@@ -343,9 +346,16 @@ def test_json_has_the_documented_shape(tmp_path):
         "stray_shards",
         "uncovered_items",
         "overlapping_items",
+        "test_counts",
+        "tests",
+        "reruns",
     }
     assert (data["uncovered_items"], data["overlapping_items"]) == ([], {})
-    assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
+    assert (data["tests"], data["reruns"]) == ([], [])
+    assert data["test_counts"] == dict.fromkeys(
+        ["passed", "failed", "error", "skipped", "flaky"], 0
+    )
+    assert (data["version"], data["task"], data["run_key"]) == (2, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
     assert list(data["counts"]) == list(STATES)
     assert data["counts"] == {
@@ -385,14 +395,25 @@ def test_json_has_the_documented_shape(tmp_path):
 # --- JUnit XML --------------------------------------------------------------
 
 
-def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
+def test_junit_without_reports_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
     verdict = mixed_verdict(tmp_path)
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    assert suite.tag == "testsuite"
-    assert suite.get("name") == "lokt-tasks.test"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "1", "6")
-    cases = suite.findall("testcase")
+    assert top.tag == "testsuites"
+    assert top.get("name") == "lokt-tasks.test"
+    assert (top.get("tests"), top.get("failures"), top.get("errors")) == ("8", "1", "6")
+    suites = top.findall("testsuite")
+    assert [suite.get("name") for suite in suites] == ["test.shard-%d" % n for n in range(1, 9)]
+    properties = {p.get("name"): p.get("value") for p in suites[1].iter("property")}
+    assert properties == {
+        "shard": "2",
+        "state": "failed",
+        "agent": "agent-2",
+        "host": "box",
+        "run_key": RUN,
+        "retries": "0",
+    }
+    cases = [case for suite in suites for case in suite.findall("testcase")]
     assert [(case.get("classname"), case.get("name")) for case in cases] == [
         ("test", "shard-%d" % n) for n in range(1, 9)
     ]
@@ -422,19 +443,19 @@ def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
     )
     verdict = judge(make_plan(1), {1: record}, {}, run_key=RUN)
 
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    text = suite.find("testcase/failure").text
+    text = top.find("testsuite/testcase/failure").text
     assert "FAILED test_x" in text and "bad utf-8" in text
     assert "\x1b" not in text and "\x00" not in text
 
 
 def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
     record = make_record(1, outcome="failed", exit_code=2, log=str(tmp_path / "gone.log"))
-    suite = ElementTree.fromstring(
+    top = ElementTree.fromstring(
         verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8")
     )
-    assert suite.find("testcase/failure").get("message") == "exit 2"
+    assert top.find("testsuite/testcase/failure").get("message") == "exit 2"
 
 
 # --- Text table -------------------------------------------------------------
