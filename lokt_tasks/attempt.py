@@ -376,6 +376,8 @@ def _json_value(value: object) -> str:
             escaped.append("\\" + char)
         elif " " <= char <= "~":
             escaped.append(char)
+        elif char in _SHORT_ESCAPES:
+            escaped.append(_SHORT_ESCAPES[char])
         else:
             code = ord(char)
             if code > 0xFFFF:  # a surrogate pair, as JSON spells characters past the BMP
@@ -384,6 +386,10 @@ def _json_value(value: object) -> str:
             else:
                 escaped.append("\\u%04x" % code)
     return '"%s"' % "".join(escaped)
+
+
+#: The characters JSON escapes in two characters rather than six.
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 
 def _count(count: int, noun: str, plural: str = "") -> str:

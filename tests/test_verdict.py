@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -15,12 +16,15 @@ from pathlib import Path
 import pytest
 
 from lokt_tasks import errors
+from lokt_tasks.attempt import digest
 from lokt_tasks.engine import Holder
 from lokt_tasks.plan import Plan, Shard
-from lokt_tasks.results import CorruptRecord, Record, RecordStore
+from lokt_tasks.results import CorruptRecord, Record, RecordStore, rerun_key
 from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
+    LISTED_TESTS,
     STATES,
+    Rerun,
     judge,
     judge_live,
     render_table,
@@ -28,6 +32,7 @@ from lokt_tasks.verdict import (
     tail,
     verdict_to_json,
     verdict_to_junit,
+    with_reruns,
 )
 
 RUN = "abc123def456"
@@ -607,3 +612,139 @@ def test_judge_live_confirms_a_real_crash(tmp_path):
 
     assert [row.state for row in verdict.rows] == ["crashed", "passed", "missing"]
     assert asked == ["test-shard-1", "test-shard-2", "test-shard-3"]
+
+
+# --- Tests from the reports a record names ------------------------------------------
+
+
+def report_xml(*cases: str) -> bytes:
+    """A JUnit report: ``name`` passes, ``!name`` fails, ``?name`` errs, ``-name`` is skipped."""
+    body = ""
+    for case in cases:
+        name, ending = case.lstrip("!?-"), {"!": "failure", "?": "error", "-": "skipped"}
+        tag = ending.get(case[0])
+        inner = f'<{tag} message="{name} broke">trace of {name}</{tag}>' if tag else ""
+        body += f'<testcase classname="pkg" name="{name}" time="0.5">{inner}</testcase>'
+    return f"<testsuites><testsuite>{body}</testsuite></testsuites>".encode()
+
+
+def store_shard(store: RecordStore, shard: int, *reports: bytes, run_key=RUN, **changes) -> Record:
+    """A final record of ``shard`` naming ``reports`` (its command's, then retries'),
+    written beside it; a report of b"" is one the run did not leave."""
+    for run, data in enumerate(reports):
+        if data:
+            path = store.junit_path("test", run_key, shard, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    names = [digest(data) if data else None for data in reports]
+    record = make_record(shard, run_key=run_key, reports=names, retries=len(reports) - 1)
+    store.write(dataclasses.replace(record, **changes))
+    return record
+
+
+def live(plan: Plan, store: RecordStore, run_key: str = RUN):
+    return judge_live(plan, store, lambda name: None, run_key=run_key)
+
+
+def test_a_shard_reads_only_the_reports_its_record_names(tmp_path):
+    store = RecordStore(tmp_path)
+    first = report_xml("a", "b", "-c")
+    store_shard(store, 1, first)
+    store_shard(store, 2, b"", outcome="failed", exit_code=3)
+    store_shard(store, 3, report_xml("d"))
+    store.junit_path("test", RUN, 3).write_bytes(report_xml("d", "!e"))  # changed since
+    rows = live(make_plan(3), store).rows
+
+    assert [test.id for test in rows[0].tests.results] == ["pkg::a", "pkg::b", "pkg::c"]
+    assert rows[0].tests.counts == {
+        "passed": 2,
+        "failed": 0,
+        "error": 0,
+        "skipped": 1,
+        "flaky": 0,
+    }
+    assert (rows[1].tests.results, rows[1].tests.problem) == ((), "its command left no report")
+    assert rows[2].tests.results == ()
+    assert rows[2].tests.problem == (
+        "shard-3.junit.xml is not the report its record names (changed since)"
+    )
+    store.junit_path("test", RUN, 1).unlink()
+    missing = live(make_plan(3), store).rows[0].tests
+    assert missing.problem == "the report of its command is missing (shard-1.junit.xml)"
+    assert missing.results == ()
+    assert live(make_plan(3), store).state == "failed"  # the records decide, not the reports
+
+
+def test_a_shard_retried_has_its_tests_folded_and_its_flaky_tests_listed(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(
+        store, 1, report_xml("a", "!b", "?c"), report_xml("b", "!c"), outcome="failed", exit_code=1
+    )
+    verdict = live(make_plan(1), store)
+    (row,) = verdict.rows
+    flaky, failing = row.tests.flaky, row.tests.failing
+    assert [(t.id, t.runs) for t in flaky] == [("pkg::b", 2)]
+    assert [(t.id, t.outcome, len(t.failures)) for t in failing] == [("pkg::c", "failed", 1)]
+    text = render_table(verdict, color=False)
+    assert text.splitlines()[2:] == [
+        "  1      failed  12.5s  2/1/0 +1 flaky  exit 1",
+        "failed tests (1):",
+        "  pkg::c  (shard 1, failed)",
+        "      c broke",
+        "flaky tests (1):",
+        "  pkg::b  (shard 1, passed after 1 failure)",
+        "      b broke",
+        "tests: 2 passed, 1 failed, 0 skipped, 1 flaky",
+        "verdict: FAILED - 1 failed (shard 1: exit 1)",
+    ]
+
+    junit = ElementTree.fromstring(verdict_to_junit(verdict))
+    cases = {case.get("name"): case for case in junit.iter("testcase")}
+    assert set(cases) == {"a", "b", "c"}  # the failing tests say why the shard failed
+    assert [child.tag for child in cases["b"]] == ["flakyFailure"]
+    assert cases["b"].find("flakyFailure/stackTrace").text == "trace of b"
+    assert [child.tag for child in cases["c"]] == ["failure", "rerunError"]
+    assert cases["c"].find("failure").text == "trace of c"
+
+
+def test_the_failing_tests_are_listed_twenty_at_most_within_80_columns(tmp_path):
+    store = RecordStore(tmp_path)
+    names = ["!t%02d" % n for n in range(25)]
+    store_shard(store, 1, report_xml(*names), outcome="failed", exit_code=1)
+    text = render_table(live(make_plan(1), store), color=False)
+    listed = [line for line in text.splitlines() if line.startswith("  pkg::t")]
+    assert len(listed) == LISTED_TESTS
+    assert "  and 5 more (verify --json lists every test)" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_failed_shard_whose_failing_tests_passed_on_a_rerun_passes(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", exit_code=1)
+    store_shard(store, 2, report_xml("c", "!d"), outcome="failed", exit_code=1)
+    store_shard(store, 3, report_xml("e"))
+    key = rerun_key(RUN, 1)
+    rerun_plan = make_plan(1)
+    store_shard(store, 1, report_xml("b", "!d"), run_key=key)
+    rerun = Rerun(1, key, live(rerun_plan, store, key))
+    before = live(make_plan(3), store)
+
+    after = with_reruns(before, [rerun])
+    assert [row.state for row in after.rows] == ["passed", "failed", "passed"]
+    assert after.rows[0].detail == "exit 1; 1 failed test passed on a rerun"
+    assert after.state == "failed" and after.reruns == (rerun,)
+    assert [(t.id, t.flaky) for _, t in after.tests if t.failures] == [
+        ("pkg::b", True),
+        ("pkg::d", False),
+    ]
+    data = verdict_to_json(after)
+    assert [(t["id"], t["rerun"]) for t in data["tests"] if t["rerun"]] == [
+        ("pkg::b", 1),
+        ("pkg::d", 1),
+    ]
+    assert data["reruns"][0]["run_key"] == key and data["reruns"][0]["verdict"] == "passed"
+    # A test that passed only on a rerun is flaky: with flaky = "fail" it fails the shard.
+    assert with_reruns(before, [rerun], flaky="fail").rows[0].state == "failed"
+    # A shard killed by a signal did not run all its tests: a rerun cannot clear it.
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", signal="SIGKILL")
+    assert with_reruns(live(make_plan(3), store), [rerun]).rows[0].state == "failed"
