@@ -614,7 +614,7 @@ def main(argv: list) -> int:
             )
 
         ended = run()
-        while ended is not None and attempt.retry(ended):
+        while ended is not None and watch.abandoned() is None and attempt.retry(ended):
             ended = run()
         if ended is None:
             return LOCK_LOST if watch.lock_lost() else AGENT_GONE

@@ -30,7 +30,6 @@ from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_iden
 from .errors import LoktTasksError, RerunError, UsageError
 from .junit import runner_items
 from .plan import (
-    JUNIT_PLACEHOLDER,
     Plan,
     build_plan,
     plan_to_json,
@@ -518,6 +517,11 @@ def _failed_tests(
     failing tests (a run of its own, ``<run>/rerun-<K>``, under the locks
     ``<task>-rerun-<N>``), the shards of it to run, and why there are none.
     RerunError when the tests cannot be given back to the task's command."""
+    if not any(shard.wants_junit for shard in setup.plan.shards):
+        raise RerunError(
+            f"task '{setup.plan.task}' writes no JUnit report ({{junit}} in run), so its"
+            f" failed tests are not known; 'shard-all {setup.plan.task} --failed' reruns shards"
+        )
     failing = [(row.shard, test) for row in verdict.rows if row.tests for test in row.tests.failing]
     for row in verdict.rows:
         if row.state not in (ShardState.PASSED, ShardState.RUNNING) and not (
@@ -529,8 +533,6 @@ def _failed_tests(
             )
     if not failing:
         return settings, [], "no test failed in this run (by the shards' JUnit reports)"
-    if not any(JUNIT_PLACEHOLDER in arg for arg in setup.plan.shards[0].argv):
-        raise RerunError(f"task '{setup.plan.task}' writes no JUnit report ({{junit}} in run)")
     try:
         items = runner_items(
             [test.case for _, test in failing],

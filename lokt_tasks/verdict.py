@@ -493,6 +493,7 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
 
 def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
     """The verdict as a JSON-ready dict; the shape is documented above."""
+    reruns = {row.shard: row.tests.reruns for row in verdict.rows if row.tests}
     return {
         "version": JSON_VERSION,
         "task": verdict.task,
@@ -505,7 +506,9 @@ def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
         "uncovered_items": list(verdict.uncovered),
         "overlapping_items": {item: list(shards) for item, shards in verdict.overlaps},
         "test_counts": verdict.test_counts,
-        "tests": [_test_to_json(shard, test, verdict) for shard, test in verdict.tests],
+        "tests": [
+            _test_to_json(shard, test, reruns.get(shard, {})) for shard, test in verdict.tests
+        ],
         "reruns": [
             {
                 "rerun": rerun.number,
@@ -522,9 +525,7 @@ def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
     }
 
 
-def _test_to_json(shard: int, test: TestResult, verdict: Verdict) -> Dict[str, object]:
-    row = verdict.rows[[r.shard for r in verdict.rows].index(shard)]
-    reruns = row.tests.reruns if row.tests else {}
+def _test_to_json(shard: int, test: TestResult, reruns: Mapping[str, int]) -> Dict[str, object]:
     return {
         "id": test.id,
         "shard": shard,

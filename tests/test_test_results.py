@@ -20,11 +20,14 @@ from typing import Dict, List
 import pytest
 from junitparser import Error, Failure, JUnitXml
 from scratch import (
+    FAIL,
+    PASS,
     PYTHON,
     SUITE,
     cli,
     commit_new_repository,
     kill_group,
+    make_project,
     pytest_project,
     start_cli,
     verdict,
@@ -74,6 +77,15 @@ def test_flaky():
 """
 }
 FLAKY_ID = "tests/test_flaky.py::test_flaky"
+
+
+#: A task whose items are the suite's files (no collect command: quicker to plan).
+FILES = """
+[tasks.files]
+run = "{python} -m pytest -q -p no:cacheprovider --junitxml={junit} {items}"
+glob = ["tests/test_*.py"]
+shards = 3
+"""
 
 
 def ran(project: Path) -> List[str]:
@@ -137,7 +149,10 @@ def test_two_failing_tests_are_named_merged_and_rerun_alone(tmp_path, engine):
     document = JUnitXml.fromfile(str(project / "reports" / "sub" / "verdict.xml"))
     assert (document.tests, document.failures, document.errors) == (total, 2, 0)
 
-    report = verdict(project, "unit", env=env)
+    report = verdict(project, "unit", "--junit", "reports/sub/again.xml", env=env)
+    assert (project / "reports" / "sub" / "again.xml").read_bytes() == (
+        project / "reports" / "sub" / "verdict.xml"
+    ).read_bytes()
     assert report["version"] == 2
     assert {t["id"] for t in report["tests"] if t["outcome"] == "failed"} == BROKEN_IDS
     assert report["test_counts"]["passed"] == total - 2
@@ -159,35 +174,31 @@ def test_two_failing_tests_are_named_merged_and_rerun_alone(tmp_path, engine):
     )
     assert rerun.returncode == errors.PASSED, rerun.stdout + rerun.stderr
     assert sorted(ran(project)[total:]) == sorted(BROKEN_IDS)  # exactly those 2 tests
-    after = verdict(project, "unit", env=env)
+    after = verdict(project, "unit", "--junit", str(tmp_path / "after.xml"), env=env)
     assert after["verdict"] == "passed" and after["exit_code"] == 0
     again = {t["id"]: t for t in after["tests"]}
     assert all(again[test]["rerun"] == 1 and again[test]["flaky"] for test in BROKEN_IDS)
     assert [rerun["verdict"] for rerun in after["reruns"]] == ["passed"]
-    assert len(cases(write_junit(project, env))) == total
-
-
-def write_junit(project: Path, env: Dict[str, str]) -> Path:
-    path = project / "verdict.xml"
-    cli(project, "verify", "unit", "--junit", str(path), env=env)
-    return path
+    folded = cases(tmp_path / "after.xml")
+    assert len(folded) == total and not any(tags for tags in folded.values())
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("policy, code", [("pass", errors.PASSED), ("fail", errors.FAILED)])
 def test_a_test_that_fails_once_passes_on_a_retry_and_is_flaky(tmp_path, engine, policy, code):
-    project = pytest_project(tmp_path / "p", FLAKY, toml=f'retries = 1\nflaky = "{policy}"\n')
-    result = cli(project, "shard-all", "unit", "--engine", engine)
+    toml = FILES + f'retries = 1\nflaky = "{policy}"\n'
+    project = pytest_project(tmp_path / "p", FLAKY, toml=toml)
+    result = cli(project, "shard-all", "files", "--engine", engine)
     assert result.returncode == code, result.stdout + result.stderr
     assert ran(project).count(FLAKY_ID) == 2  # ran, failed, ran again
     assert len(ran(project)) == 15 + 1  # nothing else ran twice
 
-    shown = cli(project, "verify", "unit", "--junit", "verdict.xml")
+    shown = cli(project, "verify", "files", "--junit", "verdict.xml")
     assert shown.returncode == code
     assert "flaky tests (1):" in shown.stdout and FLAKY_ID in shown.stdout
     assert "+1 flaky" in shown.stdout
 
-    report = verdict(project, "unit")
+    report = verdict(project, "files")
     test = next(t for t in report["tests"] if t["id"] == FLAKY_ID)
     assert (test["outcome"], test["flaky"], test["runs"]) == ("passed", True, 2)
     assert test["message"] == "AssertionError: fails the first time"
@@ -222,28 +233,26 @@ def test_waits():
         time.sleep(0.05)
 """
     }
-    project = pytest_project(tmp_path / "p", waits)
-    agent = start_cli(project, "shard", "unit", "--id", "1", "--engine", engine)
+    project = pytest_project(tmp_path / "p", waits, toml=FILES)
+    agent = start_cli(project, "shard", "files", "--id", "1", "--engine", engine)
     try:
         wait_for(lambda: "tests/test_aaa_wait.py::test_waits" in ran(project))
         kill_group(agent)  # kill -9: the agent and what runs in its process group
-        wait_for(lambda: verdict(project, "unit")["shards"][0]["state"] == "crashed")
+        wait_for(lambda: verdict(project, "files")["shards"][0]["state"] == "crashed")
     finally:
         kill_group(agent)
         gate.write_text("")
-    third = cli(project, "shard", "unit", "--id", "3", "--engine", engine)
+    third = cli(project, "shard", "files", "--id", "3", "--engine", engine)
     assert third.returncode == errors.PASSED, third.stderr
 
     junit = tmp_path / "verdict.xml"
-    result = cli(project, "verify", "unit", "--junit", str(junit))
+    result = cli(project, "verify", "files", "--junit", str(junit))
     assert result.returncode == errors.INCOMPLETE
     document = JUnitXml.fromfile(str(junit))
     suites = {suite.name: suite for suite in document}
-    assert set(suites) == {"unit.shard-1", "unit.shard-2", "unit.shard-3"}
-    for name, state, agent in (
-        ("unit.shard-1", "crashed", True),
-        ("unit.shard-2", "missing", False),
-    ):
+    assert set(suites) == {"files.shard-1", "files.shard-2", "files.shard-3"}
+    shards = (("files.shard-1", "crashed", True), ("files.shard-2", "missing", False))
+    for name, state, agent in shards:
         [case] = list(suites[name])
         assert case.name == name.split(".")[1]
         [problem] = case.result
@@ -251,8 +260,8 @@ def test_waits():
         properties = {p.name: p.value for p in suites[name].properties()}
         assert properties["state"] == state and properties["shard"] == name[-1]
         assert bool(properties["agent"]) == agent  # a missing shard: nobody ran it
-    passed = list(suites["unit.shard-3"])
-    assert len(passed) == len(verdict(project, "unit")["tests"]) > 1
+    passed = list(suites["files.shard-3"])
+    assert len(passed) == len(verdict(project, "files")["tests"]) > 1
     assert all(case.is_passed for case in passed)
     assert document.errors == 2 and document.failures == 0
 
@@ -274,17 +283,17 @@ def pytest_configure(config):
 def test_a_report_an_earlier_attempt_left_is_never_read_as_this_records(tmp_path, engine):
     """The first attempt passes and leaves its report; the second dies before
     pytest writes one. The shard is failed, with no tests, not the first's."""
-    project = pytest_project(tmp_path / "p", DIES)
+    project = pytest_project(tmp_path / "p", DIES, toml=FILES)
     env = {"LOKT_TASKS_RUN": "k"}
-    first = cli(project, "shard", "unit", "--id", "1", "--engine", engine, env=env)
+    first = cli(project, "shard", "files", "--id", "1", "--engine", engine, env=env)
     assert first.returncode == errors.PASSED, first.stderr
-    report = project / ".git" / "lokt-tasks" / "unit" / "k" / "shard-1.junit.xml"
-    assert report.exists() and verdict(project, "unit", env=env)["tests"]
+    report = project / ".git" / "lokt-tasks" / "files" / "k" / "shard-1.junit.xml"
+    assert report.exists() and verdict(project, "files", env=env)["tests"]
     again = {**env, "DIE": "1"}
-    second = cli(project, "shard-all", "unit", "--force", "--engine", engine, env=again)
+    second = cli(project, "shard", "files", "--id", "1", "--engine", engine, env=again)
     assert second.returncode == errors.FAILED
     assert not report.exists()  # removed inside the lock, before the command started
-    shown = verdict(project, "unit", env=env)
+    shown = verdict(project, "files", "--junit", str(tmp_path / "v.xml"), env=env)
     row = shown["shards"][0]
     assert (row["state"], row["exit_code"], row["test_problem"]) == (
         "failed",
@@ -293,7 +302,6 @@ def test_a_report_an_earlier_attempt_left_is_never_read_as_this_records(tmp_path
     )
     assert set(row["tests"].values()) == {0} and shown["tests"] == []
     junit = tmp_path / "v.xml"
-    cli(project, "verify", "unit", "--junit", str(junit), env=env)
     suite = next(suite for suite in JUnitXml.fromfile(str(junit)) if suite.name.endswith("-1"))
     [case] = list(suite)
     assert case.name == "shard-1" and isinstance(case.result[0], Failure)
@@ -382,3 +390,16 @@ def test_retries_need_a_report_in_the_command(tmp_path):
         "lokt-tasks: error: shards.toml: tasks.unit.retries: needs {junit} in run: the failing"
         " tests are read from the command's JUnit report (task 'unit')"
     )
+
+
+def test_failed_tests_of_a_task_without_reports_are_unknown_exit_7(tmp_path):
+    project = make_project(tmp_path / "p", {"check_1.py": FAIL, "check_2.py": PASS}, shards=2)
+    assert cli(project, "shard-all", "checks").returncode == errors.FAILED
+    result = cli(project, "shard-all", "checks", "--failed-tests")
+    assert result.returncode == errors.CANNOT_RERUN
+    assert result.stderr.strip().splitlines() == [
+        "lokt-tasks: error: task 'checks' writes no JUnit report ({junit} in run), so its"
+        " failed tests are not known; 'shard-all checks --failed' reruns shards"
+    ]
+    both = cli(project, "shard-all", "checks", "--failed", "--failed-tests")
+    assert both.returncode == errors.USAGE and "cannot be combined" in both.stderr
