@@ -8,7 +8,9 @@ PASSED = 0
 #: the command line (invoke exits 1 for an unknown task or flag).
 INTERNAL = 1
 USAGE = 2  #: Bad shards.toml, bad command-line value, unknown task.
-FAILED = 3  #: At least one shard ran and its command failed (non-zero exit or signal).
+#: At least one shard ran and failed: its command (non-zero exit or signal), or its
+#: tests (a failing test in its JUnit report, a flaky one with ``flaky = "fail"``).
+FAILED = 3
 #: Not every shard passed under the current plan: missing, running, crashed,
 #: interrupted, outdated or corrupt records.
 INCOMPLETE = 4
