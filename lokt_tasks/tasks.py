@@ -60,9 +60,9 @@ from .verdict import (
     Verdict,
     holder_is_live,
     judge_live,
+    plan_test_ids,
     render_table,
     tail,
-    test_ids,
     verdict_to_json,
     verdict_to_junit,
     with_reruns,
@@ -536,7 +536,7 @@ def _failed_tests(
     try:
         items = runner_items(
             [test.case for _, test in failing],
-            test_ids(setup.plan),
+            plan_test_ids(setup.plan),
             whole=takes_whole_items(setup.task),
         )
     except ValueError as error:

@@ -245,7 +245,7 @@ def _overall(rows: Tuple[Row, ...], uncovered: Tuple[str, ...], overlaps: tuple)
     return OverallVerdict.INCOMPLETE
 
 
-def test_ids(plan: Plan) -> TestIds:
+def plan_test_ids(plan: Plan) -> TestIds:
     """The ids of the tests of ``plan``'s reports (see junit.TestIds)."""
     known = (item.partition("::")[0] for shard in plan.shards for item in shard.items)
     return TestIds(plan.cwd, known)
@@ -384,7 +384,7 @@ def judge_live(
         if not moved_on:
             break
         verdict = judge(plan, records, holders, run_key=run_key, now=now)
-    ids = test_ids(plan)
+    ids = plan_test_ids(plan)
     tests = {
         row.shard: found
         for row in verdict.rows
