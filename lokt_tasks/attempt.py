@@ -8,12 +8,26 @@ crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
     RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]
            [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD]
-           -- CMD...
+           [--report PATH [--retries N --template JSON] [--flaky fail]] -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
 Started once per shard, it imports only what Python loads at start-up
 (``json`` only to read a record back), and writes records without a JSON
 encoder: the stamps in front of the rest (``results.unstamped_json``).
+
+A command that writes a JUnit report (``{junit}``) has it tied to the
+attempt: the attempt removes the reports an earlier one left before its
+command starts, and its final record lists the SHA-256 digest of the report
+each run left (``reports``), so that a reader takes only those. After a
+failing run, ``retries`` runs the failing tests again (a command built from
+the task's :data:`template <fill_template>` with them as items), each with a
+report of its own (:func:`retry_report`), still under the lock. The outcome
+is judged from the last run's exit code and the tests (:meth:`Attempt.judge`):
+a report that holds a failing test is a failure whatever the exit code, and
+a test that passed on a retry is flaky (a failure when ``flaky`` is "fail").
+Reports are parsed (through ``junit``, standard library only) only when
+that can change the outcome: after a failure with retries left, or when the
+bytes hold a ``<failure`` or ``<error`` tag.
 """
 
 from __future__ import annotations
@@ -48,13 +62,26 @@ CANNOT_WRITE = 73  # EX_CANTCREAT: a record could not be written
 LOCK_LOST = 75  # EX_TEMPFAIL: the lock is not (or no longer) ours
 
 #: The fields stamped on when an attempt starts and ends, first in a record.
-STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
+STAMPED_FIELDS = (
+    "outcome",
+    "exit_code",
+    "signal",
+    "message",
+    "started_at",
+    "ended_at",
+    "duration",
+    "retries",
+    "reports",
+)
+#: In a run template and a shard's command, where the command's JUnit report goes.
+JUNIT_PLACEHOLDER = "{junit}"
 #: Record fields that may hold null (the others may not).
 OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]"
-    " [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD] -- CMD..."
+    " [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD]"
+    " [--report PATH [--retries N --template JSON] [--flaky fail]] -- CMD..."
 )
 #: The options of :func:`main` that take a value.
 OPTIONS = (
@@ -66,15 +93,23 @@ OPTIONS = (
     "--timeout",
     "--timeout-text",
     "--stderr",
+    "--report",
+    "--retries",
+    "--template",
+    "--flaky",
 )
 
 
 class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
-    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``,
-    and ``timeout``: the seconds the command may run (None: no limit), which
-    ``timeout_text`` names in the record's message ("15m"), and where the
-    command's stderr goes without a log (``stderr``, a descriptor; None: ours)."""
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``;
+    ``timeout``: the seconds the shard may run, retries included (None: no
+    limit), which ``timeout_text`` names in the record's message ("15m");
+    where the command's stderr goes without a log (``stderr``, a descriptor;
+    None: ours); ``report``: where the command writes its JUnit report (None:
+    it writes none); ``retries`` of its failing tests, with commands from
+    ``template`` (JSON, see :func:`fill_template`); ``flaky``: "fail" to fail
+    the shard for a test that passed only on a retry (``config.FLAKY``)."""
 
     def __init__(
         self,
@@ -87,9 +122,15 @@ class Attempt:
         timeout: float | None = None,
         timeout_text: str = "",
         stderr: int | None = None,
+        report: str | os.PathLike | None = None,
+        retries: int = 0,
+        template: str = "",
+        flaky: str = "pass",
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
+        if retries < 0 or (retries and not (report and template)):
+            raise ValueError("retries need a report and a command template")
         self.record = os.fspath(record)
         self.fields = fields
         self.command = [str(word) for word in command]
@@ -98,18 +139,35 @@ class Attempt:
         self.stderr = stderr
         self.timeout = timeout
         self.timeout_text = timeout_text or ("" if timeout is None else "%gs" % timeout)
+        self.report = os.fspath(report) if report else None
+        self.retries, self.template, self.flaky = retries, template, flaky
         # NOTE: found by substring, not json (which the attempt process spares).
         mark = '"attempt": "'
         start = fields.find(mark) + len(mark)
         self.attempt_id = fields[start : fields.find('"', start)] if start >= len(mark) else ""
         self.started_at, self._began = "", 0.0  # set by begin
         self._log_fd: int | None = None
+        #: Runs started (the command, then retries), and the command of the next one.
+        self.runs, self._next = 0, self.command
+        #: Per run that ended: its report's digest (None: it left none) and its
+        #: test cases (None: not parsed); why the failing tests were not retried.
+        self.reports: list = []
+        self._cases: list = []
+        self._not_retried = self._why = ""
+        self.cwd = ""  # where the commands run: set by start
 
     def begin(self) -> bool:
-        """False if the shard is already done, else empty the log and write the
-        start record; raises OSError naming the file (nothing has run then)."""
+        """False if the shard is already done, else remove the reports an earlier
+        attempt left, empty the log and write the start record; raises OSError
+        naming the file (nothing has run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
+        if self.report:
+            for run in range(self.retries + 1):
+                try:
+                    os.unlink(retry_report(self.report, run))
+                except FileNotFoundError:
+                    pass
         if self.log:
             # NOTE: emptied only now: an agent refused the lock must not wipe
             # the log of the one that holds it.
@@ -123,6 +181,10 @@ class Attempt:
             raise
         return True
 
+    @property
+    def retried(self) -> int:
+        return max(self.runs - 1, 0)
+
     def _close_log(self) -> None:
         if self._log_fd is not None:
             os.close(self._log_fd)
@@ -131,17 +193,25 @@ class Attempt:
     def start(
         self, *, env: dict | None = None, cwd: str | None = None, new_session: bool = True
     ) -> system.Child | int:
-        """Start the command (``system.start``): its Child, or 127 or 126 when
-        it could not start, the reason written where its output goes."""
-        fd = self._log_fd
+        """Start the command, or after :meth:`retry` the retry (``system.start``):
+        its Child, or 127 or 126 when it could not start, the reason written
+        where its output goes."""
+        self.cwd = cwd or os.getcwd()
+        fd, argv = self._log_fd, self._next
+        if self.runs and self.log:  # a retry: its output follows the command's
+            fd = self._log_fd = system.open_file(self.log, os.O_WRONLY | os.O_APPEND)
         err = self.stderr if fd is None else None
+        self.runs += 1
         try:
+            if self.runs > 1:
+                line = "lokt-tasks: retry %d of %d: %s\n" % (self.retried, self.retries, self._why)
+                os.write(1 if fd is None else fd, line.encode("utf-8", "replace"))
             return system.start(
-                self.command, stdout=fd, stderr=err, env=env, cwd=cwd, new_session=new_session
+                argv, stdout=fd, stderr=err, env=env, cwd=cwd, new_session=new_session
             )
         except OSError as error:
             code, reason = system.not_started(error)
-            self._tell("%s: %s" % (self.command[0], reason))
+            self._tell("%s: %s" % (argv[0], reason))
             return code
         finally:
             self._close_log()
@@ -183,28 +253,127 @@ class Attempt:
                 pass  # NOTE: the record, not this line, tells the outcome
         return ended
 
+    def retry(self, ended: tuple) -> bool:
+        """After a run ended as ``ended`` (:meth:`wait`'s tuple): whether to run
+        its failing tests again, and if so make that the command :meth:`start`
+        runs next. Not after a stop or the timeout, nor past ``retries``, nor
+        when the report names no failing test or one that cannot be given back
+        to the command."""
+        returncode, stopped_by, timed_out = ended
+        self._note(returncode)
+        if stopped_by or timed_out or self.retried >= self.retries or self._cases[-1] is None:
+            return False
+        failing = self._failing()
+        if not failing:
+            return False
+        from . import junit
+
+        ids = self._test_ids()
+        try:
+            items = junit.runner_items(failing, ids, whole=None in _template(self.template))
+        except ValueError as error:
+            self._not_retried = "not retried: %s" % error
+            return False
+        command = fill_template(_template(self.template), items, self.cwd)
+        report = retry_report(self.report or "", self.runs)
+        self._next = [arg.replace(JUNIT_PLACEHOLDER, report) for arg in command]
+        self._why = "%s, as %s" % (_count(len(failing), "failing test"), _count(len(items), "item"))
+        return True
+
     def finish(
         self, returncode: int | None, stopped_by: int | None, timed_out: bool = False
     ) -> bool:
-        """Write the final record from the return code (-N: signal N; None:
-        never started), the stop signal that came and whether the command was
-        stopped at its timeout (a stop asked for comes first); raises OSError.
-        False, writing nothing, if another agent took it over (our lock was lost)."""
+        """Write the final record from the last run's return code (-N: signal
+        N; None: never started), the stop signal that came, whether the shard
+        was stopped at its timeout (a stop asked for comes first) and the tests
+        its reports hold (:meth:`judge`); raises OSError. False, writing
+        nothing, if another agent took it over (our lock was lost)."""
         self._close_log()
         if not self._record_is_ours():
             return False
         code, signal = returncode, None
         if returncode is not None and returncode < 0:
             code, signal = None, system.signal_name(-returncode)
+        if returncode is not None:
+            self._note(returncode)
         if stopped_by:
             outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
         elif timed_out:
             outcome, message = "timed-out", "exceeded timeout " + self.timeout_text
         else:
-            outcome, message = ("passed" if returncode == 0 else "failed"), ""
+            outcome, message = self.judge(returncode)
         duration = round(time.monotonic() - self._began, 3)
         self._write(outcome, code, signal, message, system.utc_now(), duration)
         return True
+
+    def judge(self, returncode: int | None) -> tuple:
+        """``(outcome, message)`` of runs that were not stopped: "passed" only
+        when the last run exited 0 and no test of the reports failed last;
+        a test that passed on a retry after failing is flaky, which is a pass
+        unless ``flaky`` is "fail"."""
+        tests = self._tests()
+        failing = [test for test in tests if test.failing]
+        flaky = [test for test in tests if test.flaky]
+        if returncode != 0:  # None: it never started
+            if failing and self.retried:
+                return "failed", "%s still failing after %s" % (
+                    _count(len(failing), "test"),
+                    _count(self.retried, "retry", "retries"),
+                )
+            return "failed", self._not_retried
+        if failing:
+            return "failed", "%s in its report" % _count(len(failing), "failing test")
+        if flaky:
+            message = "%s passed on a retry" % _count(len(flaky), "flaky test")
+            if self.flaky == "fail":
+                return "failed", message + " (flaky = fail)"
+            return "passed", message
+        return "passed", ""
+
+    def _note(self, returncode: int) -> None:
+        """The digest of the report the last run left, and its tests when they
+        can change the outcome (see the module's docstring)."""
+        run = len(self.reports)
+        if not self.report or run >= self.runs:
+            return
+        path = retry_report(self.report, run)
+        try:
+            data = system.read_file(path)
+        except OSError:  # none, or not a regular file: no report of this run
+            self.reports.append(None)
+            self._cases.append(None)
+            return
+        self.reports.append(digest(data))
+        cases = None
+        if run or (returncode != 0 and self.retries) or b"<failure" in data or b"<error" in data:
+            from . import junit
+
+            try:
+                cases = junit.parse_report(data, path)
+            except junit.ReportError:
+                cases = None
+        self._cases.append(cases)
+
+    def _test_ids(self):
+        from . import junit
+
+        # NOTE: the command's path arguments help name tests whose runner's
+        # root lies below ours (junit.TestIds); node ids count by their file.
+        known = [arg.partition("::")[0] for arg in self.command if not os.path.isabs(arg)]
+        return junit.TestIds(self.cwd or os.getcwd(), known)
+
+    def _tests(self) -> list:
+        """Every test of the reports parsed, folded over the runs (junit.fold)."""
+        runs = [cases for cases in self._cases if cases is not None]
+        if not runs:
+            return []
+        from . import junit
+
+        return list(junit.fold(runs, self._test_ids()).values())
+
+    def _failing(self) -> list:
+        """The last case of each test that failed the last time it ran."""
+        return [test.case for test in self._tests() if test.failing]
 
     def _record_is_ours(self) -> bool:
         """Whether the record still holds our attempt id (by substring: json is costly)."""
@@ -218,6 +387,7 @@ class Attempt:
         # NOTE: the start record is not fsynced (costly): after a crash it is
         # missing or empty, which verify reports as missing or corrupt.
         stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
+        stamps += (self.retried, list(self.reports))
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
@@ -245,6 +415,12 @@ class Attempt:
             argv += ["--timeout", repr(self.timeout), "--timeout-text", self.timeout_text]
         if stderr is not None:
             argv += ["--stderr", str(stderr)]
+        if self.report:
+            argv += ["--report", self.report]
+        if self.retries:
+            argv += ["--retries", str(self.retries), "--template", self.template]
+        if self.flaky != "pass":
+            argv += ["--flaky", self.flaky]
         return argv + ["--", *self.command]
 
     def own_record(self) -> dict | None:
@@ -266,10 +442,88 @@ def record_text(stamps: dict, fields: str) -> str:
 
 
 def _json_value(value: object) -> str:
-    """A stamp in JSON: null, a number, or one of our own plain ASCII words."""
+    """A stamp in JSON, ASCII only, as ``json.dumps`` writes it: null, a number,
+    a string, or a list of them on one line."""
     if value is None:
         return "null"
-    return '"%s"' % value if isinstance(value, str) else repr(value)
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(map(_json_value, value))
+    if not isinstance(value, str):
+        return repr(value)
+    escaped = []
+    for char in value:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif " " <= char <= "~":
+            escaped.append(char)
+        elif char in _SHORT_ESCAPES:
+            escaped.append(_SHORT_ESCAPES[char])
+        else:
+            code = ord(char)
+            if code > 0xFFFF:  # a surrogate pair, as JSON spells characters past the BMP
+                code -= 0x10000
+                escaped.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+            else:
+                escaped.append("\\u%04x" % code)
+    return '"%s"' % "".join(escaped)
+
+
+#: The characters JSON escapes in two characters rather than six.
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _count(count: int, noun: str, plural: str = "") -> str:
+    """``1 test``, ``2 tests``."""
+    return "%d %s" % (count, noun if count == 1 else plural or noun + "s")
+
+
+def digest(data: bytes) -> str:
+    """The SHA-256 hex digest by which a record names the report ``data``."""
+    import hashlib  # only when a report was left
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def retry_report(report: str, run: int) -> str:
+    """Where run ``run`` of an attempt writes its report: ``report`` itself for
+    the command (run 0), ``shard-1.retry-2.junit.xml`` for its retry 2."""
+    if not run:
+        return report
+    suffix = ".junit.xml" if report.endswith(".junit.xml") else ""
+    return "%s.retry-%d%s" % (report[: len(report) - len(suffix)], run, suffix)
+
+
+def _template(text: str) -> list:
+    import json  # only to retry
+
+    return json.loads(text) if text else []
+
+
+def fill_template(template: list, items, root: str) -> list:
+    """The argv of a command template with ``items`` in its slots.
+
+    A template is JSON: a list of arguments, each a string (as it is), null
+    (``{items}``: one argument per item; an item that starts with ``-`` and
+    names a path below ``root`` goes as ``./<item>``, so that it is not read
+    as an option), or a list of parts, strings and ``[SEP]`` (``{items:SEP}``:
+    the items joined by SEP), joined into one argument.
+    """
+    argv: list = []
+    for arg in template:
+        if arg is None:
+            argv.extend(
+                "./" + item
+                if item.startswith("-") and os.path.lexists(os.path.join(root, item))
+                else item
+                for item in items
+            )
+        elif isinstance(arg, str):
+            argv.append(arg)
+        else:
+            argv.append(
+                "".join(part if isinstance(part, str) else part[0].join(items) for part in arg)
+            )
+    return argv
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
@@ -403,23 +657,33 @@ def main(argv: list) -> int:
     grace = options.get("--grace") or repr(STOP_GRACE)
     timeout = options.get("--timeout")
     stderr = options.get("--stderr", "0")
+    retries = options.get("--retries") or "0"
     usable = len(positional) == 2 and command and agent_pid.isdigit() and stderr.isdigit()
-    usable = usable and _is_seconds(grace) and (timeout is None or _is_seconds(timeout))
+    usable = usable and retries.isdigit() and _is_seconds(grace)
+    usable = usable and (timeout is None or _is_seconds(timeout))
     if not usable or not positional[1].startswith("{\n"):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
-    attempt = Attempt(
-        record,
-        fields,
-        command,
-        log=options.get("--log") or None,
-        skip=skip,
-        timeout=None if timeout is None else float(timeout),
-        timeout_text=options.get("--timeout-text", ""),
-        stderr=_inherited(stderr),
-    )
+    try:
+        attempt = Attempt(
+            record,
+            fields,
+            command,
+            log=options.get("--log") or None,
+            skip=skip,
+            timeout=None if timeout is None else float(timeout),
+            timeout_text=options.get("--timeout-text", ""),
+            stderr=_inherited(stderr),
+            report=options.get("--report") or None,
+            retries=int(retries),
+            template=options.get("--template", ""),
+            flaky=options.get("--flaky") or "pass",
+        )
+    except ValueError:
+        print(USAGE_LINE, file=sys.stderr)
+        return USAGE
     watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
         return AGENT_GONE
@@ -431,15 +695,20 @@ def main(argv: list) -> int:
     try:
         if not attempt.begin():
             return ALREADY_DONE
+
         # NOTE: the command leads a process group of its own, in lokt guard's
         # session, so that the whole of it can be stopped without us.
-        child = attempt.start(new_session=False)
-        ended = attempt.wait(
-            child,
-            stopped=lambda: received[0] if received else None,
-            abandoned=watch.abandoned,
-            grace=float(grace),
-        )
+        def run() -> tuple | None:
+            return attempt.wait(
+                attempt.start(new_session=False),
+                stopped=lambda: received[0] if received else None,
+                abandoned=watch.abandoned,
+                grace=float(grace),
+            )
+
+        ended = run()
+        while ended is not None and watch.abandoned() is None and attempt.retry(ended):
+            ended = run()
         if ended is None:
             return LOCK_LOST if watch.lock_lost() else AGENT_GONE
         if not attempt.finish(*ended):

@@ -32,6 +32,10 @@ else:  # pragma: no cover - exercised on Python 3.9 / 3.10 only
 CONFIG_NAME = "shards.toml"
 CONFIG_VERSION = 1
 SPLITS = ("name", "size", "timings")
+#: ``flaky``: whether a test that passed only on a retry (or a rerun) passes or fails.
+FLAKY = ("pass", "fail")
+#: ``retries``: more is almost surely a typo.
+MAX_RETRIES = 100
 ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
 MAX_SHARDS = 10000  #: Far beyond any real suite; a larger count is almost surely a typo.
@@ -84,6 +88,8 @@ class TaskConfig:
     #: How long a shard's command may run, in seconds, and as written ("15m"); None: no limit.
     timeout: Optional[float] = None
     timeout_text: Optional[str] = None
+    retries: int = 0  #: Reruns of a shard's failing tests inside its lock.
+    flaky: str = "pass"  #: One of FLAKY: the verdict on a test that passed only on a retry.
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,15 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
     return value
 
 
+def _read_retries(path: Path, value: Any, where: Where) -> int:
+    expected = f"expected an integer from 0 to {MAX_RETRIES}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"{expected}, got {value}")
+    return value
+
+
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
     """A positive duration with a unit (``ttl``, ``timeout``): seconds, and the text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -434,6 +449,8 @@ KEYS: Dict[str, Key] = {
     # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
     "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
     "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
+    "retries": Key(_read_retries, (DEFAULTS, TASK), default=0),
+    "flaky": Key(partial(_read_choice, choices=FLAKY), (DEFAULTS, TASK), default="pass"),
 }
 
 
@@ -513,6 +530,10 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
     if not any(isinstance(part, Placeholder) and part.name == "items" for part in parts):
         problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
         raise config_error(path, f"{here}.run", problem)
+    if task["retries"] and not any(isinstance(p, Placeholder) and p.name == "junit" for p in parts):
+        problem = "needs {junit} in run: the failing tests are read from the command's JUnit report"
+        where = f"{here}.retries" if "retries" in table else "defaults.retries"
+        raise config_error(path, where, f"{problem} (task '{name}')")
     if not explicit and task["shards"] is None:
         problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
@@ -536,6 +557,8 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         durations=path.parent / task["durations"],
         timeout=timeout,
         timeout_text=timeout_text,
+        retries=task["retries"],
+        flaky=task["flaky"],
     )
 
 

@@ -380,30 +380,18 @@ class EmbeddedEngine(Engine):
                 return GuardResult(GuardState.ERROR, message=message)
 
     def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
-        """The attempt, under our lock. If the lock is ``lost()`` meanwhile,
-        the command is stopped and no final record written."""
+        """The attempt, under our lock: the command, then its retries. If the
+        lock is ``lost()`` meanwhile, the command is stopped and no final
+        record written."""
         attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
         if stop.is_set():
             attempt.finish(None, stop.signum)
             return interrupted_before_start(stop.signum)
-        child = attempt.start(env=request.env, cwd=request.cwd)
-        if isinstance(child, int):
-            attempt.finish(child, None)
-            return ran(child)
-        try:
-            self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
-            # NOTE: a lost lock may be another agent's already: no grace.
-            abandoned = lambda: 0.0 if lost() else None  # noqa: E731
-            ended = attempt.wait(child, stopped=stop.asked, abandoned=abandoned, grace=self.grace)
-        except BaseException:
-            child.kill_group()
-            child.wait()
-            raise
-        finally:
-            if child.returncode is not None:
-                self.watchdog.forget(child.pid)
+        ended = self._run(request, lost)
+        while ended is not None and not lost() and attempt.retry(ended):
+            ended = self._run(request, lost)
         if ended is None or lost() or not attempt.finish(*ended):
             message = (
                 "the lock was lost while the command ran: it was stopped,"
@@ -412,6 +400,27 @@ class EmbeddedEngine(Engine):
             return GuardResult(GuardState.RAN, message=message)
         returncode, stopped_by, _ = ended  # a timeout is told by the record
         return ran(returncode, stopped_by)
+
+    def _run(self, request: GuardRequest, lost: Callable[[], bool]) -> Optional[tuple]:
+        """One run of the attempt (the command or a retry), watched by the
+        watchdog: how it ended, or None when the lock was lost meanwhile."""
+        attempt = request.attempt
+        child = attempt.start(env=request.env, cwd=request.cwd)
+        if isinstance(child, int):
+            return child, None
+        try:
+            self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
+            # NOTE: a lost lock may be another agent's already: no grace.
+            abandoned = lambda: 0.0 if lost() else None  # noqa: E731
+            stopped = request.stop.asked
+            return attempt.wait(child, stopped=stopped, abandoned=abandoned, grace=self.grace)
+        except BaseException:
+            child.kill_group()
+            child.wait()
+            raise
+        finally:
+            if child.returncode is not None:
+                self.watchdog.forget(child.pid)
 
     def _acquire(self, request: GuardRequest, me: Claimant) -> Union[LockData, GuardResult]:
         name, wait, timeout = request.lock_name, request.wait, request.timeout

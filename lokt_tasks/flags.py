@@ -119,6 +119,10 @@ FLAGS: Dict[str, Flag] = {
     ),
     "force": Flag("Run shards that already passed in this run (under this plan) again."),
     "failed": Flag(f"Run only the shards that are {word_list(ordered(RERUN_BY_FAILED))}."),
+    "failed_tests": Flag(
+        "Run only the tests that failed in this run (from the shards' JUnit reports),"
+        " spread over --jobs shards of a rerun; verify folds their outcomes in."
+    ),
     "wait": Flag(
         "Wait instead of giving up: shard waits for a lock another agent holds"
         f" (--id next always does); verify, until no shard is {word_list(ordered(WAITED_ON))}.",
@@ -133,7 +137,9 @@ FLAGS: Dict[str, Flag] = {
     "log": Flag("Write the command's output to the shard's log file instead of the terminal."),
     "json": Flag("Print JSON instead of text: the plan, or the verdict (see README)."),
     "junit": Flag(
-        "Also write the verdict as JUnit XML to this file, one testcase per shard.",
+        "Also write the verdict as one JUnit XML file: every test of every shard"
+        " (a testsuite per shard), and a failing testcase for a shard that did not"
+        " pass otherwise.",
         value="FILE",
     ),
     "html": Flag(

@@ -19,6 +19,11 @@ A test id (:meth:`TestIds.of`) is what a user and a test runner call a test:
 
 File paths in ids are relative to the directory of shards.toml, where the
 commands run, even when the runner's root lies above or below it.
+
+A test that runs more than once (a shard's retries, reruns of failed tests)
+is folded into one :class:`TestResult` (:func:`fold`): its last outcome, and
+the runs before in which it failed; one that failed and then passed is
+*flaky*. :func:`runner_items` turns tests back into items a command takes.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ import os
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-from .states import TestOutcome
+from .states import FAILING_TESTS, TestOutcome
 from .system import read_file
 
 #: Reports larger than this are refused rather than read into memory (bytes).
 MAX_REPORT_BYTES = 256 * 1024 * 1024
 #: Characters of a failure message kept: its first line, cut to this length.
 MESSAGE_LENGTH = 300
+#: Characters kept of the text of a failure, error or skip (a traceback), from its start.
+DETAIL_LENGTH = 20_000
 #: Child elements that say how a testcase ended, strongest first.
 _ENDINGS = (
     ("error", TestOutcome.ERROR),
@@ -50,7 +57,8 @@ class TestCase:
     """One ``<testcase>`` of a report. ``file`` is "" when the report names
     none, else as the report writes it with forward slashes (absolute or
     relative to the runner's root); ``seconds`` is 0.0 when missing or bad;
-    ``message`` is the first line of the failure, error or skip message."""
+    ``message`` is the first line of the failure, error or skip message;
+    ``detail`` the element's text (a traceback), at most DETAIL_LENGTH characters."""
 
     __test__ = False  # NOTE: a name pytest would otherwise try to collect as tests
 
@@ -61,12 +69,13 @@ class TestCase:
     outcome: TestOutcome
     seconds: float
     message: str = ""
+    detail: str = ""
 
 
 class ReportError(ValueError):
     """A report that cannot be read as JUnit XML; ``path`` names the file."""
 
-    def __init__(self, path: Path, problem: str):
+    def __init__(self, path: Union[str, Path], problem: str):
         super().__init__(f"cannot read JUnit XML {path}: {problem}")
         self.path = Path(path)
         self.problem = problem
@@ -84,6 +93,12 @@ def read_report(path: Path) -> List[TestCase]:
         raise
     except OSError as error:
         raise ReportError(path, error.strerror or str(error)) from None
+    return parse_report(data, path)
+
+
+def parse_report(data: bytes, path: Union[str, Path]) -> List[TestCase]:
+    """Every testcase of a report's bytes ``data`` (read from ``path``, named in
+    errors), in document order; ReportError as :func:`read_report`."""
     if len(data) > MAX_REPORT_BYTES:
         raise ReportError(path, f"larger than {MAX_REPORT_BYTES} bytes")
     try:
@@ -110,11 +125,12 @@ def _cases(
 
 
 def _test_case(case: ElementTree.Element, suite: str, suite_file: str) -> TestCase:
-    outcome, message = TestOutcome.PASSED, ""
+    outcome, message, detail = TestOutcome.PASSED, "", ""
     for tag, ending in _ENDINGS:
         found = case.find(tag)
         if found is not None:
             outcome, message = ending, first_line(found.get("message") or found.text or "")
+            detail = (found.text or "").strip()[:DETAIL_LENGTH]
             break
     return TestCase(
         name=case.get("name") or "",
@@ -124,6 +140,7 @@ def _test_case(case: ElementTree.Element, suite: str, suite_file: str) -> TestCa
         outcome=outcome,
         seconds=_seconds(case.get("time")),
         message=message,
+        detail=detail,
     )
 
 
@@ -241,3 +258,87 @@ class TestIds:
             if part == stem[-1] and parts[index - shared : index] == stem[-1 - shared : -1]:
                 return parts[index + 1 :]
         return []
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """One test across the runs that ran it: ``case`` as it ran last, and
+    ``failures``, the cases of the earlier runs in which it failed or erred."""
+
+    __test__ = False  # NOTE: a name pytest would otherwise try to collect as tests
+
+    id: str
+    case: TestCase
+    failures: Tuple[TestCase, ...] = ()
+    runs: int = 1
+
+    @property
+    def outcome(self) -> TestOutcome:
+        return self.case.outcome
+
+    @property
+    def failing(self) -> bool:
+        """Whether it failed or erred the last time it ran."""
+        return self.case.outcome in FAILING_TESTS
+
+    @property
+    def flaky(self) -> bool:
+        """Whether it passed the last time after failing before (Surefire's flakyFailure)."""
+        return self.case.outcome == TestOutcome.PASSED and bool(self.failures)
+
+    def then(self, later: TestResult) -> TestResult:
+        """This result followed by ``later`` runs of the same test."""
+        failures = self.failures + ((self.case,) if self.failing else ()) + later.failures
+        return TestResult(self.id, later.case, failures, self.runs + later.runs)
+
+
+#: Within one run, the outcome kept for a test reported twice: the worst.
+_RANK = {TestOutcome.SKIPPED: 0, TestOutcome.PASSED: 1, TestOutcome.FAILED: 2, TestOutcome.ERROR: 3}
+
+
+def fold(
+    runs: Iterable[Iterable[TestCase]],
+    ids: TestIds,
+    earlier: Optional[Mapping[str, TestResult]] = None,
+) -> Dict[str, TestResult]:
+    """Each test of ``runs`` (the cases of each run, oldest run first), on top of
+    the ``earlier`` results, by test id in the order first seen. A test reported
+    twice in one run counts once, with its worst outcome (error, failed,
+    passed, skipped); a later run's outcome replaces an earlier one's."""
+    results = dict(earlier or {})
+    for cases in runs:
+        this_run: Dict[str, TestCase] = {}
+        for case in cases:
+            test_id = ids.of(case)
+            seen = this_run.get(test_id)
+            if seen is None or _RANK[case.outcome] > _RANK[seen.outcome]:
+                this_run[test_id] = case
+        for test_id, case in this_run.items():
+            before, now = results.get(test_id), TestResult(test_id, case)
+            results[test_id] = now if before is None else before.then(now)
+    return results
+
+
+def runner_items(cases: Iterable[TestCase], ids: TestIds, *, whole: bool) -> List[str]:
+    """The items that make a task's command run just ``cases`` again, once each.
+
+    ``whole``: the command takes its items as whole arguments (``{items}``),
+    so each test goes back as its pytest node id, which needs its file; else
+    the items are joined inside an argument (``{items:SEP}``, as in Go's
+    ``-run '^(A|B)$'``), so each goes back as its name, a subtest (``TestA/b``)
+    as its top-level test. ValueError, naming the test, for one that cannot.
+    """
+    items: Dict[str, None] = {}
+    for case in cases:
+        if whole:
+            if not ids.file_of(case)[0]:
+                raise ValueError(
+                    f"test '{ids.of(case)}' names no file in its report, and a command that"
+                    " takes whole items ({items}) is given tests as pytest node ids (file::test)"
+                )
+            items[ids.of(case)] = None
+        elif case.name:
+            items[case.name.split("/")[0]] = None
+        else:
+            raise ValueError(f"a test of class '{case.classname}' has no name in its report")
+    return list(items)

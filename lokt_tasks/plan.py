@@ -44,6 +44,7 @@ from itertools import dropwhile, takewhile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from .attempt import JUNIT_PLACEHOLDER, fill_template
 from .config import (
     MAX_SHARDS,
     Config,
@@ -60,8 +61,6 @@ from .errors import ConfigError, SetupError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
-#: Left in a shard's argv for the run layer: the path for the command's JUnit XML report.
-JUNIT_PLACEHOLDER = "{junit}"
 PLAN_JSON_VERSION = 1
 #: How many items a warning lists before "and N more".
 _SHOWN_IN_WARNINGS = 5
@@ -85,6 +84,9 @@ class Shard:
     estimate: Optional[float] = None
     #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes or items.
     weight: float = 0.0
+    #: The command as a template for other items (JSON, ``attempt.fill_template``):
+    #: what retries of its failing tests run.
+    template: str = ""
 
     @property
     def wants_junit(self) -> bool:
@@ -167,18 +169,18 @@ def build_plan(
     built = []
     for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
+        template = command_template(tokens, task=task.name, index=index, total=total)
         shard = Shard(
             task=task.name,
             index=index,
             total=total,
             items=items_tuple,
-            argv=expand_argv(
-                tokens, items_tuple, task=task.name, index=index, total=total, root=config.root
-            ),
+            argv=tuple(fill_template(template, items_tuple, str(config.root))),
             lock_name=lock_name(task.name, index),
             fingerprint=fingerprint(task.run, total, index, items_tuple),
             estimate=weight if unit == "seconds" else None,
             weight=weight,
+            template=json.dumps(template),
         )
         where = ("shard", index) if task.explicit else ("shards",)
         check_command_size(shard, config, key_path("tasks", task.name, *where))
@@ -228,25 +230,70 @@ def expand_argv(
     the items joined by SEP, ``{python}`` the interpreter running lokt-tasks (a
     venv's tools are found without activating it); ``{junit}`` is left as it is.
     """
+    template = command_template(tokens, task=task, index=index, total=total)
+    return tuple(fill_template(template, items, str(root)))
+
+
+def command_template(tokens, *, task: str, index: int, total: int) -> List[Any]:
+    """A shard's command with every placeholder expanded but the items (left as
+    slots, see ``attempt.fill_template``) and ``{junit}`` (left as it is)."""
     values = {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
-    argv: List[str] = []
+    template: List[Any] = []
     for token in tokens:
         if token == (Placeholder("items"),):
-            argv.extend(
-                "./" + item if item.startswith("-") and os.path.lexists(root / item) else item
-                for item in items
-            )
+            template.append(None)
             continue
-        text = ""
+        parts: List[Any] = [""]
         for part in token:
             if isinstance(part, str):
-                text += part
+                parts[-1] += part
             elif part.name == "items":
-                text += part.separator.join(items)
+                parts += [[part.separator], ""]
             else:
-                text += values.get(part.name, JUNIT_PLACEHOLDER)
-        argv.append(text)
-    return tuple(argv)
+                parts[-1] += values.get(part.name, JUNIT_PLACEHOLDER)
+        template.append(parts[0] if len(parts) == 1 else [part for part in parts if part != ""])
+    return template
+
+
+def takes_whole_items(task: TaskConfig) -> bool:
+    """Whether the task's command takes its items as whole arguments (``{items}``),
+    rather than only joined inside one (``{items:SEP}``)."""
+    return (Placeholder("items"),) in parse_run_template(task.run)
+
+
+def rerun_lock_name(task: str, index: int) -> str:
+    return f"{task}-rerun-{index}"
+
+
+def rerun_groups(items: Sequence[str], jobs: int) -> List[List[str]]:
+    """Failed tests to rerun, sorted and cut into at most ``jobs`` contiguous shards."""
+    ordered = sorted(set(items))
+    return _split(ordered, max(1, min(jobs, len(ordered))), "name", Path("."), {}, "items")
+
+
+def rerun_plan(config: Config, task_name: str, groups: Sequence[Sequence[str]]) -> Plan:
+    """The plan of a rerun of failed tests: a shard per group of items (test
+    ids, as ``junit.runner_items`` gives them), each under the lock
+    ``<task>-rerun-<N>``, with the task's command and fingerprints."""
+    task = get_task(config, task_name)
+    tokens = parse_run_template(task.run)
+    total, shards = len(groups), []
+    for index, items in enumerate(map(tuple, groups), start=1):
+        template = command_template(tokens, task=task.name, index=index, total=total)
+        shard = Shard(
+            task=task.name,
+            index=index,
+            total=total,
+            items=items,
+            argv=tuple(fill_template(template, items, str(config.root))),
+            lock_name=rerun_lock_name(task.name, index),
+            fingerprint=fingerprint(task.run, total, index, items),
+            weight=float(len(items)),
+            template=json.dumps(template),
+        )
+        check_command_size(shard, config, key_path("tasks", task.name, "run"))
+        shards.append(shard)
+    return Plan(task=task.name, cwd=config.root, shards=tuple(shards), split="rerun")
 
 
 def python_module(command: str) -> Optional[str]:

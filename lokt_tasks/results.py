@@ -8,6 +8,14 @@ a pass. Below the results directory, with task and run key as escaped by
     <task>/<run key>/shard-<N>.json        the record
     <task>/<run key>/shard-<N>.log         the shard's output
     <task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
+    <task>/<run key>/shard-<N>.retry-<K>.junit.xml   the report of its retry K
+    <task>/<run key>/rerun-<K>/            rerun K of the run's failed tests:
+        plan.json                          its shards' items (test ids)
+        shard-<N>.json ...                 its records, logs and reports
+
+A rerun of failed tests (``shard-all --failed-tests``) is a run of its own,
+whose key is ``<run key>/rerun-<K>`` (:func:`rerun_key`); user run keys never
+hold a slash.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from pathlib import Path
 from subprocess import DEVNULL, PIPE
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .attempt import STAMPED_FIELDS, record_text
+from .attempt import STAMPED_FIELDS, record_text, retry_report
 from .errors import LoktTasksError, UsageError
 from .states import RecordOutcome
 from .system import read_file, utc_now, write_atomically
@@ -42,6 +50,9 @@ MAX_RUN_KEY_LENGTH = 128  # from --run or the environment
 MAX_COMPONENT_BYTES = 255  # the longest file name most file systems take (NAME_MAX)
 MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file is not one
 _RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
+_RERUN_NAME = re.compile(r"rerun-([1-9][0-9]*)")
+#: In a rerun's directory: its shards' items.
+RERUN_PLAN = "plan.json"
 
 
 @dataclass
@@ -73,6 +84,12 @@ class Record:
     #: Random id of one attempt at the shard, the same in its start and final
     #: record: tells "my record" from one another agent wrote meanwhile.
     attempt: str = ""
+    #: Retries of the failing tests that ran (the task's ``retries`` at most).
+    retries: int = 0
+    #: Per run of this attempt (the command, then each retry): the SHA-256 hex
+    #: digest of the JUnit report it left, or None when it left none; [] when
+    #: the command writes no report, and in a start record.
+    reports: List[Optional[str]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -202,8 +219,11 @@ _JSON_TYPES = {
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
 }
-#: Fields a record file may leave out, with the value they then take.
-_FIELD_DEFAULTS = {"attempt": ""}
+#: Fields a record file may leave out (written by an earlier release), with
+#: the value they then take.
+_FIELD_DEFAULTS: Dict[str, Any] = {"attempt": "", "retries": 0, "reports": ()}
+#: The annotation of a list field, and its entries' types.
+_LIST_OF_DIGESTS = "List[Optional[str]]"
 
 
 def record_from_dict(data: object) -> Record:
@@ -220,6 +240,17 @@ def record_from_dict(data: object) -> Record:
     values: Dict[str, Any] = {}
     for field in dataclasses.fields(Record):
         name, annotation = field.name, str(field.type)
+        if annotation == _LIST_OF_DIGESTS:
+            entries = data.get(name, _FIELD_DEFAULTS.get(name))
+            if not isinstance(entries, (list, tuple)) or not all(
+                entry is None or isinstance(entry, str) for entry in entries
+            ):
+                raise ValueError(
+                    "field %r should be a list of strings and nulls, found %s"
+                    % (name, _json_type(entries))
+                )
+            values[name] = list(entries)
+            continue
         optional = annotation.startswith("Optional[")
         types, type_name = _JSON_TYPES[annotation.removeprefix("Optional[").removesuffix("]")]
         if name not in data and name not in _FIELD_DEFAULTS:
@@ -235,6 +266,8 @@ def record_from_dict(data: object) -> Record:
         raise ValueError("unknown outcome %r" % values["outcome"])
     if values["shard"] < 1:
         raise ValueError("shard number %d is below 1" % values["shard"])
+    if values["retries"] < 0:
+        raise ValueError("retries %d is below 0" % values["retries"])
     if values["duration"] is not None:
         values["duration"] = float(values["duration"])
     for name in ("started_at", "ended_at"):
@@ -348,7 +381,8 @@ class RecordStore:
         return self.root / safe_component(task)
 
     def run_dir(self, task: str, run_key: str) -> Path:
-        return self.task_dir(task) / safe_component(run_key)
+        """``<task>/<run key>``; a rerun's key ``<run>/rerun-<K>`` a directory below its run's."""
+        return self.task_dir(task).joinpath(*map(safe_component, run_key.split("/")))
 
     def record_path(self, task: str, run_key: str, shard: int) -> Path:
         return self.run_dir(task, run_key) / ("shard-%d.json" % shard)
@@ -356,8 +390,65 @@ class RecordStore:
     def log_path(self, task: str, run_key: str, shard: int) -> Path:
         return self.run_dir(task, run_key) / ("shard-%d.log" % shard)
 
-    def junit_path(self, task: str, run_key: str, shard: int) -> Path:
-        return self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard)
+    def junit_path(self, task: str, run_key: str, shard: int, run: int = 0) -> Path:
+        """The report of a shard's command, or (``run`` K) of its retry K."""
+        first = str(self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard))
+        return Path(retry_report(first, run))
+
+    def reruns(self, task: str, run_key: str) -> List[Tuple[int, Optional[List[List[str]]]]]:
+        """The reruns of a run's failed tests, oldest first: their numbers K and
+        each shard's items, from ``rerun-<K>/plan.json`` (None when unreadable)."""
+        try:
+            names = os.listdir(self.run_dir(task, run_key))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        numbers = sorted(
+            int(match.group(1)) for match in map(_RERUN_NAME.fullmatch, names) if match
+        )
+        return [(number, self._rerun_plan(task, run_key, number)) for number in numbers]
+
+    def _rerun_plan(self, task: str, run_key: str, number: int) -> Optional[List[List[str]]]:
+        path = self.run_dir(task, rerun_key(run_key, number)) / RERUN_PLAN
+        try:
+            data = json.loads(read_file(path, MAX_RECORD_BYTES * 64))
+        except (OSError, ValueError):
+            return None
+        groups = data.get("shards") if isinstance(data, dict) else None
+        valid = (
+            isinstance(groups, list)
+            and groups
+            and all(
+                isinstance(group, list) and group and all(isinstance(item, str) for item in group)
+                for group in groups
+            )
+        )
+        return groups if valid and data.get("version") == 1 else None
+
+    def new_rerun(
+        self, task: str, run_key: str, groups: Sequence[Sequence[str]]
+    ) -> Tuple[int, List[List[str]]]:
+        """The number and shards of the rerun that runs the items of ``groups``
+        (each shard's items): the last rerun when it holds the same items,
+        however split (a second agent rerunning the same tests, or the same
+        tests failing again, joins it), else a new one, its plan written
+        exclusively (two agents starting one at once agree)."""
+        wanted = _all_items(groups)
+        rounds = self.reruns(task, run_key)
+        if rounds and rounds[-1][1] is not None and _all_items(rounds[-1][1]) == wanted:
+            return rounds[-1][0], rounds[-1][1]
+        last = rounds[-1][0] if rounds else 0
+        data = json.dumps({"version": 1, "shards": [list(group) for group in groups]}, indent=2)
+        for number in range(last + 1, last + 100):
+            directory = self.run_dir(task, rerun_key(run_key, number))
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                write_atomically(directory / RERUN_PLAN, data.encode("utf-8"), exclusive=True)
+                return number, [list(group) for group in groups]
+            except FileExistsError:
+                theirs = self._rerun_plan(task, run_key, number)
+                if theirs is not None and _all_items(theirs) == wanted:
+                    return number, theirs
+        raise LoktTasksError("cannot find a free rerun number in %s" % self.run_dir(task, run_key))
 
     def write(self, record: Record) -> Path:
         """Write ``record`` in its place, atomically (see :func:`write_record`)."""
@@ -419,6 +510,15 @@ class RecordStore:
             except FileNotFoundError:
                 continue
         return [unsafe_component(name) for _, name in sorted(found)]
+
+
+def _all_items(groups: Sequence[Sequence[str]]) -> List[str]:
+    return sorted(item for group in groups for item in group)
+
+
+def rerun_key(run_key: str, number: int) -> str:
+    """The run key of rerun ``number`` of a run's failed tests."""
+    return "%s/rerun-%d" % (run_key, number)
 
 
 def validate_run_key(key: str, source: str = "--run") -> str:

@@ -8,9 +8,9 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Optional, Tuple
+from typing import Collection, Optional
 
-from .attempt import Attempt
+from .attempt import Attempt, digest
 from .config import ENGINES
 from .durations import durations_from_junit, merge_durations
 from .embedded import EmbeddedEngine
@@ -20,6 +20,7 @@ from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard
 from .results import Record, RecordStore, new_start_record, unstamped_json
 from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
+from .system import read_file
 
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
@@ -56,6 +57,9 @@ class RunSettings:
     #: as written in shards.toml, for the record's message.
     shard_timeout: Optional[float] = None
     shard_timeout_text: str = ""
+    #: The task's ``retries`` and ``flaky`` (see config.TaskConfig).
+    retries: int = 0
+    flaky: str = "pass"
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def run_shard(
     )
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    report_before = _file_state(junit_path)
+    wants_report = shard.wants_junit
     attempt = Attempt(
         record_path,
         unstamped_json(start),
@@ -109,6 +113,10 @@ def run_shard(
         skip=tuple(skip),
         timeout=settings.shard_timeout,
         timeout_text=settings.shard_timeout_text,
+        report=junit_path if wants_report else None,
+        retries=settings.retries if wants_report and shard.template else 0,
+        template=shard.template,
+        flaky=settings.flaky,
     )
 
     def guard_shard(wait: bool) -> GuardResult:
@@ -139,7 +147,7 @@ def run_shard(
     if record.outcome == RecordOutcome.RUNNING:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
     durations_file = settings.durations_file if shard.wants_junit else None
-    if durations_file is not None and _file_state(junit_path) not in (None, report_before):
+    if durations_file is not None and _is_reported(junit_path, record):
         try:
             timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
         except ValueError:
@@ -148,12 +156,11 @@ def run_shard(
     return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
 
 
-def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """Inode, size and mtime of ``path``, or None: a JUnit report unchanged
-    since before we asked for the lock is an earlier attempt's (not deleted:
-    the agent holding the shard now may not have read it yet)."""
+def _is_reported(report: Path, record: Record) -> bool:
+    """Whether ``report`` is the one the command left in this attempt, as its
+    record names it: once the lock is released, the next attempt at the shard
+    may already have removed it, or written its own."""
     try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
+        return bool(record.reports) and record.reports[0] == digest(read_file(report))
+    except OSError:
+        return False

@@ -4,15 +4,20 @@ One ``str`` enum per layer that looks at a shard, whose values are the words wri
 records and JSON and printed; a word means the same in each. ``attempt.py`` writes record
 outcomes as literals (``tests/test_states.py`` pins them). The policy sets name decisions
 taken in several places (a command, its help, the docs), so that they cannot drift apart.
+Standard library only: the attempt process, started without site-packages, imports it
+(through ``junit``) to read a shard's JUnit report.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Iterable, Mapping, Tuple, TypeVar
 
-from colorama import Fore, Style
+# NOTE: the ANSI codes colorama's Fore and Style hold (tests/test_states.py compares them),
+# written out so that this module needs the standard library only (see the docstring).
+Fore = SimpleNamespace(GREEN="\x1b[32m", RED="\x1b[31m", YELLOW="\x1b[33m", CYAN="\x1b[36m")
+Style = SimpleNamespace(DIM="\x1b[2m")
 
 
 class Word(str, Enum):
@@ -134,6 +139,8 @@ SHOW_LOG_STATES = frozenset(
 FAILED_STATES = frozenset({ShardState.FAILED, ShardState.TIMED_OUT})
 #: Shard states that make the overall verdict incomplete (neither a pass nor a failure).
 INCOMPLETE_STATES = frozenset(ShardState) - {ShardState.PASSED} - FAILED_STATES
+#: Test outcomes that are a failure: the tests ``retries`` and ``--failed-tests`` run again.
+FAILING_TESTS = frozenset({TestOutcome.FAILED, TestOutcome.ERROR})
 
 W = TypeVar("W", bound=Word)
 

@@ -7,6 +7,7 @@ one line on stderr and its exit code (see lokt_tasks.errors).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -24,15 +25,32 @@ from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
 from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
-from .errors import LoktTasksError, UsageError
+from .errors import LoktTasksError, RerunError, UsageError
 from .flags import CONFIG_KEY, FLAGS, Command, configured_defaults, long_flag, unknown_option
-from .plan import Plan, build_plan, check_python_modules, plan_to_json, render_plan
+from .junit import runner_items
+from .plan import (
+    Plan,
+    build_plan,
+    check_python_modules,
+    plan_to_json,
+    render_plan,
+    rerun_groups,
+    rerun_plan,
+    takes_whole_items,
+)
 from .report import render_html, render_timeline
-from .results import Record, RecordStore, current_run_key, default_results_dir, head_commit
+from .results import (
+    Record,
+    RecordStore,
+    current_run_key,
+    default_results_dir,
+    head_commit,
+    rerun_key,
+)
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
@@ -51,13 +69,16 @@ from .states import (
 from .system import untrusted_directory, write_atomically
 from .text import word_list
 from .verdict import (
+    Rerun,
     Verdict,
     holder_is_live,
     judge_live,
+    plan_test_ids,
     render_table,
     tail,
     verdict_to_json,
     verdict_to_junit,
+    with_reruns,
 )
 
 #: The states ``shard-all --failed`` runs again, for its messages.
@@ -106,7 +127,8 @@ def user_errors(body):
 @dataclass
 class Setup:
     """What every command needs: the task's config, its plan, where records go,
-    and the defaults invoke's configuration gives (flags.configured_defaults)."""
+    the defaults invoke's configuration gives (flags.configured_defaults) and
+    the whole of shards.toml (reruns of failed tests are planned from it)."""
 
     task: TaskConfig
     plan: Plan
@@ -114,6 +136,7 @@ class Setup:
     run_key: str
     lock_root: Path
     defaults: Dict[str, Any]
+    config: Config
 
 
 def _setup(
@@ -158,7 +181,7 @@ def _setup(
     if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
         for warning in plan.warnings:
             print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root, defaults)
+    return Setup(task_config, plan, store, run_key, lock_root, defaults, loaded)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -193,6 +216,8 @@ def _settings(
         timeout=timeout,
         shard_timeout=setup.task.timeout,
         shard_timeout_text=setup.task.timeout_text or "",
+        retries=setup.task.retries,
+        flaky=setup.task.flaky,
     )
 
 
@@ -212,7 +237,17 @@ def _refuse_dry_run(c) -> None:
 
 
 def _judge(setup: Setup, engine) -> Verdict:
-    return judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
+    """The run's verdict, with the reruns of its failed tests folded in."""
+    verdict = judge_live(setup.plan, setup.store, engine.holder, run_key=setup.run_key)
+    reruns = []
+    for number, groups in setup.store.reruns(setup.plan.task, setup.run_key):
+        key = rerun_key(setup.run_key, number)
+        if groups is None:
+            reruns.append(Rerun(number, key, None, "its plan.json cannot be read; not counted"))
+            continue
+        plan = rerun_plan(setup.config, setup.plan.task, groups)
+        reruns.append(Rerun(number, key, judge_live(plan, setup.store, engine.holder, run_key=key)))
+    return with_reruns(verdict, reruns, flaky=setup.task.flaky)
 
 
 def _interrupted(stop: StopRequest, message: str) -> Exit:
@@ -460,6 +495,7 @@ def shard_all(
     jobs=None,
     force=False,
     failed=False,
+    failed_tests=False,
     agent=None,
     engine=None,
     run=None,
@@ -473,19 +509,26 @@ def shard_all(
     unless --force; --failed runs only the ones that did not pass."""
     _refuse_dry_run(c)
     setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
+    if failed and failed_tests:
+        raise UsageError("--failed and --failed-tests cannot be combined: use one, then the other")
     settings = _settings(setup, engine=engine, agent=agent)
     workers = (
         _count(jobs, "--jobs") or setup.task.jobs or setup.defaults.get("jobs") or os.cpu_count()
     )
     workers = workers or 1
     console = Console()
-    rows = _judge(setup, settings.engine).rows  # one per planned shard, in plan order
-    if failed:
-        wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
+    verdict, running = _judge(setup, settings.engine), settings
+    if failed_tests:
+        running, todo, why = _failed_tests(setup, settings, verdict, workers, console)
     else:
-        wanted = {state for state in ShardState if force or state != ShardState.PASSED}
-        why = "every shard already passed under this run and plan (use --force to run them again)"
-    todo = [shard for shard, row in zip(setup.plan.shards, rows) if row.state in wanted]
+        if failed:
+            wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
+        else:
+            wanted = {state for state in ShardState if force or state != ShardState.PASSED}
+            why = (
+                "every shard already passed under this run and plan (use --force to run them again)"
+            )
+        todo = [shard for shard, row in zip(setup.plan.shards, verdict.rows) if row.state in wanted]
     if not todo:
         console.say(f"nothing to run: {why}")
     else:
@@ -500,12 +543,12 @@ def shard_all(
 
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
-            run_all(todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip)
+            run_all(todo, running, jobs=workers, stop=stop, on_change=on_change, skip=skip)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
             )
-    verdict = _judge(setup, settings.engine)
+    verdict = _judge(setup, settings.engine)  # with a rerun of failed tests folded in
     console.say(render_table(verdict, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
@@ -522,6 +565,55 @@ def _log_report(outcome: Optional[ShardOutcome], console: Console) -> str:
     )
     log_tail = tail(Path(outcome.log), LOG_TAIL_LINES).rstrip("\n")
     return f"\n{console.paint(heading, outcome.state)}\n{log_tail}"
+
+
+def _failed_tests(
+    setup: Setup, settings: RunSettings, verdict: Verdict, jobs: int, console: Console
+) -> tuple:
+    """For ``shard-all --failed-tests``: the settings of a rerun of the run's
+    failing tests (a run of its own, ``<run>/rerun-<K>``, under the locks
+    ``<task>-rerun-<N>``), the shards of it to run, and why there are none.
+    RerunError when the tests cannot be given back to the task's command."""
+    if not any(shard.wants_junit for shard in setup.plan.shards):
+        raise RerunError(
+            f"task '{setup.plan.task}' writes no JUnit report ({{junit}} in run), so its"
+            f" failed tests are not known; 'shard-all {setup.plan.task} --failed' reruns shards"
+        )
+    failing = [(row.shard, test) for row in verdict.rows if row.tests for test in row.tests.failing]
+    for row in verdict.rows:
+        if row.state not in (ShardState.PASSED, ShardState.RUNNING) and not (
+            row.tests and row.tests.failing
+        ):
+            console.say(
+                f"note: shard {row.shard} is {row.state} and names no failed test:"
+                f" only 'shard-all {setup.plan.task} --failed' runs it again"
+            )
+    if not failing:
+        return settings, [], "no test failed in this run (by the shards' JUnit reports)"
+    try:
+        items = runner_items(
+            [test.case for _, test in failing],
+            plan_test_ids(setup.plan),
+            whole=takes_whole_items(setup.task),
+        )
+    except ValueError as error:
+        raise RerunError(
+            f"cannot rerun the failed tests of task '{setup.plan.task}': {error}"
+        ) from None
+    number, groups = setup.store.new_rerun(
+        setup.plan.task, setup.run_key, rerun_groups(items, jobs)
+    )
+    key = rerun_key(setup.run_key, number)
+    plan = rerun_plan(setup.config, setup.plan.task, groups)
+    console.say(
+        f"rerun {number}: {_plural(len(failing), 'failed test')} as"
+        f" {_plural(len(items), 'item')} in {_plural(len(plan.shards), 'shard')} (run {key})"
+    )
+    judged = judge_live(plan, setup.store, settings.engine.holder, run_key=key)
+    todo = [shard for shard, row in zip(plan.shards, judged.rows) if row.state in RERUN_BY_FAILED]
+    why = f"every shard of rerun {number} passed or is running"
+    # NOTE: no timings from reruns: their items are tests, not the task's items.
+    return dataclasses.replace(settings, run_key=key, durations_file=None), todo, why
 
 
 @_command()
@@ -554,8 +646,7 @@ def verify(
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         verdict = _judge(setup, settings.engine)
     if junit:
-        Path(junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit).write_text(verdict_to_junit(verdict), encoding="utf-8")
+        _write_output(junit, verdict_to_junit(verdict), "--junit")
     document = verdict_to_json(verdict, commit=head_commit(setup.plan.cwd))
     if html:
         _write_output(html, render_html(document), "--html")

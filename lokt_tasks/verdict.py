@@ -26,7 +26,16 @@ The overall verdict is "passed" when every shard passed (a plan with no
 shards is not a pass), "failed" when any shard failed or timed out (a failing
 test is the strongest signal, even while others still run), else "incomplete".
 
-``verdict_to_json`` gives the document the README shows (version 1): every key
+Each finished shard's tests come from the JUnit reports its record names by
+digest (``Record.reports``: its command's, then its retries'), found by their
+place beside the record, never by a path or a time stored anywhere: a
+report another attempt left, or one changed since, is not read. A test's
+runs are folded into one result (``junit.fold``), reruns of failed tests
+(``shard-all --failed-tests``) on top (:func:`with_reruns`): a failed
+shard whose failing tests all passed since passes, unless ``flaky`` is
+"fail" (a test that passed on a rerun is flaky).
+
+``verdict_to_json`` gives the document the README shows (version 2): every key
 always present, and ``"counts": {"passed": 2, "failed": 1, "timed-out": 0,
 "running": 0, "crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0,
 "corrupt": 0}``
@@ -39,6 +48,7 @@ else, as a page and a terminal timeline.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import math
@@ -51,7 +61,6 @@ from typing import (
     Any,
     Callable,
     Dict,
-    Iterable,
     List,
     Mapping,
     Optional,
@@ -61,6 +70,8 @@ from typing import (
 )
 
 from . import errors
+from .attempt import digest
+from .junit import ReportError, TestCase, TestIds, TestResult, fold, parse_report
 from .results import AnyRecord, CorruptRecord, Record, RecordStore, format_time, parse_time
 from .states import (
     COLORS,
@@ -72,7 +83,7 @@ from .states import (
     ShardState,
     TestOutcome,
 )
-from .system import open_file
+from .system import open_file, read_file
 from .text import Cell, format_seconds, paint, shorten, table
 
 if TYPE_CHECKING:
@@ -87,7 +98,7 @@ VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
     OverallVerdict.INCOMPLETE: errors.INCOMPLETE,
 }
 
-JSON_VERSION = 1
+JSON_VERSION = 2
 JUNIT_LOG_LINES = 50  # lines of a failed shard's log put into its JUnit failure
 JSON_LOG_LINES = 20  # lines of a shard's log put into the JSON (``log_tail``)
 #: Shard states drawn on a timeline: their start (and end, if any) belong to this plan.
@@ -100,8 +111,38 @@ TIMED_STATES = frozenset(
         ShardState.CRASHED,
     }
 )
-#: The keys of one per-test entry that ``verdict_to_json`` takes (``tests=``), in order.
-TEST_KEYS = ("id", "shard", "outcome", "seconds", "message", "flaky")
+#: Failing tests the table lists before "and N more" (the JSON lists them all).
+LISTED_TESTS = 20
+#: Width the table's lines under the shards are cut to (test ids excepted).
+TABLE_WIDTH = 80
+
+
+@dataclass(frozen=True)
+class ShardTests:
+    """A shard's tests, from the reports its record names, in the order first
+    reported; ``problem`` says why a report was not read ("" when all were);
+    ``reruns`` maps the tests last run by a rerun of failed tests to its number."""
+
+    results: Tuple[TestResult, ...] = ()
+    problem: str = ""
+    reruns: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def failing(self) -> List[TestResult]:
+        return [result for result in self.results if result.failing]
+
+    @property
+    def flaky(self) -> List[TestResult]:
+        return [result for result in self.results if result.flaky]
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        """Tests per last outcome (every TestOutcome word), and ``flaky``."""
+        counts = {str(outcome): 0 for outcome in TestOutcome}
+        for result in self.results:
+            counts[str(result.outcome)] += 1
+        counts["flaky"] = len(self.flaky)
+        return counts
 
 
 @dataclass(frozen=True)
@@ -119,6 +160,8 @@ class Row:
     fingerprint: str = ""  # the plan's
     estimate: Optional[float] = None  # the plan's estimated seconds, None without timings
     items: Tuple[str, ...] = ()  # the plan's
+    #: Its tests, when its record names reports (None: no record, or none named).
+    tests: Optional[ShardTests] = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +178,22 @@ class Verdict:
     stats: Optional[PlanStats] = None
     #: When the verdict was judged (RFC 3339 UTC); running shards are dated by it.
     judged_at: str = ""
+    #: The reruns of failed tests folded in (see with_reruns), oldest first.
+    reruns: Tuple[Rerun, ...] = ()
+
+    @property
+    def tests(self) -> List[Tuple[int, TestResult]]:
+        """Every test of every shard, with its shard's number, in shard order."""
+        return [(row.shard, test) for row in self.rows if row.tests for test in row.tests.results]
+
+    @property
+    def test_counts(self) -> Dict[str, int]:
+        """Tests per last outcome and ``flaky``, over every shard (ShardTests.counts)."""
+        total = ShardTests().counts
+        for row in self.rows:
+            for word, count in (row.tests.counts if row.tests else {}).items():
+                total[word] += count
+        return total
 
     @property
     def plan_problems(self) -> List[str]:
@@ -158,6 +217,17 @@ class Verdict:
         return {state: sum(row.state == state for row in self.rows) for state in STATES}
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """A rerun of a run's failed tests: its number, run key, and verdict (None
+    when its plan cannot be read: ``problem`` says why)."""
+
+    number: int
+    run_key: str
+    verdict: Optional[Verdict]
+    problem: str = ""
+
+
 def judge(
     plan: Plan,
     records: Mapping[int, Optional[AnyRecord]],
@@ -165,37 +235,150 @@ def judge(
     *,
     run_key: str,
     now: Optional[datetime.datetime] = None,
+    tests: Optional[Mapping[int, ShardTests]] = None,
 ) -> Verdict:
     """One Row per planned shard and the overall verdict, from this run's records by
-    shard number (``RecordStore.read_run``) and each lock name's current holder or
-    None. ``now`` (aware) only dates running shards."""
+    shard number (``RecordStore.read_run``), each lock name's current holder or
+    None, and the tests of the shards whose records name reports (see
+    :func:`shard_tests`). ``now`` (aware) only dates running shards."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    tests = tests or {}
     rows = tuple(
         _judge_shard(shard, records.get(shard.index), holders.get(shard.lock_name), now)
         for shard in plan.shards
     )
+    rows = tuple(
+        dataclasses.replace(row, tests=tests.get(row.shard)) if _has_tests(row) else row
+        for row in rows
+    )
     planned = {shard.index for shard in plan.shards}
     stray = tuple(sorted(index for index in records if index not in planned))
-    # NOTE: a plan that leaves an item out, or runs one twice, is not an
-    # honest pass whatever its shards did: never skipped, never twice.
-    complete = not plan.uncovered and not plan.overlaps
-    if any(row.state in FAILED_STATES for row in rows):
-        overall = OverallVerdict.FAILED
-    elif rows and complete and all(row.state == ShardState.PASSED for row in rows):
-        overall = OverallVerdict.PASSED
-    else:
-        overall = OverallVerdict.INCOMPLETE
     return Verdict(
         plan.task,
         run_key,
         rows,
-        overall,
+        _overall(rows, plan.uncovered, plan.overlaps),
         stray,
         plan.uncovered,
         plan.overlaps,
         stats=plan.stats,
         judged_at=format_time(now),
     )
+
+
+def _has_tests(row: Row) -> bool:
+    """Whether the row's record is this plan's, finished: its reports are its tests."""
+    return row.state not in (ShardState.RUNNING, ShardState.OUTDATED) and row.record is not None
+
+
+def _overall(rows: Tuple[Row, ...], uncovered: Tuple[str, ...], overlaps: tuple) -> OverallVerdict:
+    # NOTE: a plan that leaves an item out, or runs one twice, is not an
+    # honest pass whatever its shards did: never skipped, never twice.
+    complete = not uncovered and not overlaps
+    if any(row.state in FAILED_STATES for row in rows):
+        return OverallVerdict.FAILED
+    if rows and complete and all(row.state == ShardState.PASSED for row in rows):
+        return OverallVerdict.PASSED
+    return OverallVerdict.INCOMPLETE
+
+
+def plan_test_ids(plan: Plan) -> TestIds:
+    """The ids of the tests of ``plan``'s reports (see junit.TestIds)."""
+    known = (item.partition("::")[0] for shard in plan.shards for item in shard.items)
+    return TestIds(plan.cwd, known)
+
+
+def shard_tests(
+    store: RecordStore, record: Record, ids: TestIds, run_key: Optional[str] = None
+) -> Optional[ShardTests]:
+    """The tests of the reports ``record`` names (None when it names none),
+    each read from its place beside the record and only if its digest is the
+    one the record names; ``run_key`` where to look (default: the record's)."""
+    if not record.reports:
+        return None
+    runs: List[List[TestCase]] = []
+    problems = []
+    for run, expected in enumerate(record.reports):
+        which = "its command" if run == 0 else "retry %d" % run
+        path = store.junit_path(record.task, run_key or record.run_key, record.shard, run)
+        if expected is None:
+            problems.append("%s left no report" % which)
+            continue
+        try:
+            data = read_file(path)
+        except FileNotFoundError:
+            problems.append("the report of %s is missing (%s)" % (which, path.name))
+            continue
+        except OSError as error:
+            problems.append("%s: %s" % (path.name, error.strerror or error))
+            continue
+        if digest(data) != expected:
+            problems.append("%s is not the report its record names (changed since)" % path.name)
+            continue
+        try:
+            runs.append(parse_report(data, path))
+        except ReportError as error:
+            problems.append("%s: %s" % (path.name, error.problem))
+    return ShardTests(tuple(fold(runs, ids).values()), "; ".join(problems))
+
+
+def with_reruns(verdict: Verdict, reruns: Sequence[Rerun], *, flaky: str = "pass") -> Verdict:
+    """``verdict`` with the reruns of its failed tests folded in, oldest first.
+
+    A rerun's test result comes after the one of the shard that ran the test
+    (tests no shard ran are left out). A failed shard whose report named
+    failing tests, and whose command was not killed by a signal, passes once
+    each of those passed since, unless ``flaky`` is "fail": a test that
+    failed and then passed is flaky, whether on a retry or in a rerun.
+    """
+    if not reruns:
+        return verdict
+    results = {row.shard: {t.id: t for t in row.tests.results} for row in verdict.rows if row.tests}
+    owner = {test: shard for shard, tests in results.items() for test in tests}
+    last_rerun: Dict[int, Dict[str, int]] = {shard: {} for shard in results}
+    for rerun in reruns:
+        for _, later in rerun.verdict.tests if rerun.verdict else ():
+            shard = owner.get(later.id)
+            if shard is not None:
+                results[shard][later.id] = results[shard][later.id].then(later)
+                last_rerun[shard][later.id] = rerun.number
+    rows = []
+    for row in verdict.rows:
+        if row.tests is None or not last_rerun.get(row.shard):
+            rows.append(row)
+            continue
+        tests = dataclasses.replace(
+            row.tests,
+            results=tuple(results[row.shard].values()),
+            reruns={**row.tests.reruns, **last_rerun[row.shard]},
+        )
+        row = dataclasses.replace(row, tests=tests)
+        if _passed_since(row, flaky):
+            fixed = len([t for t in tests.results if t.id in last_rerun[row.shard] and t.flaky])
+            detail = "%s; %s passed on a rerun" % (row.detail, _count(fixed, "failed test"))
+            row = dataclasses.replace(row, state=ShardState.PASSED, detail=detail)
+        rows.append(row)
+    return dataclasses.replace(
+        verdict,
+        rows=tuple(rows),
+        state=_overall(tuple(rows), verdict.uncovered, verdict.overlaps),
+        reruns=tuple(reruns),
+    )
+
+
+def _passed_since(row: Row, flaky: str) -> bool:
+    """Whether a failed shard's failure was its tests, all of which passed since."""
+    record, tests = row.record, row.tests
+    if row.state != ShardState.FAILED or record is None or tests is None:
+        return False
+    if record.outcome != RecordOutcome.FAILED or record.signal is not None or tests.problem:
+        return False
+    rerun = [test for test in tests.results if test.id in tests.reruns]
+    return bool(rerun) and not tests.failing and not (flaky == "fail" and tests.flaky)
+
+
+def _count(count: int, noun: str) -> str:
+    return "%d %s%s" % (count, noun, "" if count == 1 else "s")
 
 
 def judge_live(
@@ -238,7 +421,17 @@ def judge_live(
         if not moved_on:
             break
         verdict = judge(plan, records, holders, run_key=run_key, now=now)
-    return verdict
+    ids = plan_test_ids(plan)
+    tests = {
+        row.shard: found
+        for row in verdict.rows
+        if row.record is not None and _has_tests(row)
+        for found in [shard_tests(store, row.record, ids, run_key)]
+        if found is not None
+    }
+    return (
+        judge(plan, records, holders, run_key=run_key, now=now, tests=tests) if tests else verdict
+    )
 
 
 def holder_is_live(holder: Optional[Holder]) -> bool:
@@ -301,8 +494,8 @@ def _judge_shard(
             % (record.outcome, record.fingerprint[:12]),
         )
     outcome, duration = record.outcome, record.duration
-    if outcome == RecordOutcome.PASSED:
-        return row(ShardState.PASSED, "", duration=duration)
+    if outcome == RecordOutcome.PASSED:  # the message tells of flaky tests
+        return row(ShardState.PASSED, record.message, duration=duration)
     if outcome == RecordOutcome.FAILED:
         how = record.signal or (
             "failed" if record.exit_code is None else "exit %d" % record.exit_code
@@ -341,24 +534,22 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
     return started + "; its lock (held on %s) expired" % holder.host
 
 
-def verdict_to_json(
-    verdict: Verdict,
-    *,
-    commit: Optional[str] = None,
-    tests: Optional[Iterable[Mapping[str, Any]]] = None,
-) -> Dict[str, object]:
+def verdict_to_json(verdict: Verdict, *, commit: Optional[str] = None) -> Dict[str, object]:
     """The verdict as a JSON-ready dict; the shape is documented above and in the
-    README (verdict JSON).
+    README (verdict JSON). ``commit`` is the commit checked out where the
+    verdict was judged (``results.head_commit``), or None.
 
-    ``commit`` is the commit checked out where the verdict was judged
-    (``results.head_commit``), or None. ``tests`` are per-test results, each a
-    mapping with the keys TEST_KEYS (``outcome`` a ``TestOutcome`` word,
-    ``seconds`` a number, ``flaky`` true for a test that failed and then
-    passed); when given they become the document's ``tests``, the shard of a
-    failing or flaky test gets its log tail, and the longest measured item
-    bounds the run from below (see ``_timing``).
+    ``tests`` is null when no shard's record names a report, else every test
+    of every shard; a shard that did not pass, or holds a failing or flaky
+    test, gets its log tail; the tests' measured seconds bound the run from
+    below (see ``_timing``).
     """
-    entries = None if tests is None else [_test_to_json(test) for test in tests]
+    reruns = {row.shard: row.tests.reruns for row in verdict.rows if row.tests}
+    entries: Optional[List[Dict[str, Any]]] = None
+    if any(row.tests is not None for row in verdict.rows):
+        entries = [
+            _test_to_json(shard, test, reruns.get(shard, {})) for shard, test in verdict.tests
+        ]
     noted = {
         entry["shard"]
         for entry in entries or ()
@@ -384,15 +575,37 @@ def verdict_to_json(
         "stray_shards": list(verdict.stray_shards),
         "uncovered_items": list(verdict.uncovered),
         "overlapping_items": {item: list(shards) for item, shards in verdict.overlaps},
+        "test_counts": verdict.test_counts,
+        "reruns": [
+            {
+                "rerun": rerun.number,
+                "run_key": rerun.run_key,
+                "problem": rerun.problem or None,
+                "verdict": rerun.verdict.state if rerun.verdict else None,
+                "counts": rerun.verdict.counts if rerun.verdict else None,
+                "shards": [_row_to_json(row, False) for row in rerun.verdict.rows]
+                if rerun.verdict
+                else [],
+            }
+            for rerun in verdict.reruns
+        ],
     }
 
 
-def _test_to_json(test: Mapping[str, Any]) -> Dict[str, Any]:
-    entry = {key: test[key] for key in TEST_KEYS}
-    entry["outcome"] = TestOutcome(entry["outcome"])
-    entry["seconds"] = round(float(entry["seconds"] or 0.0), 3)
-    entry["flaky"] = bool(entry["flaky"])
-    return entry
+def _test_to_json(shard: int, test: TestResult, reruns: Mapping[str, int]) -> Dict[str, object]:
+    return {
+        "id": test.id,
+        "shard": shard,
+        "outcome": test.outcome,
+        "flaky": test.flaky,
+        "runs": test.runs,
+        "rerun": reruns.get(test.id),
+        "seconds": round(test.case.seconds, 3),
+        "message": test.case.message or (test.failures[-1].message if test.failures else ""),
+        "name": test.case.name,
+        "classname": test.case.classname,
+        "file": test.case.file or None,
+    }
 
 
 def _row_to_json(row: Row, with_tail: bool) -> Dict[str, object]:
@@ -424,6 +637,9 @@ def _row_to_json(row: Row, with_tail: bool) -> Dict[str, object]:
         "waited": None,  # filled in by _timing
         "fingerprint": row.fingerprint,
         "record_fingerprint": record.fingerprint if record else None,
+        "retries": final.retries if final else None,
+        "tests": row.tests.counts if row.tests else None,
+        "test_problem": row.tests.problem or None if row.tests else None,
     }
 
 
@@ -524,73 +740,209 @@ def xml_safe(text: str) -> str:
 
 
 def verdict_to_junit(verdict: Verdict) -> str:
-    """The verdict as JUnit XML: one testsuite, one testcase per shard.
+    """The verdict as one JUnit XML report: ``<testsuites>`` holding a
+    ``<testsuite>`` per shard (properties: shard, state, agent, host, run key,
+    retries) with every test case of its reports as they last ran (a flaky
+    test passes, with a Surefire ``<flakyFailure>`` per failed run; a test
+    still failing has a ``<rerunFailure>`` per earlier failed run).
 
-    Only passed shards are passes: a failed or timed-out shard is a
-    ``<failure>`` (of ``type`` its state; a timeout's message names the limit)
-    carrying the tail of its log; every other state is an ``<error>``, because
-    a shard that did not finish under this plan did not pass.
+    A shard gets a test case of its own (``shard-N``) when its tests are not
+    known (no report, or a task that writes none): a pass only when it passed;
+    and a failing one whenever it did not pass and no test of it fails (it
+    crashed, is missing, running, interrupted, outdated, corrupt, or failed
+    outside its tests), so a CI's test tab is never green for a shard that
+    did not pass. A plan that leaves items out or runs one twice is a
+    failing ``plan`` test case.
     """
-    counts, tests = verdict.counts, len(verdict.rows)
-    failures = sum(counts[state] for state in FAILED_STATES)
-    passes = counts[ShardState.PASSED]
-    suite = ElementTree.Element("testsuite", name="lokt-tasks.%s" % verdict.task, tests=str(tests))
-    suite.set("failures", str(failures))
-    suite.set("errors", str(tests - failures - passes))
-    suite.set("skipped", "0")
-    suite.set("time", "%.3f" % sum(row.duration or 0.0 for row in verdict.rows))
-    properties = ElementTree.SubElement(suite, "properties")
-    for name, value in (("run_key", verdict.run_key), ("verdict", verdict.state)):
-        ElementTree.SubElement(properties, "property", name=name, value=xml_safe(value))
+    root = ElementTree.Element("testsuites", name="lokt-tasks.%s" % verdict.task)
     for row in verdict.rows:
-        case = ElementTree.SubElement(suite, "testcase", classname=verdict.task)
-        case.set("name", "shard-%d" % row.shard)
-        case.set("time", "%.3f" % (row.duration or 0.0))
-        if row.state == ShardState.PASSED:
-            continue
-        failed = row.state in FAILED_STATES
-        message = (
-            row.detail if row.state == ShardState.FAILED else "%s: %s" % (row.state, row.detail)
+        suite = ElementTree.SubElement(
+            root, "testsuite", name="%s.shard-%d" % (verdict.task, row.shard)
         )
-        problem = ElementTree.SubElement(
-            case, "failure" if failed else "error", message=xml_safe(message), type=row.state
-        )
-        log_tail = tail(row.log, JUNIT_LOG_LINES) if row.state != ShardState.RUNNING else ""
-        body = row.detail
-        if log_tail:
-            body += "\n--- last %d lines of %s ---\n%s" % (JUNIT_LOG_LINES, row.log, log_tail)
-        problem.text = xml_safe(body)
+        record = row.record
+        properties = ElementTree.SubElement(suite, "properties")
+        for name, value in (
+            ("shard", str(row.shard)),
+            ("state", str(row.state)),
+            (
+                "agent",
+                (row.holder.agent_id if row.holder else record.agent if record else "") or "",
+            ),
+            ("host", (row.holder.host if row.holder else record.host if record else "") or ""),
+            ("run_key", verdict.run_key),
+            ("retries", str(record.retries if record else 0)),
+        ):
+            ElementTree.SubElement(properties, "property", name=name, value=xml_safe(value))
+        tests = row.tests.results if row.tests else ()
+        for test in tests:
+            _junit_test(suite, test)
+        failing = any(test.failing for test in tests)
+        if not tests or (row.state != ShardState.PASSED and not failing):
+            _junit_shard(suite, verdict.task, row)
+        _junit_counts(suite)
     problems = verdict.plan_problems
     if problems:  # NOTE: a CI test tab must not show green for a plan that skips items
+        suite = ElementTree.SubElement(root, "testsuite", name="%s.plan" % verdict.task)
         case = ElementTree.SubElement(suite, "testcase", classname=verdict.task, name="plan")
         failure = ElementTree.SubElement(case, "failure", message=xml_safe("; ".join(problems)))
         failure.set("type", "plan")
         failure.text = xml_safe("\n".join(problems))
-        suite.set("tests", str(tests + 1))
-        suite.set("failures", str(failures + 1))
-    ElementTree.indent(suite)
+        _junit_counts(suite)
+    for name in ("tests", "failures", "errors", "skipped"):
+        root.set(name, str(sum(int(suite.get(name, "0")) for suite in root)))
+    root.set("time", "%.3f" % sum(float(suite.get("time", "0")) for suite in root))
+    ElementTree.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n%s\n' % ElementTree.tostring(
-        suite, encoding="unicode"
+        root, encoding="unicode"
     )
 
 
+def _junit_test(suite: ElementTree.Element, test: TestResult) -> None:
+    case = test.case
+    element = ElementTree.SubElement(suite, "testcase", classname=xml_safe(case.classname))
+    element.set("name", xml_safe(case.name))
+    if case.file:
+        element.set("file", xml_safe(case.file))
+    element.set("time", "%.3f" % case.seconds)
+    if case.outcome != TestOutcome.PASSED:
+        tag = {TestOutcome.FAILED: "failure", TestOutcome.ERROR: "error"}.get(
+            case.outcome, "skipped"
+        )
+        ending = ElementTree.SubElement(element, tag, message=xml_safe(case.message))
+        if tag != "skipped":
+            ending.set("type", tag)
+        ending.text = xml_safe(case.detail) or None
+    # NOTE: Maven Surefire's words for the earlier runs of a rerun test.
+    kind = "flaky" if test.flaky else "rerun"
+    if test.outcome == TestOutcome.SKIPPED:
+        return
+    for failure in test.failures:
+        word = "Failure" if failure.outcome == TestOutcome.FAILED else "Error"
+        earlier = ElementTree.SubElement(element, kind + word, message=xml_safe(failure.message))
+        earlier.set("type", word.lower())
+        if failure.detail:
+            ElementTree.SubElement(earlier, "stackTrace").text = xml_safe(failure.detail)
+
+
+def _junit_shard(suite: ElementTree.Element, task: str, row: Row) -> None:
+    """The test case that stands for a whole shard (see verdict_to_junit)."""
+    case = ElementTree.SubElement(suite, "testcase", classname=task, name="shard-%d" % row.shard)
+    case.set("time", "%.3f" % (row.duration or 0.0))
+    problem = row.tests.problem if row.tests else ""
+    if row.state == ShardState.PASSED:
+        if problem:
+            ElementTree.SubElement(case, "system-out").text = xml_safe(problem)
+        return
+    failed = row.state in FAILED_STATES
+    detail = row.detail + ("; " + problem if problem else "")
+    message = detail if row.state == ShardState.FAILED else "%s: %s" % (row.state, detail)
+    ending = ElementTree.SubElement(
+        case, "failure" if failed else "error", message=xml_safe(message), type=row.state
+    )
+    log_tail = tail(row.log, JUNIT_LOG_LINES) if row.state != ShardState.RUNNING else ""
+    body = detail
+    if log_tail:
+        body += "\n--- last %d lines of %s ---\n%s" % (JUNIT_LOG_LINES, row.log, log_tail)
+    ending.text = xml_safe(body)
+
+
+def _junit_counts(suite: ElementTree.Element) -> None:
+    cases = suite.findall("testcase")
+    suite.set("tests", str(len(cases)))
+    for name, tag in (("failures", "failure"), ("errors", "error"), ("skipped", "skipped")):
+        suite.set(name, str(sum(case.find(tag) is not None for case in cases)))
+    suite.set("time", "%.3f" % sum(float(case.get("time", "0")) for case in cases))
+
+
 def render_table(verdict: Verdict, *, color: bool) -> str:
-    """The verdict as aligned text (no trailing newline): one row per shard, then
-    a summary line; colour codes only when ``color`` is true."""
-    rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "detail"]]
+    """The verdict as aligned text (no trailing newline): one row per shard
+    (with its tests passed/failed/skipped when its reports are known), the
+    failing tests (at most LISTED_TESTS), the flaky ones, the reruns of failed
+    tests, then a summary line; colour codes only when ``color`` is true."""
+    tested = any(row.tests for row in verdict.rows)  # NOTE: no tests column without reports
+    rows: List[List[Union[str, Cell]]] = [["shard", "state", "time", "tests p/f/s", "detail"]]
     for row in verdict.rows:
         state = Cell(str(row.state), COLORS.get(row.state, "") if color else "")
-        rows.append([str(row.shard), state, format_seconds(row.duration), row.detail])
+        detail = row.detail
+        if row.tests and row.tests.problem:
+            detail = "%s%s" % (detail + "; " if detail else "", row.tests.problem)
+        rows.append([str(row.shard), state, format_seconds(row.duration), _tests_cell(row), detail])
+    if not tested:
+        rows = [cells[:3] + cells[4:] for cells in rows]
     lines = ["%s, run %s" % (verdict.task, verdict.run_key), *table(rows, right={2})]
     for row in verdict.rows:
         if row.log and row.state in SHOW_LOG_STATES:
             lines.append("log of shard %d: %s" % (row.shard, row.log))
+    lines += _listed_tests(verdict, color=color)
+    for rerun in verdict.reruns:
+        if rerun.verdict is None:
+            lines.append("rerun %d: %s" % (rerun.number, rerun.problem))
+            continue
+        shards = rerun.verdict.counts
+        states = ", ".join("%d %s" % (shards[state], state) for state in STATES if shards[state])
+        tests = sum(len(shard.tests.results) for shard in rerun.verdict.rows if shard.tests)
+        lines.append(
+            "rerun %d of failed tests (run %s): %s, shards %s"
+            % (rerun.number, rerun.run_key, _count(tests, "test"), states or "none")
+        )
     if verdict.stray_shards:
         numbers = ", ".join(str(index) for index in verdict.stray_shards)
         lines.append("ignored records for shards not in the plan: %s" % numbers)
     lines.extend("plan: %s" % problem for problem in verdict.plan_problems)
+    if tested:
+        counts = verdict.test_counts
+        failed = counts[TestOutcome.FAILED] + counts[TestOutcome.ERROR]
+        words = "%d passed, %d failed, %d skipped" % (
+            counts[TestOutcome.PASSED],
+            failed,
+            counts[TestOutcome.SKIPPED],
+        )
+        lines.append(
+            "tests: %s%s" % (words, ", %d flaky" % counts["flaky"] if counts["flaky"] else "")
+        )
     lines.append(summary_line(verdict, color=color))
     return "\n".join(lines)
+
+
+def _tests_cell(row: Row) -> str:
+    """``12/1/0``: the shard's tests passed, failed (or erred) and skipped."""
+    if row.tests is None:
+        return "-"
+    counts = row.tests.counts
+    failed = counts[TestOutcome.FAILED] + counts[TestOutcome.ERROR]
+    cell = "%d/%d/%d" % (counts[TestOutcome.PASSED], failed, counts[TestOutcome.SKIPPED])
+    return cell + (" +%d flaky" % counts["flaky"] if counts["flaky"] else "")
+
+
+def _listed_tests(verdict: Verdict, *, color: bool) -> List[str]:
+    """Each failing test (id, shard, first message line), then each flaky one."""
+    lines = []
+    for title, chosen in (
+        ("failed", [(shard, t) for shard, t in verdict.tests if t.failing]),
+        ("flaky", [(shard, t) for shard, t in verdict.tests if t.flaky]),
+    ):
+        if not chosen:
+            continue
+        heading = "%s tests (%d):" % (title, len(chosen))
+        lines.append(
+            paint(heading, COLORS["failed" if title == "failed" else "warning"])
+            if color
+            else heading
+        )
+        for shard, test in chosen[:LISTED_TESTS]:
+            if test.flaky:
+                how = "passed after %s" % _count(len(test.failures), "failure")
+                message = test.failures[-1].message
+            else:
+                how, message = str(test.outcome), test.case.message
+            lines.append("  %s  (shard %d, %s)" % (test.id, shard, how))
+            if message:
+                lines.append(shorten("      " + message, TABLE_WIDTH))
+        if len(chosen) > LISTED_TESTS:
+            lines.append(
+                "  and %d more (verify --json lists every test)" % (len(chosen) - LISTED_TESTS)
+            )
+    return lines
 
 
 def summary_line(verdict: Verdict, *, color: bool = False) -> str:

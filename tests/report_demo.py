@@ -8,23 +8,22 @@ docs/report.png is made)::
     python tests/report_demo.py --html report.html --png docs/report.png
 
 The suite is split by timings an earlier run left, the shards' estimates.
-How the run goes: agents ``agent-1`` and ``agent-2`` both run ``shard demo
---id next`` at once, so they share the 3 shards between them. The flaky test
-fails the first time it runs and passes after, so its shard fails; the
-shard's JUnit report is kept, and ``agent-2`` runs the shard again, which
-passes. Per-test results come from each shard's last JUnit report
-(``junit.read_report``, ids by ``junit.TestIds``); a test is flaky when its
-shard's first report has it failing and the last one passing.
+How the run goes: agents ``agent-1`` and, half a second later, ``agent-2``
+run ``shard demo --id next``, so they share the 3 shards between them. The
+task has ``retries = 1``: the flaky test fails the first time it runs and
+passes on its shard's retry; the failing test fails on both. Per-test
+results are what ``verify`` reads: the JUnit reports each shard's record
+names.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -34,11 +33,9 @@ if str(REPO) not in sys.path:
 
 from lokt_tasks.config import load_config  # noqa: E402
 from lokt_tasks.durations import pin_durations  # noqa: E402
-from lokt_tasks.junit import TestIds, read_report  # noqa: E402
 from lokt_tasks.plan import build_plan  # noqa: E402
 from lokt_tasks.report import render_html  # noqa: E402
 from lokt_tasks.results import RecordStore, head_commit  # noqa: E402
-from lokt_tasks.states import TestOutcome  # noqa: E402
 from lokt_tasks.verdict import judge_live, verdict_to_json  # noqa: E402
 
 TASK, RUN = "demo", "demo-run"
@@ -113,6 +110,7 @@ run = "{python} -m pytest -q -p no:cacheprovider --junitxml={junit} {items}"
 glob = ["tests/test_*.py"]
 shards = 3
 split = "timings"
+retries = 1
 """
 #: The timings an earlier run left (seconds per file): the shards' estimates.
 DURATIONS = """\
@@ -150,16 +148,15 @@ def run_demo(root: Path) -> Dict[str, Any]:
     return its verdict document with per-test results."""
     make_project(root)
     env = {**_clean_env(), "PYTHONPATH": str(REPO)}
-    agents = [
-        subprocess.Popen(
-            lokt_tasks("shard", TASK, "--id", "next", "--agent", name, "--log"),
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+    agents = []
+    for name in ("agent-1", "agent-2"):
+        command = lokt_tasks("shard", TASK, "--id", "next", "--agent", name, "--log")
+        agents.append(
+            subprocess.Popen(
+                command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         )
-        for name in ("agent-1", "agent-2")
-    ]
+        time.sleep(0.5)  # NOTE: a lane that starts later shows its wait
     for agent in agents:
         agent.communicate(timeout=120)
     config = load_config(root / "shards.toml")
@@ -169,44 +166,8 @@ def run_demo(root: Path) -> Dict[str, Any]:
     assert durations_file is not None
     pinned = pin_durations(durations_file, store.run_dir(TASK, RUN) / "durations.json")
     plan = build_plan(config, TASK, durations=pinned)
-    flaky_file = FLAKY_TEST.split("::")[0]
-    flaky_shard = next(s.index for s in plan.shards if flaky_file in s.items)
-    first_report = root / "first-attempt.junit.xml"
-    shutil.copyfile(store.junit_path(TASK, RUN, flaky_shard), first_report)
-    rerun = lokt_tasks("shard", TASK, "--id", str(flaky_shard), "--agent", "agent-2")
-    subprocess.run([*rerun, "--log"], cwd=root, env=env, capture_output=True, timeout=120)
     verdict = judge_live(plan, store, lambda name: None, run_key=RUN)
-    tests = per_test_results(root, plan, store, {flaky_shard: first_report})
-    return verdict_to_json(verdict, commit=head_commit(root), tests=tests)
-
-
-def per_test_results(root: Path, plan, store: RecordStore, first_reports: Dict[int, Path]):
-    """One entry per testcase of each shard's JUnit report, in the shape
-    ``verdict_to_json(tests=...)`` takes; flaky: failing in the shard's
-    first report (``first_reports``) and passing in its last."""
-    ids = TestIds(root, known=[item for shard in plan.shards for item in shard.items])
-    failing = (TestOutcome.FAILED, TestOutcome.ERROR)
-    entries = []
-    for shard in plan.shards:
-        earlier = {}
-        if shard.index in first_reports:
-            for case in read_report(first_reports[shard.index]):
-                if case.outcome in failing:
-                    earlier[ids.of(case)] = case.message
-        for case in read_report(store.junit_path(TASK, RUN, shard.index)):
-            test_id = ids.of(case)
-            flaky = case.outcome == TestOutcome.PASSED and test_id in earlier
-            entries.append(
-                {
-                    "id": test_id,
-                    "shard": shard.index,
-                    "outcome": case.outcome,
-                    "seconds": case.seconds,
-                    "message": earlier[test_id] if flaky else case.message,
-                    "flaky": flaky,
-                }
-            )
-    return entries
+    return verdict_to_json(verdict, commit=head_commit(root))
 
 
 def _clean_env() -> Dict[str, str]:

@@ -791,3 +791,60 @@ def test_the_readme_explains_every_exit_code():
     codes = {int(code) for row in readme_table("## Exit codes") for code in row[0].split(" / ")}
     defined = {value for name, value in vars(errors).items() if name.isupper()}
     assert codes == defined
+
+
+# --- JSON documents --------------------------------------------------------------
+
+
+def readme_json(opening: str) -> dict:
+    """The README's example JSON document that follows ``opening``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    after = text[text.index(opening) :]
+    body = after[after.index("```json\n") + len("```json\n") :]
+    return json.loads(body[: body.index("\n```")])
+
+
+def documented_keys(heading_key: str) -> List[str]:
+    """Keys the README's key table (the one whose first row names ``heading_key``) lists."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| `%s`" % heading_key) :]
+    rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", table[: table.index("\n\n")], re.M)
+    return [key for row in rows for key in re.findall(r"`(\w+)`", row)]
+
+
+def test_the_verdict_json_example_and_table_have_every_key_the_code_writes(tmp_path):
+    from lokt_tasks.plan import Plan, Shard
+    from lokt_tasks.results import RecordStore
+    from lokt_tasks.verdict import judge_live, verdict_to_json
+
+    shard = Shard("test", 1, 1, ("a",), ("true",), "test-shard-1", "f")
+    verdict = judge_live(
+        Plan("test", tmp_path, (shard,)), RecordStore(tmp_path), lambda _: None, run_key="k"
+    )
+    written = verdict_to_json(verdict)
+    example = readme_json("`verify --json` prints")
+    assert list(example) == list(written) == documented_keys("version")
+    assert list(example["shards"][0]) == list(written["shards"][0])
+    assert list(example["tests"][0]) == [
+        "id", "shard", "outcome", "flaky", "runs", "rerun", "seconds", "message", "name",
+        "classname", "file",
+    ]  # fmt: skip
+    assert list(example["test_counts"]) == list(written["test_counts"])
+    assert list(example["reruns"][0]) == [
+        "rerun", "run_key", "problem", "verdict", "counts", "shards",
+    ]  # fmt: skip
+    assert example["version"] == written["version"]
+
+
+def test_the_plan_json_example_and_table_have_every_key_the_code_writes(tmp_path):
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / "shards.toml").write_text(
+        '[tasks.test]\nrun = "pytest {items}"\nglob = "a.py"\nshards = 1\n'
+    )
+    from lokt_tasks.plan import build_plan, plan_to_json
+
+    written = plan_to_json(build_plan(load_config(tmp_path / "shards.toml"), "test"))
+    example = readme_json("`plan --json` prints")
+    assert list(example) == list(written) == documented_keys("version`, `task`, `cwd")
+    assert list(example["shards"][0]) == list(written["shards"][0])
+    assert list(example["stats"]) == list(written["stats"])

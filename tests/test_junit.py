@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from lokt_tasks.junit import ReportError, TestCase, TestIds, first_line, read_report
+from lokt_tasks.junit import (
+    DETAIL_LENGTH,
+    ReportError,
+    TestCase,
+    TestIds,
+    first_line,
+    fold,
+    parse_report,
+    read_report,
+    runner_items,
+)
 from lokt_tasks.states import TestOutcome
 
 PYTEST_REPORT = """\
@@ -155,3 +165,73 @@ def test_ids_of_a_real_pytest_report_are_the_node_ids_pytest_collects(tree):
     assert sorted(ids.of(c) for c in cases) == sorted(line for line in collected if "::" in line)
     failed = [c for c in cases if c.outcome == TestOutcome.FAILED]
     assert [c.message for c in failed] == ["AssertionError: boom"]
+
+
+# --- failure text, folding runs, tests back to a command -------------------------
+
+
+def test_the_failure_text_is_kept_and_bytes_parse_as_the_file_reads(tmp_path):
+    report = tmp_path / "report.xml"
+    report.write_text(PYTEST_REPORT)
+    cases = read_report(report)
+    assert [c.detail for c in cases] == ["", "trace", "fixture 'db' not found\nsecond line", "", ""]
+    assert parse_report(report.read_bytes(), report) == cases
+    long = "<testsuite><testcase name='t'><failure>%s</failure></testcase></testsuite>"
+    (detail,) = [c.detail for c in parse_report((long % ("x" * 50_000)).encode(), report)]
+    assert len(detail) == DETAIL_LENGTH
+
+
+def ended(name: str, outcome: TestOutcome, message: str = "") -> TestCase:
+    return TestCase(name, "pkg", "suite", "", outcome, 1.0, message)
+
+
+def test_fold_keeps_the_last_outcome_and_the_failures_before_it(tree):
+    ids = TestIds(tree)
+    first = [
+        ended("a", TestOutcome.FAILED, "a broke"),
+        ended("b", TestOutcome.PASSED),
+        ended("c", TestOutcome.ERROR, "c erred"),
+        ended("d", TestOutcome.SKIPPED),
+    ]
+    retry = [ended("a", TestOutcome.PASSED), ended("c", TestOutcome.FAILED, "c again")]
+    results = fold([first, retry], ids)
+    assert list(results) == ["pkg::a", "pkg::b", "pkg::c", "pkg::d"]
+    a, b, c, d = results.values()
+    assert (a.outcome, a.flaky, a.failing, a.runs) == (TestOutcome.PASSED, True, False, 2)
+    assert [f.message for f in a.failures] == ["a broke"]
+    assert (b.flaky, b.runs, b.failures) == (False, 1, ())
+    assert (c.outcome, c.flaky, c.failing, [f.message for f in c.failures]) == (
+        TestOutcome.FAILED,
+        False,
+        True,
+        ["c erred"],
+    )
+    assert (d.outcome, d.failing) == (TestOutcome.SKIPPED, False)
+    # A later fold goes on from earlier results: a rerun after the retries.
+    later = fold([[ended("c", TestOutcome.PASSED)]], ids, results)
+    assert later["pkg::c"].flaky and len(later["pkg::c"].failures) == 2
+    assert later["pkg::c"] == c.then(fold([[ended("c", TestOutcome.PASSED)]], ids)["pkg::c"])
+
+
+def test_a_test_reported_twice_in_one_run_counts_once_with_its_worst_outcome(tree):
+    run = [
+        ended("a", TestOutcome.PASSED),
+        ended("a", TestOutcome.ERROR),
+        ended("a", TestOutcome.SKIPPED),
+    ]
+    (result,) = fold([run], TestIds(tree)).values()
+    assert (result.outcome, result.runs, result.failures) == (TestOutcome.ERROR, 1, ())
+
+
+def test_tests_go_back_as_node_ids_or_as_names(tree):
+    ids = TestIds(tree)
+    pytest_cases = [case("tests.test_x.TestY", "test_a[1]"), case("tests.test_x", "test_b")]
+    assert runner_items(pytest_cases * 2, ids, whole=True) == [
+        "tests/test_x.py::TestY::test_a[1]",
+        "tests/test_x.py::test_b",
+    ]
+    go_cases = [case("example.com/pkg", "TestA/sub_1"), case("example.com/pkg", "TestA/sub_2")]
+    go_cases.append(case("example.com/pkg", "TestB"))
+    assert runner_items(go_cases, ids, whole=False) == ["TestA", "TestB"]
+    with pytest.raises(ValueError, match="'example.com/pkg::TestA/sub_1' names no file"):
+        runner_items(go_cases, ids, whole=True)

@@ -21,10 +21,10 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: Bottom first. The first layer imports nothing of the package.
 LAYERS: List[Set[str]] = [
     {"__init__", "errors", "states", "system", "text"},
-    {"attempt", "ci", "config", "console", "globs", "junit", "lockfile"},
-    {"durations", "engine", "watchdog"},
-    {"embedded", "lokt_engine", "plan"},
-    {"results"},
+    {"ci", "config", "console", "globs", "junit", "lockfile"},
+    {"attempt", "durations"},
+    {"engine", "plan", "watchdog"},
+    {"embedded", "lokt_engine", "results"},
     {"run", "verdict"},
     {"flags", "report", "schedule"},
     {"tasks"},

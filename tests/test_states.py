@@ -172,3 +172,12 @@ def test_colours_say_pass_failure_unfinished_in_progress(words, colour):
 def test_the_colour_map_cannot_be_changed():
     with pytest.raises(TypeError):
         COLORS["passed"] = "\x1b[31m"  # type: ignore[index]
+
+
+def test_the_colour_codes_written_out_are_coloramas():
+    """states needs the standard library only (the attempt process imports it)."""
+    import colorama
+
+    for name in ("GREEN", "RED", "YELLOW", "CYAN"):
+        assert getattr(states.Fore, name) == getattr(colorama.Fore, name)
+    assert states.Style.DIM == colorama.Style.DIM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -15,12 +16,18 @@ from pathlib import Path
 import pytest
 
 from lokt_tasks import errors
+from lokt_tasks.attempt import digest
 from lokt_tasks.engine import Holder
+from lokt_tasks.junit import TestCase, TestResult
 from lokt_tasks.plan import Plan, PlanStats, Shard
-from lokt_tasks.results import CorruptRecord, Record, RecordStore
+from lokt_tasks.results import CorruptRecord, Record, RecordStore, rerun_key
+from lokt_tasks.states import TestOutcome
 from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
+    LISTED_TESTS,
     STATES,
+    Rerun,
+    ShardTests,
     judge,
     judge_live,
     render_table,
@@ -28,6 +35,7 @@ from lokt_tasks.verdict import (
     tail,
     verdict_to_json,
     verdict_to_junit,
+    with_reruns,
 )
 
 RUN = "abc123def456"
@@ -314,6 +322,9 @@ SHARD_KEYS = {
     "waited",
     "fingerprint",
     "record_fingerprint",
+    "retries",
+    "tests",
+    "test_problem",
 }
 TIMING_KEYS = {
     "started_at",
@@ -363,11 +374,17 @@ def test_json_has_the_documented_shape(tmp_path):
         "stray_shards",
         "uncovered_items",
         "overlapping_items",
+        "test_counts",
+        "reruns",
     }
     assert set(data["timing"]) == TIMING_KEYS
     assert (data["commit"], data["tests"]) == (None, None)
     assert (data["uncovered_items"], data["overlapping_items"]) == ([], {})
-    assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
+    assert (data["tests"], data["reruns"]) == (None, [])
+    assert data["test_counts"] == dict.fromkeys(
+        ["passed", "failed", "error", "skipped", "flaky"], 0
+    )
+    assert (data["version"], data["task"], data["run_key"]) == (2, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
     assert list(data["counts"]) == list(STATES)
     assert data["counts"] == {
@@ -510,50 +527,65 @@ def test_the_lower_bound_is_the_heaviest_item_when_it_outweighs_the_ideal(tmp_pa
 
     # Measured per-test times beat the estimate: a test belongs to the item that
     # is its id or the longest "::" prefix of it.
-    tests = [
-        {"id": "a1::t", "shard": 1, "outcome": "passed", "seconds": 5, "message": "", "flaky": 0},
-        {"id": "a2::t::x", "shard": 2, "outcome": "failed", "seconds": 8.5, "message": "boom"},
-        {"id": "a2::u", "shard": 2, "outcome": "passed", "seconds": 0.5, "message": ""},
-        {"id": "a3", "shard": 3, "outcome": "passed", "seconds": 6, "message": "", "flaky": 1},
-        {"id": "elsewhere::t", "shard": 3, "outcome": "skipped", "seconds": 99, "message": ""},
-    ]
-    for test in tests:
-        test.setdefault("flaky", False)
-    data = verdict_to_json(timed_verdict(tmp_path, stats=stats), tests=tests)
+    def result(test_id, outcome, seconds, flaky=False):
+        case = TestCase(test_id.split("::")[-1], "", "", "", outcome, seconds)
+        failed = dataclasses.replace(case, outcome=TestOutcome.FAILED)
+        return TestResult(test_id, case, (failed,) if flaky else (), 2 if flaky else 1)
+
+    by_shard = {
+        1: [result("a1::t", TestOutcome.PASSED, 5)],
+        2: [result("a2::t::x", TestOutcome.FAILED, 8.5), result("a2::u", TestOutcome.PASSED, 0.5)],
+        3: [
+            result("a3", TestOutcome.PASSED, 6, flaky=True),
+            result("elsewhere::t", TestOutcome.SKIPPED, 99),
+        ],
+    }
+    verdict = timed_verdict(tmp_path, stats=stats)
+    rows = tuple(
+        dataclasses.replace(row, tests=ShardTests(tuple(by_shard[row.shard])))
+        if row.shard in by_shard
+        else row
+        for row in verdict.rows
+    )
+    data = verdict_to_json(dataclasses.replace(verdict, rows=rows))
     timing = data["timing"]
     assert timing["heaviest_item"] == {"item": "a2", "seconds": 9.0, "measured": True}
     assert timing["lower_bound"] == 9.0  # over the ideal, 7.0
     assert [t["flaky"] for t in data["tests"]] == [False, False, False, True, False]
-    assert data["tests"][0] == {
-        "id": "a1::t",
-        "shard": 1,
-        "outcome": "passed",
-        "seconds": 5.0,
-        "message": "",
-        "flaky": False,
-    }
+    first = data["tests"][0]
+    assert (first["id"], first["shard"], first["outcome"], first["seconds"]) == (
+        "a1::t",
+        1,
+        "passed",
+        5.0,
+    )
     # a shard holding a flaky test shows its log's tail too, a plain pass does not
     tails = [shard["log_tail"] is not None for shard in data["shards"]]
     assert tails == [False, True, True, False]
 
 
-def test_per_test_results_must_say_how_each_test_ended(tmp_path):
-    bad = [{"id": "a", "shard": 1, "outcome": "wobbly", "seconds": 1, "message": "", "flaky": 0}]
-    with pytest.raises(ValueError):
-        verdict_to_json(timed_verdict(tmp_path), tests=bad)
-
-
 # --- JUnit XML --------------------------------------------------------------
 
 
-def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
+def test_junit_without_reports_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
     verdict = mixed_verdict(tmp_path)
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    assert suite.tag == "testsuite"
-    assert suite.get("name") == "lokt-tasks.test"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "1", "6")
-    cases = suite.findall("testcase")
+    assert top.tag == "testsuites"
+    assert top.get("name") == "lokt-tasks.test"
+    assert (top.get("tests"), top.get("failures"), top.get("errors")) == ("8", "1", "6")
+    suites = top.findall("testsuite")
+    assert [suite.get("name") for suite in suites] == ["test.shard-%d" % n for n in range(1, 9)]
+    properties = {p.get("name"): p.get("value") for p in suites[1].iter("property")}
+    assert properties == {
+        "shard": "2",
+        "state": "failed",
+        "agent": "agent-2",
+        "host": "box",
+        "run_key": RUN,
+        "retries": "0",
+    }
+    cases = [case for suite in suites for case in suite.findall("testcase")]
     assert [(case.get("classname"), case.get("name")) for case in cases] == [
         ("test", "shard-%d" % n) for n in range(1, 9)
     ]
@@ -583,19 +615,19 @@ def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
     )
     verdict = judge(make_plan(1), {1: record}, {}, run_key=RUN)
 
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    text = suite.find("testcase/failure").text
+    text = top.find("testsuite/testcase/failure").text
     assert "FAILED test_x" in text and "bad utf-8" in text
     assert "\x1b" not in text and "\x00" not in text
 
 
 def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
     record = make_record(1, outcome="failed", exit_code=2, log=str(tmp_path / "gone.log"))
-    suite = ElementTree.fromstring(
+    top = ElementTree.fromstring(
         verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8")
     )
-    assert suite.find("testcase/failure").get("message") == "exit 2"
+    assert top.find("testsuite/testcase/failure").get("message") == "exit 2"
 
 
 # --- Text table -------------------------------------------------------------
@@ -688,7 +720,7 @@ def test_a_timed_out_shard_fails_the_verdict_and_names_its_limit(tmp_path):
     )
     suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
     assert (suite.get("failures"), suite.get("errors")) == ("1", "0")
-    failure = suite.find("testcase[@name='shard-2']/failure")
+    failure = suite.find("testsuite/testcase[@name='shard-2']/failure")
     assert failure.get("type") == "timed-out"
     assert failure.get("message") == "timed-out: exceeded timeout 15m (SIGTERM)"
     assert "test_hangs ..." in failure.text
@@ -803,3 +835,139 @@ def test_judge_live_confirms_a_real_crash(tmp_path):
 
     assert [row.state for row in verdict.rows] == ["crashed", "passed", "missing"]
     assert asked == ["test-shard-1", "test-shard-2", "test-shard-3"]
+
+
+# --- Tests from the reports a record names ------------------------------------------
+
+
+def report_xml(*cases: str) -> bytes:
+    """A JUnit report: ``name`` passes, ``!name`` fails, ``?name`` errs, ``-name`` is skipped."""
+    body = ""
+    for case in cases:
+        name, ending = case.lstrip("!?-"), {"!": "failure", "?": "error", "-": "skipped"}
+        tag = ending.get(case[0])
+        inner = f'<{tag} message="{name} broke">trace of {name}</{tag}>' if tag else ""
+        body += f'<testcase classname="pkg" name="{name}" time="0.5">{inner}</testcase>'
+    return f"<testsuites><testsuite>{body}</testsuite></testsuites>".encode()
+
+
+def store_shard(store: RecordStore, shard: int, *reports: bytes, run_key=RUN, **changes) -> Record:
+    """A final record of ``shard`` naming ``reports`` (its command's, then retries'),
+    written beside it; a report of b"" is one the run did not leave."""
+    for run, data in enumerate(reports):
+        if data:
+            path = store.junit_path("test", run_key, shard, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    names = [digest(data) if data else None for data in reports]
+    record = make_record(shard, run_key=run_key, reports=names, retries=len(reports) - 1)
+    store.write(dataclasses.replace(record, **changes))
+    return record
+
+
+def live(plan: Plan, store: RecordStore, run_key: str = RUN):
+    return judge_live(plan, store, lambda name: None, run_key=run_key)
+
+
+def test_a_shard_reads_only_the_reports_its_record_names(tmp_path):
+    store = RecordStore(tmp_path)
+    first = report_xml("a", "b", "-c")
+    store_shard(store, 1, first)
+    store_shard(store, 2, b"", outcome="failed", exit_code=3)
+    store_shard(store, 3, report_xml("d"))
+    store.junit_path("test", RUN, 3).write_bytes(report_xml("d", "!e"))  # changed since
+    rows = live(make_plan(3), store).rows
+
+    assert [test.id for test in rows[0].tests.results] == ["pkg::a", "pkg::b", "pkg::c"]
+    assert rows[0].tests.counts == {
+        "passed": 2,
+        "failed": 0,
+        "error": 0,
+        "skipped": 1,
+        "flaky": 0,
+    }
+    assert (rows[1].tests.results, rows[1].tests.problem) == ((), "its command left no report")
+    assert rows[2].tests.results == ()
+    assert rows[2].tests.problem == (
+        "shard-3.junit.xml is not the report its record names (changed since)"
+    )
+    store.junit_path("test", RUN, 1).unlink()
+    missing = live(make_plan(3), store).rows[0].tests
+    assert missing.problem == "the report of its command is missing (shard-1.junit.xml)"
+    assert missing.results == ()
+    assert live(make_plan(3), store).state == "failed"  # the records decide, not the reports
+
+
+def test_a_shard_retried_has_its_tests_folded_and_its_flaky_tests_listed(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(
+        store, 1, report_xml("a", "!b", "?c"), report_xml("b", "!c"), outcome="failed", exit_code=1
+    )
+    verdict = live(make_plan(1), store)
+    (row,) = verdict.rows
+    flaky, failing = row.tests.flaky, row.tests.failing
+    assert [(t.id, t.runs) for t in flaky] == [("pkg::b", 2)]
+    assert [(t.id, t.outcome, len(t.failures)) for t in failing] == [("pkg::c", "failed", 1)]
+    text = render_table(verdict, color=False)
+    assert text.splitlines()[2:] == [
+        "  1      failed  12.5s  2/1/0 +1 flaky  exit 1",
+        "failed tests (1):",
+        "  pkg::c  (shard 1, failed)",
+        "      c broke",
+        "flaky tests (1):",
+        "  pkg::b  (shard 1, passed after 1 failure)",
+        "      b broke",
+        "tests: 2 passed, 1 failed, 0 skipped, 1 flaky",
+        "verdict: FAILED - 1 failed (shard 1: exit 1)",
+    ]
+
+    junit = ElementTree.fromstring(verdict_to_junit(verdict))
+    cases = {case.get("name"): case for case in junit.iter("testcase")}
+    assert set(cases) == {"a", "b", "c"}  # the failing tests say why the shard failed
+    assert [child.tag for child in cases["b"]] == ["flakyFailure"]
+    assert cases["b"].find("flakyFailure/stackTrace").text == "trace of b"
+    assert [child.tag for child in cases["c"]] == ["failure", "rerunError"]
+    assert cases["c"].find("failure").text == "trace of c"
+
+
+def test_the_failing_tests_are_listed_twenty_at_most_within_80_columns(tmp_path):
+    store = RecordStore(tmp_path)
+    names = ["!t%02d" % n for n in range(25)]
+    store_shard(store, 1, report_xml(*names), outcome="failed", exit_code=1)
+    text = render_table(live(make_plan(1), store), color=False)
+    listed = [line for line in text.splitlines() if line.startswith("  pkg::t")]
+    assert len(listed) == LISTED_TESTS
+    assert "  and 5 more (verify --json lists every test)" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_failed_shard_whose_failing_tests_passed_on_a_rerun_passes(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", exit_code=1)
+    store_shard(store, 2, report_xml("c", "!d"), outcome="failed", exit_code=1)
+    store_shard(store, 3, report_xml("e"))
+    key = rerun_key(RUN, 1)
+    rerun_plan = make_plan(1)
+    store_shard(store, 1, report_xml("b", "!d"), run_key=key)
+    rerun = Rerun(1, key, live(rerun_plan, store, key))
+    before = live(make_plan(3), store)
+
+    after = with_reruns(before, [rerun])
+    assert [row.state for row in after.rows] == ["passed", "failed", "passed"]
+    assert after.rows[0].detail == "exit 1; 1 failed test passed on a rerun"
+    assert after.state == "failed" and after.reruns == (rerun,)
+    assert [(t.id, t.flaky) for _, t in after.tests if t.failures] == [
+        ("pkg::b", True),
+        ("pkg::d", False),
+    ]
+    data = verdict_to_json(after)
+    assert [(t["id"], t["rerun"]) for t in data["tests"] if t["rerun"]] == [
+        ("pkg::b", 1),
+        ("pkg::d", 1),
+    ]
+    assert data["reruns"][0]["run_key"] == key and data["reruns"][0]["verdict"] == "passed"
+    # A test that passed only on a rerun is flaky: with flaky = "fail" it fails the shard.
+    assert with_reruns(before, [rerun], flaky="fail").rows[0].state == "failed"
+    # A shard killed by a signal did not run all its tests: a rerun cannot clear it.
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", signal="SIGKILL")
+    assert with_reruns(live(make_plan(3), store), [rerun]).rows[0].state == "failed"
