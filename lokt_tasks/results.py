@@ -8,6 +8,9 @@ a pass. Below the results directory, with task and run key as escaped by
     <task>/<run key>/shard-<N>.json        the record
     <task>/<run key>/shard-<N>.log         the shard's output
     <task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
+    <task>/<run key>/durations.json        the run's pinned timings (durations.pin_timings)
+    <task>/<run key>/durations-folded.json the attempts folded into durations files
+    <task>/.durations.json                 times recorded by runs here (never committed)
 """
 
 from __future__ import annotations
@@ -353,6 +356,46 @@ class RecordStore:
 
     def junit_path(self, task: str, run_key: str, shard: int) -> Path:
         return self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard)
+
+    def pinned_durations_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations.json"
+
+    def fold_ledger_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations-folded.json"
+
+    def local_durations_path(self, task: str) -> Path:
+        """The task's times recorded by the runs that keep records here, in the
+        durations file's format. Its name starts with a dot, which no escaped
+        run key does (see :func:`safe_component`)."""
+        return self.task_dir(task) / ".durations.json"
+
+    def counted_reports(
+        self, task: str, run_key: str, shards: Sequence[Shard]
+    ) -> List[Tuple[Shard, Record, Path]]:
+        """The JUnit reports of a run that count for timings, with their shard and record.
+
+        A shard's report counts when the record beside it is final (not a
+        start record, not an engine error: the command ran), is of the
+        shard's plan (its fingerprint), and the report was written since that
+        attempt started, so a report an earlier attempt left behind is never
+        read as this one's. (Whole seconds are compared: some file systems
+        keep no finer times.)
+        """
+        counted = []
+        for shard in shards:
+            record = self.read(task, run_key, shard.index)
+            if not isinstance(record, Record) or record.fingerprint != shard.fingerprint:
+                continue
+            if record.outcome in (RecordOutcome.RUNNING, RecordOutcome.ERROR):
+                continue
+            report = self.junit_path(task, run_key, shard.index)
+            try:
+                written = int(report.stat().st_mtime)
+            except OSError:
+                continue
+            if written >= int(parse_time(record.started_at).timestamp()):
+                counted.append((shard, record, report))
+        return counted
 
     def write(self, record: Record) -> Path:
         """Write ``record`` in its place, atomically (see :func:`write_record`)."""

@@ -1,4 +1,4 @@
-"""The invoke tasks: plan, shard, shard-all, verify.
+"""The invoke tasks: plan, shard, shard-all, verify, durations.
 
 Thin on purpose: each task reads its options, asks the layers below, prints
 and picks the exit code. A LoktTasksError (or an OSError on a path) becomes
@@ -13,23 +13,32 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from json import dumps
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, List, Optional
 
 from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import TaskConfig, display_path, find_config, get_task, load_config, parse_duration
 from .console import Console, LiveBoard
-from .durations import pin_durations
+from .durations import (
+    DurationsError,
+    ShardReport,
+    TaskTimings,
+    fold_reports,
+    fold_warnings,
+    pin_timings,
+    read_durations,
+    read_task_timings,
+)
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
 from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
-from .run import RunSettings, ShardOutcome, run_shard, select_engine
+from .run import RunSettings, ShardOutcome, TimingsStore, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
     LOCKED_OUT,
@@ -39,6 +48,7 @@ from .states import (
     SHOW_LOG_OUTCOMES,
     WAITED_ON,
     WARNING,
+    RecordOutcome,
     RunOutcome,
     ShardState,
     ordered,
@@ -124,6 +134,14 @@ class Setup:
     store: RecordStore
     run_key: str
     lock_root: Path
+    #: Where this run's shards record their times (None: the task has no durations file).
+    timings: Optional[TimingsStore] = None
+
+
+#: How a command takes a ``timings`` task's times: pin them for the run (or
+#: use the run's pinned copy), only use a pinned copy that exists (plan), or
+#: use the current times (plan --current).
+PIN, PEEK, CURRENT = "pin", "peek", "current"
 
 
 def _setup(
@@ -133,10 +151,10 @@ def _setup(
     shards: Optional[str],
     run: Optional[str],
     results: Optional[str],
-    pin: bool = True,
+    timings: str = PIN,
 ) -> Setup:
-    """Load the config and plan the task. With ``pin``, a ``timings`` task plans
-    from the timings pinned for this run (see durations.pin_durations)."""
+    """Load the config and plan the task (see PIN, PEEK and CURRENT). Prints
+    the plan's warnings on stderr, except for ``plan``, which shows them itself."""
     loaded = load_config(Path(config) if config else find_config(Path.cwd()))
     task_config = get_task(loaded, task_name)
     lock_root = find_lock_root(loaded.root)
@@ -150,15 +168,43 @@ def _setup(
     store = RecordStore(results_dir)
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
-    durations = None
-    if task_config.split == "timings" and pin and task_config.durations is not None:
-        pinned = store.run_dir(task_name, run_key) / "durations.json"
-        durations = pin_durations(task_config.durations, pinned)
+    warnings: List[str] = []
+    durations: Optional[TaskTimings] = None
+    committed = TaskTimings()
+    if task_config.durations is not None:
+        committed, warning = read_task_timings(task_config.durations, task_name)
+        local, local_warning = read_task_timings(store.local_durations_path(task_name), task_name)
+        warnings += [w for w in (warning, local_warning) if w]
+        durations = local.over(committed)
+        pinned = store.pinned_durations_path(task_name, run_key)
+        if task_config.split == "timings" and timings != CURRENT:
+            current = durations
+            try:
+                if timings == PIN:
+                    durations = pin_timings(pinned, task_name, run_key, lambda: current)
+                elif pinned.exists():
+                    durations = read_durations(pinned).task(task_name, pinned_by=run_key)
+            except DurationsError as error:
+                # NOTE: every agent of the run reads the same bad copy, so all plan alike.
+                warnings.append(f"{error}; the run plans without timings")
+                durations = TaskTimings(pinned_by=run_key)
     plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
-    if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
-        for warning in plan.warnings:
-            print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root)
+    plan = replace(plan, warnings=tuple(warnings) + plan.warnings)
+    if timings != PIN:
+        return Setup(task_config, plan, store, run_key, lock_root)
+    for warning in (
+        plan.warnings
+    ):  # NOTE: never in silence: a lowered shard count, items in no shard or in two
+        _warn(warning)
+    recorder = None
+    if task_config.durations is not None:
+        items = frozenset(item for shard in plan.shards for item in shard.items)
+        recorder = TimingsStore(store.local_durations_path(task_name), task_name, items, committed)
+    return Setup(task_config, plan, store, run_key, lock_root, recorder)
+
+
+def _warn(warning: str) -> None:
+    print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -184,7 +230,7 @@ def _settings(
         engine=select_engine(engine or setup.task.engine, identity, root=setup.lock_root),
         identity=identity,
         ttl=setup.task.ttl,
-        durations_file=setup.task.durations,
+        timings=setup.timings,
         wait=wait,
         timeout=timeout,
     )
@@ -198,10 +244,15 @@ def _interrupted(stop: StopRequest, message: str) -> Exit:
     return Exit(f"lokt-tasks: {message}", code=128 + (stop.signum or signal.SIGINT))
 
 
-@_command("config shards", json="Print the plan as JSON.")
-def plan(c, task, json=False, shards=None, config=None):
+@_command(
+    "run shards config results",
+    json="Print the plan as JSON.",
+    current="Plan from the current timings, not from the copy this run pinned when it started.",
+)
+def plan(c, task, json=False, current=False, run=None, shards=None, config=None, results=None):
     """Show what each shard would run, and how balanced the shards are."""
-    setup = _setup(task, config=config, shards=shards, run="plan", results=None, pin=False)
+    mode = CURRENT if current else PEEK
+    setup = _setup(task, config=config, shards=shards, run=run, results=results, timings=mode)
     if json:
         print(dumps(plan_to_json(setup.plan), indent=2))
         return
@@ -285,6 +336,7 @@ def shard(
     console.note(f"{chosen.lock_name}: {_plural(len(chosen.items), 'item')}")
     with stop_on_signals(stop):
         outcome = run_shard(chosen, settings, to_log=log, stop=stop)
+    _warn_about_timings([outcome])
     _finish_one(outcome, console, stop)
 
 
@@ -334,6 +386,7 @@ def _shard_queue(
             patience=patience,
             on_wait=on_wait,
         )
+    _warn_about_timings(outcomes)
     if stop.is_set():
         raise _interrupted(stop, "interrupted")
     # NOTE: a lost shard counts as run: its command may well have run, only
@@ -389,6 +442,12 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
     if record is None or not (record.signal or record.exit_code):
         return ""
     return f" ({record.signal})" if record.signal else f" (exit {record.exit_code})"
+
+
+def _warn_about_timings(outcomes: Iterable[ShardOutcome]) -> None:
+    """One warning per problem with recording the shards' times (see durations.fold_warnings)."""
+    for warning in fold_warnings(outcome.timings for outcome in outcomes):
+        _warn(warning)
 
 
 def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> None:
@@ -464,6 +523,7 @@ def shard_all(
                 )
                 log_tail = tail(Path(outcome.log), 20).rstrip("\n")
                 console.say(f"\n{console.paint(heading, outcome.state)}\n{log_tail}")
+        _warn_about_timings(outcomes)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -516,4 +576,54 @@ def verify(
         raise Exit(code=verdict.exit_code)
 
 
-ns = Collection(plan, shard, shard_all, verify)
+@_command("run shards config results")
+def durations(c, task, run=None, shards=None, config=None, results=None):
+    """Fold this run's JUnit reports into TASK's durations file (the file to commit)."""
+    setup = _setup(task, config=config, shards=shards, run=run, results=results)
+    path = setup.task.durations
+    if path is None or not any(shard.wants_junit for shard in setup.plan.shards):
+        raise UsageError(
+            f"task '{task}' writes no JUnit report, so there are no times to fold:"
+            " give its run a report path, as in --junitxml={junit}"
+        )
+    counted = setup.store.counted_reports(task, setup.run_key, setup.plan.shards)
+    reports = [
+        ShardReport(
+            shard.lock_name,
+            report,
+            shard.items,
+            record.outcome == RecordOutcome.PASSED,
+            record.attempt,
+        )
+        for shard, record, report in counted
+    ]
+    summary = fold_reports(
+        path,
+        task,
+        reports,
+        root=setup.plan.cwd,
+        items={item for shard in setup.plan.shards for item in shard.items},
+        ledger=setup.store.fold_ledger_path(task, setup.run_key),
+    )
+    console = Console()
+    for warning in fold_warnings([summary]):
+        _warn(warning)
+    counted_shards = {shard.index for shard, _, _ in counted}
+    without = [str(s.index) for s in setup.plan.shards if s.index not in counted_shards]
+    lines = [f"{display_path(path)}: run {setup.run_key}"]
+    if summary.folded:
+        lines.append(
+            f"{_plural(len(summary.folded), 'report')} folded in"
+            f" ({_plural(summary.tests, 'test time')}, {_plural(len(summary.items), 'item')})"
+        )
+    if summary.already:
+        lines.append(f"{_plural(len(summary.already), 'report')} already folded in before")
+    if summary.dropped:
+        lines.append(f"{_plural(summary.dropped, 'item')} no longer in task '{task}' dropped")
+    if without:
+        lines.append(f"no report that counts for shard {', '.join(without)}")
+    lines.append("rewritten" if summary.written else "unchanged")
+    console.say("; ".join(lines))
+
+
+ns = Collection(plan, shard, shard_all, verify, durations)
