@@ -357,8 +357,10 @@ class FoldSummary:
     dropped: int = 0  #: items dropped: no longer in the task
     written: bool = False
     mismatches: List[Mismatch] = field(default_factory=list)
-    #: Warnings: a report that cannot be read, a corrupt file rewritten.
+    #: Warnings about reports that cannot be read.
     problems: List[str] = field(default_factory=list)
+    #: The warning when the file was corrupt, and so rewritten from the new times alone.
+    rewritten: Optional[str] = None
 
 
 def fold_reports(
@@ -404,7 +406,7 @@ def fold_reports(
         except DurationsError as error:
             if error.newer:
                 raise
-            summary.problems.append(f"{error}; rewritten from new times, its earlier ones are lost")
+            summary.rewritten = f"{error}; rewritten from new times, its earlier ones are lost"
             before, durations = b"", DurationsFile()
         tasks = {name: dict(section) for name, section in durations.tasks.items()}
         section: Section = {item: s for item, s in durations.legacy.items() if item in keep}
@@ -623,15 +625,21 @@ def key_in_item(item: str, test_id: str) -> str:
     return test_id
 
 
-def fold_warnings(summaries: Iterable[Optional[FoldSummary]]) -> List[str]:
-    """The warnings of one command's folds: each problem once, and one for the
-    reports whose testcases match no item (or few), naming an example."""
+def fold_warnings(
+    summaries: Iterable[Optional[FoldSummary]], named: Collection[Path] = ()
+) -> List[str]:
+    """The warnings of one command's folds: each problem once, none about a
+    corrupt file already ``named`` (warned of when the command read it), and
+    one for the reports whose testcases match no item (or few), naming an example."""
     problems: Dict[str, None] = {}
     mismatches: List[Mismatch] = []
     for summary in summaries:
-        if summary is not None:
-            problems.update(dict.fromkeys(summary.problems))
-            mismatches.extend(summary.mismatches)
+        if summary is None:
+            continue
+        if summary.rewritten and summary.path not in named:
+            problems[summary.rewritten] = None
+        problems.update(dict.fromkeys(summary.problems))
+        mismatches.extend(summary.mismatches)
     warnings = list(problems)
     if mismatches:
         first = mismatches[0]

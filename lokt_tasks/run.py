@@ -169,7 +169,7 @@ def _record_times(
         )
     except (DurationsError, OSError) as error:
         problem = str(error) if isinstance(error, DurationsError) else str(storage_error(error))
-        return FoldSummary(target.path, problems=[f"{problem}; times not recorded"])
+        return FoldSummary(target.path, problems=[f"{problem}; the shard's times are not recorded"])
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from json import dumps
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, FrozenSet, Iterable, List, Optional
 
 from invoke import Collection, Exit, task
 
@@ -136,6 +136,8 @@ class Setup:
     lock_root: Path
     #: Where this run's shards record their times (None: the task has no durations file).
     timings: Optional[TimingsStore] = None
+    #: Durations files the command already warned are unreadable.
+    warned: FrozenSet[Path] = frozenset()
 
 
 #: How a command takes a ``timings`` task's times: pin them for the run (or
@@ -171,10 +173,15 @@ def _setup(
     warnings: List[str] = []
     durations: Optional[TaskTimings] = None
     committed = TaskTimings()
+    warned = set()
     if task_config.durations is not None:
         committed, warning = read_task_timings(task_config.durations, task_name)
-        local, local_warning = read_task_timings(store.local_durations_path(task_name), task_name)
-        warnings += [w for w in (warning, local_warning) if w]
+        local_path = store.local_durations_path(task_name)
+        local, local_warning = read_task_timings(local_path, task_name)
+        for path, said in ((task_config.durations, warning), (local_path, local_warning)):
+            if said:
+                warnings.append(said)
+                warned.add(path)
         durations = local.over(committed)
         pinned = store.pinned_durations_path(task_name, run_key)
         if task_config.split == "timings" and timings != CURRENT:
@@ -200,7 +207,7 @@ def _setup(
     if task_config.durations is not None:
         items = frozenset(item for shard in plan.shards for item in shard.items)
         recorder = TimingsStore(store.local_durations_path(task_name), task_name, items, committed)
-    return Setup(task_config, plan, store, run_key, lock_root, recorder)
+    return Setup(task_config, plan, store, run_key, lock_root, recorder, frozenset(warned))
 
 
 def _warn(warning: str) -> None:
@@ -336,7 +343,7 @@ def shard(
     console.note(f"{chosen.lock_name}: {_plural(len(chosen.items), 'item')}")
     with stop_on_signals(stop):
         outcome = run_shard(chosen, settings, to_log=log, stop=stop)
-    _warn_about_timings([outcome])
+    _warn_about_timings(setup, [outcome])
     _finish_one(outcome, console, stop)
 
 
@@ -386,7 +393,7 @@ def _shard_queue(
             patience=patience,
             on_wait=on_wait,
         )
-    _warn_about_timings(outcomes)
+    _warn_about_timings(setup, outcomes)
     if stop.is_set():
         raise _interrupted(stop, "interrupted")
     # NOTE: a lost shard counts as run: its command may well have run, only
@@ -444,9 +451,9 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
     return f" ({record.signal})" if record.signal else f" (exit {record.exit_code})"
 
 
-def _warn_about_timings(outcomes: Iterable[ShardOutcome]) -> None:
+def _warn_about_timings(setup: Setup, outcomes: Iterable[ShardOutcome]) -> None:
     """One warning per problem with recording the shards' times (see durations.fold_warnings)."""
-    for warning in fold_warnings(outcome.timings for outcome in outcomes):
+    for warning in fold_warnings((o.timings for o in outcomes), named=setup.warned):
         _warn(warning)
 
 
@@ -523,7 +530,7 @@ def shard_all(
                 )
                 log_tail = tail(Path(outcome.log), 20).rstrip("\n")
                 console.say(f"\n{console.paint(heading, outcome.state)}\n{log_tail}")
-        _warn_about_timings(outcomes)
+        _warn_about_timings(setup, outcomes)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -606,7 +613,7 @@ def durations(c, task, run=None, shards=None, config=None, results=None):
         ledger=setup.store.fold_ledger_path(task, setup.run_key),
     )
     console = Console()
-    for warning in fold_warnings([summary]):
+    for warning in fold_warnings([summary], named=setup.warned):
         _warn(warning)
     counted_shards = {shard.index for shard, _, _ in counted}
     without = [str(s.index) for s in setup.plan.shards if s.index not in counted_shards]

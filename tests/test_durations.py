@@ -329,8 +329,10 @@ def test_a_corrupt_file_is_rewritten_from_new_times_with_a_warning(tree):
         path, tree, report(tree, [case("tests.test_z", "test_s", 1.0)]), ["tests/test_z.py"]
     )
     assert section(path) == {"tests/test_z.py": {"test_s": [1.0]}}
-    assert len(summary.problems) == 1 and str(path) in summary.problems[0]
-    assert summary.problems[0].endswith("rewritten from new times, its earlier ones are lost")
+    assert summary.problems == [] and summary.rewritten.startswith(f"{path}: corrupt durations")
+    assert summary.rewritten.endswith("rewritten from new times, its earlier ones are lost")
+    assert fold_warnings([summary]) == [summary.rewritten]
+    assert fold_warnings([summary], named=[path]) == []  # the command warned when it read it
 
 
 def test_an_unreadable_report_costs_its_times_only(tree):

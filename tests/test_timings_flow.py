@@ -320,6 +320,19 @@ def test_a_corrupt_durations_file_mid_run_costs_timings_not_shards_or_the_verdic
     assert json.loads(store.read_text())["version"] == 2  # rewritten by the next shard's times
     assert "Traceback" not in result.stderr
 
+    # Broken before a command starts: that command names it once, and runs everything.
+    (project / "timed_runner.py").write_text(TIMED_RUNNER)
+    git(project, "commit", "-qam", "a well-behaved runner")
+    store.write_text(conflict)
+    again = cli(project, "shard-all", "timed")
+    assert again.returncode == 0 and "verdict: PASSED - 3 passed" in again.stdout, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, again.stderr  # the committed file (still broken), and the store
+    assert sorted(w.split(": ")[2] for w in warnings) == [
+        ".git/lokt-tasks/timed/.durations.json",
+        "durations.json",
+    ]
+
 
 # --- real pytest suites -------------------------------------------------------------
 
