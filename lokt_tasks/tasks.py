@@ -256,7 +256,7 @@ def _interrupted(stop: StopRequest, message: str) -> Exit:
     json="Print the plan as JSON.",
     current="Plan from the current timings, not from the copy this run pinned when it started.",
 )
-def plan(c, task, json=False, current=False, run=None, shards=None, config=None, results=None):
+def plan(c, task, json=False, shards=None, config=None, current=False, run=None, results=None):
     """Show what each shard would run, and how balanced the shards are."""
     mode = CURRENT if current else PEEK
     setup = _setup(task, config=config, shards=shards, run=run, results=results, timings=mode)

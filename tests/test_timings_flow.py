@@ -156,6 +156,13 @@ def test_runs_record_times_outside_the_checkout_and_durations_folds_them_in(tmp_
     assert "2 reports already folded in before; unchanged" in again.stdout
     assert committed_times(project) == one_sample_each(FIRST_TIMES)
 
+    no_reports = cli(project, "durations", "checks")  # its command writes no JUnit report
+    assert no_reports.returncode == errors.USAGE
+    assert no_reports.stderr.strip().splitlines()[-1] == (
+        "lokt-tasks: error: task 'checks' writes no JUnit report, so there are no times to fold:"
+        " give its run a report path, as in --junitxml={junit}"
+    )
+
 
 def test_plan_shows_the_split_the_run_uses_while_the_timings_change(tmp_path):
     times = {item(name): {"test_it": [seconds]} for name, seconds in FIRST_TIMES.items()}
@@ -186,6 +193,17 @@ def test_plan_shows_the_split_the_run_uses_while_the_timings_change(tmp_path):
     assert [s["items"] for s in fresh["shards"]] != [s["items"] for s in during["shards"]]
     assert local_times(project)[item("f")] == {"test_it": [1.0, 7.0]}
     assert Counter(ran(project)) == Counter({item(name): 1 for name in FIRST_TIMES})
+
+    # A pinned copy broken by hand: every command of the run plans alike without it.
+    pin = project / ".git" / "lokt-tasks" / "timed" / key / "durations.json"
+    pin.write_text("{")
+    broken = cli(project, "verify", "timed")
+    assert broken.returncode == errors.INCOMPLETE, broken.stdout + broken.stderr
+    assert broken.stderr.count("warning") == 1 and "Traceback" not in broken.stderr
+    assert f"lokt-tasks: warning: {pin.relative_to(project)}: corrupt durations file" in (
+        broken.stderr
+    )
+    assert broken.stderr.strip().endswith("the run plans without timings")
 
 
 def test_the_median_of_recent_samples_keeps_one_odd_run_from_moving_the_split(tmp_path):
