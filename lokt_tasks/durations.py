@@ -369,7 +369,7 @@ def fold_reports(
     reports: Sequence[ShardReport],
     *,
     root: Path,
-    items: Collection[str],
+    items: Optional[Collection[str]],
     seed: Optional[TaskTimings] = None,
     ledger: Optional[Path] = None,
 ) -> FoldSummary:
@@ -377,7 +377,8 @@ def fold_reports(
     ``path``, under its lock; the file is rewritten only when its text changes.
 
     ``root`` is where the commands ran (the directory of shards.toml);
-    ``items`` every item of the task's plan (entries for others are dropped);
+    ``items`` every item of the task's plan (entries for others are dropped),
+    or None to keep every entry;
     ``seed`` the times an item starts from when the file has none for it yet
     (the committed file, for a store of local times); ``ledger`` a file
     listing the attempts already folded into ``path``, which are skipped and
@@ -398,7 +399,7 @@ def fold_reports(
         if mismatch is not None:
             summary.mismatches.append(mismatch)
         read.append((report, samples))
-    keep = set(items)
+    keep = None if items is None else set(items)
     with _locked(path):
         done = _read_ledger(ledger, path) if ledger is not None else set()
         try:
@@ -409,7 +410,9 @@ def fold_reports(
             summary.rewritten = f"{error}; rewritten from new times, its earlier ones are lost"
             before, durations = b"", DurationsFile()
         tasks = {name: dict(section) for name, section in durations.tasks.items()}
-        section: Section = {item: s for item, s in durations.legacy.items() if item in keep}
+        section: Section = {
+            item: times for item, times in durations.legacy.items() if keep is None or item in keep
+        }
         section.update(tasks.get(task, {}))
         for report, samples in read:
             if report.attempt and report.attempt in done:
@@ -421,8 +424,10 @@ def fold_reports(
                 section[item] = _added(start, tests, report.complete)
                 summary.items.add(item)
                 summary.tests += len(tests)
-        summary.dropped = sum(1 for item in section if item not in keep)
-        tasks[task] = {item: times for item, times in section.items() if item in keep}
+        if keep is not None:
+            summary.dropped = sum(1 for item in section if item not in keep)
+            section = {item: times for item, times in section.items() if item in keep}
+        tasks[task] = section
         text = dump_durations(tasks).encode("utf-8", "surrogateescape")
         if text != before:
             try:

@@ -8,7 +8,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, FrozenSet, Optional, Tuple
+from typing import Collection, Optional, Tuple
 
 from .attempt import Attempt
 from .config import ENGINES
@@ -43,12 +43,14 @@ def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = Non
 class TimingsStore:
     """Where the shards of a run record their times: the task's store of
     times recorded here (``RecordStore.local_durations_path``), never the
-    committed durations file, which only ``durations`` folds reports into."""
+    committed durations file, which only ``durations`` folds reports into.
+
+    The store keeps items this plan does not have: every worktree of the
+    repository shares it, and another branch may have other files (plans
+    look up only their own items, so those cost nothing)."""
 
     path: Path
     task: str
-    #: Every item of the plan: the store's entries for other items are dropped.
-    items: FrozenSet[str]
     #: The committed file's times, where an item's first entry here starts from.
     seed: TaskTimings
 
@@ -164,7 +166,7 @@ def _record_times(
             target.task,
             [read],
             root=settings.cwd,
-            items=target.items,
+            items=None,
             seed=target.seed,
         )
     except (DurationsError, OSError) as error:

@@ -205,8 +205,7 @@ def _setup(
         _warn(warning)
     recorder = None
     if task_config.durations is not None:
-        items = frozenset(item for shard in plan.shards for item in shard.items)
-        recorder = TimingsStore(store.local_durations_path(task_name), task_name, items, committed)
+        recorder = TimingsStore(store.local_durations_path(task_name), task_name, committed)
     return Setup(task_config, plan, store, run_key, lock_root, recorder, frozenset(warned))
 
 

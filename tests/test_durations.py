@@ -271,8 +271,10 @@ def test_items_no_longer_in_the_plan_are_dropped(tree):
     path = tree / "d.json"
     fold(path, tree, report(tree, PYTEST_REPORT), ["tests/test_x.py", "tests/test_z.py"])
     only_z = report(tree, [case("tests.test_z", "test_s", 0.1)], "z.xml")
+    kept = fold(path, tree, only_z, ["tests/test_z.py"], every=None)  # a store of local times
+    assert sorted(section(path)) == ["tests/test_x.py", "tests/test_z.py"] and kept.dropped == 0
     summary = fold(path, tree, only_z, ["tests/test_z.py"])
-    assert section(path) == {"tests/test_z.py": {"test_s": [0.0, 0.1]}}
+    assert section(path) == {"tests/test_z.py": {"test_s": [0.0, 0.1, 0.1]}}
     assert summary.dropped == 1
 
 
