@@ -164,7 +164,7 @@ def _load(path: Path) -> Tuple[Optional[bytes], DurationsFile]:
     """The file's bytes (None when missing) and what they say."""
     try:
         data = read_file(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NOTE: the latter: a file on the way
         return None, DurationsFile()
     except OSError as error:
         raise DurationsError(
