@@ -42,10 +42,11 @@ shards.toml whatever the runner's root) and placed in the shard's items
 partial report (a shard interrupted, ``pytest -x``, ``--maxfail``) never
 lowers a complete time. Two rules keep the file to what exists: the tests of
 an item that a *passed* shard's report does not list are dropped (deleted or
-renamed; a passed shard ran every test of its items), and so are the items
-no longer in the task's plan (deleted or renamed files). They are dropped
-rather than aged out because the plan knows every current item exactly; an
-item that comes back is timed again at its next run.
+renamed; a passed shard ran every test of its items), and, given the
+plan's items, so are the items no longer in it (deleted or renamed files:
+the committed file; a store that worktrees of several branches share keeps
+them). They are dropped rather than aged out because the plan knows every
+current item exactly; an item that comes back is timed again at its next run.
 """
 
 from __future__ import annotations
@@ -383,8 +384,9 @@ def fold_reports(
     (the committed file, for a store of local times); ``ledger`` a file
     listing the attempts already folded into ``path``, which are skipped and
     to which those folded now are added. A corrupt file is rewritten from the
-    reports (with a warning in ``problems``); one of a newer format raises
-    DurationsError, and a file that cannot be written OSError.
+    reports (with the warning in ``rewritten``); one of a newer format raises
+    DurationsError, and a file that cannot be written OSError. A report that
+    cannot be read is a warning in ``problems``.
     """
     path = Path(path)
     summary = FoldSummary(path)
@@ -400,6 +402,7 @@ def fold_reports(
             summary.mismatches.append(mismatch)
         read.append((report, samples))
     keep = None if items is None else set(items)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         done = _read_ledger(ledger, path) if ledger is not None else set()
         try:
