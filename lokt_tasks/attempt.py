@@ -6,8 +6,9 @@ and a command's own 2); an attempt abandoned (its agent died, its lock was
 lost) stops its command and writes no final record: ``verify`` calls it
 crashed. The lokt engine has ``lokt guard`` run :func:`main`::
 
-    RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]
-           [--lock PATH] [--grace SECONDS] -- CMD...
+    RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]
+           [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD]
+           -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
 Started once per shard, it imports only what Python loads at start-up
@@ -25,6 +26,17 @@ from . import system
 
 #: Seconds a command gets after a stop (or its agent's death) before SIGKILL.
 STOP_GRACE = 10.0
+#: Seconds a command past its timeout gets between SIGTERM and SIGKILL, both to its
+#: whole process group. NOTE: far shorter than STOP_GRACE, because a command that
+#: runs past its limit is most likely hung, not finishing: it gets a moment to end
+#: cleanly on SIGTERM (a test runner flushing its output), and the shard is still
+#: gone, recorded and its lock released within 2 s of the limit, as promised.
+TIMEOUT_GRACE = 1.0
+#: The line a timed-out command's output ends with (its log, else our stderr).
+TIMEOUT_NOTE = (
+    "exceeded timeout %s: sent SIGTERM to the command's process group,"
+    " and SIGKILL %gs later to what was left"
+)
 #: How often a running attempt looks at stop requests and its agent.
 POLL_INTERVAL = 0.025
 
@@ -41,14 +53,28 @@ STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "en
 OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
 
 USAGE_LINE = (
-    "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]"
-    " [--lock PATH] [--grace SECONDS] -- CMD..."
+    "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]"
+    " [--grace SECONDS] [--timeout SECONDS --timeout-text TEXT] [--stderr FD] -- CMD..."
+)
+#: The options of :func:`main` that take a value.
+OPTIONS = (
+    "--agent",
+    "--log",
+    "--skip",
+    "--lock",
+    "--grace",
+    "--timeout",
+    "--timeout-text",
+    "--stderr",
 )
 
 
 class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
-    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``."""
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``,
+    and ``timeout``: the seconds the command may run (None: no limit), which
+    ``timeout_text`` names in the record's message ("15m"), and where the
+    command's stderr goes without a log (``stderr``, a descriptor; None: ours)."""
 
     def __init__(
         self,
@@ -58,6 +84,9 @@ class Attempt:
         *,
         log: str | None = None,
         skip: tuple = (),
+        timeout: float | None = None,
+        timeout_text: str = "",
+        stderr: int | None = None,
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
@@ -66,6 +95,9 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
+        self.stderr = stderr
+        self.timeout = timeout
+        self.timeout_text = timeout_text or ("" if timeout is None else "%gs" % timeout)
         # NOTE: found by substring, not json (which the attempt process spares).
         mark = '"attempt": "'
         start = fields.find(mark) + len(mark)
@@ -102,32 +134,62 @@ class Attempt:
         """Start the command (``system.start``): its Child, or 127 or 126 when
         it could not start, the reason written where its output goes."""
         fd = self._log_fd
+        err = self.stderr if fd is None else None
         try:
-            return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
+            return system.start(
+                self.command, stdout=fd, stderr=err, env=env, cwd=cwd, new_session=new_session
+            )
         except OSError as error:
             code, reason = system.not_started(error)
-            line = "lokt-tasks: %s: %s\n" % (self.command[0], reason)
-            os.write(2 if fd is None else fd, line.encode("utf-8", "replace"))
+            self._tell("%s: %s" % (self.command[0], reason))
             return code
         finally:
             self._close_log()
 
+    def _tell(self, text: str) -> None:
+        """A line of ours where the command's output goes: its log, else the
+        command's stderr (``stderr``, else ours)."""
+        line = ("lokt-tasks: %s\n" % text).encode("utf-8", "replace")
+        if self._log_fd is not None or self.log is None:
+            if self._log_fd is not None:
+                os.write(self._log_fd, line)
+            else:
+                os.write(2 if self.stderr is None else self.stderr, line)
+            return
+        fd = system.open_file(self.log, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
     def wait(
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
-        """:func:`supervise` what :meth:`start` gave, then stop what it left
-        behind in its group: nothing of the shard outlives its lock."""
+        """:func:`supervise` what :meth:`start` gave, until the timeout if
+        any (counted from :meth:`begin`), then stop what it left behind in
+        its group: nothing of the shard outlives its lock."""
         if isinstance(child, int):
-            return child, None
-        ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
+            return child, None, False
+        deadline = None if self.timeout is None else self._began + self.timeout
+        ended = supervise(
+            child, stopped=stopped, abandoned=abandoned, grace=grace, deadline=deadline
+        )
         if ended is not None and system.group_alive(child.pid):
             system.stop_groups([child.pid], grace)
+        if ended is not None and ended[2]:
+            try:
+                self._tell(TIMEOUT_NOTE % (self.timeout_text, TIMEOUT_GRACE))
+            except OSError:
+                pass  # NOTE: the record, not this line, tells the outcome
         return ended
 
-    def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
+    def finish(
+        self, returncode: int | None, stopped_by: int | None, timed_out: bool = False
+    ) -> bool:
         """Write the final record from the return code (-N: signal N; None:
-        never started) and the stop signal that came; raises OSError. False,
-        writing nothing, if another agent took it over (our lock was lost)."""
+        never started), the stop signal that came and whether the command was
+        stopped at its timeout (a stop asked for comes first); raises OSError.
+        False, writing nothing, if another agent took it over (our lock was lost)."""
         self._close_log()
         if not self._record_is_ours():
             return False
@@ -136,6 +198,8 @@ class Attempt:
             code, signal = None, system.signal_name(-returncode)
         if stopped_by:
             outcome, message = "interrupted", "stopped by " + system.signal_name(stopped_by)
+        elif timed_out:
+            outcome, message = "timed-out", "exceeded timeout " + self.timeout_text
         else:
             outcome, message = ("passed" if returncode == 0 else "failed"), ""
         duration = round(time.monotonic() - self._began, 3)
@@ -157,9 +221,17 @@ class Attempt:
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
-    def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
+    def argv(
+        self,
+        agent_pid: int,
+        *,
+        lock: str | None = None,
+        grace: float = STOP_GRACE,
+        stderr: int | None = None,
+    ) -> list:
         """The command line that runs this attempt inside ``lokt guard``,
-        watching the agent ``agent_pid`` and the lock file ``lock``."""
+        watching the agent ``agent_pid`` and the lock file ``lock``; ``stderr``:
+        a descriptor the attempt inherits, for the command's stderr."""
         argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
@@ -169,6 +241,10 @@ class Attempt:
             argv += ["--log", self.log]
         if self.skip:
             argv += ["--skip", ",".join(self.skip)]
+        if self.timeout is not None:
+            argv += ["--timeout", repr(self.timeout), "--timeout-text", self.timeout_text]
+        if stderr is not None:
+            argv += ["--stderr", str(stderr)]
         return argv + ["--", *self.command]
 
     def own_record(self) -> dict | None:
@@ -228,20 +304,33 @@ def already_done(record_path: str, fields: str, skip: tuple) -> bool:
 
 
 def supervise(
-    child: system.Child, *, stopped, abandoned=None, grace: float = STOP_GRACE
+    child: system.Child,
+    *,
+    stopped,
+    abandoned=None,
+    grace: float = STOP_GRACE,
+    deadline: float | None = None,
 ) -> tuple | None:
-    """Wait for ``child``: ``(returncode, stop signal or None)``, or None once
-    ``abandoned()`` returns the seconds its group gets between SIGTERM and
-    SIGKILL (0 for a lost lock: another agent may run the shard already).
+    """Wait for ``child``: ``(returncode, stop signal or None, timed out)``, or
+    None once ``abandoned()`` returns the seconds its group gets between SIGTERM
+    and SIGKILL (0 for a lost lock: another agent may run the shard already).
     A ``stopped()`` signal goes once to the child, as ``lokt guard`` does;
-    SIGKILL to its group ``grace`` s later."""
+    SIGKILL to its group ``grace`` s later. Once ``time.monotonic()`` passes
+    ``deadline``, SIGTERM goes to the child's whole group, and SIGKILL to what
+    is left of it TIMEOUT_GRACE s later, whether the child itself ended or not."""
     forwarded = kill_at = None
+    timed_out = False
     while child.wait(POLL_INTERVAL) is None:
+        now = time.monotonic()
         signum = stopped()
         if forwarded is None and signum:
-            forwarded, kill_at = signum, time.monotonic() + grace
+            forwarded, kill_at = signum, now + grace
             child.send(signum)
-        if kill_at is not None and time.monotonic() >= kill_at:
+        if deadline is not None and now >= deadline and not timed_out:
+            timed_out, soon = True, now + TIMEOUT_GRACE
+            kill_at = soon if kill_at is None else min(kill_at, soon)
+            child.kill_group(system.SIGTERM)
+        if kill_at is not None and now >= kill_at:
             child.kill_group()
             kill_at = None
         given = abandoned() if abandoned is not None else None
@@ -249,9 +338,16 @@ def supervise(
             system.stop_groups([child.pid], given)
             child.wait()
             return None
+    if timed_out and kill_at is not None:
+        # NOTE: a wrapper (sh -c) ends at SIGTERM while a child of its group
+        # may ignore it: that child too is gone by the same SIGKILL time.
+        while (alive := system.group_alive(child.pid)) and time.monotonic() < kill_at:
+            time.sleep(POLL_INTERVAL)
+        if alive:
+            child.kill_group()
     # NOTE: a stop that came while the child ended counts: a Ctrl-C at the
     # terminal can reach both at once.
-    return child.returncode, forwarded or stopped()
+    return child.returncode, forwarded or stopped(), timed_out
 
 
 def names_holder(lock: str, pid: int) -> bool:
@@ -298,20 +394,32 @@ def main(argv: list) -> int:
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
-        if word in ("--agent", "--log", "--skip", "--lock", "--grace"):
+        if word in OPTIONS:
             options[word] = next(words, "")
         else:
             positional.append(word)
     command = argv[separator + 1 :]
     agent_pid = options.get("--agent", "")
     grace = options.get("--grace") or repr(STOP_GRACE)
-    usable = len(positional) == 2 and command and agent_pid.isdigit()
-    if not usable or not positional[1].startswith("{\n") or not _is_seconds(grace):
+    timeout = options.get("--timeout")
+    stderr = options.get("--stderr", "0")
+    usable = len(positional) == 2 and command and agent_pid.isdigit() and stderr.isdigit()
+    usable = usable and _is_seconds(grace) and (timeout is None or _is_seconds(timeout))
+    if not usable or not positional[1].startswith("{\n"):
         print(USAGE_LINE, file=sys.stderr)
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
-    attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
+    attempt = Attempt(
+        record,
+        fields,
+        command,
+        log=options.get("--log") or None,
+        skip=skip,
+        timeout=None if timeout is None else float(timeout),
+        timeout_text=options.get("--timeout-text", ""),
+        stderr=_inherited(stderr),
+    )
     watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
         return AGENT_GONE
@@ -345,6 +453,19 @@ def main(argv: list) -> int:
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _inherited(fd: str) -> int | None:
+    """The descriptor ``fd`` (from ``--stderr``) if it is open, kept from the
+    command itself (which gets it as its stderr); None for 0 or a closed one."""
+    number = int(fd)
+    try:
+        if number > 2:
+            os.set_inheritable(number, False)
+            return number
+    except OSError:
+        pass
+    return None
 
 
 def _is_seconds(text: str) -> bool:

@@ -11,7 +11,6 @@ guessed from this machine's CPUs, because every machine must compute the same pl
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError, UsageError
+from .text import close_match
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,6 +81,9 @@ class TaskConfig:
     engine: str = "auto"
     jobs: Optional[int] = None  #: Parallel shards for shard-all; None means the CPU count.
     durations: Optional[Path] = None  #: Absolute path of the file split = "timings" reads.
+    #: How long a shard's command may run, in seconds, and as written ("15m"); None: no limit.
+    timeout: Optional[float] = None
+    timeout_text: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,9 @@ def get_task(config: Config, name: str) -> TaskConfig:
     try:
         return config.tasks[name]
     except KeyError:
-        known = ", ".join(config.tasks)
-        raise UsageError(
-            f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}"
-        ) from None
+        close = close_match(name, config.tasks)
+        hint = f"did you mean '{close}'?" if close else "known tasks: " + ", ".join(config.tasks)
+        raise UsageError(f"unknown task '{name}' in {display_path(config.path)}; {hint}") from None
 
 
 def display_path(path: Path) -> str:
@@ -154,7 +156,7 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 
 class DurationError(UsageError, ValueError):
-    """A duration lokt would refuse: a UsageError (``--timeout 10`` exits 2) and a ValueError."""
+    """A duration lokt would refuse: a UsageError (``--wait-timeout 10``: exit 2), a ValueError."""
 
 
 #: Seconds per unit; Go reads "us" with either micro sign too.
@@ -380,6 +382,7 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
 
 
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
+    """A positive duration with a unit (``ttl``, ``timeout``): seconds, and the text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         example = f'"{value}s" or "10m"'
         raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
@@ -396,8 +399,8 @@ def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...])
     if not isinstance(value, str):
         raise ValueError(f"expected one of {allowed}, got {_describe(value)}")
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = close_match(value, choices)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise ValueError(f'expected one of {allowed}, got "{value}"{hint}')
     return value
 
@@ -424,6 +427,8 @@ KEYS: Dict[str, Key] = {
     "shard": Key(_read_shard_tables, (TASK,), default=(), misplaced=f"explicit shards {_IN_TASKS}"),
     "split": Key(partial(_read_choice, choices=SPLITS), (DEFAULTS, TASK), default="name"),
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
+    # NOTE: unset, a shard runs as long as it takes (the lock is renewed meanwhile).
+    "timeout": Key(_read_ttl, (DEFAULTS, TASK), default=(None, None)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
     # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
@@ -513,6 +518,7 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
     count = None if explicit else task["shards"]
     ttl, ttl_text = task["ttl"]
+    timeout, timeout_text = task["timeout"]
     return TaskConfig(
         name=name,
         run=task["run"],
@@ -528,6 +534,8 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         engine=task["engine"],
         jobs=task["jobs"],
         durations=path.parent / task["durations"],
+        timeout=timeout,
+        timeout_text=timeout_text,
     )
 
 
@@ -563,8 +571,8 @@ def _read_keys(
 def _refuse_unknown(path: Path, table: Dict[str, Any], known: Sequence[str], where: Where) -> None:
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            close = close_match(key, known)
+            hint = f"did you mean '{close}'?" if close else "known keys: " + ", ".join(known)
             raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
 
 

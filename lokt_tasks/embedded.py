@@ -410,7 +410,8 @@ class EmbeddedEngine(Engine):
                 " and no final record written"
             )
             return GuardResult(GuardState.RAN, message=message)
-        return ran(*ended)
+        returncode, stopped_by, _ = ended  # a timeout is told by the record
+        return ran(returncode, stopped_by)
 
     def _acquire(self, request: GuardRequest, me: Claimant) -> Union[LockData, GuardResult]:
         name, wait, timeout = request.lock_name, request.wait, request.timeout

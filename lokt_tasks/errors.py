@@ -16,6 +16,9 @@ HELD = 5  #: The shard's lock is held (or frozen) by another agent; nothing ran.
 #: The lock engine or storage failed: lokt missing or erroring, the lock root, the
 #: results directory or a log unusable (read-only, full, not a regular file, a symlink).
 ENGINE = 6
+#: The environment cannot run a task as shards.toml writes it: ``{python} -m MODULE``
+#: names a module the interpreter running lokt-tasks cannot import. Nothing ran.
+SETUP = 7
 #: Stopped by SIGINT / SIGTERM (128 + signal number, as shells do).
 INTERRUPTED_SIGINT = 130
 INTERRUPTED_SIGTERM = 143
@@ -54,6 +57,12 @@ class StorageError(LoktTasksError):
     """A file or directory we read or write is unusable. Names the path."""
 
     exit_code = ENGINE
+
+
+class SetupError(LoktTasksError):
+    """This environment cannot run the task (``{python}`` lacks its runner)."""
+
+    exit_code = SETUP
 
 
 def storage_error(error: OSError) -> LoktTasksError:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -54,7 +56,7 @@ from .config import (
     parse_run_template,
 )
 from .durations import TaskTimings, read_task_timings
-from .errors import UsageError
+from .errors import SetupError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
@@ -104,6 +106,8 @@ class PlanStats:
     #: ``largest / ideal``; 1.0 is a perfect split.
     balance: float
     heaviest_item: Optional[str] = None
+    #: The heaviest single item's estimated work, in ``unit``.
+    heaviest: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,57 @@ def expand_argv(
                 text += values.get(part.name, JUNIT_PLACEHOLDER)
         argv.append(text)
     return tuple(argv)
+
+
+def python_module(command: str) -> Optional[str]:
+    """The module a ``{python} [OPTIONS] -m MODULE ...`` command runs, or None
+    when it does not start with ``{python}`` or runs a script or ``-c``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or words[0] != "{python}":
+        return None
+    rest = iter(words[1:])
+    for word in rest:
+        if word == "-m":
+            return next(rest, None)
+        if word.startswith("-m"):
+            return word[2:]
+        if word in ("-X", "-W"):  # options whose value is the next word
+            next(rest, None)
+        elif word == "-c" or not word.startswith("-"):
+            return None
+    return None
+
+
+def check_python_modules(config: Config, task: TaskConfig, *, run: bool) -> None:
+    """Raise SetupError when a command of ``task`` (``collect``, and ``run`` if
+    asked) is ``{python} -m MODULE`` and that interpreter cannot import MODULE.
+
+    ``{python}`` is this interpreter, so a look-up here answers for it (with the
+    directory of shards.toml, where ``-m`` also looks): lokt-tasks installed in
+    an environment of its own (as pipx does) lacks the project's test runner,
+    and every shard would fail as if its tests had.
+    """
+    commands = [("collect", task.collect)] + ([("run", task.run)] if run else [])
+    for key, command in commands:
+        module = python_module(command) if command else None
+        if not module or "{" in module:
+            continue
+        top = module.split(".")[0]
+        try:
+            found = importlib.util.find_spec(top) or importlib.machinery.PathFinder.find_spec(
+                top, [str(config.root)]
+            )
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            where = f"{display_path(config.path)}: {key_path('tasks', task.name, key)}"
+            raise SetupError(
+                f"{where}: {{python}} is {sys.executable}, which has no module '{top}';"
+                f" install {top} into that environment, or lokt-tasks into the one that has it"
+            )
 
 
 #: Room kept on the command line for what runs before the shard's command with the
@@ -543,6 +598,7 @@ def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> Pl
         largest=largest,
         balance=largest / ideal if ideal > 0 else 1.0,
         heaviest_item=heaviest_item,
+        heaviest=longest,
     )
 
 

@@ -112,6 +112,11 @@ def parse_time(text: str) -> datetime.datetime:
     return moment.astimezone(datetime.timezone.utc)
 
 
+def format_time(moment: datetime.datetime) -> str:
+    """An aware datetime as the records write time: RFC 3339 UTC with microseconds."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def new_start_record(
     shard: Shard,
     *,
@@ -513,6 +518,13 @@ def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
     inside = [_relative_to(Path(path), Path(top)) for path in ignore]
     digest = _tracked_changes_digest(Path(top), [":(exclude,top)" + p for p in inside if p])
     return head[:12] if digest is None else "%s-dirty-%s" % (head[:12], digest[:8])
+
+
+def head_commit(cwd: Path) -> Optional[str]:
+    """The full hex id of the commit checked out in ``cwd``, or None outside a
+    git work tree or before its first commit."""
+    head = _git_output(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    return head if head and re.match(r"^[0-9a-f]{40,64}$", head) else None
 
 
 def _start_git(cwd: Path, args: Sequence[str], stderr: Any) -> subprocess.Popen[bytes]:

@@ -68,6 +68,10 @@ class RunSettings:
     timings: Optional[TimingsStore] = None
     wait: bool = False
     timeout: Optional[float] = None
+    #: How long each shard's command may run, in seconds (None: no limit), and
+    #: as written in shards.toml, for the record's message.
+    shard_timeout: Optional[float] = None
+    shard_timeout_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,15 @@ def run_shard(
     command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
-    attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
+    attempt = Attempt(
+        record_path,
+        unstamped_json(start),
+        command,
+        log=start.log,
+        skip=tuple(skip),
+        timeout=settings.shard_timeout,
+        timeout_text=settings.shard_timeout_text,
+    )
 
     def guard_shard(wait: bool) -> GuardResult:
         return settings.engine.guard(

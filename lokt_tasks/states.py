@@ -46,6 +46,9 @@ class RecordOutcome(Word):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  #: Stopped by SIGINT/SIGTERM before it finished.
     ERROR = "error"  #: The lock engine failed before the command could run.
+    #: Ran past the task's ``timeout`` and was stopped (its process group); ``message``
+    #: names the limit. Added after the first records: older readers call it corrupt.
+    TIMED_OUT = "timed-out"
 
 
 class TestOutcome(Word):
@@ -70,6 +73,7 @@ class RunOutcome(Word):
     ERROR = "error"  #: The engine failed, or a record could not be written. Nothing ran.
     DONE = "done"  #: Another agent had already finished the shard under this plan. Nothing ran.
     LOST = "lost"  #: The attempt died before it wrote the final record (the start record stays).
+    TIMED_OUT = "timed-out"  #: The command ran past the task's timeout and was stopped.
 
 
 class Progress(Word):
@@ -84,6 +88,7 @@ class ShardState(Word):
 
     PASSED = "passed"  #: The record says passed, for this plan (same fingerprint).
     FAILED = "failed"  #: The command failed (exit code or signal), or the engine before it ran.
+    TIMED_OUT = "timed-out"  #: The command ran past the task's timeout and was stopped.
     RUNNING = "running"  #: A live agent holds the shard's lock, whatever the record says.
     CRASHED = "crashed"  #: A start record for this plan exists but nobody holds the lock any more.
     INTERRUPTED = "interrupted"  #: The run was stopped by SIGINT/SIGTERM before it finished.
@@ -104,21 +109,31 @@ class OverallVerdict(Word):
 PASSED_OUTCOMES = frozenset({RecordOutcome.PASSED})
 #: Record outcomes that are final under a plan: queue mode (``--id next``) skips such a
 #: shard, and leaves when every shard has one. A failure is an outcome, not a crash.
-FINISHED_OUTCOMES = frozenset({RecordOutcome.PASSED, RecordOutcome.FAILED})
+FINISHED_OUTCOMES = frozenset({RecordOutcome.PASSED, RecordOutcome.FAILED, RecordOutcome.TIMED_OUT})
 #: Run outcomes for which the command ran (and has a final record).
-RAN_OUTCOMES = frozenset({RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTERRUPTED})
+RAN_OUTCOMES = frozenset(
+    {RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTERRUPTED, RunOutcome.TIMED_OUT}
+)
+#: Run outcomes that fail a run: the command failed or ran past its timeout (exit 3).
+FAILED_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.TIMED_OUT})
 #: Run outcomes for which the lock was not ours, so nothing ran.
 LOCKED_OUT = frozenset({RunOutcome.HELD, RunOutcome.FROZEN})
-#: Run outcomes whose log tail shard-all shows after the board.
-SHOW_LOG_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.LOST, RunOutcome.ERROR})
+#: Run outcomes whose log tail shard-all shows as soon as the shard ends.
+SHOW_LOG_OUTCOMES = frozenset(
+    {RunOutcome.FAILED, RunOutcome.TIMED_OUT, RunOutcome.LOST, RunOutcome.ERROR}
+)
 #: Shard states that ``shard-all --failed`` runs again: all but a pass and a live run.
 RERUN_BY_FAILED = frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
 #: Shard states that ``verify --wait`` waits on: they may still change by themselves.
 WAITED_ON = frozenset({ShardState.RUNNING, ShardState.MISSING})
 #: Shard states whose log the verdict table points to.
-SHOW_LOG_STATES = frozenset({ShardState.FAILED, ShardState.CRASHED, ShardState.INTERRUPTED})
+SHOW_LOG_STATES = frozenset(
+    {ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CRASHED, ShardState.INTERRUPTED}
+)
+#: Shard states that fail the overall verdict (exit 3), even while other shards run.
+FAILED_STATES = frozenset({ShardState.FAILED, ShardState.TIMED_OUT})
 #: Shard states that make the overall verdict incomplete (neither a pass nor a failure).
-INCOMPLETE_STATES = frozenset(ShardState) - {ShardState.PASSED, ShardState.FAILED}
+INCOMPLETE_STATES = frozenset(ShardState) - {ShardState.PASSED} - FAILED_STATES
 
 W = TypeVar("W", bound=Word)
 
@@ -135,7 +150,7 @@ WARNING = "warning"
 #: broken a human must look at; yellow not finished or not run; cyan in progress; dim not started.
 _WORDS_BY_COLOR = (
     (Fore.GREEN, "passed done"),
-    (Fore.RED, "failed crashed corrupt error lost"),
+    (Fore.RED, "failed timed-out crashed corrupt error lost"),
     (Fore.YELLOW, f"held frozen interrupted missing outdated incomplete {WARNING}"),
     (Fore.CYAN, "running"),
     (Style.DIM, "waiting"),

@@ -8,6 +8,8 @@ passed       the record says passed, for this plan (same fingerprint)
 failed       the record says the command failed (exit code or signal), or
              that the lock engine failed before it could run ("error"
              outcome: a human has to look, so it counts as a failure)
+timed-out    the record says the command ran past the task's timeout and
+             was stopped; it fails the verdict as a failure does
 running      a live agent holds the shard's lock (pid alive, or on another
              host and not expired), whatever the record says: a rerun in
              progress is running
@@ -21,43 +23,61 @@ corrupt      the record file could not be read; the detail names the file
 ============ ==============================================================
 
 The overall verdict is "passed" when every shard passed (a plan with no
-shards is not a pass), "failed" when any shard failed (a failing test is the
-strongest signal, even while others still run), else "incomplete".
+shards is not a pass), "failed" when any shard failed or timed out (a failing
+test is the strongest signal, even while others still run), else "incomplete".
 
 ``verdict_to_json`` gives the document the README shows (version 1): every key
-always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
-"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
+always present, and ``"counts": {"passed": 2, "failed": 1, "timed-out": 0,
+"running": 0, "crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0,
+"corrupt": 0}``
 listing every state. While a shard runs, its ``exit_code``, ``signal`` and
 ``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
-are the lock holder's.
+are the lock holder's. Its ``timing`` says how long the run took and could
+have taken (see ``_timing``); ``report.py`` draws the document, and nothing
+else, as a page and a terminal timeline.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from . import errors
-from .results import AnyRecord, CorruptRecord, Record, RecordStore, parse_time
+from .results import AnyRecord, CorruptRecord, Record, RecordStore, format_time, parse_time
 from .states import (
     COLORS,
+    FAILED_STATES,
     INCOMPLETE_STATES,
     SHOW_LOG_STATES,
     OverallVerdict,
     RecordOutcome,
     ShardState,
+    TestOutcome,
 )
 from .system import open_file
 from .text import Cell, format_seconds, paint, shorten, table
 
 if TYPE_CHECKING:
     from .engine import Holder
-    from .plan import Plan, Shard
+    from .plan import Plan, PlanStats, Shard
 
 STATES: Tuple[ShardState, ...] = tuple(ShardState)  # in the order the README explains them
 #: Overall verdicts and the exit code each one leaves with.
@@ -69,6 +89,19 @@ VERDICT_EXIT_CODES: Dict[OverallVerdict, int] = {
 
 JSON_VERSION = 1
 JUNIT_LOG_LINES = 50  # lines of a failed shard's log put into its JUnit failure
+JSON_LOG_LINES = 20  # lines of a shard's log put into the JSON (``log_tail``)
+#: Shard states drawn on a timeline: their start (and end, if any) belong to this plan.
+TIMED_STATES = frozenset(
+    {
+        ShardState.PASSED,
+        ShardState.FAILED,
+        ShardState.INTERRUPTED,
+        ShardState.RUNNING,
+        ShardState.CRASHED,
+    }
+)
+#: The keys of one per-test entry that ``verdict_to_json`` takes (``tests=``), in order.
+TEST_KEYS = ("id", "shard", "outcome", "seconds", "message", "flaky")
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,8 @@ class Row:
     log: Optional[str]  # from the record
     holder: Optional[Holder] = None  # the live lock holder when "running"
     fingerprint: str = ""  # the plan's
+    estimate: Optional[float] = None  # the plan's estimated seconds, None without timings
+    items: Tuple[str, ...] = ()  # the plan's
 
 
 @dataclass(frozen=True)
@@ -96,6 +131,10 @@ class Verdict:
     #: What the plan leaves out or runs twice (``Plan.uncovered``, ``Plan.overlaps``).
     uncovered: Tuple[str, ...] = ()
     overlaps: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
+    #: The plan's balance figures (``Plan.stats``), for the estimates.
+    stats: Optional[PlanStats] = None
+    #: When the verdict was judged (RFC 3339 UTC); running shards are dated by it.
+    judged_at: str = ""
 
     @property
     def plan_problems(self) -> List[str]:
@@ -140,13 +179,23 @@ def judge(
     # NOTE: a plan that leaves an item out, or runs one twice, is not an
     # honest pass whatever its shards did: never skipped, never twice.
     complete = not plan.uncovered and not plan.overlaps
-    if any(row.state == ShardState.FAILED for row in rows):
+    if any(row.state in FAILED_STATES for row in rows):
         overall = OverallVerdict.FAILED
     elif rows and complete and all(row.state == ShardState.PASSED for row in rows):
         overall = OverallVerdict.PASSED
     else:
         overall = OverallVerdict.INCOMPLETE
-    return Verdict(plan.task, run_key, rows, overall, stray, plan.uncovered, plan.overlaps)
+    return Verdict(
+        plan.task,
+        run_key,
+        rows,
+        overall,
+        stray,
+        plan.uncovered,
+        plan.overlaps,
+        stats=plan.stats,
+        judged_at=format_time(now),
+    )
 
 
 def judge_live(
@@ -230,6 +279,8 @@ def _judge_shard(
         duration=None,
         log=record.log if record is not None else None,
         fingerprint=shard.fingerprint,
+        estimate=shard.estimate,
+        items=shard.items,
     )
     if holder is not None and holder_is_live(holder):
         elapsed = None
@@ -262,6 +313,10 @@ def _judge_shard(
         # so it counts as a failure, not as unfinished.
         how = "engine error: %s" % (record.message or "no message")
         return row(ShardState.FAILED, how, duration=duration)
+    if outcome == RecordOutcome.TIMED_OUT:
+        how = record.signal or ("" if record.exit_code is None else "exit %d" % record.exit_code)
+        detail = record.message or "exceeded its timeout"
+        return row(ShardState.TIMED_OUT, detail + (" (%s)" % how if how else ""), duration=duration)
     if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
         return row(ShardState.INTERRUPTED, _with_message(how, record.message), duration=duration)
@@ -286,23 +341,61 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
     return started + "; its lock (held on %s) expired" % holder.host
 
 
-def verdict_to_json(verdict: Verdict) -> Dict[str, object]:
-    """The verdict as a JSON-ready dict; the shape is documented above."""
+def verdict_to_json(
+    verdict: Verdict,
+    *,
+    commit: Optional[str] = None,
+    tests: Optional[Iterable[Mapping[str, Any]]] = None,
+) -> Dict[str, object]:
+    """The verdict as a JSON-ready dict; the shape is documented above and in the
+    README (verdict JSON).
+
+    ``commit`` is the commit checked out where the verdict was judged
+    (``results.head_commit``), or None. ``tests`` are per-test results, each a
+    mapping with the keys TEST_KEYS (``outcome`` a ``TestOutcome`` word,
+    ``seconds`` a number, ``flaky`` true for a test that failed and then
+    passed); when given they become the document's ``tests``, the shard of a
+    failing or flaky test gets its log tail, and the longest measured item
+    bounds the run from below (see ``_timing``).
+    """
+    entries = None if tests is None else [_test_to_json(test) for test in tests]
+    noted = {
+        entry["shard"]
+        for entry in entries or ()
+        if entry["flaky"] or entry["outcome"] in (TestOutcome.FAILED, TestOutcome.ERROR)
+    }
+    rows = [
+        _row_to_json(row, row.state in SHOW_LOG_STATES or row.shard in noted)
+        for row in verdict.rows
+    ]
+    timing = _timing(verdict, rows, entries)
     return {
         "version": JSON_VERSION,
         "task": verdict.task,
         "run_key": verdict.run_key,
+        "commit": commit,
+        "judged_at": verdict.judged_at or None,
         "verdict": verdict.state,
         "exit_code": verdict.exit_code,
         "counts": verdict.counts,
-        "shards": [_row_to_json(row) for row in verdict.rows],
+        "shards": rows,
+        "timing": timing,
+        "tests": entries,
         "stray_shards": list(verdict.stray_shards),
         "uncovered_items": list(verdict.uncovered),
         "overlapping_items": {item: list(shards) for item, shards in verdict.overlaps},
     }
 
 
-def _row_to_json(row: Row) -> Dict[str, object]:
+def _test_to_json(test: Mapping[str, Any]) -> Dict[str, Any]:
+    entry = {key: test[key] for key in TEST_KEYS}
+    entry["outcome"] = TestOutcome(entry["outcome"])
+    entry["seconds"] = round(float(entry["seconds"] or 0.0), 3)
+    entry["flaky"] = bool(entry["flaky"])
+    return entry
+
+
+def _row_to_json(row: Row, with_tail: bool) -> Dict[str, object]:
     record = row.record
     running = row.state == ShardState.RUNNING
     final = None if running else record  # where the fields of a finished shard come from
@@ -310,6 +403,7 @@ def _row_to_json(row: Row) -> Dict[str, object]:
     started_at = record.started_at if record else None
     if running and not _started_under(record, row.fingerprint):
         started_at = None  # a running shard's start is that of this plan's start record
+    log_tail = xml_safe(tail(row.log, JSON_LOG_LINES)) if with_tail and row.log else None
     return {
         "shard": row.shard,
         "lock": row.lock_name,
@@ -318,14 +412,106 @@ def _row_to_json(row: Row) -> Dict[str, object]:
         "exit_code": final.exit_code if final else None,
         "signal": final.signal if final else None,
         "duration": None if row.duration is None else round(row.duration, 3),
+        "estimate": None if row.estimate is None else round(row.estimate, 3),
+        "items": list(row.items),
         "agent": live.agent_id if live else (record.agent if record else None),
         "host": live.host if live else (record.host if record else None),
+        "engine": record.engine if record else None,
         "log": row.log,
+        "log_tail": log_tail or None,
         "started_at": started_at,
         "ended_at": final.ended_at if final else None,
+        "waited": None,  # filled in by _timing
         "fingerprint": row.fingerprint,
         "record_fingerprint": record.fingerprint if record else None,
     }
+
+
+def _span(
+    shard: Mapping[str, Any],
+) -> Optional[Tuple[datetime.datetime, Optional[datetime.datetime]]]:
+    """A timed shard's start and end (None: crashed, its end unknown); None when untimed."""
+    if shard["state"] not in TIMED_STATES or not shard["started_at"]:
+        return None
+    try:
+        start = parse_time(shard["started_at"])
+        if shard["ended_at"]:
+            return start, parse_time(shard["ended_at"])
+    except ValueError:
+        return None
+    if shard["state"] == ShardState.RUNNING and shard["duration"] is not None:
+        return start, start + datetime.timedelta(seconds=shard["duration"])
+    return start, None
+
+
+def _timing(
+    verdict: Verdict, shards: List[Dict[str, Any]], tests: Optional[Sequence[Mapping[str, Any]]]
+) -> Dict[str, Any]:
+    """The run's ``timing`` (see the README), and each timed shard's ``waited``.
+
+    ``wall`` runs from the first shard's start to the last one's end (to now
+    while one runs); ``work`` sums the shards' seconds; ``ideal`` is work per
+    planned shard; ``lower_bound`` is ``max(ideal, heaviest item)``, the
+    plan's own bound (``PlanStats.lower_bound``) in measured seconds: no split
+    into as many shards finishes sooner. The heaviest item is measured when
+    ``tests`` name items (a test whose id is the item or starts with
+    ``item::``), else the plan's estimate (a ``timings`` split), else unknown.
+    """
+    spans = {shard["shard"]: _span(shard) for shard in shards}
+    starts = [span[0] for span in spans.values() if span]
+    ends = [span[1] for span in spans.values() if span and span[1]]
+    first = min(starts) if starts else None
+    last = max(ends) if ends else None
+    for shard in shards:
+        span = spans[shard["shard"]]
+        if span and first is not None:
+            shard["waited"] = round((span[0] - first).total_seconds(), 3)
+    timed = [s["duration"] for s in shards if spans[s["shard"]] and s["duration"] is not None]
+    work = math.fsum(timed)
+    ideal = work / len(shards) if shards else 0.0
+    heaviest = _heaviest_item(verdict, tests)
+    wall = (last - first).total_seconds() if first and last and last >= first else None
+    return {
+        "started_at": format_time(first) if first else None,
+        "ended_at": format_time(last) if last else None,
+        "wall": None if wall is None else round(wall, 3),
+        "work": round(work, 3),
+        "ideal": round(ideal, 3),
+        "lower_bound": round(max(ideal, heaviest["seconds"] if heaviest else 0.0), 3),
+        "heaviest_item": heaviest,
+        "largest": round(max(timed), 3) if timed else None,
+        "balance": round(max(timed) / ideal, 3) if timed and ideal > 0 else None,
+    }
+
+
+def _heaviest_item(
+    verdict: Verdict, tests: Optional[Sequence[Mapping[str, Any]]]
+) -> Optional[Dict[str, Any]]:
+    """``{"item", "seconds", "measured"}`` of the heaviest single item, or None."""
+    items = {item for row in verdict.rows for item in row.items}
+    measured: Dict[str, float] = {}
+    for test in tests or ():
+        parts = str(test["id"]).split("::")
+        # NOTE: the item a test belongs to is its id, or the longest ``::`` prefix of it
+        # that is an item (a file, a class).
+        owner = next(
+            (
+                name
+                for name in ("::".join(parts[:n]) for n in range(len(parts), 0, -1))
+                if name in items
+            ),
+            None,
+        )
+        if owner is not None:
+            measured[owner] = measured.get(owner, 0.0) + float(test["seconds"] or 0.0)
+    if measured:
+        heaviest = min(measured, key=lambda name: (-measured[name], name))
+        return {"item": heaviest, "seconds": round(measured[heaviest], 3), "measured": True}
+    stats = verdict.stats
+    if stats is not None and stats.unit == "seconds" and stats.heaviest_item is not None:
+        seconds = round(stats.heaviest, 3)
+        return {"item": stats.heaviest_item, "seconds": seconds, "measured": False}
+    return None
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
@@ -340,12 +526,14 @@ def xml_safe(text: str) -> str:
 def verdict_to_junit(verdict: Verdict) -> str:
     """The verdict as JUnit XML: one testsuite, one testcase per shard.
 
-    Only passed shards are passes: a failed shard is a ``<failure>`` carrying
-    the tail of its log; every other state is an ``<error>``, because a
-    shard that did not finish under this plan did not pass.
+    Only passed shards are passes: a failed or timed-out shard is a
+    ``<failure>`` (of ``type`` its state; a timeout's message names the limit)
+    carrying the tail of its log; every other state is an ``<error>``, because
+    a shard that did not finish under this plan did not pass.
     """
     counts, tests = verdict.counts, len(verdict.rows)
-    failures, passes = counts[ShardState.FAILED], counts[ShardState.PASSED]
+    failures = sum(counts[state] for state in FAILED_STATES)
+    passes = counts[ShardState.PASSED]
     suite = ElementTree.Element("testsuite", name="lokt-tasks.%s" % verdict.task, tests=str(tests))
     suite.set("failures", str(failures))
     suite.set("errors", str(tests - failures - passes))
@@ -360,8 +548,10 @@ def verdict_to_junit(verdict: Verdict) -> str:
         case.set("time", "%.3f" % (row.duration or 0.0))
         if row.state == ShardState.PASSED:
             continue
-        failed = row.state == ShardState.FAILED
-        message = row.detail if failed else "%s: %s" % (row.state, row.detail)
+        failed = row.state in FAILED_STATES
+        message = (
+            row.detail if row.state == ShardState.FAILED else "%s: %s" % (row.state, row.detail)
+        )
         problem = ElementTree.SubElement(
             case, "failure" if failed else "error", message=xml_safe(message), type=row.state
         )
@@ -412,11 +602,11 @@ def summary_line(verdict: Verdict, *, color: bool = False) -> str:
     counts = verdict.counts
     parts = ["%d %s" % (counts[state], state) for state in STATES if counts[state]]
     text = "verdict: %s - %s" % (word, ", ".join(parts) if parts else "no shards")
-    failed = [row for row in verdict.rows if row.state == ShardState.FAILED]
+    failed = [row for row in verdict.rows if row.state in FAILED_STATES]
     problems = failed + [row for row in verdict.rows if row.state in INCOMPLETE_STATES]
     notes = [
         "shard %d: %s"
-        % (row.shard, shorten(row.detail, 60) if row.state == ShardState.FAILED else row.state)
+        % (row.shard, shorten(row.detail, 60) if row.state in FAILED_STATES else row.state)
         for row in problems[:3]
     ]
     if len(problems) > 3:

@@ -336,3 +336,51 @@ def test_the_command_of_an_agent_that_dies_is_stopped_and_the_start_record_stays
         attempt_process.kill()
         attempt_process.wait()
     assert read_back(path).outcome == "running"
+
+
+def test_a_command_past_its_timeout_is_stopped_with_its_group_and_recorded(tmp_path):
+    """The attempt process as the lokt engine starts it, with a limit: a command
+    that ignores SIGTERM, and its child, are killed by SIGKILL 1 s after it."""
+    path, pids = tmp_path / "shard-2.json", tmp_path / "pids"
+    command = python(
+        "import os, signal, subprocess, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pids)!r}, 'w').write('%d %d' % (os.getpid(), child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "shard-2.log"
+    argv = Attempt(
+        path,
+        unstamped_json(start_record()),
+        command,
+        log=str(log),
+        timeout=0.5,
+        timeout_text="500ms",
+    ).argv(os.getpid())
+    assert argv[argv.index("--timeout") :][:4] == ["--timeout", "0.5", "--timeout-text", "500ms"]
+
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+    assert all(system.process_gone(pid) for pid in map(int, pids.read_text().split()))
+    record = read_back(path)
+    assert (record.outcome, record.exit_code, record.signal, record.message) == (
+        "timed-out",
+        None,
+        "SIGKILL",
+        "exceeded timeout 500ms",
+    )
+    assert 0.5 + attempt.TIMEOUT_GRACE <= record.duration < 0.5 + 2
+    assert log.read_text().endswith("SIGKILL 1s later to what was left\n")
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "inf"])
+def test_a_bad_timeout_is_a_usage_error_and_nothing_runs(tmp_path, value):
+    marker = tmp_path / "ran"
+    argv = attempt_argv(tmp_path / "shard-2.json", start_record(), ["touch", str(marker)])
+    argv[-3:-3] = ["--timeout", value]
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+    assert result.returncode == attempt.USAGE
+    assert result.stderr.decode().startswith("usage: attempt ")
+    assert not marker.exists() and not (tmp_path / "shard-2.json").exists()

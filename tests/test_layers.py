@@ -26,7 +26,7 @@ LAYERS: List[Set[str]] = [
     {"embedded", "lokt_engine", "plan"},
     {"results"},
     {"run", "verdict"},
-    {"schedule"},
+    {"flags", "report", "schedule"},
     {"tasks"},
     {"cli"},
     {"__main__"},

@@ -16,7 +16,7 @@ import pytest
 
 from lokt_tasks import errors
 from lokt_tasks.engine import Holder
-from lokt_tasks.plan import Plan, Shard
+from lokt_tasks.plan import Plan, PlanStats, Shard
 from lokt_tasks.results import CorruptRecord, Record, RecordStore
 from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
@@ -302,13 +302,29 @@ SHARD_KEYS = {
     "exit_code",
     "signal",
     "duration",
+    "estimate",
+    "items",
     "agent",
     "host",
+    "engine",
     "log",
+    "log_tail",
     "started_at",
     "ended_at",
+    "waited",
     "fingerprint",
     "record_fingerprint",
+}
+TIMING_KEYS = {
+    "started_at",
+    "ended_at",
+    "wall",
+    "work",
+    "ideal",
+    "lower_bound",
+    "heaviest_item",
+    "largest",
+    "balance",
 }
 
 
@@ -336,14 +352,20 @@ def test_json_has_the_documented_shape(tmp_path):
         "version",
         "task",
         "run_key",
+        "commit",
+        "judged_at",
         "verdict",
         "exit_code",
         "counts",
         "shards",
+        "timing",
+        "tests",
         "stray_shards",
         "uncovered_items",
         "overlapping_items",
     }
+    assert set(data["timing"]) == TIMING_KEYS
+    assert (data["commit"], data["tests"]) == (None, None)
     assert (data["uncovered_items"], data["overlapping_items"]) == ([], {})
     assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
@@ -351,6 +373,7 @@ def test_json_has_the_documented_shape(tmp_path):
     assert data["counts"] == {
         "passed": 1,
         "failed": 1,
+        "timed-out": 0,
         "running": 1,
         "crashed": 1,
         "interrupted": 1,
@@ -380,6 +403,144 @@ def test_json_has_the_documented_shape(tmp_path):
         by_state["outdated"]["fingerprint"] == "fp-5"
         and by_state["outdated"]["record_fingerprint"] == "old"
     )
+
+
+def timed_verdict(tmp_path: Path, *, stats=None, now=None):
+    """Shards 1-3 ran (agent-1: 1 then 3, agent-2: 2, failing), shard 4 crashed."""
+    log = tmp_path / "shard-2.log"
+    log.write_text("".join("line %d\n" % n for n in range(1, 101)), encoding="utf-8")
+    passed_log = tmp_path / "shard-1.log"
+    passed_log.write_text("all good\n", encoding="utf-8")
+    base = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+    def at(seconds: float) -> str:
+        return (base + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def ran(shard, start, end, **changes):
+        fields = dict(started_at=at(start), ended_at=at(end), duration=end - start)
+        return make_record(shard, **{**fields, **changes})
+
+    records = {
+        1: ran(1, 0, 10, agent="agent-1", log=str(passed_log)),
+        2: ran(2, 1, 13, agent="agent-2", outcome="failed", exit_code=1, log=str(log)),
+        3: ran(3, 10, 16, agent="agent-1", engine="lokt", log=str(passed_log)),
+        4: make_record(
+            4, outcome="running", started_at=at(2), ended_at=None, duration=None, exit_code=None
+        ),
+    }
+    plan = make_plan(4)
+    shards = tuple(
+        Shard(**{**shard.__dict__, "estimate": 9.0 + shard.index, "items": ("a%d" % shard.index,)})
+        for shard in plan.shards
+    )
+    plan = Plan(task="test", cwd=Path("."), shards=shards, stats=stats)
+    return judge(plan, records, {}, run_key=RUN, now=now)
+
+
+def test_json_times_the_run_and_each_shard(tmp_path):
+    data = verdict_to_json(timed_verdict(tmp_path), commit="ab" * 20)
+
+    timing = data["timing"]
+    assert data["commit"] == "ab" * 20
+    assert (timing["started_at"], timing["ended_at"]) == (
+        "2024-05-01T12:00:00.000000Z",
+        "2024-05-01T12:00:16.000000Z",
+    )
+    # work: 10 + 12 + 6 (the crashed shard has no time); ideal over the 4 planned shards
+    assert (timing["wall"], timing["work"], timing["ideal"]) == (16.0, 28.0, 7.0)
+    assert (timing["lower_bound"], timing["heaviest_item"]) == (7.0, None)
+    assert (timing["largest"], timing["balance"]) == (12.0, round(12 / 7, 3))
+    shards = data["shards"]
+    assert [s["waited"] for s in shards] == [0.0, 1.0, 10.0, 2.0]
+    assert [s["estimate"] for s in shards] == [10.0, 11.0, 12.0, 13.0]
+    assert [s["items"] for s in shards] == [["a1"], ["a2"], ["a3"], ["a4"]]
+    assert [s["engine"] for s in shards] == ["embedded", "embedded", "lokt", "embedded"]
+    # the log tail of a failed shard only (its last JSON_LOG_LINES lines)
+    assert shards[0]["log_tail"] is None and shards[2]["log_tail"] is None
+    assert shards[1]["log_tail"] == "".join("line %d\n" % n for n in range(81, 101))
+
+
+def test_a_running_shard_extends_the_run_to_now(tmp_path):
+    now = datetime.datetime(2024, 5, 1, 12, 0, 30, tzinfo=datetime.timezone.utc)
+    records_now = timed_verdict(tmp_path, now=now)
+    holders = {"test-shard-4": make_holder(4)}
+    plan = Plan(
+        task="test", cwd=Path("."), shards=tuple(row_shard(row) for row in records_now.rows)
+    )
+    records = {row.shard: row.record for row in records_now.rows}
+    data = verdict_to_json(judge(plan, records, holders, run_key=RUN, now=now))
+
+    assert data["judged_at"] == "2024-05-01T12:00:30.000000Z"
+    assert data["shards"][3]["state"] == "running"
+    assert (data["timing"]["ended_at"], data["timing"]["wall"]) == (
+        "2024-05-01T12:00:30.000000Z",
+        30.0,
+    )
+    assert data["timing"]["work"] == 28.0 + 28.0  # shard 4 has run for 28 s so far
+
+
+def row_shard(row) -> Shard:
+    return Shard(
+        task="test",
+        index=row.shard,
+        total=4,
+        items=row.items,
+        argv=("pytest",),
+        lock_name=row.lock_name,
+        fingerprint=row.fingerprint,
+        estimate=row.estimate,
+    )
+
+
+def test_the_lower_bound_is_the_heaviest_item_when_it_outweighs_the_ideal(tmp_path):
+    stats = PlanStats(
+        unit="seconds",
+        items=4,
+        total=46.0,
+        ideal=11.5,
+        lower_bound=20.0,
+        largest=20.0,
+        balance=1.7,
+        heaviest_item="a3",
+        heaviest=20.0,
+    )
+    estimated = verdict_to_json(timed_verdict(tmp_path, stats=stats))["timing"]
+    assert estimated["heaviest_item"] == {"item": "a3", "seconds": 20.0, "measured": False}
+    assert estimated["lower_bound"] == 20.0
+
+    # Measured per-test times beat the estimate: a test belongs to the item that
+    # is its id or the longest "::" prefix of it.
+    tests = [
+        {"id": "a1::t", "shard": 1, "outcome": "passed", "seconds": 5, "message": "", "flaky": 0},
+        {"id": "a2::t::x", "shard": 2, "outcome": "failed", "seconds": 8.5, "message": "boom"},
+        {"id": "a2::u", "shard": 2, "outcome": "passed", "seconds": 0.5, "message": ""},
+        {"id": "a3", "shard": 3, "outcome": "passed", "seconds": 6, "message": "", "flaky": 1},
+        {"id": "elsewhere::t", "shard": 3, "outcome": "skipped", "seconds": 99, "message": ""},
+    ]
+    for test in tests:
+        test.setdefault("flaky", False)
+    data = verdict_to_json(timed_verdict(tmp_path, stats=stats), tests=tests)
+    timing = data["timing"]
+    assert timing["heaviest_item"] == {"item": "a2", "seconds": 9.0, "measured": True}
+    assert timing["lower_bound"] == 9.0  # over the ideal, 7.0
+    assert [t["flaky"] for t in data["tests"]] == [False, False, False, True, False]
+    assert data["tests"][0] == {
+        "id": "a1::t",
+        "shard": 1,
+        "outcome": "passed",
+        "seconds": 5.0,
+        "message": "",
+        "flaky": False,
+    }
+    # a shard holding a flaky test shows its log's tail too, a plain pass does not
+    tails = [shard["log_tail"] is not None for shard in data["shards"]]
+    assert tails == [False, True, True, False]
+
+
+def test_per_test_results_must_say_how_each_test_ended(tmp_path):
+    bad = [{"id": "a", "shard": 1, "outcome": "wobbly", "seconds": 1, "message": "", "flaky": 0}]
+    with pytest.raises(ValueError):
+        verdict_to_json(timed_verdict(tmp_path), tests=bad)
 
 
 # --- JUnit XML --------------------------------------------------------------
@@ -486,6 +647,62 @@ def test_summary_lists_problems_failed_first():
     assert summary_line(verdict) == (
         "verdict: FAILED - 1 failed, 1 crashed, 1 missing"
         " (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
+    )
+
+
+def test_a_timed_out_shard_fails_the_verdict_and_names_its_limit(tmp_path):
+    """As a failure: verdict failed (exit 3), its log shown, a JUnit <failure>
+    whose message names the limit; in JSON and the counts as "timed-out"."""
+    log = tmp_path / "shard-2.log"
+    log.write_text("test_hangs ...\nlokt-tasks: exceeded timeout 15m: stopped\n", encoding="utf-8")
+    timed_out = make_record(
+        2,
+        outcome="timed-out",
+        exit_code=None,
+        signal="SIGTERM",
+        message="exceeded timeout 15m",
+        log=str(log),
+        duration=900.4,
+    )
+    verdict = judge(make_plan(2), {1: make_record(1), 2: timed_out}, {}, run_key=RUN)
+
+    assert (verdict.state, verdict.exit_code) == ("failed", errors.FAILED)
+    row = verdict.rows[1]
+    assert (row.state, row.detail) == ("timed-out", "exceeded timeout 15m (SIGTERM)")
+    data = verdict_to_json(verdict)
+    assert data["counts"]["timed-out"] == 1 and data["shards"][1]["state"] == "timed-out"
+    assert (data["shards"][1]["signal"], data["shards"][1]["duration"]) == ("SIGTERM", 900.4)
+    lines = render_table(verdict, color=False).splitlines()
+    assert lines[3].split() == [
+        "2",
+        "timed-out",
+        "15m00s",
+        "exceeded",
+        "timeout",
+        "15m",
+        "(SIGTERM)",
+    ]
+    assert "log of shard 2: %s" % log in lines
+    assert lines[-1] == (
+        "verdict: FAILED - 1 passed, 1 timed-out (shard 2: exceeded timeout 15m (SIGTERM))"
+    )
+    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    assert (suite.get("failures"), suite.get("errors")) == ("1", "0")
+    failure = suite.find("testcase[@name='shard-2']/failure")
+    assert failure.get("type") == "timed-out"
+    assert failure.get("message") == "timed-out: exceeded timeout 15m (SIGTERM)"
+    assert "test_hangs ..." in failure.text
+
+
+def test_the_summary_lists_a_timeout_first_with_the_failures():
+    records = {
+        1: make_record(1, outcome="running", ended_at=None, duration=None, exit_code=None),
+        2: make_record(2, outcome="timed-out", exit_code=143, message="exceeded timeout 1s"),
+    }
+    verdict = judge(make_plan(2), records, {}, run_key=RUN)
+    assert summary_line(verdict) == (
+        "verdict: FAILED - 1 timed-out, 1 crashed"
+        " (shard 2: exceeded timeout 1s (exit 143); shard 1: crashed)"
     )
 
 

@@ -1,0 +1,240 @@
+"""A real run to draw: a small pytest suite, 3 shards, two agents, one failing
+test and one flaky one; its verdict document, with per-test results read
+from the shards' JUnit reports, and the page ``verify --html`` draws from it.
+
+Run as a script, it writes the page and a screenshot (this is how
+docs/report.png is made)::
+
+    python tests/report_demo.py --html report.html --png docs/report.png
+
+The suite is split by timings an earlier run left, the shards' estimates.
+How the run goes: agents ``agent-1`` and ``agent-2`` both run ``shard demo
+--id next`` at once, so they share the 3 shards between them. The flaky test
+fails the first time it runs and passes after, so its shard fails; the
+shard's JUnit report is kept, and ``agent-2`` runs the shard again, which
+passes. Per-test results come from each shard's last JUnit report
+(``junit.read_report``, ids by ``junit.TestIds``); a test is flaky when its
+shard's first report has it failing and the last one passing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lokt_tasks.config import load_config  # noqa: E402
+from lokt_tasks.durations import pin_durations  # noqa: E402
+from lokt_tasks.junit import TestIds, read_report  # noqa: E402
+from lokt_tasks.plan import build_plan  # noqa: E402
+from lokt_tasks.report import render_html  # noqa: E402
+from lokt_tasks.results import RecordStore, head_commit  # noqa: E402
+from lokt_tasks.states import TestOutcome  # noqa: E402
+from lokt_tasks.verdict import judge_live, verdict_to_json  # noqa: E402
+
+TASK, RUN = "demo", "demo-run"
+FAILING_TEST = "tests/test_billing.py::test_refund_rounds_to_cents"
+FLAKY_TEST = "tests/test_users.py::test_session_cache_is_warm"
+#: file -> its source. Sleeps give the shards different lengths.
+SUITE = {
+    "tests/test_auth.py": """
+import time
+
+def test_login():
+    time.sleep(0.6)
+
+def test_logout():
+    time.sleep(0.2)
+""",
+    "tests/test_billing.py": """
+import time
+
+def test_invoice_total():
+    time.sleep(0.3)
+
+def test_refund_rounds_to_cents():
+    time.sleep(0.1)
+    assert round(2.675, 2) == 2.68, "a refund of 2.675 should round to 2.68"
+""",
+    "tests/test_catalog.py": """
+import time
+
+def test_list_products():
+    time.sleep(0.9)
+
+def test_product_page():
+    time.sleep(0.4)
+""",
+    "tests/test_orders.py": """
+import time
+
+def test_place_order():
+    time.sleep(0.5)
+""",
+    "tests/test_search.py": """
+import time
+
+def test_query():
+    time.sleep(0.2)
+""",
+    "tests/test_users.py": """
+import os
+import time
+
+STATE = os.path.join(os.path.dirname(__file__), "..", "cache.warm")
+
+def test_profile():
+    time.sleep(0.3)
+
+def test_session_cache_is_warm():
+    # Flaky on purpose: the first run finds a cold cache.
+    if not os.path.exists(STATE):
+        open(STATE, "w").close()
+        raise AssertionError("session cache still warming up (cold start)")
+""",
+}
+SHARDS_TOML = """\
+[defaults]
+engine = "embedded"
+ttl = "1m"
+results = ".results"
+
+[tasks.demo]
+run = "{python} -m pytest -q -p no:cacheprovider --junitxml={junit} {items}"
+glob = ["tests/test_*.py"]
+shards = 3
+split = "timings"
+"""
+#: The timings an earlier run left (seconds per file): the shards' estimates.
+DURATIONS = """\
+{"tests/test_auth.py": 0.9, "tests/test_billing.py": 0.5, "tests/test_catalog.py": 1.4,
+ "tests/test_orders.py": 0.6, "tests/test_search.py": 0.3, "tests/test_users.py": 0.4}
+"""
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def make_project(root: Path) -> Path:
+    """The demo suite as a committed git repository at ``root``."""
+    for name, source in SUITE.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(source.lstrip(), encoding="utf-8")
+    (root / "shards.toml").write_text(SHARDS_TOML, encoding="utf-8")
+    (root / "shard-durations.json").write_text(DURATIONS, encoding="utf-8")
+    (root / ".gitignore").write_text(".results/\ncache.warm\n", encoding="utf-8")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "demo@example.com")
+    git(root, "config", "user.name", "demo")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "demo suite")
+    return root
+
+
+def lokt_tasks(*args: str) -> List[str]:
+    return [sys.executable, "-m", "lokt_tasks", *args, "--run", RUN]
+
+
+def run_demo(root: Path) -> Dict[str, Any]:
+    """Make the project at ``root``, run it as the module docstring says, and
+    return its verdict document with per-test results."""
+    make_project(root)
+    env = {**_clean_env(), "PYTHONPATH": str(REPO)}
+    agents = [
+        subprocess.Popen(
+            lokt_tasks("shard", TASK, "--id", "next", "--agent", name, "--log"),
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("agent-1", "agent-2")
+    ]
+    for agent in agents:
+        agent.communicate(timeout=120)
+    config = load_config(root / "shards.toml")
+    store = RecordStore(config.results or root / ".results")
+    # NOTE: as verify does: a timings split plans from the timings pinned at the run's start.
+    durations_file = config.tasks[TASK].durations
+    assert durations_file is not None
+    pinned = pin_durations(durations_file, store.run_dir(TASK, RUN) / "durations.json")
+    plan = build_plan(config, TASK, durations=pinned)
+    flaky_file = FLAKY_TEST.split("::")[0]
+    flaky_shard = next(s.index for s in plan.shards if flaky_file in s.items)
+    first_report = root / "first-attempt.junit.xml"
+    shutil.copyfile(store.junit_path(TASK, RUN, flaky_shard), first_report)
+    rerun = lokt_tasks("shard", TASK, "--id", str(flaky_shard), "--agent", "agent-2")
+    subprocess.run([*rerun, "--log"], cwd=root, env=env, capture_output=True, timeout=120)
+    verdict = judge_live(plan, store, lambda name: None, run_key=RUN)
+    tests = per_test_results(root, plan, store, {flaky_shard: first_report})
+    return verdict_to_json(verdict, commit=head_commit(root), tests=tests)
+
+
+def per_test_results(root: Path, plan, store: RecordStore, first_reports: Dict[int, Path]):
+    """One entry per testcase of each shard's JUnit report, in the shape
+    ``verdict_to_json(tests=...)`` takes; flaky: failing in the shard's
+    first report (``first_reports``) and passing in its last."""
+    ids = TestIds(root, known=[item for shard in plan.shards for item in shard.items])
+    failing = (TestOutcome.FAILED, TestOutcome.ERROR)
+    entries = []
+    for shard in plan.shards:
+        earlier = {}
+        if shard.index in first_reports:
+            for case in read_report(first_reports[shard.index]):
+                if case.outcome in failing:
+                    earlier[ids.of(case)] = case.message
+        for case in read_report(store.junit_path(TASK, RUN, shard.index)):
+            test_id = ids.of(case)
+            flaky = case.outcome == TestOutcome.PASSED and test_id in earlier
+            entries.append(
+                {
+                    "id": test_id,
+                    "shard": shard.index,
+                    "outcome": case.outcome,
+                    "seconds": case.seconds,
+                    "message": earlier[test_id] if flaky else case.message,
+                    "flaky": flaky,
+                }
+            )
+    return entries
+
+
+def _clean_env() -> Dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOKT_")}
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--html", type=Path, default=Path("report.html"), help="page to write")
+    parser.add_argument("--png", type=Path, help="also save a screenshot of the page here")
+    parser.add_argument("--height", type=int, default=1180, help="screenshot height (pixels)")
+    options = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lokt-tasks-demo-") as scratch:
+        document = run_demo(Path(scratch) / "shop")
+    options.html.write_text(render_html(document), encoding="utf-8")
+    print(f"wrote {options.html} (verdict {document['verdict']})")
+    if options.png:
+        from browser import find_chromium, screenshot
+
+        binary = find_chromium()
+        if binary is None:
+            print("no Chromium found: install Debian's chromium package", file=sys.stderr)
+            return 1
+        screenshot(binary, options.html, options.png, width=1100, height=options.height)
+        print(f"wrote {options.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main(sys.argv[1:]))
