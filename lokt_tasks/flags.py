@@ -148,6 +148,9 @@ FLAGS: Dict[str, Flag] = {
         value="FILE",
     ),
     "timeline": Flag("Add the run's timeline to the table: one lane per agent, a bar per shard."),
+    "current": Flag(
+        "Plan from the current timings, not from the copy this run pinned when it started."
+    ),
 }
 
 #: Positional arguments, by parameter name: what help shows, and what it says.

@@ -42,7 +42,7 @@ import sys
 from dataclasses import dataclass
 from itertools import dropwhile, takewhile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import JUNIT_PLACEHOLDER, fill_template
 from .config import (
@@ -56,8 +56,8 @@ from .config import (
     key_path,
     parse_run_template,
 )
-from .durations import load_durations
-from .errors import ConfigError, SetupError, UsageError
+from .durations import TaskTimings, read_task_timings
+from .errors import SetupError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
@@ -125,6 +125,12 @@ class Plan:
     uncovered: Tuple[str, ...] = ()
     #: Explicit items that more than one shard covers, with those shards.
     overlaps: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
+    #: The run whose pinned timings the plan was made from, or None.
+    pinned_by: Optional[str] = None
+
+
+#: Seconds per item, or a task's recorded times (estimates come from those).
+Durations = Union[Mapping[str, float], TaskTimings]
 
 
 def build_plan(
@@ -132,14 +138,15 @@ def build_plan(
     task_name: str,
     *,
     shards: Optional[int] = None,
-    durations: Optional[Mapping[str, float]] = None,
+    durations: Optional[Durations] = None,
 ) -> Plan:
     """The shards of ``task_name``.
 
     ``shards`` overrides the count of a dynamic task; for a task with
     explicit shards it must equal their number. ``durations`` maps items to
-    seconds; when None, the task's durations file is read (a missing file
-    means no timings).
+    seconds, or is the task's recorded times; when None, the task's
+    durations file is read (a missing file means no timings; a corrupt one
+    is a warning, and no timings).
     """
     task = get_task(config, task_name)
     tokens = parse_run_template(task.run)
@@ -194,20 +201,18 @@ def build_plan(
         stats=_stats(built, costs, unit),
         uncovered=tuple(uncovered),
         overlaps=tuple(overlaps),
+        pinned_by=durations.pinned_by if isinstance(durations, TaskTimings) else None,
     )
 
 
-def _task_durations(task: TaskConfig, warnings: List[str]) -> Mapping[str, float]:
-    """The task's durations file; a corrupt one stops only a ``timings`` split, else warns."""
+def _task_durations(task: TaskConfig, warnings: List[str]) -> TaskTimings:
+    """The task's times in its durations file; a corrupt one is a warning."""
     if task.durations is None:
-        return {}
-    try:
-        return load_durations(task.durations)
-    except ConfigError as error:
-        if task.split == "timings" and not task.explicit and not task.per_item:
-            raise
-        warnings.append(f"{error}; estimates are left out")
-        return {}
+        return TaskTimings()
+    timings, warning = read_task_timings(task.durations, task.name)
+    if warning:
+        warnings.append(warning)
+    return timings
 
 
 def lock_name(task: str, index: int) -> str:
@@ -588,7 +593,7 @@ def _split(
 
 
 def _item_costs(
-    items: Sequence[str], root: Path, durations: Mapping[str, float], split: str
+    items: Sequence[str], root: Path, durations: Durations, split: str
 ) -> Tuple[Dict[str, float], str]:
     """Each item's estimated work, and its unit: seconds, else bytes, else items.
 
@@ -598,7 +603,10 @@ def _item_costs(
     sizes, and a ``stat`` per file would be most of the time a plan of 100,000 files takes.
     """
     unit = "seconds"
-    known = {item: float(durations[item]) for item in items if item in durations}
+    if isinstance(durations, TaskTimings):
+        known = durations.seconds(items)
+    else:
+        known = {item: float(durations[item]) for item in items if item in durations}
     if not known and split != "name":
         unit, prefix = "bytes", os.path.join(root, "")
         sizes = {item: _file_size(root, prefix, item) for item in items}
@@ -678,6 +686,7 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
             "balance": round(stats.balance, 3),
             "heaviest_item": stats.heaviest_item,
         },
+        "pinned_by_run": plan.pinned_by,
         "warnings": list(plan.warnings),
         "uncovered_items": list(plan.uncovered),
         "overlapping_items": {item: list(shards) for item, shards in plan.overlaps},
@@ -710,6 +719,11 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
         lines.append(
             f"total {total}; ideal {ideal} per shard; lower bound {bound}; "
             f"balance {stats.balance:.2f} (1.00 is even)"
+        )
+    if plan.pinned_by is not None:
+        lines.append(
+            f"timings: the copy pinned when run {plan.pinned_by} started, which its shards "
+            "use (plan --current: from the current timings)"
         )
     lines.append(f"commands (run in {plan.cwd}):")
     for shard in plan.shards:

@@ -16,6 +16,9 @@ a pass. Below the results directory, with task and run key as escaped by
 A rerun of failed tests (``shard-all --failed-tests``) is a run of its own,
 whose key is ``<run key>/rerun-<K>`` (:func:`rerun_key`); user run keys never
 hold a slash.
+    <task>/<run key>/durations.json        the run's pinned timings (durations.pin_timings)
+    <task>/<run key>/durations-folded.json the attempts folded into durations files
+    <task>/.durations.json                 times recorded by runs here (never committed)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 from subprocess import DEVNULL, PIPE
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .attempt import STAMPED_FIELDS, record_text, retry_report
+from .attempt import STAMPED_FIELDS, digest, record_text, retry_report
 from .errors import LoktTasksError, UsageError
 from .states import RecordOutcome
 from .system import read_file, utc_now, write_atomically
@@ -449,6 +452,48 @@ class RecordStore:
                 if theirs is not None and _all_items(theirs) == wanted:
                     return number, theirs
         raise LoktTasksError("cannot find a free rerun number in %s" % self.run_dir(task, run_key))
+
+    def pinned_durations_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations.json"
+
+    def fold_ledger_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations-folded.json"
+
+    def local_durations_path(self, task: str) -> Path:
+        """The task's times recorded by the runs that keep records here, in the
+        durations file's format. Its name starts with a dot, which no escaped
+        run key does (see :func:`safe_component`)."""
+        return self.task_dir(task) / ".durations.json"
+
+    def counted_reports(
+        self, task: str, run_key: str, shards: Sequence[Shard]
+    ) -> List[Tuple[Shard, Record, Path]]:
+        """The JUnit reports of a run that count for timings, with their shard and record.
+
+        A shard's report counts when the record beside it is final (not a
+        start record, not an engine error: the command ran), is of the
+        shard's plan (its fingerprint), and the report is the one its command
+        left in that attempt: its SHA-256 is the first the record names
+        (``Record.reports``), so a report another attempt left is never read
+        as this one's, wherever the results directory was copied.
+        """
+        counted = []
+        for shard in shards:
+            record = self.read(task, run_key, shard.index)
+            if not isinstance(record, Record) or record.fingerprint != shard.fingerprint:
+                continue
+            if record.outcome in (RecordOutcome.RUNNING, RecordOutcome.ERROR):
+                continue
+            if not record.reports or record.reports[0] is None:
+                continue
+            report = self.junit_path(task, run_key, shard.index)
+            try:
+                data = read_file(report)
+            except OSError:
+                continue
+            if digest(data) == record.reports[0]:
+                counted.append((shard, record, report))
+        return counted
 
     def write(self, record: Record) -> Path:
         """Write ``record`` in its place, atomically (see :func:`write_record`)."""

@@ -12,10 +12,10 @@ from typing import Collection, Optional
 
 from .attempt import Attempt, digest
 from .config import ENGINES
-from .durations import durations_from_junit, merge_durations
+from .durations import DurationsError, FoldSummary, ShardReport, TaskTimings, fold_reports
 from .embedded import EmbeddedEngine
 from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
-from .errors import EngineError, UsageError
+from .errors import EngineError, UsageError, storage_error
 from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard
 from .results import Record, RecordStore, new_start_record, unstamped_json
@@ -41,6 +41,22 @@ def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = Non
 
 
 @dataclass(frozen=True)
+class TimingsStore:
+    """Where the shards of a run record their times: the task's store of
+    times recorded here (``RecordStore.local_durations_path``), never the
+    committed durations file, which only ``durations`` folds reports into.
+
+    The store keeps items this plan does not have: every worktree of the
+    repository shares it, and another branch may have other files (plans
+    look up only their own items, so those cost nothing)."""
+
+    path: Path
+    task: str
+    #: The committed file's times, where an item's first entry here starts from.
+    seed: TaskTimings
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything about a run that is the same for each of its shards."""
 
@@ -50,7 +66,7 @@ class RunSettings:
     engine: Engine
     identity: Identity
     ttl: float
-    durations_file: Optional[Path] = None
+    timings: Optional[TimingsStore] = None
     wait: bool = False
     timeout: Optional[float] = None
     #: How long each shard's command may run, in seconds (None: no limit), and
@@ -68,6 +84,8 @@ class ShardOutcome:
     state: RunOutcome
     guard: GuardResult
     record: Optional[Record] = None
+    #: What recording the shard's times did (None: no report to read).
+    timings: Optional[FoldSummary] = None
 
     @property
     def ran(self) -> bool:
@@ -146,14 +164,35 @@ def run_shard(
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
     if record.outcome == RecordOutcome.RUNNING:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
-    durations_file = settings.durations_file if shard.wants_junit else None
-    if durations_file is not None and _is_reported(junit_path, record):
-        try:
-            timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
-        except ValueError:
-            timings = {}  # an unreadable report costs us timings, not the shard's outcome
-        merge_durations(durations_file, timings)
-    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
+    folded = None
+    if shard.wants_junit and _is_reported(junit_path, record):
+        folded = _record_times(shard, record, junit_path, settings)
+    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record, folded)
+
+
+def _record_times(
+    shard: Shard, record: Record, report: Path, settings: RunSettings
+) -> Optional[FoldSummary]:
+    """Fold the shard's report (its command's, never a retry's, which holds
+    only the failing tests) into the run's store of times. A report or a
+    store that cannot be used costs timings (a warning), never the shard."""
+    target = settings.timings
+    if target is None:
+        return None
+    complete = record.outcome == RecordOutcome.PASSED
+    read = ShardReport(shard.lock_name, report, shard.items, complete, record.attempt)
+    try:
+        return fold_reports(
+            target.path,
+            target.task,
+            [read],
+            root=settings.cwd,
+            items=None,
+            seed=target.seed,
+        )
+    except (DurationsError, OSError) as error:
+        problem = str(error) if isinstance(error, DurationsError) else str(storage_error(error))
+        return FoldSummary(target.path, problems=[f"{problem}; the shard's times are not recorded"])
 
 
 def _is_reported(report: Path, record: Record) -> bool:

@@ -1,4 +1,4 @@
-"""The invoke tasks: plan, shard, shard-all, verify.
+"""The invoke tasks: plan, shard, shard-all, verify, durations.
 
 Thin on purpose: each task reads its options, asks the layers below, prints
 and picks the exit code. A LoktTasksError (or an OSError on a path) becomes
@@ -16,18 +16,35 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from json import dumps
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
 
 from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import Config, TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import (
+    Config,
+    TaskConfig,
+    display_path,
+    find_config,
+    get_task,
+    load_config,
+    parse_duration,
+)
 from .console import Console, LiveBoard
-from .durations import pin_durations
+from .durations import (
+    DurationsError,
+    ShardReport,
+    TaskTimings,
+    fold_reports,
+    fold_warnings,
+    pin_timings,
+    read_durations,
+    read_task_timings,
+)
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, RerunError, UsageError
 from .flags import CONFIG_KEY, FLAGS, Command, configured_defaults, long_flag, unknown_option
@@ -51,7 +68,7 @@ from .results import (
     head_commit,
     rerun_key,
 )
-from .run import RunSettings, ShardOutcome, run_shard, select_engine
+from .run import RunSettings, ShardOutcome, TimingsStore, run_shard, select_engine
 from .schedule import is_finished, run_all, run_queue, stop_on_signals
 from .states import (
     FAILED_OUTCOMES,
@@ -62,6 +79,7 @@ from .states import (
     SHOW_LOG_OUTCOMES,
     WAITED_ON,
     WARNING,
+    RecordOutcome,
     RunOutcome,
     ShardState,
     ordered,
@@ -137,6 +155,16 @@ class Setup:
     lock_root: Path
     defaults: Dict[str, Any]
     config: Config
+    #: Where this run's shards record their times (None: the task has no durations file).
+    timings: Optional[TimingsStore] = None
+    #: Durations files the command already warned are unreadable.
+    warned: FrozenSet[Path] = frozenset()
+
+
+#: How a command takes a ``timings`` task's times: pin them for the run (or
+#: use the run's pinned copy), only use a pinned copy that exists (plan), or
+#: use the current times (plan --current).
+PIN, PEEK, CURRENT = "pin", "peek", "current"
 
 
 def _setup(
@@ -147,12 +175,13 @@ def _setup(
     shards: Optional[str],
     run: Optional[str],
     results: Optional[str],
-    pin: bool = True,
+    timings: str = PIN,
     runs: bool = False,
 ) -> Setup:
-    """Load the config and plan the task. With ``pin``, a ``timings`` task plans
-    from the timings pinned for this run (see durations.pin_durations); with
-    ``runs`` (the command runs shards), check first that ``{python}`` can."""
+    """Load the config and plan the task (see PIN, PEEK and CURRENT); with
+    ``runs`` (the command runs shards), check first that ``{python}`` can.
+    Prints the plan's warnings on stderr, except for ``plan``, which shows
+    them itself."""
     defaults = configured_defaults(c.config.get(CONFIG_KEY))
     loaded = load_config(Path(config) if config else find_config(Path.cwd()))
     task_config = get_task(loaded, task_name)
@@ -173,15 +202,56 @@ def _setup(
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
     check_python_modules(loaded, task_config, run=runs)
-    durations = None
-    if task_config.split == "timings" and pin and task_config.durations is not None:
-        pinned = store.run_dir(task_name, run_key) / "durations.json"
-        durations = pin_durations(task_config.durations, pinned)
+    warnings: List[str] = []
+    durations: Optional[TaskTimings] = None
+    committed = TaskTimings()
+    warned = set()
+    if task_config.durations is not None:
+        committed, warning = read_task_timings(task_config.durations, task_name)
+        local_path = store.local_durations_path(task_name)
+        local, local_warning = read_task_timings(local_path, task_name)
+        for path, said in ((task_config.durations, warning), (local_path, local_warning)):
+            if said:
+                warnings.append(said)
+                warned.add(path)
+        durations = local.over(committed)
+        pinned = store.pinned_durations_path(task_name, run_key)
+        if task_config.split == "timings" and timings != CURRENT:
+            current = durations
+            try:
+                if timings == PIN:
+                    durations = pin_timings(pinned, task_name, run_key, lambda: current)
+                elif pinned.exists():
+                    durations = read_durations(pinned).task(task_name, pinned_by=run_key)
+            except DurationsError as error:
+                # NOTE: every agent of the run reads the same bad copy, so all plan alike.
+                warnings.append(f"{error}; the run plans without timings")
+                durations = TaskTimings(pinned_by=run_key)
     plan = build_plan(loaded, task_name, shards=_count(shards, "--shards"), durations=durations)
-    if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
-        for warning in plan.warnings:
-            print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root, defaults, loaded)
+    plan = replace(plan, warnings=tuple(warnings) + plan.warnings)
+    if timings != PIN:
+        return Setup(task_config, plan, store, run_key, lock_root, defaults, loaded)
+    # NOTE: never in silence: a lowered shard count, items in no shard or in two
+    for warning in plan.warnings:
+        _warn(warning)
+    recorder = None
+    if task_config.durations is not None:
+        recorder = TimingsStore(store.local_durations_path(task_name), task_name, committed)
+    return Setup(
+        task_config,
+        plan,
+        store,
+        run_key,
+        lock_root,
+        defaults,
+        loaded,
+        recorder,
+        frozenset(warned),
+    )
+
+
+def _warn(warning: str) -> None:
+    print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -211,7 +281,7 @@ def _settings(
         ),
         identity=identity,
         ttl=setup.task.ttl,
-        durations_file=setup.task.durations,
+        timings=setup.timings,
         wait=wait,
         timeout=timeout,
         shard_timeout=setup.task.timeout,
@@ -255,9 +325,14 @@ def _interrupted(stop: StopRequest, message: str) -> Exit:
 
 
 @_command()
-def plan(c, task, json=False, shards=None, config=None):
-    """Show what each shard would run, and how balanced the shards are."""
-    setup = _setup(c, task, config=config, shards=shards, run="plan", results=None, pin=False)
+def plan(c, task, json=False, shards=None, config=None, current=False, run=None, results=None):
+    """Show what each shard would run, and how balanced the shards are.
+
+    Inside a run whose timings are pinned, the plan is made from the pinned
+    copy, as the run's shards are, and says so; --current plans from the
+    current timings."""
+    mode = CURRENT if current else PEEK
+    setup = _setup(c, task, config=config, shards=shards, run=run, results=results, timings=mode)
     if json:
         print(dumps(plan_to_json(setup.plan), indent=2))
         return
@@ -341,6 +416,7 @@ def shard(
     skip = () if force else ordered(PASSED_OUTCOMES)
     with stop_on_signals(stop):
         outcome = run_shard(chosen, settings, to_log=log, skip=skip, stop=stop)
+    _warn_about_timings(setup, [outcome])
     if outcome.state == RunOutcome.DONE:  # passed meanwhile, by another agent
         console.say(_already_passed(chosen, setup.run_key))
         return
@@ -410,6 +486,7 @@ def _shard_queue(
             patience=patience,
             on_wait=on_wait,
         )
+    _warn_about_timings(setup, outcomes)
     if stop.is_set():
         raise _interrupted(stop, "interrupted")
     # NOTE: a lost shard counts as run: its command may well have run, only
@@ -467,6 +544,12 @@ def _outcome_detail(outcome: ShardOutcome) -> str:
     if record is None or not (record.signal or record.exit_code):
         return ""
     return f" ({record.signal})" if record.signal else f" (exit {record.exit_code})"
+
+
+def _warn_about_timings(setup: Setup, outcomes: Iterable[ShardOutcome]) -> None:
+    """One warning per problem with recording the shards' times (see durations.fold_warnings)."""
+    for warning in fold_warnings((o.timings for o in outcomes), named=setup.warned):
+        _warn(warning)
 
 
 def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> None:
@@ -543,7 +626,10 @@ def shard_all(
 
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
-            run_all(todo, running, jobs=workers, stop=stop, on_change=on_change, skip=skip)
+            outcomes = run_all(
+                todo, running, jobs=workers, stop=stop, on_change=on_change, skip=skip
+            )
+        _warn_about_timings(setup, outcomes)
         if stop.is_set():
             raise _interrupted(
                 stop, "interrupted; running shards were stopped and their locks released"
@@ -613,7 +699,7 @@ def _failed_tests(
     todo = [shard for shard, row in zip(plan.shards, judged.rows) if row.state in RERUN_BY_FAILED]
     why = f"every shard of rerun {number} passed or is running"
     # NOTE: no timings from reruns: their items are tests, not the task's items.
-    return dataclasses.replace(settings, run_key=key, durations_file=None), todo, why
+    return dataclasses.replace(settings, run_key=key, timings=None), todo, why
 
 
 @_command()
@@ -678,4 +764,57 @@ def _write_output(path: str, text: str, flag: str) -> None:
         raise errors.StorageError(f"{flag} {path}: {error.strerror or error}") from None
 
 
-ns = Collection(plan, shard, shard_all, verify)
+@_command()
+def durations(c, task, run=None, shards=None, config=None, results=None):
+    """Fold the JUnit reports of this run's shards into TASK's durations file.
+
+    The durations file is the one to commit: runs record their times under
+    the results directory, never in the checkout. A report is folded into
+    the file once; items no longer in the task's plan are dropped from it."""
+    setup = _setup(c, task, config=config, shards=shards, run=run, results=results)
+    path = setup.task.durations
+    if path is None or not any(shard.wants_junit for shard in setup.plan.shards):
+        raise UsageError(
+            f"task '{task}' writes no JUnit report, so there are no times to fold:"
+            " give its run a report path, as in --junitxml={junit}"
+        )
+    counted = setup.store.counted_reports(task, setup.run_key, setup.plan.shards)
+    reports = [
+        ShardReport(
+            shard.lock_name,
+            report,
+            shard.items,
+            record.outcome == RecordOutcome.PASSED,
+            record.attempt,
+        )
+        for shard, record, report in counted
+    ]
+    summary = fold_reports(
+        path,
+        task,
+        reports,
+        root=setup.plan.cwd,
+        items={item for shard in setup.plan.shards for item in shard.items},
+        ledger=setup.store.fold_ledger_path(task, setup.run_key),
+    )
+    for warning in fold_warnings([summary], named=setup.warned):
+        _warn(warning)
+    counted_shards = {shard.index for shard, _, _ in counted}
+    without = [str(s.index) for s in setup.plan.shards if s.index not in counted_shards]
+    said = [f"{display_path(path)}: run {setup.run_key}"]
+    if summary.folded:
+        said.append(
+            f"{_plural(len(summary.folded), 'report')} folded in"
+            f" ({_plural(summary.tests, 'test time')}, {_plural(len(summary.items), 'item')})"
+        )
+    if summary.already:
+        said.append(f"{_plural(len(summary.already), 'report')} already folded in before")
+    if summary.dropped:
+        said.append(f"{_plural(summary.dropped, 'item')} no longer in task '{task}' dropped")
+    if without:
+        said.append(f"no report that counts for shard {', '.join(without)}")
+    said.append("rewritten" if summary.written else "unchanged")
+    Console().say("; ".join(said))
+
+
+ns = Collection(plan, shard, shard_all, verify, durations)

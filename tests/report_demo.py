@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lokt_tasks.config import load_config  # noqa: E402
-from lokt_tasks.durations import pin_durations  # noqa: E402
+from lokt_tasks.durations import pin_timings, read_durations  # noqa: E402
 from lokt_tasks.plan import build_plan  # noqa: E402
 from lokt_tasks.report import render_html  # noqa: E402
 from lokt_tasks.results import RecordStore, head_commit  # noqa: E402
@@ -164,7 +164,12 @@ def run_demo(root: Path) -> Dict[str, Any]:
     # NOTE: as verify does: a timings split plans from the timings pinned at the run's start.
     durations_file = config.tasks[TASK].durations
     assert durations_file is not None
-    pinned = pin_durations(durations_file, store.run_dir(TASK, RUN) / "durations.json")
+    pinned = pin_timings(
+        store.pinned_durations_path(TASK, RUN),
+        TASK,
+        RUN,
+        lambda: read_durations(durations_file).task(TASK),
+    )
     plan = build_plan(config, TASK, durations=pinned)
     verdict = judge_live(plan, store, lambda name: None, run_key=RUN)
     return verdict_to_json(verdict, commit=head_commit(root))

@@ -111,13 +111,13 @@ def test_{name}():
 PYTHON_PROJECT = {
     "shards.toml": """\
 [tasks.test]
-run = "{python} -m pytest -q {items}"
+run = "{python} -m pytest -q --junitxml={junit} {items}"
 glob = ["tests/test_*.py"]
 shards = 3
 
 [tasks.cases]
 run = "{python} -m pytest -q {items}"
-collect = "python -m pytest --collect-only -q"
+collect = "{python} -m pytest --collect-only --verbosity=-1 --rootdir=."
 shards = 4
 
 [tasks.each]
@@ -125,8 +125,12 @@ run = "{python} -m pytest -q {items}"
 glob = ["tests/test_*.py"]
 shards = "per-item"
 """,
-    "tasks.py": "from lokt_tasks.tasks import plan, shard, shard_all, verify  # noqa: F401\n",
-    ".gitignore": "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n",
+    "tasks.py": (
+        "from lokt_tasks.tasks import durations, plan, shard, shard_all, verify  # noqa: F401\n"
+    ),
+    ".gitignore": (
+        "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n*.json.lock\n"
+    ),
     "tests/test_api.py": HELD_TEST.format(name="api"),
     "tests/test_cli.py": PLAIN_TEST.format(name="cli"),
     "tests/test_db.py": PLAIN_TEST.format(name="db"),

@@ -63,5 +63,8 @@ def test_every_collected_test_runs_exactly_once_across_three_shards(tmp_path):
     )  # shards cut across files, not along them
 
     # The junit reports also gave every node id its own time for split = "timings".
-    timings = json.loads((project / "shard-durations.json").read_text())
+    folded = cli(project, "durations", "unit", "--results", str(results))
+    assert folded.returncode == 0, folded.stderr
+    timings = json.loads((project / "shard-durations.json").read_text())["tasks"]["unit"]
     assert sorted(timings) == sorted(collected)
+    assert all(isinstance(samples, list) and len(samples) == 1 for samples in timings.values())
