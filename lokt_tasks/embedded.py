@@ -407,7 +407,7 @@ class EmbeddedEngine(Engine):
         attempt = request.attempt
         child = attempt.start(env=request.env, cwd=request.cwd)
         if isinstance(child, int):
-            return child, None
+            return child, None, False
         try:
             self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
             # NOTE: a lost lock may be another agent's already: no grace.
