@@ -29,6 +29,7 @@ from . import __version__
 from .config import display_path, find_config, load_config
 from .errors import USAGE, LoktTasksError
 from .flags import ARGUMENTS, FLAGS, columns, flag_spec, long_flag, unknown_option
+from .system import reader_gone
 from .tasks import ns
 from .text import close_match
 
@@ -333,7 +334,10 @@ program = LoktTasksProgram(
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # NOTE: help piped into a reader that stops early
+        raise SystemExit(reader_gone()) from None
 
 
 if __name__ == "__main__":

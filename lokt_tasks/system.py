@@ -379,6 +379,14 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         pass  # some filesystems refuse fsync on a directory; the rename happened all the same
 
 
+def reader_gone() -> int:
+    """After a BrokenPipeError on stdout (its reader went away: ``... | head``):
+    point stdout at /dev/null, so that the flush at exit raises nothing, and
+    return the exit code a shell gives a command killed by SIGPIPE (141)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + _signal.SIGPIPE
+
+
 def utc_now() -> str:
     """Now as RFC 3339 UTC with microseconds: ``2024-05-01T12:00:00.123456Z``."""
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)

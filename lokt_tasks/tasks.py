@@ -78,13 +78,12 @@ from .states import (
     RERUN_BY_FAILED,
     SHOW_LOG_OUTCOMES,
     WAITED_ON,
-    WARNING,
     RecordOutcome,
     RunOutcome,
     ShardState,
     ordered,
 )
-from .system import untrusted_directory, write_atomically
+from .system import reader_gone, untrusted_directory, write_atomically
 from .text import word_list
 from .verdict import (
     Rerun,
@@ -133,8 +132,7 @@ def user_errors(body):
         except BrokenPipeError:
             # The reader went away (`verify --json | head`): stop quietly, as
             # other command-line tools do, without a traceback at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise Exit(code=128 + signal.SIGPIPE) from None
+            raise Exit(code=reader_gone()) from None
         except (LoktTasksError, OSError) as error:  # an OSError: a path we could not use
             failure = error if isinstance(error, LoktTasksError) else errors.storage_error(error)
             raise Exit(f"lokt-tasks: error: {failure}", code=failure.exit_code) from None
@@ -336,10 +334,8 @@ def plan(c, task, json=False, shards=None, config=None, current=False, run=None,
     if json:
         print(dumps(plan_to_json(setup.plan), indent=2))
         return
-    console = Console()
-    console.say(render_plan(setup.plan))
-    for warning in setup.plan.warnings:
-        console.say(console.paint(f"warning: {warning}", WARNING))
+    # NOTE: the plan's warnings are part of what it shows (render_plan), once.
+    Console().say(render_plan(setup.plan))
 
 
 @_command()
@@ -722,6 +718,7 @@ def verify(
     if json and timeline:
         raise UsageError("--timeline adds to the table; --json carries the same data (timing)")
     setup = _setup(c, task, config=config, shards=shards, run=run, results=results)
+    _results_exist(setup, results)
     settings = _settings(setup, engine=engine, agent=None)
     patience = _wait_timeout(setup, wait_timeout)
     deadline = time.monotonic() + (DEFAULT_WAIT_TIMEOUT if patience is None else patience)
@@ -748,6 +745,13 @@ def verify(
         raise Exit(code=verdict.exit_code)
 
 
+def _results_exist(setup: Setup, results: Optional[str]) -> None:
+    """For commands that read records: a --results directory that does not
+    exist is a typo (a CI artifact's path), not a run whose shards are missing."""
+    if results and not setup.store.root.is_dir():
+        raise UsageError(f"--results {results}: no such directory; nothing was recorded there")
+
+
 def _write_output(path: str, text: str, flag: str) -> None:
     """Write ``text`` whole (a temporary file renamed) to the file ``flag`` names,
     making its directory; a directory in its place is a usage error, a path that
@@ -772,6 +776,7 @@ def durations(c, task, run=None, shards=None, config=None, results=None):
     the results directory, never in the checkout. A report is folded into
     the file once; items no longer in the task's plan are dropped from it."""
     setup = _setup(c, task, config=config, shards=shards, run=run, results=results)
+    _results_exist(setup, results)
     path = setup.task.durations
     if path is None or not any(shard.wants_junit for shard in setup.plan.shards):
         raise UsageError(

@@ -20,6 +20,8 @@ missing      no record at all, and nobody running it
 outdated     a record exists but for another plan (its fingerprint differs:
              other items or another command)
 corrupt      the record file could not be read; the detail names the file
+             (or it says passed, but a report it names is missing,
+             changed or unreadable: its tests are not known)
 ============ ==============================================================
 
 The overall verdict is "passed" when every shard passed (a plan with no
@@ -121,11 +123,14 @@ TABLE_WIDTH = 80
 class ShardTests:
     """A shard's tests, from the reports its record names, in the order first
     reported; ``problem`` says why a report was not read ("" when all were);
-    ``reruns`` maps the tests last run by a rerun of failed tests to its number."""
+    ``unread`` whether a report the record names by digest is missing,
+    changed or unreadable (then its tests are not known); ``reruns`` maps the
+    tests last run by a rerun of failed tests to its number."""
 
     results: Tuple[TestResult, ...] = ()
     problem: str = ""
     reruns: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    unread: bool = False
 
     @property
     def failing(self) -> List[TestResult]:
@@ -248,7 +253,7 @@ def judge(
         for shard in plan.shards
     )
     rows = tuple(
-        dataclasses.replace(row, tests=tests.get(row.shard)) if _has_tests(row) else row
+        _unvouched(dataclasses.replace(row, tests=tests.get(row.shard))) if _has_tests(row) else row
         for row in rows
     )
     planned = {shard.index for shard in plan.shards}
@@ -264,6 +269,15 @@ def judge(
         stats=plan.stats,
         judged_at=format_time(now),
     )
+
+
+def _unvouched(row: Row) -> Row:
+    """A passed shard whose report cannot be read as its record names it is
+    corrupt, not passed: its tests, which may have failed, are not known."""
+    if row.state != ShardState.PASSED or row.tests is None or not row.tests.unread:
+        return row
+    detail = "passed, but its tests are not known: %s" % row.tests.problem
+    return dataclasses.replace(row, state=ShardState.CORRUPT, detail=detail)
 
 
 def _has_tests(row: Row) -> bool:
@@ -297,7 +311,7 @@ def shard_tests(
     if not record.reports:
         return None
     runs: List[List[TestCase]] = []
-    problems = []
+    problems, unread = [], False
     for run, expected in enumerate(record.reports):
         which = "its command" if run == 0 else "retry %d" % run
         path = store.junit_path(record.task, run_key or record.run_key, record.shard, run)
@@ -308,18 +322,22 @@ def shard_tests(
             data = read_file(path)
         except FileNotFoundError:
             problems.append("the report of %s is missing (%s)" % (which, path.name))
+            unread = True
             continue
         except OSError as error:
             problems.append("%s: %s" % (path.name, error.strerror or error))
+            unread = True
             continue
         if digest(data) != expected:
             problems.append("%s is not the report its record names (changed since)" % path.name)
+            unread = True
             continue
         try:
             runs.append(parse_report(data, path))
         except ReportError as error:
             problems.append("%s: %s" % (path.name, error.problem))
-    return ShardTests(tuple(fold(runs, ids).values()), "; ".join(problems))
+            unread = True
+    return ShardTests(tuple(fold(runs, ids).values()), "; ".join(problems), unread=unread)
 
 
 def with_reruns(verdict: Verdict, reruns: Sequence[Rerun], *, flaky: str = "pass") -> Verdict:

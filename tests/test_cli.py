@@ -508,3 +508,41 @@ def test_the_tasks_mounted_under_a_namespace(project):
     result = invoke(project, "lokt.shard", "checks", "--id", "1")
     assert result.returncode == 0, result.stderr
     assert ran(project) == ["check_1.py"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["help", "shard-all"]])
+def test_help_into_a_reader_that_went_away_exits_quietly(tmp_path, args):
+    """`lokt-tasks --help | true`: the pipe's reader is gone before the help is
+    written; the program ends as a shell command killed by SIGPIPE (141)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "lokt_tasks", *args],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", ["verify", "durations"])
+def test_a_results_directory_that_does_not_exist_is_named_not_reported_missing(tmp_path, command):
+    (tmp_path / "shards.toml").write_text(
+        '[tasks.t]\nrun = "true --junit={junit} {items}"\n[[tasks.t.shard]]\nitems = ["a"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lokt_tasks", command, "t", "--results", "artifacts"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == errors.USAGE, result.stdout + result.stderr
+    assert result.stderr == (
+        "lokt-tasks: error: --results artifacts: no such directory; nothing was recorded there\n"
+    )

@@ -235,3 +235,12 @@ def test_tests_go_back_as_node_ids_or_as_names(tree):
     assert runner_items(go_cases, ids, whole=False) == ["TestA", "TestB"]
     with pytest.raises(ValueError, match="'example.com/pkg::TestA/sub_1' names no file"):
         runner_items(go_cases, ids, whole=True)
+
+
+def test_a_nameless_passing_testcase_is_no_test_but_a_nameless_failure_stays(tmp_path):
+    report = tmp_path / "report.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest"><testcase time="0.000"/>'
+        '<testcase><error message="internal error"/></testcase></testsuite></testsuites>'
+    )
+    assert [(c.name, c.outcome) for c in read_report(report)] == [("", TestOutcome.ERROR)]

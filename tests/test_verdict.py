@@ -896,6 +896,30 @@ def test_a_shard_reads_only_the_reports_its_record_names(tmp_path):
     assert missing.problem == "the report of its command is missing (shard-1.junit.xml)"
     assert missing.results == ()
     assert live(make_plan(3), store).state == "failed"  # the records decide, not the reports
+    assert [row.state for row in live(make_plan(3), store).rows] == [
+        "corrupt",  # passed, but its report is gone: its tests are not known
+        "failed",
+        "corrupt",  # passed, but its report changed since
+    ]
+
+
+@pytest.mark.parametrize("report", [b"", b"<testsuites><testsuite><testcase name='t'><failure>"])
+def test_a_passed_shard_whose_report_cannot_be_read_is_not_a_pass(tmp_path, report):
+    """A command that exits 0 leaving an empty or cut-short report: its tests,
+    which may have failed, are not known, so the shard is corrupt (exit 4)."""
+    store = RecordStore(tmp_path)
+    path = store.junit_path("test", RUN, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(report)
+    record = make_record(1, run_key=RUN, reports=[digest(report)], retries=0)
+    store.write(record)
+    verdict = live(make_plan(1), store)
+    assert (verdict.rows[0].state, verdict.state, verdict.exit_code) == (
+        "corrupt",
+        "incomplete",
+        errors.INCOMPLETE,
+    )
+    assert verdict.rows[0].detail.startswith("passed, but its tests are not known: shard-1.junit")
 
 
 def test_a_shard_retried_has_its_tests_folded_and_its_flaky_tests_listed(tmp_path):
