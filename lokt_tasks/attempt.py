@@ -10,6 +10,10 @@ crashed. The lokt engine has ``lokt guard`` run :func:`main`::
            [--lock PATH] [--grace SECONDS] -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
+An attempt with leases (a slot, named resources: ``leases.py``) takes them
+once it holds the shard's lock and before its start record (meanwhile its
+record says "waiting"); the lokt engine then runs ``leases.main``, which
+holds them and runs :func:`main`.
 Started once per shard, it imports only what Python loads at start-up
 (``json`` only to read a record back), and writes records without a JSON
 encoder: the stamps in front of the rest (``results.unstamped_json``).
@@ -36,9 +40,19 @@ CANNOT_WRITE = 73  # EX_CANTCREAT: a record could not be written
 LOCK_LOST = 75  # EX_TEMPFAIL: the lock is not (or no longer) ours
 
 #: The fields stamped on when an attempt starts and ends, first in a record.
-STAMPED_FIELDS = ("outcome", "exit_code", "signal", "message", "started_at", "ended_at", "duration")
+STAMPED_FIELDS = (
+    "outcome",
+    "exit_code",
+    "signal",
+    "message",
+    "started_at",
+    "ended_at",
+    "duration",
+    "slot",
+    "waited",
+)
 #: Record fields that may hold null (the others may not).
-OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
+OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log", "slot", "waited")
 
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]"
@@ -48,7 +62,8 @@ USAGE_LINE = (
 
 class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
-    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``."""
+    unique ``attempt`` id), the command, the log (None: our stdout), ``skip``,
+    and its ``leases`` (a ``leases.Leases``, or None)."""
 
     def __init__(
         self,
@@ -58,6 +73,7 @@ class Attempt:
         *,
         log: str | None = None,
         skip: tuple = (),
+        leases=None,
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
@@ -66,6 +82,11 @@ class Attempt:
         self.command = [str(word) for word in command]
         self.log = log
         self.skip = tuple(skip)
+        self.leases = leases
+        #: Seconds spent taking the leases, once taken (None without leases), and
+        #: how many times one was held by another meanwhile.
+        self.waited: float | None = None
+        self.waits = 0
         # NOTE: found by substring, not json (which the attempt process spares).
         mark = '"attempt": "'
         start = fields.find(mark) + len(mark)
@@ -75,9 +96,48 @@ class Attempt:
 
     def begin(self) -> bool:
         """False if the shard is already done, else empty the log and write the
-        start record; raises OSError naming the file (nothing has run then)."""
+        start record (with leases: :meth:`take_leases` does); raises OSError
+        naming the file (nothing has run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
+        if self.leases is None:
+            self._started()
+        return True
+
+    def take_leases(self, *, stopped, abandoned=None, on_wait=None, holder=None) -> bool:
+        """Take the leases in lock order (``leases.Leases.take``), then empty
+        the log and write the start record; while one is held by another, the
+        record says "waiting" (and for what), and ``on_wait`` is told. False if
+        a stop or ``abandoned()`` came first (no lease held); True at once
+        without leases. Raises OSError naming the file."""
+        if self.leases is None:
+            return True
+        began = time.monotonic()
+
+        def waiting(what: str) -> None:
+            self.waits += 1
+            if not self.started_at:
+                self.started_at, self._began = system.utc_now(), began
+            self._write("waiting", None, None, "waiting for " + what, None, None, durable=False)
+            if on_wait is not None:
+                on_wait(what)
+
+        if not self.leases.take(holder, stopped=stopped, abandoned=abandoned, on_wait=waiting):
+            return False
+        self.waited = round(time.monotonic() - began, 3)
+        try:
+            self._started()
+        except OSError:
+            self.release_leases()
+            raise
+        return True
+
+    def release_leases(self) -> None:
+        """Give the leases back (idempotent): the shard's command has ended."""
+        if self.leases is not None:
+            self.leases.release()
+
+    def _started(self) -> None:
         if self.log:
             # NOTE: emptied only now: an agent refused the lock must not wipe
             # the log of the one that holds it.
@@ -89,7 +149,6 @@ class Attempt:
         except OSError:
             self._close_log()
             raise
-        return True
 
     def _close_log(self) -> None:
         if self._log_fd is not None:
@@ -101,9 +160,11 @@ class Attempt:
     ) -> system.Child | int:
         """Start the command (``system.start``): its Child, or 127 or 126 when
         it could not start, the reason written where its output goes."""
-        fd = self._log_fd
+        fd, command = self._log_fd, self.command
+        if self.leases is not None:
+            command, env = self.leases.fill(command, env)
         try:
-            return system.start(self.command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
+            return system.start(command, stdout=fd, env=env, cwd=cwd, new_session=new_session)
         except OSError as error:
             code, reason = system.not_started(error)
             line = "lokt-tasks: %s: %s\n" % (self.command[0], reason)
@@ -116,12 +177,18 @@ class Attempt:
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
         """:func:`supervise` what :meth:`start` gave, then stop what it left
-        behind in its group: nothing of the shard outlives its lock."""
+        behind in its group: nothing of the shard outlives its lock, or its
+        leases, which go back then. A lost lease abandons it as a lost lock does."""
         if isinstance(child, int):
+            self.release_leases()
             return child, None
+        if self.leases is not None:
+            watched, keep = abandoned, self.leases.keep
+            abandoned = lambda: 0.0 if not keep() else watched() if watched else None  # noqa: E731
         ended = supervise(child, stopped=stopped, abandoned=abandoned, grace=grace)
         if ended is not None and system.group_alive(child.pid):
             system.stop_groups([child.pid], grace)
+        self.release_leases()
         return ended
 
     def finish(self, returncode: int | None, stopped_by: int | None) -> bool:
@@ -129,6 +196,7 @@ class Attempt:
         never started) and the stop signal that came; raises OSError. False,
         writing nothing, if another agent took it over (our lock was lost)."""
         self._close_log()
+        self.release_leases()
         if not self._record_is_ours():
             return False
         code, signal = returncode, None
@@ -153,14 +221,17 @@ class Attempt:
     def _write(self, outcome, exit_code, signal, message, ended_at, duration, durable=True):
         # NOTE: the start record is not fsynced (costly): after a crash it is
         # missing or empty, which verify reports as missing or corrupt.
+        slot = self.leases.slot if self.leases is not None else None
         stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
+        stamps += (slot, self.waited)
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
     def argv(self, agent_pid: int, *, lock: str | None = None, grace: float = STOP_GRACE) -> list:
         """The command line that runs this attempt inside ``lokt guard``,
         watching the agent ``agent_pid`` and the lock file ``lock``."""
-        argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
+        head = system.bootstrap("attempt") if self.leases is None else self.leases.argv()
+        argv = head + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
         if grace != STOP_GRACE:
@@ -292,9 +363,10 @@ class Watch:
         return None
 
 
-def main(argv: list) -> int:
+def main(argv: list, leases=None) -> int:
     """Run one attempt as ``lokt guard``'s command, only as long as its agent
-    and its lock last (:class:`Watch`), or it would race the rerun of its shard."""
+    and its lock last (:class:`Watch`), or it would race the rerun of its shard;
+    with ``leases`` (from ``leases.main``), taken first and held here."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
@@ -311,7 +383,8 @@ def main(argv: list) -> int:
         return USAGE
     skip = tuple(options["--skip"].split(",")) if options.get("--skip") else ()
     record, fields = positional
-    attempt = Attempt(record, fields, command, log=options.get("--log") or None, skip=skip)
+    log = options.get("--log") or None
+    attempt = Attempt(record, fields, command, log=log, skip=skip, leases=leases)
     watch = Watch(int(agent_pid), options.get("--lock") or None, float(grace))
     if watch.agent_gone():
         return AGENT_GONE
@@ -323,12 +396,18 @@ def main(argv: list) -> int:
     try:
         if not attempt.begin():
             return ALREADY_DONE
+        stopped = lambda: received[0] if received else None  # noqa: E731
+        if not attempt.take_leases(stopped=stopped, abandoned=watch.abandoned):
+            if received:  # the "waiting" record becomes an interrupted one
+                attempt.finish(None, received[0])
+                return 128 + received[0]
+            return LOCK_LOST if watch.lock_lost() else AGENT_GONE
         # NOTE: the command leads a process group of its own, in lokt guard's
         # session, so that the whole of it can be stopped without us.
         child = attempt.start(new_session=False)
         ended = attempt.wait(
             child,
-            stopped=lambda: received[0] if received else None,
+            stopped=stopped,
             abandoned=watch.abandoned,
             grace=float(grace),
         )
@@ -341,6 +420,7 @@ def main(argv: list) -> int:
         print("lokt-tasks: cannot write %s: %s" % (where, reason), file=sys.stderr)
         return CANNOT_WRITE
     finally:
+        attempt.release_leases()
         # NOTE: once stopped, more signals must not cut our exit short.
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from . import lockfile
 from .attempt import POLL_INTERVAL, STOP_GRACE, Attempt
@@ -76,6 +76,9 @@ class GuardRequest:
     env: Dict[str, str]
     cwd: Optional[str]
     stop: StopRequest
+    #: Told what the attempt waits for ("a slot", "resource 'db'") when it starts
+    #: to wait for a lease, and "" once its command starts after such a wait.
+    on_wait: Optional[Callable[[str], None]] = None
 
 
 class StopRequest:
@@ -235,12 +238,15 @@ class Engine:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
+        on_wait: Optional[Callable[[str], None]] = None,
     ) -> GuardResult:
         """Run ``attempt`` holding lock_name: ``ttl`` in seconds (0: never
         expires), ``timeout`` with ``wait`` (None or <= 0: 10 minutes), in a
         session of its own with ``env`` (default ours) and our identity. A
         ``stop`` goes to the command, SIGKILL to its group ``self.grace``
-        seconds later. UsageError for a bad lock name or a missing ``cwd``."""
+        seconds later. The attempt's leases are taken inside the lock, told
+        to ``on_wait`` (see GuardRequest). UsageError for a bad lock name or
+        a missing ``cwd``."""
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")
@@ -250,7 +256,15 @@ class Engine:
         stop = stop or StopRequest()
         return self._guard(
             GuardRequest(
-                lock_name, attempt, ttl, wait, timeout, self.child_env(env), directory, stop
+                lock_name,
+                attempt,
+                ttl,
+                wait,
+                timeout,
+                self.child_env(env),
+                directory,
+                stop,
+                on_wait,
             )
         )
 

@@ -33,7 +33,7 @@ from .engine import (
 )
 from .errors import EngineError
 from .lockfile import LockFileError
-from .states import GuardState, RecordOutcome
+from .states import STARTED_OUTCOMES, GuardState, RecordOutcome
 
 
 class LoktEngine(Engine):
@@ -92,8 +92,11 @@ class LoktEngine(Engine):
             except OSError as error:
                 message = f"cannot run {self.binary}: {error.strerror or error}"
                 return GuardResult(GuardState.ERROR, message=message)
+            stopped = request.stop.asked
+            if request.on_wait is not None and attempt.leases is not None:
+                stopped = WaitWatch(attempt, request.on_wait, stopped)
             try:
-                ended = supervise(guard, stopped=request.stop.asked, grace=patience)
+                ended = supervise(guard, stopped=stopped, grace=patience)
             except BaseException:
                 guard.kill_group()
                 guard.wait()
@@ -117,7 +120,10 @@ class LoktEngine(Engine):
                 log = system.open_file(attempt.log, os.O_WRONLY | os.O_APPEND)
                 with open(log, "a", encoding="utf-8") as handle:
                     handle.write(lokt_message + "\n")
-            if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
+            if own.get("outcome") == RecordOutcome.WAITING and returncode == LOCK_LOST:
+                message = "the lock was lost while its attempt waited for a lease; nothing ran"
+                return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
+            if own.get("outcome") in STARTED_OUTCOMES:  # the attempt died before the end
                 result = ran(returncode, forwarded)
                 if returncode == LOCK_LOST:
                     lost = "the lock was lost while the command ran: it was stopped"
@@ -206,6 +212,33 @@ class LoktEngine(Engine):
             return
         if (lock.owner, lock.pid, lock.host) == (self.identity.owner, lokt_pid, self.identity.host):
             lockfile.remove_file(path)
+
+
+class WaitWatch:
+    """``stopped`` for supervising ``lokt guard``, which also reads the
+    attempt's record every POLL seconds and tells ``on_wait`` what the
+    attempt process waits for (a "waiting" record), and "" once that wait ends."""
+
+    POLL = 0.2
+
+    def __init__(self, attempt, on_wait, asked) -> None:
+        self.attempt, self.on_wait, self.asked = attempt, on_wait, asked
+        self.next_look, self.waiting, self.done = 0.0, "", False
+
+    def __call__(self) -> Optional[int]:
+        now = time.monotonic()
+        if not self.done and now >= self.next_look:
+            self.next_look = now + self.POLL
+            record = self.attempt.own_record()
+            if record is not None:
+                message = str(record.get("message") or "")
+                waiting = record.get("outcome") == RecordOutcome.WAITING
+                what = message[len("waiting for ") :] if waiting else ""
+                self.done = not waiting
+                if what != self.waiting:
+                    self.waiting = what
+                    self.on_wait(what)
+        return self.asked()
 
 
 def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -51,6 +51,7 @@ from .config import (
     display_path,
     get_task,
     key_path,
+    parse_placeholders,
     parse_run_template,
 )
 from .durations import load_durations
@@ -60,6 +61,8 @@ from .text import format_seconds, shorten, table
 
 #: Left in a shard's argv for the run layer: the path for the command's JUnit XML report.
 JUNIT_PLACEHOLDER = "{junit}"
+#: Left in a shard's argv and env for the attempt, which knows its slot only once it holds one.
+SLOT_PLACEHOLDER = "{slot}"
 PLAN_JSON_VERSION = 1
 #: How many items a warning lists before "and N more".
 _SHOWN_IN_WARNINGS = 5
@@ -83,10 +86,25 @@ class Shard:
     estimate: Optional[float] = None
     #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes or items.
     weight: float = 0.0
+    #: The command's extra environment (``env``), expanded as ``argv`` is.
+    env: Tuple[Tuple[str, str], ...] = ()
+    #: Named exclusive resources the shard holds while its command runs.
+    resources: Tuple[str, ...] = ()
+    #: Positions in ``argv``, and names in ``env``, of ``str.format`` templates
+    #: whose one field is ``{slot}`` (their other braces doubled).
+    slot_args: Tuple[int, ...] = ()
+    slot_env: Tuple[str, ...] = ()
 
     @property
     def wants_junit(self) -> bool:
-        return any(JUNIT_PLACEHOLDER in arg for arg in self.argv)
+        return any(JUNIT_PLACEHOLDER in arg for arg in self.argv) or any(
+            JUNIT_PLACEHOLDER in value for _, value in self.env
+        )
+
+    @property
+    def uses_slot(self) -> bool:
+        """Whether its command or environment says ``{slot}``."""
+        return bool(self.slot_args or self.slot_env)
 
 
 @dataclass(frozen=True)
@@ -161,20 +179,27 @@ def build_plan(
 
     total = len(groups)
     built = []
+    env_tokens = [(name, parse_placeholders(value)) for name, value in task.env]
     for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
+        values = _values(task.name, index, total)
+        argv, slot_args = _expand(tokens, items_tuple, values, config.root)
+        env = tuple((name, _expand_text(parts, items_tuple, values)) for name, parts in env_tokens)
+        slot_env = tuple(name for name, parts in env_tokens if Placeholder("slot") in parts)
         shard = Shard(
             task=task.name,
             index=index,
             total=total,
             items=items_tuple,
-            argv=expand_argv(
-                tokens, items_tuple, task=task.name, index=index, total=total, root=config.root
-            ),
+            argv=argv,
             lock_name=lock_name(task.name, index),
-            fingerprint=fingerprint(task.run, total, index, items_tuple),
+            fingerprint=fingerprint(task.run, total, index, items_tuple, env),
             estimate=weight if unit == "seconds" else None,
             weight=weight,
+            env=env,
+            resources=task.resources,
+            slot_args=slot_args,
+            slot_env=slot_env,
         )
         where = ("shard", index) if task.explicit else ("shards",)
         check_command_size(shard, config, key_path("tasks", task.name, *where))
@@ -208,9 +233,14 @@ def lock_name(task: str, index: int) -> str:
     return f"{task}-shard-{index}"
 
 
-def fingerprint(run: str, total: int, index: int, items: Sequence[str]) -> str:
-    """16 hex digits of sha256 over what a shard runs: a changed plan changes it."""
-    payload = {"run": run, "total": total, "index": index, "items": list(items)}
+def fingerprint(
+    run: str, total: int, index: int, items: Sequence[str], env: Sequence[Tuple[str, str]] = ()
+) -> str:
+    """16 hex digits of sha256 over what a shard runs (its ``env`` too, when it
+    has one): a changed plan changes it."""
+    payload: Dict[str, Any] = {"run": run, "total": total, "index": index, "items": list(items)}
+    if env:
+        payload["env"] = [list(pair) for pair in env]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
@@ -222,10 +252,24 @@ def expand_argv(
     ``{items}`` becomes one argument per item (``./<item>`` for one that starts
     with ``-`` and names a path, so it is not read as an option), ``{items:SEP}``
     the items joined by SEP, ``{python}`` the interpreter running lokt-tasks (a
-    venv's tools are found without activating it); ``{junit}`` is left as it is.
+    venv's tools are found without activating it); ``{junit}`` is left as it is,
+    and so is ``{slot}``, in an argument that is then a ``str.format`` template
+    (its other braces doubled: see ``Shard.slot_args``).
     """
-    values = {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
+    return _expand(tokens, items, _values(task, index, total), root)[0]
+
+
+def _values(task: str, index: int, total: int) -> Dict[str, str]:
+    """What the placeholders but ``{items}``, ``{junit}`` and ``{slot}`` stand for."""
+    return {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
+
+
+def _expand(
+    tokens, items: Sequence[str], values: Mapping[str, str], root: Path
+) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    """The argv (see expand_argv) and the positions of its slot templates."""
     argv: List[str] = []
+    slot_args: List[int] = []
     for token in tokens:
         if token == (Placeholder("items"),):
             argv.extend(
@@ -233,16 +277,34 @@ def expand_argv(
                 for item in items
             )
             continue
-        text = ""
-        for part in token:
-            if isinstance(part, str):
-                text += part
-            elif part.name == "items":
-                text += part.separator.join(items)
-            else:
-                text += values.get(part.name, JUNIT_PLACEHOLDER)
-        argv.append(text)
-    return tuple(argv)
+        if Placeholder("slot") in token:
+            slot_args.append(len(argv))
+        argv.append(_expand_text(token, items, values))
+    return tuple(argv), tuple(slot_args)
+
+
+def _expand_text(token, items: Sequence[str], values: Mapping[str, str]) -> str:
+    """One argument or env value; with ``{slot}`` in it, a ``str.format``
+    template whose one field is ``{slot}`` (``{junit}`` is left as it is)."""
+    template = Placeholder("slot") in token
+    text = ""
+    for part in token:
+        if isinstance(part, Placeholder) and part.name in ("slot", "junit"):
+            text += SLOT_PLACEHOLDER if part.name == "slot" else JUNIT_PLACEHOLDER
+            continue
+        if isinstance(part, str):
+            piece = part
+        elif part.name == "items":
+            piece = (part.separator or "").join(items)
+        else:
+            piece = values[part.name]
+        text += escape_braces(piece) if template else piece
+    return text
+
+
+def escape_braces(text: str) -> str:
+    """``text`` as literal text inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 #: Room kept on the command line for what runs before the shard's command with the
@@ -267,8 +329,9 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
     # ASCII text is as many bytes as characters in any file system encoding.
     arguments = [(len(arg) if arg.isascii() else len(os.fsencode(arg))) + 1 for arg in shard.argv]
     size = sum(arguments) + pointer * len(arguments)
+    environment = {**os.environ, **dict(shard.env)}
     size += sum(
-        len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items()
+        len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in environment.items()
     )
     where = (
         f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
@@ -560,6 +623,8 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
                 "argv": list(shard.argv),
                 "estimate": None if shard.estimate is None else round(shard.estimate, 3),
                 "weight": round(shard.weight, 3),
+                "env": dict(shard.env),
+                "resources": list(shard.resources),
             }
             for shard in plan.shards
         ],
@@ -612,6 +677,12 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
     for shard in plan.shards:
         command = shlex.join(shard.argv)
         lines.append(f"  {shard.index}: {command if full else shorten(command, width)}")
+        if shard.env:
+            env = " ".join(f"{name}={shlex.quote(value)}" for name, value in shard.env)
+            lines.append(f"     env: {env if full else shorten(env, width)}")
+    resources = plan.shards[0].resources if plan.shards else ()
+    if resources:
+        lines.append(f"each shard holds while it runs: {', '.join(resources)}")
     lines.extend(f"warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 from .attempt import STAMPED_FIELDS, record_text
 from .errors import LoktTasksError, UsageError
-from .states import RecordOutcome
+from .states import STARTED_OUTCOMES, RecordOutcome
 from .system import read_file, utc_now, write_atomically
 
 if TYPE_CHECKING:
@@ -73,6 +73,17 @@ class Record:
     #: Random id of one attempt at the shard, the same in its start and final
     #: record: tells "my record" from one another agent wrote meanwhile.
     attempt: str = ""
+    #: The slot the command ran in (``{slot}``), or None when it took none.
+    slot: Optional[int] = None
+    #: Seconds the attempt waited for its leases (slot, resources) before its
+    #: command started; None when it had none to take.
+    waited: Optional[float] = None
+    #: The named resources the command held (``resources`` in shards.toml).
+    resources: List[str] = dataclasses.field(default_factory=list)
+    #: The directory the command ran in (the worktree's directory of shards.toml).
+    cwd: Optional[str] = None
+    #: The plan's estimate of the shard's seconds, when it had timings.
+    estimate: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ def new_start_record(
     log: Optional[str] = None,
     started_at: Optional[str] = None,
     attempt: Optional[str] = None,
+    cwd: Optional[str] = None,
 ) -> Record:
     """The record written just before a shard's command starts (outcome "running",
     a fresh random ``attempt`` unless given): if the agent dies, it stays behind
@@ -141,6 +153,9 @@ def new_start_record(
         log=log,
         items=len(shard.items),
         attempt=attempt or uuid.uuid4().hex,
+        resources=list(shard.resources),
+        cwd=cwd,
+        estimate=None if shard.estimate is None else round(shard.estimate, 3),
     )
 
 
@@ -154,7 +169,7 @@ def finish(
     ended_at: Optional[str] = None,
 ) -> Record:
     """A copy of a start record with how the shard ended and how long it took."""
-    if outcome not in OUTCOMES or outcome == RecordOutcome.RUNNING:
+    if outcome not in OUTCOMES or outcome in STARTED_OUTCOMES:
         raise ValueError("not a final outcome: %r" % (outcome,))
     ended_at = ended_at or utc_now()
     duration = (parse_time(ended_at) - parse_time(record.started_at)).total_seconds()
@@ -196,9 +211,18 @@ _JSON_TYPES = {
     "str": ((str,), "a string"),
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
+    "List[str]": ((list,), "a list of strings"),
 }
-#: Fields a record file may leave out, with the value they then take.
-_FIELD_DEFAULTS = {"attempt": ""}
+#: Fields a record file may leave out (records from before they were kept),
+#: with the value they then take.
+_FIELD_DEFAULTS: Dict[str, Any] = {
+    "attempt": "",
+    "slot": None,
+    "waited": None,
+    "resources": (),
+    "cwd": None,
+    "estimate": None,
+}
 
 
 def record_from_dict(data: object) -> Record:
@@ -216,16 +240,23 @@ def record_from_dict(data: object) -> Record:
     for field in dataclasses.fields(Record):
         name, annotation = field.name, str(field.type)
         optional = annotation.startswith("Optional[")
-        types, type_name = _JSON_TYPES[annotation.removeprefix("Optional[").removesuffix("]")]
+        types, type_name = _JSON_TYPES[
+            annotation[len("Optional[") : -1] if optional else annotation
+        ]
         if name not in data and name not in _FIELD_DEFAULTS:
             raise ValueError("field %r is missing" % name)
         value = data.get(name, _FIELD_DEFAULTS.get(name))
         wrong_type = isinstance(value, bool) or not isinstance(value, types)
+        if name in _FIELD_DEFAULTS and value is _FIELD_DEFAULTS[name]:
+            wrong_type = False  # left out: its default
         if wrong_type and not (value is None and optional):
             raise ValueError(
                 "field %r should be %s, found %s" % (name, type_name, _json_type(value))
             )
         values[name] = value
+    if not all(isinstance(resource, str) for resource in values["resources"]):
+        raise ValueError("field 'resources' should be a list of strings")
+    values["resources"] = list(values["resources"])
     if values["outcome"] not in OUTCOMES:
         raise ValueError("unknown outcome %r" % values["outcome"])
     if values["shard"] < 1:
@@ -397,7 +428,7 @@ class RecordStore:
         if not found:
             return None
         _, outcome, run_key = max(found)
-        return run_key if outcome == RecordOutcome.RUNNING else None
+        return run_key if outcome in STARTED_OUTCOMES else None
 
     def runs(self, task: str) -> List[str]:
         """Run keys that have records for ``task``, oldest first by last write."""

@@ -8,18 +8,19 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Optional, Tuple
+from typing import Callable, Collection, Optional, Tuple
 
 from .attempt import Attempt
-from .config import ENGINES
+from .config import DEFAULT_LEASE_PREFIX, ENGINES
 from .durations import durations_from_junit, merge_durations
 from .embedded import EmbeddedEngine
 from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
 from .errors import EngineError, UsageError
+from .leases import Leases
 from .lokt_engine import LoktEngine, find_lokt_binary
-from .plan import JUNIT_PLACEHOLDER, Shard
+from .plan import JUNIT_PLACEHOLDER, Shard, escape_braces
 from .results import Record, RecordStore, new_start_record, unstamped_json
-from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
+from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RunOutcome
 
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
@@ -52,6 +53,9 @@ class RunSettings:
     durations_file: Optional[Path] = None
     wait: bool = False
     timeout: Optional[float] = None
+    #: The machine's slot budget (``config.slot_budget``): None for none.
+    slots: Optional[int] = None
+    lease_prefix: str = DEFAULT_LEASE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,12 @@ def run_shard(
     to_log: bool = False,
     skip: Collection[str] = (),
     stop: Optional[StopRequest] = None,
+    on_wait: Optional[Callable[[str], None]] = None,
 ) -> ShardOutcome:
     """Run ``shard`` under its lock; ``to_log``: output to its log file; ``skip``:
-    the record outcomes that make nothing run, checked *inside* the lock."""
+    the record outcomes that make nothing run, checked *inside* the lock. Its
+    leases (a slot, resources: :func:`shard_leases`) are taken inside the lock
+    too, waits told to ``on_wait`` (see ``engine.GuardRequest``)."""
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None
@@ -93,11 +100,25 @@ def run_shard(
         pid=os.getpid(),
         engine=settings.engine.name,
         log=str(log_path) if log_path else None,
+        cwd=str(settings.cwd),
     )
-    command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
+    junit = str(junit_path)
+    command = [
+        arg.replace(JUNIT_PLACEHOLDER, escape_braces(junit) if at in shard.slot_args else junit)
+        for at, arg in enumerate(shard.argv)
+    ]
+    env = None
+    if shard.env:
+        env = dict(os.environ)
+        for name, value in shard.env:
+            filled = escape_braces(junit) if name in shard.slot_env else junit
+            env[name] = value.replace(JUNIT_PLACEHOLDER, filled)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     report_before = _file_state(junit_path)
-    attempt = Attempt(record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip))
+    leases = shard_leases(shard, settings)
+    attempt = Attempt(
+        record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip), leases=leases
+    )
 
     def guard_shard(wait: bool) -> GuardResult:
         return settings.engine.guard(
@@ -106,8 +127,10 @@ def run_shard(
             ttl=settings.ttl,
             wait=wait,
             timeout=settings.timeout,
+            env=env,
             cwd=settings.cwd,
             stop=stop,
+            on_wait=on_wait,
         )
 
     guard = guard_shard(settings.wait)
@@ -124,7 +147,7 @@ def run_shard(
     if not isinstance(record, Record) or record.attempt != start.attempt:
         state = RunOutcome.DONE if skip and isinstance(record, Record) else RunOutcome.LOST
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
-    if record.outcome == RecordOutcome.RUNNING:
+    if record.outcome in STARTED_OUTCOMES:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
     durations_file = settings.durations_file if shard.wants_junit else None
     if durations_file is not None and _file_state(junit_path) not in (None, report_before):
@@ -134,6 +157,27 @@ def run_shard(
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(durations_file, timings)
     return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
+
+
+def shard_leases(shard: Shard, settings: RunSettings) -> Optional[Leases]:
+    """What ``shard`` must hold besides its lock, or None: its resources, and a
+    slot when there is a budget or its command says ``{slot}`` (then, without
+    a budget, an unbounded one: see leases.py)."""
+    wants_slot = settings.slots is not None or shard.uses_slot
+    if not wants_slot and not shard.resources:
+        return None
+    return Leases(
+        settings.engine.root,
+        prefix=settings.lease_prefix,
+        owner=settings.identity.owner,
+        agent=settings.identity.agent,
+        ttl=settings.ttl,
+        slot=wants_slot,
+        budget=settings.slots,
+        resources=shard.resources,
+        slot_args=shard.slot_args,
+        slot_env=shard.slot_env,
+    )
 
 
 def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:

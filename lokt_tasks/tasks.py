@@ -1,4 +1,4 @@
-"""The invoke tasks: plan, shard, shard-all, verify.
+"""The invoke tasks: plan, shard, shard-all, verify, status.
 
 Thin on purpose: each task reads its options, asks the layers below, prints
 and picks the exit code. A LoktTasksError (or an OSError on a path) becomes
@@ -8,6 +8,7 @@ one line on stderr and its exit code (see lokt_tasks.errors).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -22,11 +23,22 @@ from invoke import Collection, Exit, task
 
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
-from .config import TaskConfig, find_config, get_task, load_config, parse_duration
+from .config import (
+    DEFAULT_LEASE_PREFIX,
+    SLOTS_ENV,
+    Config,
+    TaskConfig,
+    find_config,
+    get_task,
+    load_config,
+    parse_duration,
+    slot_budget,
+)
 from .console import Console, LiveBoard
 from .durations import pin_durations
 from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
+from .leases import slot_lock
 from .plan import Plan, build_plan, plan_to_json, render_plan
 from .results import RecordStore, current_run_key, default_results_dir
 from .run import RunSettings, ShardOutcome, run_shard, select_engine
@@ -39,10 +51,12 @@ from .states import (
     SHOW_LOG_OUTCOMES,
     WAITED_ON,
     WARNING,
+    Progress,
     RunOutcome,
     ShardState,
     ordered,
 )
+from .status import gather, render_status, status_to_json
 from .system import untrusted_directory
 from .text import word_list
 from .verdict import (
@@ -65,6 +79,8 @@ COMMON_HELP = {
     "engine": "Lock engine: auto (lokt if found, else embedded), lokt or embedded.",
     "agent": "Name of this agent (default: $LOKT_AGENT_ID, else generated)."
     " Each agent gets its own lokt owner.",
+    "slots": f"The machine's slot budget: N or 'cpus' (default: ${SLOTS_ENV},"
+    " else slots in shards.toml; unset: no budget).",
 }
 
 #: The states ``shard-all --failed`` runs again, for its help and its messages.
@@ -76,7 +92,14 @@ def _command(common: str, name: Optional[str] = None, **specific: str) -> Callab
     ``specific`` options and COMMON_HELP's for the names in ``common``."""
     shared = {option: COMMON_HELP[option] for option in common.split()}
     texts = {"task": "Task name from shards.toml.", **specific, **shared}
-    return lambda body: task(name=name, help=texts)(user_errors(body))
+
+    def decorate(body):
+        takes = inspect.signature(body).parameters  # status takes no task
+        return task(name=name, help={k: v for k, v in texts.items() if k in takes})(
+            user_errors(body)
+        )
+
+    return decorate
 
 
 def _plural(count: int, noun: str) -> str:
@@ -88,7 +111,8 @@ def user_errors(body):
     command = body.__name__.replace("_", "-")
 
     @functools.wraps(body)
-    def wrapper(c, task, *args, **kwargs):
+    def wrapper(c, *args, **kwargs):
+        task = args[0] if args else kwargs.get("task", "")  # "": a command without one
         # invoke hands an unfilled positional the next word, even "--help".
         if task in ("-h", "--help"):
             print(
@@ -97,12 +121,12 @@ def user_errors(body):
             )
             return
         try:
-            if task.startswith("-"):
+            if task and task.startswith("-"):
                 raise UsageError(
                     f"{command}: expected a task name before {task!r};"
                     f" see 'invoke --help {command}'"
                 )
-            return body(c, task, *args, **kwargs)
+            return body(c, *args, **kwargs)
         except BrokenPipeError:
             # The reader went away (`verify --json | head`): stop quietly, as
             # other command-line tools do, without a traceback at exit.
@@ -124,6 +148,7 @@ class Setup:
     store: RecordStore
     run_key: str
     lock_root: Path
+    config: Optional[Config] = None
 
 
 def _setup(
@@ -158,7 +183,7 @@ def _setup(
     if pin:  # NOTE: never in silence: a lowered shard count, items in no shard or in two
         for warning in plan.warnings:
             print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
-    return Setup(task_config, plan, store, run_key, lock_root)
+    return Setup(task_config, plan, store, run_key, lock_root, loaded)
 
 
 def _count(raw: Optional[str], flag: str) -> Optional[int]:
@@ -174,9 +199,16 @@ def _count(raw: Optional[str], flag: str) -> Optional[int]:
 
 
 def _settings(
-    setup: Setup, *, engine: Optional[str], agent: Optional[str], wait=False, timeout=None
+    setup: Setup,
+    *,
+    engine: Optional[str],
+    agent: Optional[str],
+    wait=False,
+    timeout=None,
+    slots: Optional[str] = None,
 ) -> RunSettings:
     identity = make_identity(agent)
+    config = setup.config
     return RunSettings(
         cwd=setup.plan.cwd,
         store=setup.store,
@@ -187,7 +219,22 @@ def _settings(
         durations_file=setup.task.durations,
         wait=wait,
         timeout=timeout,
+        slots=slot_budget(config.slots if config else None, slots),
+        lease_prefix=config.lease_prefix if config else DEFAULT_LEASE_PREFIX,
     )
+
+
+def _budget_note(settings: RunSettings) -> str:
+    """``; slot budget 2 (lokt-tasks-slot-1..2)``, or "" without a budget."""
+    if settings.slots is None:
+        return ""
+    first = slot_lock(settings.lease_prefix, 1)
+    return f"; slot budget {settings.slots} ({first}..{settings.slots})"
+
+
+def _lease_note(console: Console, lock_name: str, what: str) -> None:
+    """Tell a wait for a lease, and its end."""
+    console.note(f"{lock_name}: waiting for {what}" if what else f"{lock_name}: leases taken")
 
 
 def _judge(setup: Setup, engine) -> Verdict:
@@ -212,7 +259,7 @@ def plan(c, task, json=False, shards=None, config=None):
 
 
 @_command(
-    "agent engine run shards config results",
+    "agent engine run shards config results slots",
     id="Shard to run: a number from 1, 'next' (queue mode: claim shards until none is left)"
     " or 'auto' (from the CI environment).",
     total="The shard count the CI expects; a dynamic task is re-planned to it,"
@@ -237,6 +284,7 @@ def shard(
     log=False,
     config=None,
     results=None,
+    slots=None,
 ):
     """Run one shard of TASK under its lock (or, with --id next, every unclaimed one)."""
     if id is None:
@@ -258,10 +306,13 @@ def shard(
         # The shard count came from the CI, not from the command line: say so.
         raise UsageError(f"--id auto ({found.provider}, {found.total} shards): {error}") from None
     wait_timeout = parse_duration(timeout) if timeout else None
-    settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=wait_timeout)
+    settings = _settings(
+        setup, engine=engine, agent=agent, wait=wait, timeout=wait_timeout, slots=slots
+    )
     console = Console()
     console.note(
         f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}"
+        + _budget_note(settings)
     )
     stop = StopRequest()
     if index is None:
@@ -284,7 +335,8 @@ def shard(
     chosen = setup.plan.shards[index - 1]
     console.note(f"{chosen.lock_name}: {_plural(len(chosen.items), 'item')}")
     with stop_on_signals(stop):
-        outcome = run_shard(chosen, settings, to_log=log, stop=stop)
+        waits = functools.partial(_lease_note, console, chosen.lock_name)
+        outcome = run_shard(chosen, settings, to_log=log, stop=stop, on_wait=waits)
     _finish_one(outcome, console, stop)
 
 
@@ -323,6 +375,9 @@ def _shard_queue(
     def on_wait(held):
         console.note(f"queue: waiting for {_held_list(held, settings.engine)}")
 
+    def on_lease_wait(shard, what):
+        _lease_note(console, shard.lock_name, what)
+
     with stop_on_signals(stop):
         outcomes = run_queue(
             setup.plan,
@@ -333,6 +388,7 @@ def _shard_queue(
             to_log=to_log,
             patience=patience,
             on_wait=on_wait,
+            on_lease_wait=on_lease_wait,
         )
     if stop.is_set():
         raise _interrupted(stop, "interrupted")
@@ -410,7 +466,7 @@ def _finish_one(outcome: ShardOutcome, console: Console, stop: StopRequest) -> N
 
 
 @_command(
-    "agent engine run shards config results",
+    "agent engine run shards config results slots",
     name="shard-all",
     jobs="How many shards run at once (default: the task's jobs, else the CPU count).",
     force="Run shards that already passed under this run key and plan too.",
@@ -428,13 +484,17 @@ def shard_all(
     shards=None,
     config=None,
     results=None,
+    slots=None,
 ):
     """Run every shard of TASK in parallel on this machine, then print the verdict."""
     setup = _setup(task, config=config, shards=shards, run=run, results=results)
-    settings = _settings(setup, engine=engine, agent=agent)
+    settings = _settings(setup, engine=engine, agent=agent, slots=slots)
     workers = _count(jobs, "--jobs") or setup.task.jobs or os.cpu_count() or 1
     console = Console()
-    console.note(f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once")
+    console.note(
+        f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once"
+        + _budget_note(settings)
+    )
     rows = _judge(setup, settings.engine).rows  # one per planned shard, in plan order
     if failed:
         wanted, why = RERUN_BY_FAILED, f"no shard is {RERUN_WORDS}"
@@ -451,10 +511,20 @@ def shard_all(
         def on_change(shard, state, outcome):
             board.update(shard.lock_name, state, _outcome_detail(outcome) if outcome else "")
 
+        def on_lease_wait(shard, what):
+            waiting = (Progress.WAITING, f"for {what}") if what else (Progress.RUNNING, "")
+            board.update(shard.lock_name, *waiting)
+
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
             outcomes = run_all(
-                todo, settings, jobs=workers, stop=stop, on_change=on_change, skip=skip
+                todo,
+                settings,
+                jobs=workers,
+                stop=stop,
+                on_change=on_change,
+                skip=skip,
+                on_lease_wait=on_lease_wait,
             )
         for outcome in outcomes:
             if outcome.state in SHOW_LOG_OUTCOMES and outcome.log:
@@ -516,4 +586,39 @@ def verify(
         raise Exit(code=verdict.exit_code)
 
 
-ns = Collection(plan, shard, shard_all, verify)
+@_command(
+    "config results slots",
+    json="Print the status as JSON (see README: status JSON).",
+)
+def status(c, json=False, config=None, results=None, slots=None):
+    """Show every shard running on this machine now (all tasks, runs, agents and
+    worktrees of this lock root), with its slot and resources, and the free slots."""
+    found = Path(config) if config else None
+    if found is None:
+        try:
+            found = find_config(Path.cwd())
+        except errors.ConfigError:
+            found = None  # no shards.toml here: the lock root's defaults
+    loaded = load_config(found) if found is not None else None
+    lock_root = find_lock_root(loaded.root if loaded else Path.cwd())
+    results_dir = (
+        Path(results).resolve()
+        if results
+        else (loaded.results if loaded and loaded.results else default_results_dir(lock_root))
+    )
+    engine = select_engine("embedded", make_identity("status"), root=lock_root)
+    report = gather(
+        engine.held_locks(),
+        RecordStore(results_dir),
+        lock_root=str(lock_root),
+        lease_prefix=loaded.lease_prefix if loaded else DEFAULT_LEASE_PREFIX,
+        budget=slot_budget(loaded.slots if loaded else None, slots),
+    )
+    if json:
+        print(dumps(status_to_json(report), indent=2))
+        return
+    console = Console()
+    console.say(render_status(report, color=console.color))
+
+
+ns = Collection(plan, shard, shard_all, verify, status)

@@ -18,6 +18,9 @@ missing      no record at all, and nobody running it
 outdated     a record exists but for another plan (its fingerprint differs:
              other items or another command)
 corrupt      the record file could not be read; the detail names the file
+waiting      a live agent holds the shard's lock and waits for a slot or a
+             resource (its record says "waiting"): the command has not
+             started yet
 ============ ==============================================================
 
 The overall verdict is "passed" when every shard passed (a plan with no
@@ -26,10 +29,10 @@ strongest signal, even while others still run), else "incomplete".
 
 ``verdict_to_json`` gives the document the README shows (version 1): every key
 always present, and ``"counts": {"passed": 2, "failed": 1, "running": 0,
-"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0}``
-listing every state. While a shard runs, its ``exit_code``, ``signal`` and
-``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
-are the lock holder's.
+"crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0, "corrupt": 0,
+"waiting": 0}`` listing every state. While a shard runs, its ``exit_code``,
+``signal`` and ``ended_at`` are null, its ``duration`` is so far and its
+``agent`` and ``host`` are the lock holder's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from .states import (
     COLORS,
     INCOMPLETE_STATES,
     SHOW_LOG_STATES,
+    STARTED_OUTCOMES,
     OverallVerdict,
     RecordOutcome,
     ShardState,
@@ -171,7 +175,7 @@ def judge_live(
         holder, record = holders[shard.lock_name], records.get(shard.index)
         if holder is None or not holder_is_live(holder):
             continue
-        if isinstance(record, Record) and record.outcome == RecordOutcome.RUNNING:
+        if isinstance(record, Record) and record.outcome in STARTED_OUTCOMES:
             if record.owner == holder.owner:
                 continue  # the holder's own start record: it runs the shard for this run
         if store.running_for(plan.task, shard.index, holder.owner) not in (None, run_key):
@@ -232,6 +236,14 @@ def _judge_shard(
         fingerprint=shard.fingerprint,
     )
     if holder is not None and holder_is_live(holder):
+        if (
+            record is not None
+            and record.outcome == RecordOutcome.WAITING
+            and record.fingerprint == shard.fingerprint
+            and record.owner == holder.owner
+        ):
+            detail = "%s; %s" % (record.message or "waiting", describe_holder(holder))
+            return row(ShardState.WAITING, detail, holder=holder)
         elapsed = None
         if record is not None and _started_under(record, shard.fingerprint):
             try:
@@ -265,7 +277,7 @@ def _judge_shard(
     if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
         return row(ShardState.INTERRUPTED, _with_message(how, record.message), duration=duration)
-    if outcome == RecordOutcome.RUNNING:
+    if outcome in STARTED_OUTCOMES:
         return row(ShardState.CRASHED, _crash_detail(record, holder))
     return row(ShardState.CORRUPT, "record has unknown outcome %r" % (outcome,))
 
@@ -279,6 +291,11 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
         f"started {record.started_at} by {record.agent} on {record.host} (pid {record.pid}),"
         " never finished"
     )
+    if record.outcome == RecordOutcome.WAITING:
+        started = (
+            f"{record.message or 'waiting'} since {record.started_at}, by {record.agent} on"
+            f" {record.host} (pid {record.pid}); its command never started"
+        )
     if holder is None:
         return started + "; its lock is free"
     if holder.pid_status == "dead":

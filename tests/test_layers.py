@@ -22,11 +22,11 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 LAYERS: List[Set[str]] = [
     {"__init__", "errors", "states", "system", "text"},
     {"attempt", "ci", "config", "console", "globs", "lockfile"},
-    {"durations", "engine", "watchdog"},
+    {"durations", "engine", "leases", "watchdog"},
     {"embedded", "lokt_engine", "plan"},
     {"results"},
     {"run", "verdict"},
-    {"schedule"},
+    {"schedule", "status"},
     {"tasks"},
     {"cli"},
     {"__main__"},

@@ -666,6 +666,8 @@ def test_plan_json_and_text(tmp_path):
         "argv": ["pytest", "a.py", "--junitxml={junit}"],
         "estimate": 61.5,
         "weight": 61.5,
+        "env": {},
+        "resources": [],
     }
     assert data["stats"] == {
         "unit": "seconds",

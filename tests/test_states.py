@@ -47,6 +47,7 @@ def test_every_vocabulary_holds_the_words_written_today():
         "failed",
         "interrupted",
         "error",
+        "waiting",
     ]
     assert [str(s) for s in RunOutcome] == [
         "passed",
@@ -68,6 +69,7 @@ def test_every_vocabulary_holds_the_words_written_today():
         "missing",
         "outdated",
         "corrupt",
+        "waiting",
     ]
     assert [str(s) for s in OverallVerdict] == ["passed", "failed", "incomplete"]
 
@@ -100,7 +102,8 @@ def test_record_outcomes_are_the_records_vocabulary():
 
 def test_failed_reruns_everything_but_a_pass_and_a_live_run():
     # A new ShardState must be placed on purpose: rerun by --failed or not.
-    assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
+    live = {ShardState.RUNNING, ShardState.WAITING}
+    assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED} - live
     assert ordered(RERUN_BY_FAILED) == (
         "failed",
         "crashed",

@@ -357,6 +357,7 @@ def test_json_has_the_documented_shape(tmp_path):
         "missing": 1,
         "outdated": 1,
         "corrupt": 1,
+        "waiting": 0,
     }
     assert [shard["shard"] for shard in data["shards"]] == list(range(1, 9))
     for shard in data["shards"]:
