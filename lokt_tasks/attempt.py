@@ -54,6 +54,11 @@ STAMPED_FIELDS = (
 #: Record fields that may hold null (the others may not).
 OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log", "slot", "waited")
 
+#: The message of an attempt's "waiting" record until a lease it wants is held by
+#: another, and then, with what it waits for ("a slot", "resource 'db'") after it.
+TAKING_LEASES = "taking its leases"
+WAITING_FOR = "waiting for "
+
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES]"
     " [--lock PATH] [--grace SECONDS] -- CMD..."
@@ -102,6 +107,9 @@ class Attempt:
             return False
         if self.leases is None:
             self._started()
+        else:  # NOTE: at once: other agents tell our run by our record
+            self.started_at, self._began = system.utc_now(), time.monotonic()
+            self._write("waiting", None, None, TAKING_LEASES, None, None, durable=False)
         return True
 
     def take_leases(self, *, stopped, abandoned=None, on_wait=None, holder=None) -> bool:
@@ -116,9 +124,7 @@ class Attempt:
 
         def waiting(what: str) -> None:
             self.waits += 1
-            if not self.started_at:
-                self.started_at, self._began = system.utc_now(), began
-            self._write("waiting", None, None, "waiting for " + what, None, None, durable=False)
+            self._write("waiting", None, None, WAITING_FOR + what, None, None, durable=False)
             if on_wait is not None:
                 on_wait(what)
 

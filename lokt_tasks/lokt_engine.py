@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from . import lockfile, system
-from .attempt import LOCK_LOST, supervise
+from .attempt import LOCK_LOST, WAITING_FOR, supervise
 from .config import format_duration
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
@@ -233,7 +233,8 @@ class WaitWatch:
             if record is not None:
                 message = str(record.get("message") or "")
                 waiting = record.get("outcome") == RecordOutcome.WAITING
-                what = message[len("waiting for ") :] if waiting else ""
+                told = waiting and message.startswith(WAITING_FOR)
+                what = message[len(WAITING_FOR) :] if told else ""
                 self.done = not waiting
                 if what != self.waiting:
                     self.waiting = what

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ LOCAL_RUN_KEY = "local"  # outside a git repository, or in one without commits
 MAX_RUN_KEY_LENGTH = 128  # from --run or the environment
 MAX_COMPONENT_BYTES = 255  # the longest file name most file systems take (NAME_MAX)
 MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file is not one
+#: Seconds an agent's start record may lag its taking the shard's lock (see running_for).
+RECORD_LAG = 1.0
 _RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
 
 
@@ -420,15 +423,30 @@ class RecordStore:
     def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
         """The run in which ``owner`` last started ``shard`` and has not
         finished it (its start record is the newest of theirs), or None."""
-        found = []
-        for run_key in self.runs(task):
-            record = self.read(task, run_key, shard)
-            if isinstance(record, Record) and record.owner == owner:
-                found.append((record.started_at, record.outcome, run_key))
+        newest = self.newest_for(task, shard, owner)
+        return newest[0] if newest and newest[1] in STARTED_OUTCOMES else None
+
+    def newest_for(
+        self, task: str, shard: int, owner: str, *, patience: float = 0.0
+    ) -> Optional[Tuple[str, str]]:
+        """The run key and outcome of the newest record ``owner`` wrote for
+        ``shard`` in any run, or None. An agent writes it a moment after it
+        took the shard's lock: for a lock taken ``patience`` seconds ago or
+        less, look again until one is found or that time has passed."""
+        deadline = time.monotonic() + patience
+        while True:
+            found = []
+            for run_key in self.runs(task):
+                record = self.read(task, run_key, shard)
+                if isinstance(record, Record) and record.owner == owner:
+                    found.append((record.started_at, record.outcome, run_key))
+            if found or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if not found:
             return None
         _, outcome, run_key = max(found)
-        return run_key if outcome in STARTED_OUTCOMES else None
+        return run_key, outcome
 
     def runs(self, task: str) -> List[str]:
         """Run keys that have records for ``task``, oldest first by last write."""

@@ -19,7 +19,7 @@ from .errors import EngineError, UsageError
 from .leases import Leases
 from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard, escape_braces
-from .results import Record, RecordStore, new_start_record, unstamped_json
+from .results import RECORD_LAG, Record, RecordStore, new_start_record, unstamped_json
 from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RunOutcome
 
 
@@ -135,10 +135,13 @@ def run_shard(
 
     guard = guard_shard(settings.wait)
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
-        other = store.running_for(shard.task, shard.index, guard.holder.owner)
-        if other is not None and other != settings.run_key:
+        holder = guard.holder
+        patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
+        newest = store.newest_for(shard.task, shard.index, holder.owner, patience=patience)
+        if newest is not None and newest[0] != settings.run_key:
             # NOTE: every run of a task shares its lock names (as the docs
-            # teach); runs do not fail each other, so wait for the other's.
+            # teach); runs do not fail each other, so wait for the other's
+            # (running, or finished and about to release the lock).
             guard = guard_shard(True)
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import errors
-from .results import AnyRecord, CorruptRecord, Record, RecordStore, parse_time
+from .results import RECORD_LAG, AnyRecord, CorruptRecord, Record, RecordStore, parse_time
 from .states import (
     COLORS,
     INCOMPLETE_STATES,
@@ -178,7 +178,11 @@ def judge_live(
         if isinstance(record, Record) and record.outcome in STARTED_OUTCOMES:
             if record.owner == holder.owner:
                 continue  # the holder's own start record: it runs the shard for this run
-        if store.running_for(plan.task, shard.index, holder.owner) not in (None, run_key):
+        patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
+        newest = store.newest_for(plan.task, shard.index, holder.owner, patience=patience)
+        if newest is not None and (newest[0] != run_key or newest[1] not in STARTED_OUTCOMES):
+            # NOTE: it runs the shard for another run, or has finished ours and
+            # is about to release the lock: the record tells this run's state.
             holders[shard.lock_name] = None
     verdict = judge(plan, records, holders, run_key=run_key, now=now)
     for _ in range(rounds):
