@@ -191,16 +191,15 @@ class Leases:
         return True
 
     def _try_slot(self, full: bool) -> bool:
-        """One try at the lowest free slot: every number up to the budget (without
-        one, up to one past the slot files there are, of which one is free)."""
+        """One try at the lowest free slot: every number up to the budget, or,
+        without one, every number until one is ours (one always is free)."""
         try:
             present = set(os.listdir(lockfile.locks_dir(self.root)))
         except OSError:
             present = set()
-        prefix = slot_lock(self.prefix, 0)[:-1]
-        files = sum(1 for entry in present if entry.startswith(prefix))
-        last = self.budget if self.budget is not None else files + 1
-        for number in range(1, last + 1):
+        number = 0
+        while self.budget is None or number < self.budget:
+            number += 1
             name = slot_lock(self.prefix, number)
             if not full and name + ".json" in present:
                 continue

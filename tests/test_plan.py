@@ -728,3 +728,60 @@ def test_collect_expands_python_to_the_running_interpreter(tmp_path):
     plan = build_plan(load_config(tmp_path / "shards.toml"), "t")
     items = sorted(item for shard in plan.shards for item in shard.items)
     assert items == sorted([sys.executable, "second"])
+
+
+def test_slot_is_left_for_the_attempt_as_a_template_of_its_argument_only(tmp_path):
+    make_files(tmp_path, ["a{x}.py", "b.py"])
+    plan = plan_for(
+        tmp_path,
+        """
+        [tasks.test]
+        run = "pytest --db=app_{slot}_{shard} -k '{{slot}}' --tag={{t}}-{slot} {items}"
+        glob = ["*.py"]
+        shards = 1
+        resources = ["db", "cache"]
+
+        [tasks.test.env]
+        DB = "app_{slot}"
+        ONLY = "{items:,}"
+        PLAIN = "{task}-{{slot}}"
+        JUNIT = "{junit}"
+        """,
+    )
+    (shard,) = plan.shards
+    assert shard.argv == (
+        "pytest",
+        "--db=app_{slot}_1",
+        "-k",
+        "{slot}",  # a literal, from {{slot}}: no template
+        "--tag={{t}}-{slot}",  # a template: its literal braces doubled
+        "a{x}.py",
+        "b.py",
+    )
+    assert shard.slot_args == (1, 4) and shard.uses_slot
+    assert [shard.argv[at].format(slot=7) for at in shard.slot_args] == [
+        "--db=app_7_1",
+        "--tag={t}-7",
+    ]
+    assert shard.env == (
+        ("DB", "app_{slot}"),
+        ("ONLY", "a{x}.py,b.py"),
+        ("PLAIN", "test-{slot}"),
+        ("JUNIT", "{junit}"),
+    )
+    assert shard.slot_env == ("DB",) and shard.wants_junit
+    assert shard.resources == ("db", "cache")
+    shown = plan_to_json(plan)["shards"][0]
+    assert shown["env"]["DB"] == "app_{slot}" and shown["resources"] == ["db", "cache"]
+    assert "env: DB='app_{slot}' ONLY=" in render_plan(plan)
+
+
+def test_env_joins_the_fingerprint_only_when_a_task_has_one(tmp_path):
+    make_files(tmp_path, ["a.py"])
+    toml = '[tasks.test]\nrun = "pytest {items}"\nglob = ["*.py"]\nshards = 1\n'
+    plain = plan_for(tmp_path, toml).shards[0]
+    assert plain.fingerprint == fingerprint("pytest {items}", 1, 1, ["a.py"])
+    assert not plain.uses_slot and plain.env == () and plain.resources == ()
+    with_env = plan_for(tmp_path, toml + 'env = { A = "1" }\n').shards[0]
+    other_env = plan_for(tmp_path, toml + 'env = { A = "2" }\n').shards[0]
+    assert len({plain.fingerprint, with_env.fingerprint, other_env.fingerprint}) == 3

@@ -161,3 +161,9 @@ def test_colours_say_pass_failure_unfinished_in_progress(words, colour):
 def test_the_colour_map_cannot_be_changed():
     with pytest.raises(TypeError):
         COLORS["passed"] = "\x1b[31m"  # type: ignore[index]
+
+
+def test_started_outcomes_are_an_attempt_that_has_not_ended():
+    assert ordered(states.STARTED_OUTCOMES) == ("running", "waiting")
+    assert not states.STARTED_OUTCOMES & FINISHED_OUTCOMES
+    assert ShardState.WAITING in states.WAITED_ON and ShardState.WAITING not in RERUN_BY_FAILED
