@@ -51,9 +51,6 @@ from .states import GuardState
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
-#: Re-reads of an empty (being written) lock file before reporting "held by ?".
-SETTLE_TRIES = 20
-SETTLE_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -403,12 +400,5 @@ class EmbeddedEngine(Engine):
             break_stale(self.root, name, me)
 
     def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:
-        """The holder to report, reading an empty file again for a moment."""
-        if seen is not None:
-            return holder_from_lock(seen, name)
-        for _ in range(SETTLE_TRIES):
-            holder = self.holder(name)
-            if holder is not None:
-                return holder
-            time.sleep(SETTLE_PAUSE)
-        return None
+        """The holder to report: the one seen, else one read again for a moment."""
+        return holder_from_lock(seen, name) if seen is not None else self.settled_holder(name)

@@ -29,6 +29,9 @@ from .states import GuardState
 
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
+#: Re-reads of an empty (being written) lock file before reporting "held by ?".
+SETTLE_TRIES = 20
+SETTLE_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,17 @@ class Engine:
         except OSError as error:
             raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}") from None
         return holder_from_lock(lock, lock_name)
+
+    def settled_holder(self, lock_name: str) -> Optional[Holder]:
+        """Who holds lock_name now, reading a lock file that is being written
+        (lokt creates it empty and fills it a moment later) again for a
+        moment; None once the file is gone, or still unreadable."""
+        for _ in range(SETTLE_TRIES):
+            holder = self.holder(lock_name)
+            if holder is not None or not lockfile.lock_path(self.root, lock_name).exists():
+                return holder
+            time.sleep(SETTLE_PAUSE)
+        return None
 
     def frozen_by(self, lock_name: str) -> Optional[Holder]:
         """Who froze lock_name, while the freeze lasts; else None."""

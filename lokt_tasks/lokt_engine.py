@@ -199,7 +199,7 @@ class LoktEngine(Engine):
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
             message = frozen_message(name, freeze)
             return GuardResult(GuardState.FROZEN, holder=freeze, message=message)
-        holder = self.holder(name)
+        holder = self.settled_holder(name)
         message = held_message(name, holder, request.wait, request.timeout)
         return GuardResult(GuardState.HELD, holder=holder, message=message)
 

@@ -134,6 +134,10 @@ def run_shard(
         )
 
     guard = guard_shard(settings.wait)
+    for _ in range(RETRIES_WHEN_RELEASED):
+        if guard.state != GuardState.HELD or guard.holder is not None or settings.wait:
+            break
+        guard = guard_shard(False)  # held, but free when its holder was looked for: again
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
         holder = guard.holder
         patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
@@ -160,6 +164,10 @@ def run_shard(
             timings = {}  # an unreadable report costs us timings, not the shard's outcome
         merge_durations(durations_file, timings)
     return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
+
+
+#: Tries again at a shard's lock found held, but free a moment later.
+RETRIES_WHEN_RELEASED = 3
 
 
 def shard_leases(shard: Shard, settings: RunSettings) -> Optional[Leases]:
