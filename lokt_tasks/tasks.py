@@ -591,8 +591,10 @@ def verify(
     json="Print the status as JSON (see README: status JSON).",
 )
 def status(c, json=False, config=None, results=None, slots=None):
-    """Show every shard running on this machine now (all tasks, runs, agents and
-    worktrees of this lock root), with its slot and resources, and the free slots."""
+    """Show every shard running on this machine now, and the slots in use and free.
+
+    Every task, run, agent and worktree sharing the lock root: each shard's run,
+    state, agent, worktree, slot, resources and times, and who holds each lease."""
     found = Path(config) if config else None
     if found is None:
         try:

@@ -121,7 +121,9 @@ run = "{python} -m pytest -q {items}"
 glob = ["tests/test_*.py"]
 shards = "per-item"
 """,
-    "tasks.py": "from lokt_tasks.tasks import plan, shard, shard_all, verify  # noqa: F401\n",
+    "tasks.py": (
+        "from lokt_tasks.tasks import plan, shard, shard_all, status, verify  # noqa: F401\n"
+    ),
     ".gitignore": "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n",
     "tests/test_api.py": HELD_TEST.format(name="api"),
     "tests/test_cli.py": PLAIN_TEST.format(name="cli"),
