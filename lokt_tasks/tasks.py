@@ -36,7 +36,7 @@ from .config import (
 )
 from .console import Console, LiveBoard
 from .durations import pin_durations
-from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
+from .engine import DEFAULT_WAIT_TIMEOUT, Engine, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, UsageError
 from .leases import slot_lock
 from .plan import Plan, build_plan, plan_to_json, render_plan
@@ -608,9 +608,8 @@ def status(c, json=False, config=None, results=None, slots=None):
         if results
         else (loaded.results if loaded and loaded.results else default_results_dir(lock_root))
     )
-    engine = select_engine("embedded", make_identity("status"), root=lock_root)
     report = gather(
-        engine.held_locks(),
+        Engine(make_identity("status"), lock_root).held_locks(),
         RecordStore(results_dir),
         lock_root=str(lock_root),
         lease_prefix=loaded.lease_prefix if loaded else DEFAULT_LEASE_PREFIX,

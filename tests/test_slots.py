@@ -141,7 +141,7 @@ def status_of(cwd: Path, env: Dict[str, str], *args: str) -> dict:
 
 def test_four_agents_in_four_worktrees_never_run_more_shards_than_two_slots(tmp_path, engine):
     trace = tmp_path / "trace"
-    env = {"SLOT_TRACE": str(trace)}
+    env = {"SLOT_TRACE": str(trace), "SLOT_SLEEP": "0.05"}
     project = slots_project(tmp_path / "repo", {"checks": ""}, defaults="slots = 2")
     worktrees = [project] + [add_worktree(project, tmp_path / f"wt{n}") for n in (2, 3, 4)]
     agents = [
@@ -275,9 +275,54 @@ def test_a_killed_agent_frees_its_slot_and_resource_for_the_one_waiting(tmp_path
         assert lockfile.pid_status(lockfile.read_lock(left)) == "dead"
 
 
-def _waiting_row(cwd: Path, run: str, env: Dict[str, str]) -> Optional[dict]:
-    rows = verdict_of(cwd, "checks", run, env)["shards"]
-    return next((row for row in rows if row["state"] == "waiting"), None)
+def test_an_agent_killed_while_it_waits_frees_the_resource_it_took(tmp_path, engine):
+    """Resources come before the slot: bob holds db while he waits for the only
+    slot. Killed then, his db goes to the next agent that needs it."""
+    trace = tmp_path / "trace"
+    env = {"SLOT_TRACE": str(trace)}
+    tasks = {"plain": "", "db": 'resources = ["db"]'}
+    project = slots_project(tmp_path / "repo", tasks, defaults="slots = 1", shards=2)
+    gate = hold(project, "plain", 1)
+    agents = [start_cli(project, "shard", "plain", "--id", "1", "--engine", engine, env=env)]
+    try:
+        wait_for(lambda: len(spans(trace)) == 1)
+        agents.append(start_cli(project, "shard", "db", "--id", "1", "--agent", "bob",
+                                "--engine", engine, env=env))  # fmt: skip
+        run = git(project, "rev-parse", "HEAD")[:12]
+        row = wait_for(lambda: _waiting_row(project, run, env, task="db"))
+        assert row["detail"].startswith("waiting for a slot"), row
+        assert "lokt-tasks-resource-db.json" in lock_files(project)
+        kill_group(agents[1])
+        agents.append(start_cli(project, "shard", "db", "--id", "2", "--agent", "cy",
+                                "--engine", engine, env=env))  # fmt: skip
+        wait_for(lambda: _waiting_row(project, run, env, task="db", shard=2), timeout=60)
+        seen = status_of(project, env)
+        held = {lease["lock"]: lease["agent"] for lease in seen["leases"]}
+        assert held["lokt-tasks-resource-db"] == "cy", seen  # bob's db is cy's now
+        gate.unlink()
+        outputs = [finish(agent) for agent in (agents[0], agents[2])]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                kill_group(agent)
+    assert [agents[0].returncode, agents[2].returncode] == [0, 0], outputs
+    assert [(span.task, span.shard) for span in spans(trace)] == [("plain", 1), ("db", 2)]
+
+
+def _waiting_row(
+    cwd: Path, run: str, env: Dict[str, str], task: str = "checks", shard: Optional[int] = None
+) -> Optional[dict]:
+    """The first shard whose agent waits for a lease held by another (not one
+    still taking its leases), per verify."""
+    rows = verdict_of(cwd, task, run, env)["shards"]
+    found = (
+        row
+        for row in rows
+        if row["state"] == "waiting"
+        and row["detail"].startswith("waiting for ")
+        and shard in (None, row["shard"])
+    )
+    return next(found, None)
 
 
 def test_ctrl_c_while_waiting_for_a_slot_records_an_interrupt_and_holds_nothing(tmp_path, engine):
