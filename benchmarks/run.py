@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import lokt_tasks
 from lokt_tasks.attempt import Attempt
 from lokt_tasks.config import load_config
+from lokt_tasks.durations import read_durations
 from lokt_tasks.engine import make_identity
 from lokt_tasks.lokt_engine import find_lokt_binary
 from lokt_tasks.plan import build_plan
@@ -997,15 +998,8 @@ def bench_end_to_end(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("%.3f\n" % seconds)
     (project / "runner.py").write_text(RUNNER)
-    (project / "shards.toml").write_text(
-        '[defaults]\njobs = 4\nttl = "1m"\ndurations = "durations.json"\n\n'
-        + "".join(
-            '[tasks.e2e-%s]\nrun = "{python} runner.py --junit {junit} {items}"\n'
-            'glob = ["tests/test_*.py"]\nshards = 4\nsplit = "%s"\n\n' % (split, split)
-            for split in ("name", "timings")
-        )
-    )
     config_path = project / "shards.toml"
+    results = work / "results-e2e"
     env = bench_env(work / "locks-e2e")
     truth = dict(suite)
     total = math.fsum(truth.values())
@@ -1015,30 +1009,38 @@ def bench_end_to_end(
     # One engine, as "auto" picks it, keeps the run short; the overhead
     # section compares the engines.
     for engine in ["lokt" if lokt else "embedded"]:
-        durations_file = project / "durations.json"
-        if durations_file.exists():
-            durations_file.unlink()
+        store = RecordStore(results)
+        local = store.local_durations_path("e2e")
+        if local.exists():
+            local.unlink()
+        # NOTE: one task whose split changes between the runs: times are kept per task.
         for split in ("name", "timings"):
-            task = "e2e-%s" % split
+            config_path.write_text(
+                '[defaults]\njobs = 4\nttl = "1m"\n\n'
+                '[tasks.e2e]\nrun = "{python} runner.py --junit {junit} {items}"\n'
+                'glob = ["tests/test_*.py"]\nshards = 4\nsplit = "%s"\n' % split
+            )
+            run_key = "%s-%s" % (engine, split)
             measured = run_checked(
                 lokt_tasks_command(
                     "shard-all",
-                    task,
+                    "e2e",
                     "--config",
                     str(config_path),
                     "--engine",
                     engine,
                     "--run",
-                    "%s-%s" % (engine, split),
+                    run_key,
                     "--results",
-                    str(work / "results-e2e"),
+                    str(results),
                 ),
                 cwd=project,
                 env=env,
             )
             config = load_config(config_path)
-            recorded = json.loads(durations_file.read_text()) if split == "timings" else {}
-            plan = build_plan(config, task, durations=recorded)
+            pinned = store.pinned_durations_path("e2e", run_key)
+            recorded = read_durations(pinned).task("e2e") if split == "timings" else {}
+            plan = build_plan(config, "e2e", durations=recorded)
             planned = max(math.fsum(truth[item] for item in shard.items) for shard in plan.shards)
             rows.append(
                 {
@@ -1055,7 +1057,7 @@ def bench_end_to_end(
                 "  %s, split %s: %.2f s (largest shard sleeps %.2f s)"
                 % (engine, split, measured.wall, planned)
             )
-        if len(json.loads(durations_file.read_text())) != len(suite):
+        if len(read_durations(local).task("e2e").seconds(truth)) != len(suite):
             raise SystemExit(
                 "end-to-end benchmark: the name run did not record a timing for every file"
             )

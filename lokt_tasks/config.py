@@ -11,7 +11,6 @@ guessed from this machine's CPUs, because every machine must compute the same pl
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError, UsageError
+from .text import close_match
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +32,10 @@ else:  # pragma: no cover - exercised on Python 3.9 / 3.10 only
 CONFIG_NAME = "shards.toml"
 CONFIG_VERSION = 1
 SPLITS = ("name", "size", "timings")
+#: ``flaky``: whether a test that passed only on a retry (or a rerun) passes or fails.
+FLAKY = ("pass", "fail")
+#: ``retries``: more is almost surely a typo.
+MAX_RETRIES = 100
 ENGINES = ("auto", "lokt", "embedded")
 PER_ITEM = "per-item"
 MAX_SHARDS = 10000  #: Far beyond any real suite; a larger count is almost surely a typo.
@@ -100,6 +104,11 @@ class TaskConfig:
     engine: str = "auto"
     jobs: Optional[int] = None  #: Parallel shards for shard-all; None means the CPU count.
     durations: Optional[Path] = None  #: Absolute path of the file split = "timings" reads.
+    #: How long a shard's command may run, in seconds, and as written ("15m"); None: no limit.
+    timeout: Optional[float] = None
+    timeout_text: Optional[str] = None
+    retries: int = 0  #: Reruns of a shard's failing tests inside its lock.
+    flaky: str = "pass"  #: One of FLAKY: the verdict on a test that passed only on a retry.
     #: The command's extra environment, (name, template) in file order: placeholders as in run.
     env: Tuple[Tuple[str, str], ...] = ()
     #: Named exclusive resources each shard holds while its command runs (leases.py).
@@ -146,10 +155,9 @@ def get_task(config: Config, name: str) -> TaskConfig:
     try:
         return config.tasks[name]
     except KeyError:
-        known = ", ".join(config.tasks)
-        raise UsageError(
-            f"unknown task '{name}' in {display_path(config.path)}; known tasks: {known}"
-        ) from None
+        close = close_match(name, config.tasks)
+        hint = f"did you mean '{close}'?" if close else "known tasks: " + ", ".join(config.tasks)
+        raise UsageError(f"unknown task '{name}' in {display_path(config.path)}; {hint}") from None
 
 
 def display_path(path: Path) -> str:
@@ -180,7 +188,7 @@ def config_error(path: Path, key: str, problem: str) -> ConfigError:
 
 
 class DurationError(UsageError, ValueError):
-    """A duration lokt would refuse: a UsageError (``--timeout 10`` exits 2) and a ValueError."""
+    """A duration lokt would refuse: a UsageError (``--wait-timeout 10``: exit 2), a ValueError."""
 
 
 #: Seconds per unit; Go reads "us" with either micro sign too.
@@ -411,6 +419,15 @@ def _read_jobs(path: Path, value: Any, where: Where) -> int:
     return value
 
 
+def _read_retries(path: Path, value: Any, where: Where) -> int:
+    expected = f"expected an integer from 0 to {MAX_RETRIES}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"{expected}, got {value}")
+    return value
+
+
 def _read_slots(path: Path, value: Any, where: Where) -> Union[int, str]:
     return parse_slots(value)
 
@@ -502,6 +519,7 @@ def _read_env(path: Path, value: Any, where: Where) -> Tuple[Tuple[str, str], ..
 
 
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
+    """A positive duration with a unit (``ttl``, ``timeout``): seconds, and the text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         example = f'"{value}s" or "10m"'
         raise ValueError(f"{value} has no unit; write a string with a unit, e.g. {example}")
@@ -518,8 +536,8 @@ def _read_choice(path: Path, value: Any, where: Where, choices: Tuple[str, ...])
     if not isinstance(value, str):
         raise ValueError(f"expected one of {allowed}, got {_describe(value)}")
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = close_match(value, choices)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise ValueError(f'expected one of {allowed}, got "{value}"{hint}')
     return value
 
@@ -547,11 +565,15 @@ KEYS: Dict[str, Key] = {
     "shard": Key(_read_shard_tables, (TASK,), default=(), misplaced=f"explicit shards {_IN_TASKS}"),
     "split": Key(partial(_read_choice, choices=SPLITS), (DEFAULTS, TASK), default="name"),
     "ttl": Key(_read_ttl, (DEFAULTS, TASK), default=(parse_duration(DEFAULT_TTL), DEFAULT_TTL)),
+    # NOTE: unset, a shard runs as long as it takes (the lock is renewed meanwhile).
+    "timeout": Key(_read_ttl, (DEFAULTS, TASK), default=(None, None)),
     "engine": Key(partial(_read_choice, choices=ENGINES), (DEFAULTS, TASK), default="auto"),
     "jobs": Key(_read_jobs, (DEFAULTS, TASK)),
     # NOTE: relative: _read_task joins it to the directory of shards.toml (absolute stays as is).
     "durations": Key(_read_path, (DEFAULTS, TASK), default=Path(DEFAULT_DURATIONS)),
     "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
+    "retries": Key(_read_retries, (DEFAULTS, TASK), default=0),
+    "flaky": Key(partial(_read_choice, choices=FLAKY), (DEFAULTS, TASK), default="pass"),
     "slots": Key(_read_slots, (DEFAULTS,), misplaced=f"slots {_LEASES_IN_TASK}"),
     "lease_prefix": Key(
         _read_lease_prefix,
@@ -647,11 +669,16 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
     if not any(isinstance(part, Placeholder) and part.name == "items" for part in parts):
         problem = "has no {items} or {items:SEP}; without it every shard would run the same command"
         raise config_error(path, f"{here}.run", problem)
+    if task["retries"] and not any(isinstance(p, Placeholder) and p.name == "junit" for p in parts):
+        problem = "needs {junit} in run: the failing tests are read from the command's JUnit report"
+        where = f"{here}.retries" if "retries" in table else "defaults.retries"
+        raise config_error(path, where, f"{problem} (task '{name}')")
     if not explicit and task["shards"] is None:
         problem = 'missing; set a shard count (shards = 4) or shards = "per-item"'
         raise config_error(path, f"{here}.shards", f"{problem}, here or in [defaults]")
     count = None if explicit else task["shards"]
     ttl, ttl_text = task["ttl"]
+    timeout, timeout_text = task["timeout"]
     return TaskConfig(
         name=name,
         run=task["run"],
@@ -667,6 +694,10 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         engine=task["engine"],
         jobs=task["jobs"],
         durations=path.parent / task["durations"],
+        timeout=timeout,
+        timeout_text=timeout_text,
+        retries=task["retries"],
+        flaky=task["flaky"],
         env=task["env"],
         resources=task["resources"],
     )
@@ -704,8 +735,8 @@ def _read_keys(
 def _refuse_unknown(path: Path, table: Dict[str, Any], known: Sequence[str], where: Where) -> None:
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            close = close_match(key, known)
+            hint = f"did you mean '{close}'?" if close else "known keys: " + ", ".join(known)
             raise config_error(path, key_path(*where, key), f"unknown key; {hint}")
 
 

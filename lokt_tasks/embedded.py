@@ -327,9 +327,9 @@ class EmbeddedEngine(Engine):
     def _attempt(
         self, request: GuardRequest, lost: Callable[[], bool], me: Claimant
     ) -> GuardResult:
-        """The attempt, under our lock, its leases held by ``me`` too. If the
-        lock is ``lost()`` meanwhile, the command is stopped and no final
-        record written."""
+        """The attempt, under our lock, its leases held by ``me`` too: the
+        command, then its retries. If the lock is ``lost()`` meanwhile, the
+        command is stopped and no final record written."""
         attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
@@ -347,13 +347,32 @@ class EmbeddedEngine(Engine):
             return interrupted_before_start(stop.signum)
         if attempt.waits and request.on_wait is not None:
             request.on_wait("")
+        ended = self._run(request, abandoned)
+        while ended is not None and not lost() and attempt.retry(ended):
+            ended = self._run(request, abandoned)
+        if ended is None or lost() or not attempt.finish(*ended):
+            message = (
+                "the lock was lost while the command ran: it was stopped,"
+                " and no final record written"
+            )
+            return GuardResult(GuardState.RAN, message=message)
+        returncode, stopped_by, _ = ended  # a timeout is told by the record
+        return ran(returncode, stopped_by)
+
+    def _run(
+        self, request: GuardRequest, abandoned: Callable[[], Optional[float]]
+    ) -> Optional[tuple]:
+        """One run of the attempt (the command or a retry), watched by the
+        watchdog: how it ended (``attempt.supervise``'s tuple), or None when
+        ``abandoned()`` said so meanwhile (the lock or a lease was lost)."""
+        attempt = request.attempt
         child = attempt.start(env=request.env, cwd=request.cwd)
         if isinstance(child, int):
-            attempt.finish(child, None)
-            return ran(child)
+            return child, None, False
         try:
             self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
-            ended = attempt.wait(child, stopped=stop.asked, abandoned=abandoned, grace=self.grace)
+            stopped = request.stop.asked
+            return attempt.wait(child, stopped=stopped, abandoned=abandoned, grace=self.grace)
         except BaseException:
             child.kill_group()
             child.wait()
@@ -361,13 +380,6 @@ class EmbeddedEngine(Engine):
         finally:
             if child.returncode is not None:
                 self.watchdog.forget(child.pid)
-        if ended is None or lost() or not attempt.finish(*ended):
-            message = (
-                "the lock was lost while the command ran: it was stopped,"
-                " and no final record written"
-            )
-            return GuardResult(GuardState.RAN, message=message)
-        return ran(*ended)
 
     def _acquire(self, request: GuardRequest, me: Claimant) -> Union[LockData, GuardResult]:
         name, wait, timeout = request.lock_name, request.wait, request.timeout

@@ -2,7 +2,8 @@
 runs, release it; and who we are in lock files. lokt lets a caller re-enter
 a lock whose owner is its own, so every agent gets an owner of its own::
 
-    agent = --agent, else $LOKT_AGENT_ID, else "agent-" + 8 random hex digits
+    agent = --agent, else $LOKT_AGENT_ID, else lokt_tasks.agent in invoke's
+            configuration, else "agent-" + 8 random hex digits
     owner = "<base>/<agent>", base = $LOKT_OWNER, else the OS user name
 
 and its commands run with LOKT_OWNER, LOKT_AGENT_ID and LOKT_ROOT set.
@@ -123,10 +124,17 @@ class Identity:
     host: str = field(default_factory=lockfile.host_name)
 
 
-def make_identity(agent: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Identity:
-    """The agent and its own lokt owner (see the module docstring)."""
+def make_identity(
+    agent: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+    *,
+    default: Optional[str] = None,
+) -> Identity:
+    """The agent and its own lokt owner (see the module docstring); ``default``
+    is the configured name, below $LOKT_AGENT_ID."""
     environ = os.environ if env is None else env
     name = (agent or "").strip() or environ.get("LOKT_AGENT_ID", "").strip()
+    name = name or (default or "").strip()
     if not name:
         name = "agent-" + secrets.token_hex(4)
     base = environ.get("LOKT_OWNER", "").strip() or os_user_name()

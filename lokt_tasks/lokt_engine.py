@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -79,19 +80,32 @@ class LoktEngine(Engine):
             return refused
         path = str(lockfile.lock_path(self.root, lock_name))
         argv = self.guard_command(lock_name, request.ttl, request.wait, request.timeout)
-        argv += attempt.argv(os.getpid(), lock=path, grace=self.grace)
         # NOTE: the attempt stops its command within two grace periods (the
         # command, then what it left behind); the guard is killed only after.
         patience = 2 * self.grace + 5
-        # NOTE: with a log, lokt's own messages are kept apart from the
-        # command's output, and added to the log only when the command ran.
+        # NOTE: lokt's own lines (held, frozen, its errors) are kept apart from
+        # the command's output, to be told in our words or added to the log when
+        # the command ran. Without a log, the command's stderr reaches ours
+        # through a descriptor lokt hands on to the attempt untouched.
         with tempfile.TemporaryFile() as lokt_output:
             out = lokt_output.fileno() if attempt.log else None
+            ours = None if attempt.log else os.dup(2)
+            argv += attempt.argv(os.getpid(), lock=path, grace=self.grace, stderr=ours)
             try:
-                guard = system.start(argv, stdout=out, env=request.env, cwd=request.cwd)
+                guard = system.start(
+                    argv,
+                    stdout=out,
+                    stderr=lokt_output.fileno(),
+                    env=request.env,
+                    cwd=request.cwd,
+                    pass_fds=() if ours is None else (ours,),
+                )
             except OSError as error:
                 message = f"cannot run {self.binary}: {error.strerror or error}"
                 return GuardResult(GuardState.ERROR, message=message)
+            finally:
+                if ours is not None:
+                    os.close(ours)
             stopped = request.stop.asked
             if request.on_wait is not None and attempt.leases is not None:
                 stopped = WaitWatch(attempt, request.on_wait, stopped)
@@ -105,7 +119,7 @@ class LoktEngine(Engine):
             lokt_output.seek(0)
             lokt_message = lokt_output.read().decode("utf-8", "replace").strip()
         assert ended is not None  # never abandoned
-        returncode, forwarded = ended
+        returncode, forwarded, _ = ended  # no deadline: the attempt inside keeps it
         if returncode < 0:
             # NOTE: lokt guard was killed, leaving its lock. The attempt stops
             # the command; the lock goes only once nothing of the shard runs.
@@ -120,6 +134,10 @@ class LoktEngine(Engine):
                 log = system.open_file(attempt.log, os.O_WRONLY | os.O_APPEND)
                 with open(log, "a", encoding="utf-8") as handle:
                     handle.write(lokt_message + "\n")
+            elif lokt_message:
+                for line in lokt_message.splitlines():  # the attempt's own start so
+                    said = line if line.startswith("lokt-tasks: ") else f"lokt-tasks: lokt: {line}"
+                    print(said, file=sys.stderr)
             if own.get("outcome") == RecordOutcome.WAITING and returncode == LOCK_LOST:
                 message = "the lock was lost while its attempt waited for a lease; nothing ran"
                 return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)

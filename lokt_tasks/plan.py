@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -40,8 +42,9 @@ import sys
 from dataclasses import dataclass
 from itertools import dropwhile, takewhile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from .attempt import JUNIT_PLACEHOLDER, SLOT_PLACEHOLDER, escape_braces, fill_template
 from .config import (
     MAX_SHARDS,
     Config,
@@ -54,15 +57,11 @@ from .config import (
     parse_placeholders,
     parse_run_template,
 )
-from .durations import load_durations
-from .errors import ConfigError, UsageError
+from .durations import TaskTimings, read_task_timings
+from .errors import SetupError, UsageError
 from .globs import glob_files, normal_path, without_excluded
 from .text import format_seconds, shorten, table
 
-#: Left in a shard's argv for the run layer: the path for the command's JUnit XML report.
-JUNIT_PLACEHOLDER = "{junit}"
-#: Left in a shard's argv and env for the attempt, which knows its slot only once it holds one.
-SLOT_PLACEHOLDER = "{slot}"
 PLAN_JSON_VERSION = 1
 #: How many items a warning lists before "and N more".
 _SHOWN_IN_WARNINGS = 5
@@ -86,12 +85,15 @@ class Shard:
     estimate: Optional[float] = None
     #: Estimated work in the plan's unit (``PlanStats.unit``): seconds, bytes or items.
     weight: float = 0.0
+    #: The command as a template for other items (JSON, ``attempt.fill_template``):
+    #: what retries of its failing tests run.
+    template: str = ""
     #: The command's extra environment (``env``), expanded as ``argv`` is.
     env: Tuple[Tuple[str, str], ...] = ()
     #: Named exclusive resources the shard holds while its command runs.
     resources: Tuple[str, ...] = ()
     #: Positions in ``argv``, and names in ``env``, of ``str.format`` templates
-    #: whose one field is ``{slot}`` (their other braces doubled).
+    #: whose one field is ``{slot}`` (their other braces doubled; ``{junit}`` left).
     slot_args: Tuple[int, ...] = ()
     slot_env: Tuple[str, ...] = ()
 
@@ -122,6 +124,8 @@ class PlanStats:
     #: ``largest / ideal``; 1.0 is a perfect split.
     balance: float
     heaviest_item: Optional[str] = None
+    #: The heaviest single item's estimated work, in ``unit``.
+    heaviest: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,12 @@ class Plan:
     uncovered: Tuple[str, ...] = ()
     #: Explicit items that more than one shard covers, with those shards.
     overlaps: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
+    #: The run whose pinned timings the plan was made from, or None.
+    pinned_by: Optional[str] = None
+
+
+#: Seconds per item, or a task's recorded times (estimates come from those).
+Durations = Union[Mapping[str, float], TaskTimings]
 
 
 def build_plan(
@@ -144,14 +154,15 @@ def build_plan(
     task_name: str,
     *,
     shards: Optional[int] = None,
-    durations: Optional[Mapping[str, float]] = None,
+    durations: Optional[Durations] = None,
 ) -> Plan:
     """The shards of ``task_name``.
 
     ``shards`` overrides the count of a dynamic task; for a task with
     explicit shards it must equal their number. ``durations`` maps items to
-    seconds; when None, the task's durations file is read (a missing file
-    means no timings).
+    seconds, or is the task's recorded times; when None, the task's
+    durations file is read (a missing file means no timings; a corrupt one
+    is a warning, and no timings).
     """
     task = get_task(config, task_name)
     tokens = parse_run_template(task.run)
@@ -179,27 +190,18 @@ def build_plan(
 
     total = len(groups)
     built = []
-    env_tokens = [(name, parse_placeholders(value)) for name, value in task.env]
     for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
-        values = _values(task.name, index, total)
-        argv, slot_args = _expand(tokens, items_tuple, values, config.root)
-        env = tuple((name, _expand_text(parts, items_tuple, values)) for name, parts in env_tokens)
-        slot_env = tuple(name for name, parts in env_tokens if Placeholder("slot") in parts)
-        shard = Shard(
-            task=task.name,
+        shard = _shard(
+            config,
+            task,
+            tokens,
             index=index,
             total=total,
             items=items_tuple,
-            argv=argv,
-            lock_name=lock_name(task.name, index),
-            fingerprint=fingerprint(task.run, total, index, items_tuple, env),
+            lock=lock_name(task.name, index),
             estimate=weight if unit == "seconds" else None,
             weight=weight,
-            env=env,
-            resources=task.resources,
-            slot_args=slot_args,
-            slot_env=slot_env,
         )
         where = ("shard", index) if task.explicit else ("shards",)
         check_command_size(shard, config, key_path("tasks", task.name, *where))
@@ -213,20 +215,57 @@ def build_plan(
         stats=_stats(built, costs, unit),
         uncovered=tuple(uncovered),
         overlaps=tuple(overlaps),
+        pinned_by=durations.pinned_by if isinstance(durations, TaskTimings) else None,
     )
 
 
-def _task_durations(task: TaskConfig, warnings: List[str]) -> Mapping[str, float]:
-    """The task's durations file; a corrupt one stops only a ``timings`` split, else warns."""
+def _shard(
+    config: Config,
+    task: TaskConfig,
+    tokens,
+    *,
+    index: int,
+    total: int,
+    items: Tuple[str, ...],
+    lock: str,
+    estimate: Optional[float] = None,
+    weight: float,
+) -> Shard:
+    """One shard of ``task`` running ``items`` under the lock ``lock``: its
+    command and environment expanded, its retry template, its fingerprint."""
+    template = command_template(tokens, task=task.name, index=index, total=total)
+    argv = tuple(fill_template(template, items, str(config.root)))
+    env_args = [
+        (name, _template_arg(parse_placeholders(value), _values(task.name, index, total)))
+        for name, value in task.env
+    ]
+    env = tuple((name, fill_template([arg], items, str(config.root))[0]) for name, arg in env_args)
+    return Shard(
+        task=task.name,
+        index=index,
+        total=total,
+        items=items,
+        argv=argv,
+        lock_name=lock,
+        fingerprint=fingerprint(task.run, total, index, items, env),
+        estimate=estimate,
+        weight=weight,
+        template=json.dumps(template),
+        env=env,
+        resources=task.resources,
+        slot_args=_slot_positions(template, len(items)),
+        slot_env=tuple(name for name, arg in env_args if isinstance(arg, dict)),
+    )
+
+
+def _task_durations(task: TaskConfig, warnings: List[str]) -> TaskTimings:
+    """The task's times in its durations file; a corrupt one is a warning."""
     if task.durations is None:
-        return {}
-    try:
-        return load_durations(task.durations)
-    except ConfigError as error:
-        if task.split == "timings" and not task.explicit and not task.per_item:
-            raise
-        warnings.append(f"{error}; estimates are left out")
-        return {}
+        return TaskTimings()
+    timings, warning = read_task_timings(task.durations, task.name)
+    if warning:
+        warnings.append(warning)
+    return timings
 
 
 def lock_name(task: str, index: int) -> str:
@@ -256,7 +295,16 @@ def expand_argv(
     and so is ``{slot}``, in an argument that is then a ``str.format`` template
     (its other braces doubled: see ``Shard.slot_args``).
     """
-    return _expand(tokens, items, _values(task, index, total), root)[0]
+    template = command_template(tokens, task=task, index=index, total=total)
+    return tuple(fill_template(template, items, str(root)))
+
+
+def command_template(tokens, *, task: str, index: int, total: int) -> List[Any]:
+    """A shard's command with every placeholder expanded but the items (left as
+    places, see ``attempt.fill_template``), ``{junit}`` (left as it is) and
+    ``{slot}`` (its argument a ``str.format`` template)."""
+    values = _values(task, index, total)
+    return [_template_arg(token, values) for token in tokens]
 
 
 def _values(task: str, index: int, total: int) -> Dict[str, str]:
@@ -264,47 +312,131 @@ def _values(task: str, index: int, total: int) -> Dict[str, str]:
     return {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
 
 
-def _expand(
-    tokens, items: Sequence[str], values: Mapping[str, str], root: Path
-) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
-    """The argv (see expand_argv) and the positions of its slot templates."""
-    argv: List[str] = []
-    slot_args: List[int] = []
-    for token in tokens:
-        if token == (Placeholder("items"),):
-            argv.extend(
-                "./" + item if item.startswith("-") and os.path.lexists(root / item) else item
-                for item in items
-            )
-            continue
-        if Placeholder("slot") in token:
-            slot_args.append(len(argv))
-        argv.append(_expand_text(token, items, values))
-    return tuple(argv), tuple(slot_args)
-
-
-def _expand_text(token, items: Sequence[str], values: Mapping[str, str]) -> str:
-    """One argument or env value; with ``{slot}`` in it, a ``str.format``
-    template whose one field is ``{slot}`` (``{junit}`` is left as it is)."""
-    template = Placeholder("slot") in token
-    text = ""
+def _template_arg(token, values: Mapping[str, str]) -> Any:
+    """One argument (or ``env`` value) of a command template (``attempt.fill_template``)."""
+    if token == (Placeholder("items"),):
+        return None
+    if Placeholder("slot") in token:  # a str.format template: literal braces doubled
+        parts: List[Any] = [""]
+        for part in token:
+            if isinstance(part, Placeholder) and part.name in ("slot", "junit"):
+                parts[-1] += SLOT_PLACEHOLDER if part.name == "slot" else JUNIT_PLACEHOLDER
+            elif isinstance(part, str):
+                parts[-1] += escape_braces(part)
+            elif part.name == "items":
+                parts += [[part.separator], ""]
+            else:
+                parts[-1] += escape_braces(values[part.name])
+        return {"slot": [part for part in parts if part != ""]}
+    parts = [""]
     for part in token:
-        if isinstance(part, Placeholder) and part.name in ("slot", "junit"):
-            text += SLOT_PLACEHOLDER if part.name == "slot" else JUNIT_PLACEHOLDER
-            continue
         if isinstance(part, str):
-            piece = part
+            parts[-1] += part
         elif part.name == "items":
-            piece = (part.separator or "").join(items)
+            parts += [[part.separator], ""]
         else:
-            piece = values[part.name]
-        text += escape_braces(piece) if template else piece
-    return text
+            parts[-1] += values.get(part.name, JUNIT_PLACEHOLDER)
+    return parts[0] if len(parts) == 1 else [part for part in parts if part != ""]
 
 
-def escape_braces(text: str) -> str:
-    """``text`` as literal text inside a ``str.format`` template."""
-    return text.replace("{", "{{").replace("}", "}}")
+def _slot_positions(template: Sequence[Any], items: int) -> Tuple[int, ...]:
+    """Where the ``{slot}`` templates of ``template`` land in its argv for ``items`` items."""
+    positions, at = [], 0
+    for arg in template:
+        if isinstance(arg, dict):
+            positions.append(at)
+        at += items if arg is None else 1
+    return tuple(positions)
+
+
+def takes_whole_items(task: TaskConfig) -> bool:
+    """Whether the task's command takes its items as whole arguments (``{items}``),
+    rather than only joined inside one (``{items:SEP}``)."""
+    return (Placeholder("items"),) in parse_run_template(task.run)
+
+
+def rerun_lock_name(task: str, index: int) -> str:
+    return f"{task}-rerun-{index}"
+
+
+def rerun_groups(items: Sequence[str], jobs: int) -> List[List[str]]:
+    """Failed tests to rerun, sorted and cut into at most ``jobs`` contiguous shards."""
+    ordered = sorted(set(items))
+    return _split(ordered, max(1, min(jobs, len(ordered))), "name", Path("."), {}, "items")
+
+
+def rerun_plan(config: Config, task_name: str, groups: Sequence[Sequence[str]]) -> Plan:
+    """The plan of a rerun of failed tests: a shard per group of items (test
+    ids, as ``junit.runner_items`` gives them), each under the lock
+    ``<task>-rerun-<N>``, with the task's command and fingerprints."""
+    task = get_task(config, task_name)
+    tokens = parse_run_template(task.run)
+    total, shards = len(groups), []
+    for index, items in enumerate(map(tuple, groups), start=1):
+        shard = _shard(
+            config,
+            task,
+            tokens,
+            index=index,
+            total=total,
+            items=items,
+            lock=rerun_lock_name(task.name, index),
+            weight=float(len(items)),
+        )
+        check_command_size(shard, config, key_path("tasks", task.name, "run"))
+        shards.append(shard)
+    return Plan(task=task.name, cwd=config.root, shards=tuple(shards), split="rerun")
+
+
+def python_module(command: str) -> Optional[str]:
+    """The module a ``{python} [OPTIONS] -m MODULE ...`` command runs, or None
+    when it does not start with ``{python}`` or runs a script or ``-c``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or words[0] != "{python}":
+        return None
+    rest = iter(words[1:])
+    for word in rest:
+        if word == "-m":
+            return next(rest, None)
+        if word.startswith("-m"):
+            return word[2:]
+        if word in ("-X", "-W"):  # options whose value is the next word
+            next(rest, None)
+        elif word == "-c" or not word.startswith("-"):
+            return None
+    return None
+
+
+def check_python_modules(config: Config, task: TaskConfig, *, run: bool) -> None:
+    """Raise SetupError when a command of ``task`` (``collect``, and ``run`` if
+    asked) is ``{python} -m MODULE`` and that interpreter cannot import MODULE.
+
+    ``{python}`` is this interpreter, so a look-up here answers for it (with the
+    directory of shards.toml, where ``-m`` also looks): lokt-tasks installed in
+    an environment of its own (as pipx does) lacks the project's test runner,
+    and every shard would fail as if its tests had.
+    """
+    commands = [("collect", task.collect)] + ([("run", task.run)] if run else [])
+    for key, command in commands:
+        module = python_module(command) if command else None
+        if not module or "{" in module:
+            continue
+        top = module.split(".")[0]
+        try:
+            found = importlib.util.find_spec(top) or importlib.machinery.PathFinder.find_spec(
+                top, [str(config.root)]
+            )
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            where = f"{display_path(config.path)}: {key_path('tasks', task.name, key)}"
+            raise SetupError(
+                f"{where}: {{python}} is {sys.executable}, which has no module '{top}';"
+                f" install {top} into that environment, or lokt-tasks into the one that has it"
+            )
 
 
 #: Room kept on the command line for what runs before the shard's command with the
@@ -549,7 +681,7 @@ def _split(
 
 
 def _item_costs(
-    items: Sequence[str], root: Path, durations: Mapping[str, float], split: str
+    items: Sequence[str], root: Path, durations: Durations, split: str
 ) -> Tuple[Dict[str, float], str]:
     """Each item's estimated work, and its unit: seconds, else bytes, else items.
 
@@ -559,7 +691,10 @@ def _item_costs(
     sizes, and a ``stat`` per file would be most of the time a plan of 100,000 files takes.
     """
     unit = "seconds"
-    known = {item: float(durations[item]) for item in items if item in durations}
+    if isinstance(durations, TaskTimings):
+        known = durations.seconds(items)
+    else:
+        known = {item: float(durations[item]) for item in items if item in durations}
     if not known and split != "name":
         unit, prefix = "bytes", os.path.join(root, "")
         sizes = {item: _file_size(root, prefix, item) for item in items}
@@ -598,6 +733,7 @@ def _stats(shards: Sequence[Shard], costs: Mapping[str, float], unit: str) -> Pl
         largest=largest,
         balance=largest / ideal if ideal > 0 else 1.0,
         heaviest_item=heaviest_item,
+        heaviest=longest,
     )
 
 
@@ -640,6 +776,7 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
             "balance": round(stats.balance, 3),
             "heaviest_item": stats.heaviest_item,
         },
+        "pinned_by_run": plan.pinned_by,
         "warnings": list(plan.warnings),
         "uncovered_items": list(plan.uncovered),
         "overlapping_items": {item: list(shards) for item, shards in plan.overlaps},
@@ -672,6 +809,11 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
         lines.append(
             f"total {total}; ideal {ideal} per shard; lower bound {bound}; "
             f"balance {stats.balance:.2f} (1.00 is even)"
+        )
+    if plan.pinned_by is not None:
+        lines.append(
+            f"timings: the copy pinned when run {plan.pinned_by} started, which its shards "
+            "use (plan --current: from the current timings)"
         )
     lines.append(f"commands (run in {plan.cwd}):")
     for shard in plan.shards:

@@ -8,6 +8,17 @@ a pass. Below the results directory, with task and run key as escaped by
     <task>/<run key>/shard-<N>.json        the record
     <task>/<run key>/shard-<N>.log         the shard's output
     <task>/<run key>/shard-<N>.junit.xml   the command's JUnit report
+    <task>/<run key>/shard-<N>.retry-<K>.junit.xml   the report of its retry K
+    <task>/<run key>/rerun-<K>/            rerun K of the run's failed tests:
+        plan.json                          its shards' items (test ids)
+        shard-<N>.json ...                 its records, logs and reports
+
+A rerun of failed tests (``shard-all --failed-tests``) is a run of its own,
+whose key is ``<run key>/rerun-<K>`` (:func:`rerun_key`); user run keys never
+hold a slash.
+    <task>/<run key>/durations.json        the run's pinned timings (durations.pin_timings)
+    <task>/<run key>/durations-folded.json the attempts folded into durations files
+    <task>/.durations.json                 times recorded by runs here (never committed)
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from pathlib import Path
 from subprocess import DEVNULL, PIPE
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .attempt import STAMPED_FIELDS, record_text
+from .attempt import STAMPED_FIELDS, digest, record_text, retry_report
 from .errors import LoktTasksError, UsageError
 from .states import STARTED_OUTCOMES, RecordOutcome
 from .system import read_file, utc_now, write_atomically
@@ -45,6 +56,9 @@ MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file
 #: Seconds an agent's start record may lag its taking the shard's lock (see running_for).
 RECORD_LAG = 1.0
 _RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
+_RERUN_NAME = re.compile(r"rerun-([1-9][0-9]*)")
+#: In a rerun's directory: its shards' items.
+RERUN_PLAN = "plan.json"
 
 
 @dataclass
@@ -76,6 +90,12 @@ class Record:
     #: Random id of one attempt at the shard, the same in its start and final
     #: record: tells "my record" from one another agent wrote meanwhile.
     attempt: str = ""
+    #: Retries of the failing tests that ran (the task's ``retries`` at most).
+    retries: int = 0
+    #: Per run of this attempt (the command, then each retry): the SHA-256 hex
+    #: digest of the JUnit report it left, or None when it left none; [] when
+    #: the command writes no report, and in a start record.
+    reports: List[Optional[str]] = dataclasses.field(default_factory=list)
     #: The slot the command ran in (``{slot}``), or None when it took none.
     slot: Optional[int] = None
     #: Seconds the attempt waited for its leases (slot, resources) before its
@@ -121,6 +141,11 @@ def parse_time(text: str) -> datetime.datetime:
     year, month, day, hour, minute, second = map(int, date_and_time)
     moment = datetime.datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone)
     return moment.astimezone(datetime.timezone.utc)
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """An aware datetime as the records write time: RFC 3339 UTC with microseconds."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_start_record(
@@ -216,16 +241,20 @@ _JSON_TYPES = {
     "float": ((int, float), "a number"),
     "List[str]": ((list,), "a list of strings"),
 }
-#: Fields a record file may leave out (records from before they were kept),
-#: with the value they then take.
+#: Fields a record file may leave out (written by an earlier release), with
+#: the value they then take.
 _FIELD_DEFAULTS: Dict[str, Any] = {
     "attempt": "",
+    "retries": 0,
+    "reports": (),
     "slot": None,
     "waited": None,
     "resources": (),
     "cwd": None,
     "estimate": None,
 }
+#: The annotation of a list field, and its entries' types.
+_LIST_OF_DIGESTS = "List[Optional[str]]"
 
 
 def record_from_dict(data: object) -> Record:
@@ -242,6 +271,17 @@ def record_from_dict(data: object) -> Record:
     values: Dict[str, Any] = {}
     for field in dataclasses.fields(Record):
         name, annotation = field.name, str(field.type)
+        if annotation == _LIST_OF_DIGESTS:
+            entries = data.get(name, _FIELD_DEFAULTS.get(name))
+            if not isinstance(entries, (list, tuple)) or not all(
+                entry is None or isinstance(entry, str) for entry in entries
+            ):
+                raise ValueError(
+                    "field %r should be a list of strings and nulls, found %s"
+                    % (name, _json_type(entries))
+                )
+            values[name] = list(entries)
+            continue
         optional = annotation.startswith("Optional[")
         types, type_name = _JSON_TYPES[
             annotation[len("Optional[") : -1] if optional else annotation
@@ -264,6 +304,8 @@ def record_from_dict(data: object) -> Record:
         raise ValueError("unknown outcome %r" % values["outcome"])
     if values["shard"] < 1:
         raise ValueError("shard number %d is below 1" % values["shard"])
+    if values["retries"] < 0:
+        raise ValueError("retries %d is below 0" % values["retries"])
     if values["duration"] is not None:
         values["duration"] = float(values["duration"])
     for name in ("started_at", "ended_at"):
@@ -377,7 +419,8 @@ class RecordStore:
         return self.root / safe_component(task)
 
     def run_dir(self, task: str, run_key: str) -> Path:
-        return self.task_dir(task) / safe_component(run_key)
+        """``<task>/<run key>``; a rerun's key ``<run>/rerun-<K>`` a directory below its run's."""
+        return self.task_dir(task).joinpath(*map(safe_component, run_key.split("/")))
 
     def record_path(self, task: str, run_key: str, shard: int) -> Path:
         return self.run_dir(task, run_key) / ("shard-%d.json" % shard)
@@ -385,8 +428,107 @@ class RecordStore:
     def log_path(self, task: str, run_key: str, shard: int) -> Path:
         return self.run_dir(task, run_key) / ("shard-%d.log" % shard)
 
-    def junit_path(self, task: str, run_key: str, shard: int) -> Path:
-        return self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard)
+    def junit_path(self, task: str, run_key: str, shard: int, run: int = 0) -> Path:
+        """The report of a shard's command, or (``run`` K) of its retry K."""
+        first = str(self.run_dir(task, run_key) / ("shard-%d.junit.xml" % shard))
+        return Path(retry_report(first, run))
+
+    def reruns(self, task: str, run_key: str) -> List[Tuple[int, Optional[List[List[str]]]]]:
+        """The reruns of a run's failed tests, oldest first: their numbers K and
+        each shard's items, from ``rerun-<K>/plan.json`` (None when unreadable)."""
+        try:
+            names = os.listdir(self.run_dir(task, run_key))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        numbers = sorted(
+            int(match.group(1)) for match in map(_RERUN_NAME.fullmatch, names) if match
+        )
+        return [(number, self._rerun_plan(task, run_key, number)) for number in numbers]
+
+    def _rerun_plan(self, task: str, run_key: str, number: int) -> Optional[List[List[str]]]:
+        path = self.run_dir(task, rerun_key(run_key, number)) / RERUN_PLAN
+        try:
+            data = json.loads(read_file(path, MAX_RECORD_BYTES * 64))
+        except (OSError, ValueError):
+            return None
+        groups = data.get("shards") if isinstance(data, dict) else None
+        valid = (
+            isinstance(groups, list)
+            and groups
+            and all(
+                isinstance(group, list) and group and all(isinstance(item, str) for item in group)
+                for group in groups
+            )
+        )
+        return groups if valid and data.get("version") == 1 else None
+
+    def new_rerun(
+        self, task: str, run_key: str, groups: Sequence[Sequence[str]]
+    ) -> Tuple[int, List[List[str]]]:
+        """The number and shards of the rerun that runs the items of ``groups``
+        (each shard's items): the last rerun when it holds the same items,
+        however split (a second agent rerunning the same tests, or the same
+        tests failing again, joins it), else a new one, its plan written
+        exclusively (two agents starting one at once agree)."""
+        wanted = _all_items(groups)
+        rounds = self.reruns(task, run_key)
+        if rounds and rounds[-1][1] is not None and _all_items(rounds[-1][1]) == wanted:
+            return rounds[-1][0], rounds[-1][1]
+        last = rounds[-1][0] if rounds else 0
+        data = json.dumps({"version": 1, "shards": [list(group) for group in groups]}, indent=2)
+        for number in range(last + 1, last + 100):
+            directory = self.run_dir(task, rerun_key(run_key, number))
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                write_atomically(directory / RERUN_PLAN, data.encode("utf-8"), exclusive=True)
+                return number, [list(group) for group in groups]
+            except FileExistsError:
+                theirs = self._rerun_plan(task, run_key, number)
+                if theirs is not None and _all_items(theirs) == wanted:
+                    return number, theirs
+        raise LoktTasksError("cannot find a free rerun number in %s" % self.run_dir(task, run_key))
+
+    def pinned_durations_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations.json"
+
+    def fold_ledger_path(self, task: str, run_key: str) -> Path:
+        return self.run_dir(task, run_key) / "durations-folded.json"
+
+    def local_durations_path(self, task: str) -> Path:
+        """The task's times recorded by the runs that keep records here, in the
+        durations file's format. Its name starts with a dot, which no escaped
+        run key does (see :func:`safe_component`)."""
+        return self.task_dir(task) / ".durations.json"
+
+    def counted_reports(
+        self, task: str, run_key: str, shards: Sequence[Shard]
+    ) -> List[Tuple[Shard, Record, Path]]:
+        """The JUnit reports of a run that count for timings, with their shard and record.
+
+        A shard's report counts when the record beside it is final (not a
+        start record, not an engine error: the command ran), is of the
+        shard's plan (its fingerprint), and the report is the one its command
+        left in that attempt: its SHA-256 is the first the record names
+        (``Record.reports``), so a report another attempt left is never read
+        as this one's, wherever the results directory was copied.
+        """
+        counted = []
+        for shard in shards:
+            record = self.read(task, run_key, shard.index)
+            if not isinstance(record, Record) or record.fingerprint != shard.fingerprint:
+                continue
+            if record.outcome in (RecordOutcome.RUNNING, RecordOutcome.ERROR):
+                continue
+            if not record.reports or record.reports[0] is None:
+                continue
+            report = self.junit_path(task, run_key, shard.index)
+            try:
+                data = read_file(report)
+            except OSError:
+                continue
+            if digest(data) == record.reports[0]:
+                counted.append((shard, record, report))
+        return counted
 
     def write(self, record: Record) -> Path:
         """Write ``record`` in its place, atomically (see :func:`write_record`)."""
@@ -465,6 +607,15 @@ class RecordStore:
         return [unsafe_component(name) for _, name in sorted(found)]
 
 
+def _all_items(groups: Sequence[Sequence[str]]) -> List[str]:
+    return sorted(item for group in groups for item in group)
+
+
+def rerun_key(run_key: str, number: int) -> str:
+    """The run key of rerun ``number`` of a run's failed tests."""
+    return "%s/rerun-%d" % (run_key, number)
+
+
 def validate_run_key(key: str, source: str = "--run") -> str:
     """Check a run key given by the user; UsageError naming ``source`` if unusable."""
 
@@ -519,6 +670,13 @@ def git_run_key(cwd: Path, ignore: Sequence[Path] = ()) -> str:
     inside = [_relative_to(Path(path), Path(top)) for path in ignore]
     digest = _tracked_changes_digest(Path(top), [":(exclude,top)" + p for p in inside if p])
     return head[:12] if digest is None else "%s-dirty-%s" % (head[:12], digest[:8])
+
+
+def head_commit(cwd: Path) -> Optional[str]:
+    """The full hex id of the commit checked out in ``cwd``, or None outside a
+    git work tree or before its first commit."""
+    head = _git_output(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    return head if head and re.match(r"^[0-9a-f]{40,64}$", head) else None
 
 
 def _start_git(cwd: Path, args: Sequence[str], stderr: Any) -> subprocess.Popen[bytes]:

@@ -8,19 +8,20 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Optional, Tuple
+from typing import Callable, Collection, Optional
 
-from .attempt import Attempt
+from .attempt import Attempt, digest, escape_braces
 from .config import DEFAULT_LEASE_PREFIX, ENGINES
-from .durations import durations_from_junit, merge_durations
+from .durations import DurationsError, FoldSummary, ShardReport, TaskTimings, fold_reports
 from .embedded import EmbeddedEngine
 from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
-from .errors import EngineError, UsageError
+from .errors import EngineError, UsageError, storage_error
 from .leases import Leases
 from .lokt_engine import LoktEngine, find_lokt_binary
-from .plan import JUNIT_PLACEHOLDER, Shard, escape_braces
+from .plan import JUNIT_PLACEHOLDER, Shard
 from .results import RECORD_LAG, Record, RecordStore, new_start_record, unstamped_json
-from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RunOutcome
+from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RecordOutcome, RunOutcome
+from .system import read_file
 
 
 def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = None) -> Engine:
@@ -41,6 +42,22 @@ def select_engine(choice: str, identity: Identity, *, root: Optional[Path] = Non
 
 
 @dataclass(frozen=True)
+class TimingsStore:
+    """Where the shards of a run record their times: the task's store of
+    times recorded here (``RecordStore.local_durations_path``), never the
+    committed durations file, which only ``durations`` folds reports into.
+
+    The store keeps items this plan does not have: every worktree of the
+    repository shares it, and another branch may have other files (plans
+    look up only their own items, so those cost nothing)."""
+
+    path: Path
+    task: str
+    #: The committed file's times, where an item's first entry here starts from.
+    seed: TaskTimings
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything about a run that is the same for each of its shards."""
 
@@ -50,9 +67,16 @@ class RunSettings:
     engine: Engine
     identity: Identity
     ttl: float
-    durations_file: Optional[Path] = None
+    timings: Optional[TimingsStore] = None
     wait: bool = False
     timeout: Optional[float] = None
+    #: How long each shard's command may run, in seconds (None: no limit), and
+    #: as written in shards.toml, for the record's message.
+    shard_timeout: Optional[float] = None
+    shard_timeout_text: str = ""
+    #: The task's ``retries`` and ``flaky`` (see config.TaskConfig).
+    retries: int = 0
+    flaky: str = "pass"
     #: The machine's slot budget (``config.slot_budget``): None for none.
     slots: Optional[int] = None
     lease_prefix: str = DEFAULT_LEASE_PREFIX
@@ -64,6 +88,8 @@ class ShardOutcome:
     state: RunOutcome
     guard: GuardResult
     record: Optional[Record] = None
+    #: What recording the shard's times did (None: no report to read).
+    timings: Optional[FoldSummary] = None
 
     @property
     def ran(self) -> bool:
@@ -114,10 +140,20 @@ def run_shard(
             filled = escape_braces(junit) if name in shard.slot_env else junit
             env[name] = value.replace(JUNIT_PLACEHOLDER, filled)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    report_before = _file_state(junit_path)
-    leases = shard_leases(shard, settings)
+    wants_report = shard.wants_junit
     attempt = Attempt(
-        record_path, unstamped_json(start), command, log=start.log, skip=tuple(skip), leases=leases
+        record_path,
+        unstamped_json(start),
+        command,
+        log=start.log,
+        skip=tuple(skip),
+        timeout=settings.shard_timeout,
+        timeout_text=settings.shard_timeout_text,
+        report=junit_path if wants_report else None,
+        retries=settings.retries if wants_report and shard.template else 0,
+        template=shard.template,
+        flaky=settings.flaky,
+        leases=shard_leases(shard, settings),
     )
 
     def guard_shard(wait: bool) -> GuardResult:
@@ -156,14 +192,10 @@ def run_shard(
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
     if record.outcome in STARTED_OUTCOMES:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
-    durations_file = settings.durations_file if shard.wants_junit else None
-    if durations_file is not None and _file_state(junit_path) not in (None, report_before):
-        try:
-            timings = durations_from_junit(junit_path, shard.items, root=settings.cwd)
-        except ValueError:
-            timings = {}  # an unreadable report costs us timings, not the shard's outcome
-        merge_durations(durations_file, timings)
-    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record)
+    folded = None
+    if shard.wants_junit and _is_reported(junit_path, record):
+        folded = _record_times(shard, record, junit_path, settings)
+    return ShardOutcome(shard, RunOutcome(record.outcome), guard, record, folded)
 
 
 #: Tries again at a shard's lock found held, but free a moment later.
@@ -191,12 +223,36 @@ def shard_leases(shard: Shard, settings: RunSettings) -> Optional[Leases]:
     )
 
 
-def _file_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """Inode, size and mtime of ``path``, or None: a JUnit report unchanged
-    since before we asked for the lock is an earlier attempt's (not deleted:
-    the agent holding the shard now may not have read it yet)."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
+def _record_times(
+    shard: Shard, record: Record, report: Path, settings: RunSettings
+) -> Optional[FoldSummary]:
+    """Fold the shard's report (its command's, never a retry's, which holds
+    only the failing tests) into the run's store of times. A report or a
+    store that cannot be used costs timings (a warning), never the shard."""
+    target = settings.timings
+    if target is None:
         return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
+    complete = record.outcome == RecordOutcome.PASSED
+    read = ShardReport(shard.lock_name, report, shard.items, complete, record.attempt)
+    try:
+        return fold_reports(
+            target.path,
+            target.task,
+            [read],
+            root=settings.cwd,
+            items=None,
+            seed=target.seed,
+        )
+    except (DurationsError, OSError) as error:
+        problem = str(error) if isinstance(error, DurationsError) else str(storage_error(error))
+        return FoldSummary(target.path, problems=[f"{problem}; the shard's times are not recorded"])
+
+
+def _is_reported(report: Path, record: Record) -> bool:
+    """Whether ``report`` is the one the command left in this attempt, as its
+    record names it: once the lock is released, the next attempt at the shard
+    may already have removed it, or written its own."""
+    try:
+        return bool(record.reports) and record.reports[0] == digest(read_file(report))
+    except OSError:
+        return False

@@ -4,15 +4,20 @@ One ``str`` enum per layer that looks at a shard, whose values are the words wri
 records and JSON and printed; a word means the same in each. ``attempt.py`` writes record
 outcomes as literals (``tests/test_states.py`` pins them). The policy sets name decisions
 taken in several places (a command, its help, the docs), so that they cannot drift apart.
+Standard library only: the attempt process, started without site-packages, imports it
+(through ``junit``) to read a shard's JUnit report.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Iterable, Mapping, Tuple, TypeVar
 
-from colorama import Fore, Style
+# NOTE: the ANSI codes colorama's Fore and Style hold (tests/test_states.py compares them),
+# written out so that this module needs the standard library only (see the docstring).
+Fore = SimpleNamespace(GREEN="\x1b[32m", RED="\x1b[31m", YELLOW="\x1b[33m", CYAN="\x1b[36m")
+Style = SimpleNamespace(DIM="\x1b[2m")
 
 
 class Word(str, Enum):
@@ -46,8 +51,22 @@ class RecordOutcome(Word):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  #: Stopped by SIGINT/SIGTERM before it finished.
     ERROR = "error"  #: The lock engine failed before the command could run.
+    #: Ran past the task's ``timeout`` and was stopped (its process group); ``message``
+    #: names the limit. Added after the first records: older readers call it corrupt.
+    TIMED_OUT = "timed-out"
     #: The shard's lock is held; its attempt waits for a slot or a resource (leases.py).
     WAITING = "waiting"
+
+
+class TestOutcome(Word):
+    """How one JUnit testcase ended, as a report says it."""
+
+    __test__ = False  # NOTE: a name pytest would otherwise try to collect as tests
+
+    PASSED = "passed"
+    FAILED = "failed"  #: An assertion failed (JUnit ``<failure>``).
+    ERROR = "error"  #: The test could not run to its end (JUnit ``<error>``).
+    SKIPPED = "skipped"  #: Skipped, or an expected failure (JUnit ``<skipped>``).
 
 
 class RunOutcome(Word):
@@ -61,6 +80,7 @@ class RunOutcome(Word):
     ERROR = "error"  #: The engine failed, or a record could not be written. Nothing ran.
     DONE = "done"  #: Another agent had already finished the shard under this plan. Nothing ran.
     LOST = "lost"  #: The attempt died before it wrote the final record (the start record stays).
+    TIMED_OUT = "timed-out"  #: The command ran past the task's timeout and was stopped.
 
 
 class Progress(Word):
@@ -76,6 +96,7 @@ class ShardState(Word):
 
     PASSED = "passed"  #: The record says passed, for this plan (same fingerprint).
     FAILED = "failed"  #: The command failed (exit code or signal), or the engine before it ran.
+    TIMED_OUT = "timed-out"  #: The command ran past the task's timeout and was stopped.
     RUNNING = "running"  #: A live agent holds the shard's lock, whatever the record says.
     CRASHED = "crashed"  #: A start record for this plan exists but nobody holds the lock any more.
     INTERRUPTED = "interrupted"  #: The run was stopped by SIGINT/SIGTERM before it finished.
@@ -98,16 +119,22 @@ class OverallVerdict(Word):
 PASSED_OUTCOMES = frozenset({RecordOutcome.PASSED})
 #: Record outcomes that are final under a plan: queue mode (``--id next``) skips such a
 #: shard, and leaves when every shard has one. A failure is an outcome, not a crash.
-FINISHED_OUTCOMES = frozenset({RecordOutcome.PASSED, RecordOutcome.FAILED})
+FINISHED_OUTCOMES = frozenset({RecordOutcome.PASSED, RecordOutcome.FAILED, RecordOutcome.TIMED_OUT})
 #: Record outcomes of an attempt that has not ended: what its agent wrote once it held the
 #: lock (waiting for its leases, then running its command).
 STARTED_OUTCOMES = frozenset({RecordOutcome.RUNNING, RecordOutcome.WAITING})
 #: Run outcomes for which the command ran (and has a final record).
-RAN_OUTCOMES = frozenset({RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTERRUPTED})
+RAN_OUTCOMES = frozenset(
+    {RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTERRUPTED, RunOutcome.TIMED_OUT}
+)
+#: Run outcomes that fail a run: the command failed or ran past its timeout (exit 3).
+FAILED_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.TIMED_OUT})
 #: Run outcomes for which the lock was not ours, so nothing ran.
 LOCKED_OUT = frozenset({RunOutcome.HELD, RunOutcome.FROZEN})
-#: Run outcomes whose log tail shard-all shows after the board.
-SHOW_LOG_OUTCOMES = frozenset({RunOutcome.FAILED, RunOutcome.LOST, RunOutcome.ERROR})
+#: Run outcomes whose log tail shard-all shows as soon as the shard ends.
+SHOW_LOG_OUTCOMES = frozenset(
+    {RunOutcome.FAILED, RunOutcome.TIMED_OUT, RunOutcome.LOST, RunOutcome.ERROR}
+)
 #: Shard states that ``shard-all --failed`` runs again: all but a pass and a live run.
 RERUN_BY_FAILED = frozenset(ShardState) - {
     ShardState.PASSED,
@@ -117,9 +144,15 @@ RERUN_BY_FAILED = frozenset(ShardState) - {
 #: Shard states that ``verify --wait`` waits on: they may still change by themselves.
 WAITED_ON = frozenset({ShardState.RUNNING, ShardState.MISSING, ShardState.WAITING})
 #: Shard states whose log the verdict table points to.
-SHOW_LOG_STATES = frozenset({ShardState.FAILED, ShardState.CRASHED, ShardState.INTERRUPTED})
+SHOW_LOG_STATES = frozenset(
+    {ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CRASHED, ShardState.INTERRUPTED}
+)
+#: Shard states that fail the overall verdict (exit 3), even while other shards run.
+FAILED_STATES = frozenset({ShardState.FAILED, ShardState.TIMED_OUT})
 #: Shard states that make the overall verdict incomplete (neither a pass nor a failure).
-INCOMPLETE_STATES = frozenset(ShardState) - {ShardState.PASSED, ShardState.FAILED}
+INCOMPLETE_STATES = frozenset(ShardState) - {ShardState.PASSED} - FAILED_STATES
+#: Test outcomes that are a failure: the tests ``retries`` and ``--failed-tests`` run again.
+FAILING_TESTS = frozenset({TestOutcome.FAILED, TestOutcome.ERROR})
 
 W = TypeVar("W", bound=Word)
 
@@ -136,7 +169,7 @@ WARNING = "warning"
 #: broken a human must look at; yellow not finished or not run; cyan in progress; dim not started.
 _WORDS_BY_COLOR = (
     (Fore.GREEN, "passed done"),
-    (Fore.RED, "failed crashed corrupt error lost"),
+    (Fore.RED, "failed timed-out crashed corrupt error lost"),
     (Fore.YELLOW, f"held frozen interrupted missing outdated incomplete {WARNING}"),
     (Fore.CYAN, "running"),
     (Style.DIM, "waiting"),

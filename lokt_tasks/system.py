@@ -212,17 +212,23 @@ def start(
     argv: list,
     *,
     stdout: int | None = None,
+    stderr: int | None = None,
     env: dict | None = None,
     cwd: str | None = None,
     new_session: bool = True,
+    pass_fds: tuple = (),
 ) -> Child:
     """Start ``argv`` (no shell) leading a process group, and a session unless
     ``new_session`` is False; ``stdout``: a descriptor for stdout and stderr
-    (None: ours). Raises OSError when it cannot start (:func:`not_started`)."""
+    (None: ours), ``stderr``: one for stderr alone; ``pass_fds``: descriptors
+    the command inherits as they are (only with ``cwd``). Raises OSError when
+    it cannot start (:func:`not_started`)."""
+    err = stdout if stderr is None else stderr
     # NOTE: posix_spawn is cheaper than importing subprocess, but cannot
     # change directory; only the agent asks for ``cwd``, with subprocess loaded.
     if cwd is None:
-        actions = [] if stdout is None else [(os.POSIX_SPAWN_DUP2, stdout, fd) for fd in (1, 2)]
+        actions = [] if stdout is None else [(os.POSIX_SPAWN_DUP2, stdout, 1)]
+        actions += [] if err is None else [(os.POSIX_SPAWN_DUP2, err, 2)]
         group = {"setsid": True} if new_session else {"setpgroup": 0}
         environ = os.environ if env is None else env
         pid = os.posix_spawnp(
@@ -232,9 +238,14 @@ def start(
     import subprocess
 
     assert new_session, "a command in a directory of its own starts a session of its own"
-    stderr = None if stdout is None else subprocess.STDOUT
     process = subprocess.Popen(
-        argv, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True
+        argv,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stderr is None and stdout is not None else stderr,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        pass_fds=pass_fds,
     )
     return Child(process.pid, keep=process)
 

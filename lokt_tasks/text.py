@@ -3,8 +3,9 @@ functions shared by the plan, the live board and the verdict table, so they read
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Collection, List, Optional, Sequence, Union
+from typing import Collection, Iterable, List, Optional, Sequence, Union
 
 from colorama import Style
 
@@ -33,6 +34,13 @@ def word_list(words: Sequence[str], last: str = "or") -> str:
     if len(written) < 2:
         return "".join(written)
     return "%s %s %s" % (", ".join(written[:-1]), last, written[-1])
+
+
+def close_match(word: str, choices: Iterable[str]) -> Optional[str]:
+    """The one choice ``word`` is most likely a typo of, or None: what a
+    "did you mean" names, for shards.toml keys and values and the command line."""
+    found = difflib.get_close_matches(word, list(choices), n=1)
+    return found[0] if found else None
 
 
 def paint(text: str, color: str) -> str:

@@ -4,6 +4,10 @@ Each "check" is a small Python file: it appends its name to ``ran.log`` (so a
 test can count how often it ran), then passes, fails, or waits, depending on
 its content. ``run_checks.py`` runs the checks given as arguments, like a test
 runner would, and fails if any of them fails.
+
+``pytest_project`` makes a real pytest suite instead (``SUITE``: 14 tests,
+classes, parametrized ids, one with a space), whose conftest appends each
+test's node id to ``ran.log``, with the task ``unit`` split into 3 shards.
 """
 
 from __future__ import annotations
@@ -181,3 +185,76 @@ def open_gate(root: Path, check: str) -> None:
 
 def checks(names: Iterable[str], body: str = PASS) -> Dict[str, str]:
     return {name: body for name in names}
+
+
+SUITE = {
+    "conftest.py": """\
+import pytest
+
+@pytest.fixture(autouse=True)
+def note_the_run(request):
+    with open(request.config.rootpath / "ran.log", "a") as log:
+        log.write(request.node.nodeid + "\\n")
+""",
+    "tests/test_alpha.py": """\
+import pytest
+
+def test_one():
+    pass
+
+def test_two():
+    pass
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_numbers(n):
+    assert n > 0
+""",
+    "tests/test_beta.py": """\
+import pytest
+
+class TestBeta:
+    def test_first(self):
+        pass
+
+    @pytest.mark.parametrize("word", ["a b", "x-y", "[z]"], ids=["a b", "x-y", "z"])
+    def test_words(self, word):
+        assert word
+""",
+    "tests/test_gamma.py": """\
+import pytest
+
+@pytest.mark.parametrize("left, right", [(1, 1), (2, 2)])
+def test_pairs(left, right):
+    assert left == right
+
+def test_three():
+    pass
+
+def test_four():
+    pass
+""",
+}
+
+SHARDS_TOML = f"""\
+[defaults]
+engine = "embedded"
+ttl = "30s"
+
+[tasks.unit]
+collect = "{PYTHON} -m pytest --collect-only -q -p no:cacheprovider"
+run = "{{python}} -m pytest -q -p no:cacheprovider --junitxml={{junit}} {{items}}"
+shards = 3
+"""
+
+
+def pytest_project(root: Path, extra: Optional[Dict[str, str]] = None, toml: str = "") -> Path:
+    """Create and commit the pytest suite (SUITE, and ``extra`` files) with
+    SHARDS_TOML and ``toml`` after it; files named ``*.flag`` are ignored."""
+    for name, text in {**SUITE, **(extra or {})}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "shards.toml").write_text(SHARDS_TOML + toml)
+    (root / ".gitignore").write_text("ran.log\n__pycache__/\n*.flag\n")
+    commit_new_repository(root, "pytest suite")
+    return root

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -20,25 +21,35 @@ from pathlib import Path
 import pytest
 from scratch import wait_for
 
-from lokt_tasks import attempt, system
-from lokt_tasks.attempt import Attempt
+from lokt_tasks import attempt, junit, states, system
+from lokt_tasks.attempt import JUNIT_PLACEHOLDER, Attempt
 from lokt_tasks.results import Record, read_record, record_to_json, unstamped_json
 
 #: All an attempt may import: the standard library (ctypes on macOS only),
-#: and of the package only ``system``.
+#: and of the package ``system``, and ``junit`` (with ``states``) to read reports.
 STANDARD_MODULES = {
     "__future__",
     "_signal",
     "ctypes",
+    "dataclasses",
+    "enum",
     "errno",
+    "hashlib",
     "json",
+    "math",
     "os",
+    "pathlib",
     "signal",
     "stat",
     "subprocess",
     "sys",
     "time",
+    "types",
+    "typing",
+    "xml",
 }
+#: What each module the attempt process may import imports of the package.
+PACKAGE_IMPORTS = {"attempt": {"system", "junit"}, "junit": {"states", "system"}, "states": set()}
 
 
 def attempt_argv(path: Path, start: Record, command, skip=(), *, log=None):
@@ -87,22 +98,33 @@ def read_back(path: Path) -> Record:
     return record
 
 
-@pytest.mark.parametrize("module", [attempt, system])
+@pytest.mark.parametrize("module", [attempt, system, junit, states])
 def test_the_attempt_imports_only_standard_modules(module):
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-    imported = set()
+    imported, package = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level:
-            assert (node.level, node.module, [alias.name for alias in node.names]) == (
-                1,
-                None,
-                ["system"],
-            )
+            assert node.level == 1
+            package.update([node.module] if node.module else [a.name for a in node.names])
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
     assert imported <= STANDARD_MODULES
+    assert package <= PACKAGE_IMPORTS.get(module.__name__.split(".")[-1], set())
+
+
+def test_the_report_reader_imports_in_a_python_without_site_packages():
+    """As the attempt process starts (``-I -S``): no colorama, no tomli."""
+    code = system.bootstrap("attempt")[4].split("; from")[0]
+    probe = (
+        code + "; from lokt_tasks import junit"
+        "; print(sorted(m for m in sys.modules if m.startswith(('colorama', 'tomli', 'invoke'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
 
 
 def test_a_passing_command(tmp_path):
@@ -336,3 +358,192 @@ def test_the_command_of_an_agent_that_dies_is_stopped_and_the_start_record_stays
         attempt_process.kill()
         attempt_process.wait()
     assert read_back(path).outcome == "running"
+
+
+def test_a_command_past_its_timeout_is_stopped_with_its_group_and_recorded(tmp_path):
+    """The attempt process as the lokt engine starts it, with a limit: a command
+    that ignores SIGTERM, and its child, are killed by SIGKILL 1 s after it."""
+    path, pids = tmp_path / "shard-2.json", tmp_path / "pids"
+    command = python(
+        "import os, signal, subprocess, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pids)!r}, 'w').write('%d %d' % (os.getpid(), child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "shard-2.log"
+    argv = Attempt(
+        path,
+        unstamped_json(start_record()),
+        command,
+        log=str(log),
+        timeout=0.5,
+        timeout_text="500ms",
+    ).argv(os.getpid())
+    assert argv[argv.index("--timeout") :][:4] == ["--timeout", "0.5", "--timeout-text", "500ms"]
+
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+    assert all(system.process_gone(pid) for pid in map(int, pids.read_text().split()))
+    record = read_back(path)
+    assert (record.outcome, record.exit_code, record.signal, record.message) == (
+        "timed-out",
+        None,
+        "SIGKILL",
+        "exceeded timeout 500ms",
+    )
+    assert 0.5 + attempt.TIMEOUT_GRACE <= record.duration < 0.5 + 2
+    assert log.read_text().endswith("SIGKILL 1s later to what was left\n")
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "inf"])
+def test_a_bad_timeout_is_a_usage_error_and_nothing_runs(tmp_path, value):
+    marker = tmp_path / "ran"
+    argv = attempt_argv(tmp_path / "shard-2.json", start_record(), ["touch", str(marker)])
+    argv[-3:-3] = ["--timeout", value]
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+    assert result.returncode == attempt.USAGE
+    assert result.stderr.decode().startswith("usage: attempt ")
+    assert not marker.exists() and not (tmp_path / "shard-2.json").exists()
+
+
+# --- reports and retries -------------------------------------------------------
+
+#: A runner: ``RUNNER REPORT [NAMES]`` runs the tests t_a and t_b (or those
+#: named), writes their JUnit report, and exits 1 if one failed. t_b fails
+#: the first time, and again while the file ``always`` exists beside the report.
+RUNNER = """\
+import os, sys
+report, names = sys.argv[1], sys.argv[2:] or ["t_a", "t_b"]
+flag = os.path.join(os.path.dirname(report), "t_b.flag")
+always = os.path.exists(os.path.join(os.path.dirname(report), "always"))
+failed = [n for n in names if n == "t_b" and (always or not os.path.exists(flag))]
+open(flag, "w").close()
+cases = "".join(
+    '<testcase classname="pkg" name="%s">%s</testcase>'
+    % (n, '<failure message="t_b broke">trace</failure>' if n in failed else "")
+    for n in names
+)
+with open(report, "w") as out:
+    out.write("<testsuite>%s</testsuite>" % cases)
+sys.exit(1 if failed else 0)
+"""
+
+
+def report_attempt(tmp_path: Path, *, retries=0, flaky="pass", runner=RUNNER) -> Attempt:
+    """An attempt whose command runs RUNNER, its report at ``shard-2.junit.xml``;
+    retries go back with the names joined into one argument (``{items:,}``)."""
+    report = tmp_path / "shard-2.junit.xml"
+    command = [sys.executable, "-c", runner, str(report)]
+    template = json.dumps([sys.executable, "-c", runner, JUNIT_PLACEHOLDER, [[" "]]])
+    return Attempt(
+        tmp_path / "shard-2.json",
+        unstamped_json(start_record()),
+        command,
+        report=report,
+        retries=retries,
+        template=template,
+        flaky=flaky,
+    )
+
+
+def run_process(attempt: Attempt, *extra: str) -> subprocess.CompletedProcess:
+    argv = attempt.argv(os.getpid())
+    return subprocess.run(argv[:3] + list(extra) + argv[3:], capture_output=True, timeout=60)
+
+
+def test_retry_reports_sit_beside_the_report():
+    assert attempt.retry_report("r/shard-1.junit.xml", 0) == "r/shard-1.junit.xml"
+    assert attempt.retry_report("r/shard-1.junit.xml", 2) == "r/shard-1.retry-2.junit.xml"
+    assert attempt.retry_report("r/report.xml", 1) == "r/report.xml.retry-1"
+
+
+def test_stamps_are_escaped_as_json_escapes_them(tmp_path):
+    message = 'quote " backslash \\ tab \t caf\u00e9 \U0001d11e'
+    record = dataclasses.replace(start_record(), message=message, reports=["ab", None])
+    text = record_to_json(record)
+    assert text.isascii() and json.loads(text)["message"] == message
+    assert '  "message": %s,' % json.dumps(message) in text.splitlines()
+    path = tmp_path / "shard-2.json"
+    path.write_text(text)
+    assert read_record(path) == record
+
+
+def test_a_failing_test_passes_on_a_retry_in_the_attempt_process_and_is_flaky(tmp_path):
+    result = run_process(report_attempt(tmp_path, retries=2))
+    assert result.returncode == 0, result.stderr
+    record = read_back(tmp_path / "shard-2.json")
+    assert (record.outcome, record.exit_code, record.retries) == ("passed", 0, 1)
+    assert record.message == "1 flaky test passed on a retry"
+    first, retry = tmp_path / "shard-2.junit.xml", tmp_path / "shard-2.retry-1.junit.xml"
+    assert record.reports == [
+        attempt.digest(first.read_bytes()),
+        attempt.digest(retry.read_bytes()),
+    ]
+    assert "t_b" in retry.read_text() and "t_a" not in retry.read_text()  # only the failing test
+    assert b"lokt-tasks: retry 1 of 2: 1 failing test, as 1 item" in result.stdout
+
+
+def test_flaky_fail_fails_the_shard_though_the_retry_passed(tmp_path):
+    result = run_process(report_attempt(tmp_path, retries=1, flaky="fail"))
+    assert result.returncode == 0  # the command's exit code; the record holds the verdict
+    record = read_back(tmp_path / "shard-2.json")
+    assert (record.outcome, record.retries, record.message) == (
+        "failed",
+        1,
+        "1 flaky test passed on a retry (flaky = fail)",
+    )
+
+
+def test_retries_stop_at_their_number_and_the_shard_fails(tmp_path):
+    (tmp_path / "always").write_text("")
+    result = run_process(report_attempt(tmp_path, retries=2))
+    assert result.returncode == 1
+    record = read_back(tmp_path / "shard-2.json")
+    assert (record.outcome, record.exit_code, record.retries, len(record.reports)) == (
+        "failed",
+        1,
+        2,
+        3,
+    )
+    assert record.message == "1 test still failing after 2 retries"
+
+
+def test_exit_0_with_a_failing_test_in_the_report_is_a_failure(tmp_path):
+    lying = RUNNER.replace("sys.exit(1 if failed else 0)", "sys.exit(0)")
+    result = run_process(report_attempt(tmp_path, runner=lying))
+    assert result.returncode == 0
+    record = read_back(tmp_path / "shard-2.json")
+    assert (record.outcome, record.exit_code, record.message) == (
+        "failed",
+        0,
+        "1 failing test in its report",
+    )
+
+
+def test_a_report_left_before_the_attempt_is_removed_and_never_named(tmp_path):
+    for name in ("shard-2.junit.xml", "shard-2.retry-1.junit.xml"):
+        (tmp_path / name).write_text("<testsuite><testcase name='old'/></testsuite>")
+    silent = "import sys; sys.exit(1)"
+    result = run_process(report_attempt(tmp_path, retries=1, runner=silent))
+    assert result.returncode == 1
+    record = read_back(tmp_path / "shard-2.json")
+    assert (record.outcome, record.reports, record.retries) == ("failed", [None], 0)
+    assert sorted(os.listdir(tmp_path)) == ["shard-2.json"]
+
+
+def test_a_passing_shard_with_a_clean_report_reads_no_xml(tmp_path):
+    """Only a digest (hashlib) is added to a passing shard's start-up cost."""
+    result = run_process(report_attempt(tmp_path), "-X", "importtime")
+    assert result.returncode == 1, result.stderr  # t_b fails: now with t_b's flag, it passes
+    result = run_process(report_attempt(tmp_path), "-X", "importtime")
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "hashlib" in imported
+    assert imported & {"lokt_tasks.junit", "xml", "enum", "json", "dataclasses"} == set()
+    assert read_back(tmp_path / "shard-2.json").outcome == "passed"

@@ -152,6 +152,7 @@ def test_defaults_when_nothing_is_set(tmp_path):
         None,
         "name",
     )
+    assert (task.timeout, task.timeout_text) == (None, None)  # no limit
     assert task.collect == "pytest --collect-only -q"
     assert load_config(path).results is None
 
@@ -360,13 +361,13 @@ def task_config(table: str, defaults: str = "") -> str:
     [
         (
             task_config("zzz = 1"),
-            "tasks.test.zzz: unknown key; known keys: "
-            "run, glob, exclude, collect, shards, shard, split, ttl, engine, jobs, durations",
+            "tasks.test.zzz: unknown key; known keys: run, glob, exclude, collect, shards,"
+            " shard, split, ttl, timeout, engine, jobs, durations",
         ),
         (
             task_config("", defaults="zzz = 1"),
             "defaults.zzz: unknown key; known keys: "
-            "exclude, shards, split, ttl, engine, jobs, durations, results",
+            "exclude, shards, split, ttl, timeout, engine, jobs, durations, results",
         ),
         (
             task_config("[[tasks.test.shard]]\nzzz = 1"),
@@ -418,6 +419,7 @@ def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_
         shards = 3
         split = "size"
         ttl = "5m"
+        timeout = "15m"
         engine = "embedded"
         jobs = 2
         durations = "d.json"
@@ -433,6 +435,7 @@ def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_
         shards = "per-item"
         split = "name"
         ttl = "1h"
+        timeout = "1h30m"
         engine = "lokt"
         jobs = 1
         durations = "e.json"
@@ -442,10 +445,12 @@ def test_a_task_takes_each_key_of_defaults_it_does_not_set_and_its_own_replaces_
     inherits, overrides = tasks["inherits"], tasks["overrides"]
     assert (inherits.exclude, inherits.shards, inherits.split) == (("a/**",), 3, "size")
     assert (inherits.ttl, inherits.ttl_text, inherits.jobs) == (300.0, "5m", 2)
+    assert (inherits.timeout, inherits.timeout_text) == (900.0, "15m")
     assert (inherits.engine, inherits.durations) == ("embedded", tmp_path / "d.json")
     assert (overrides.exclude, overrides.shards, overrides.per_item) == (("b/**",), None, True)
     assert (overrides.split, overrides.ttl, overrides.ttl_text) == ("name", 3600.0, "1h")
     assert (overrides.engine, overrides.jobs) == ("lokt", 1)
+    assert (overrides.timeout, overrides.timeout_text) == (5400.0, "1h30m")
     assert overrides.durations == tmp_path / "e.json"
 
 

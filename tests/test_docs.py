@@ -41,8 +41,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from invoke.util import yaml
 
 from lokt_tasks.config import load_config
+from lokt_tasks.plan import Plan, PlanStats, Shard
+from lokt_tasks.results import Record
 from lokt_tasks.states import (
     INCOMPLETE_STATES,
     RERUN_BY_FAILED,
@@ -52,6 +55,7 @@ from lokt_tasks.states import (
     ShardState,
     ordered,
 )
+from lokt_tasks.verdict import judge, verdict_to_json
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -107,13 +111,13 @@ def test_{name}():
 PYTHON_PROJECT = {
     "shards.toml": """\
 [tasks.test]
-run = "{python} -m pytest -q {items}"
+run = "{python} -m pytest -q --junitxml={junit} {items}"
 glob = ["tests/test_*.py"]
 shards = 3
 
 [tasks.cases]
 run = "{python} -m pytest -q {items}"
-collect = "python -m pytest --collect-only -q"
+collect = "{python} -m pytest --collect-only --verbosity=-1 --rootdir=."
 shards = 4
 
 [tasks.each]
@@ -122,9 +126,12 @@ glob = ["tests/test_*.py"]
 shards = "per-item"
 """,
     "tasks.py": (
-        "from lokt_tasks.tasks import plan, shard, shard_all, status, verify  # noqa: F401\n"
+        "from lokt_tasks.tasks import durations, plan, shard, shard_all, status, verify"
+        "  # noqa: F401\n"
     ),
-    ".gitignore": "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n",
+    ".gitignore": (
+        "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n*.json.lock\n"
+    ),
     "tests/test_api.py": HELD_TEST.format(name="api"),
     "tests/test_cli.py": PLAIN_TEST.format(name="cli"),
     "tests/test_db.py": PLAIN_TEST.format(name="db"),
@@ -631,7 +638,9 @@ def test_every_toml_example_loads_as_a_shards_toml(tmp_path):
 # --- states named in the docs -----------------------------------------------
 
 VERDICT_MODULE = REPO / "lokt_tasks" / "verdict.py"
-WORDS = r"\w+(?:,\s+\w+)*"
+#: A state word ("timed-out" has a hyphen), and a list of them.
+WORD = r"\w+(?:-\w+)*"
+WORDS = rf"{WORD}(?:,\s+{WORD})*"
 
 
 def prose(path: Path) -> str:
@@ -653,14 +662,14 @@ def test_the_readme_explains_every_shard_state_in_order():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("**Verdict.**") :]
     table = section[section.index("| state |") :]
-    rows = re.findall(r"^\| (\w+) \| .+ \|$", table[: table.index("\n\n")], re.M)
+    rows = re.findall(rf"^\| ({WORD}) \| .+ \|$", table[: table.index("\n\n")], re.M)
     assert rows[1:] == [str(state) for state in ShardState]
 
 
 def test_the_verdict_module_explains_every_shard_state_in_order():
     text = VERDICT_MODULE.read_text(encoding="utf-8")
     rows = text[text.index("=" * 12) : text.index("The overall verdict")]
-    assert re.findall(r"^(\w+) {2,}", rows, re.M) == [str(state) for state in ShardState]
+    assert re.findall(rf"^({WORD}) {{2,}}", rows, re.M) == [str(state) for state in ShardState]
 
 
 @pytest.mark.parametrize("path", [REPO / "README.md", VERDICT_MODULE], ids=lambda p: p.name)
@@ -668,6 +677,24 @@ def test_counts_in_the_json_examples_list_every_state_in_order(path):
     counts = re.search(r'"counts": (\{[^}]*\})', path.read_text(encoding="utf-8"))
     assert counts, f"no counts example in {path.name}"
     assert list(json.loads(counts.group(1))) == [str(state) for state in ShardState]
+
+
+def test_the_verdict_json_example_shows_every_key():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"`verify --json` prints a stable document.*?```json\n(.*?)```", text, re.S)
+    assert example, "no verdict JSON example in README.md"
+    shown = json.loads(example.group(1))
+    shard = Shard("test", 1, 1, ("a",), ("true",), "test-shard-1", "fp", estimate=1.0)
+    plan = Plan("test", REPO, (shard,), stats=PlanStats("seconds", 1, 1, 1, 1, 1, 1, "a", 1))
+    record = Record(
+        "test", 1, 1, "fp", "k", "test-shard-1", "a", "o", "h", 1, "embedded",
+        "2026-01-01T00:00:00Z", "passed", "2026-01-01T00:00:01Z", 1.0, 0,
+    )  # fmt: skip
+    real = verdict_to_json(judge(plan, {1: record}, {}, run_key="k"))
+    assert list(shown) == list(real)
+    assert list(shown["shards"][0]) == list(real["shards"][0])
+    assert list(shown["timing"]) == list(real["timing"])
+    assert list(shown["timing"]["heaviest_item"]) == list(real["timing"]["heaviest_item"])
 
 
 def test_the_overall_verdicts_are_the_documented_ones():
@@ -678,7 +705,7 @@ def test_the_overall_verdicts_are_the_documented_ones():
 
 def test_what_failed_reruns_is_the_same_everywhere():
     found = listed_states(
-        rf"--failed`? reruns (?:only )?(?:shards that are )?(?P<words>{WORDS} or \w+)", DOCS
+        rf"--failed`? reruns (?:only )?(?:shards that are )?(?P<words>{WORDS} or {WORD})", DOCS
     )
     assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
     wanted = [str(state) for state in ordered(RERUN_BY_FAILED)]
@@ -709,7 +736,7 @@ def command_help(command: str) -> str:
 
 
 def test_exit_code_4_names_every_incomplete_state():
-    found = listed_states(rf"some shard is (?P<words>{WORDS} or (?:its record is )?\w+)", DOCS)
+    found = listed_states(rf"some shard is (?P<words>{WORDS} or (?:its record is )?{WORD})", DOCS)
     assert {path for path, _ in found} >= {"README.md", "docs/patterns.md"}
     wanted = [str(state) for state in ordered(INCOMPLETE_STATES)]
     cleaned = [
@@ -724,3 +751,105 @@ def test_the_engine_results_in_the_architecture_are_the_guard_states():
     assert sentence
     without_asides = re.sub(r" \([^)]*\)", "", sentence.group(1))
     assert re.split(r",\s+|\s+or\s+", without_asides) == [str(state) for state in GuardState]
+
+
+def readme_table(heading: str) -> List[List[str]]:
+    """The rows (cells stripped) of the first table after ``heading`` in the README."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    table = section[section.index("\n|") + 1 :]
+    lines = table[: table.index("\n\n")].splitlines()[2:]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]
+
+
+def test_the_readme_documents_every_flag_as_the_commands_take_it():
+    from lokt_tasks.flags import FLAGS, long_flag
+    from lokt_tasks.tasks import ns
+
+    takers = {
+        name: sorted(command for command in ns.task_names if name in ns[command].parameters())
+        for name in FLAGS
+    }
+    rows = {row[0].strip("`"): row for row in readme_table("### Flags")}
+    assert set(rows) == {long_flag(name) for name in FLAGS}
+    for name, flag in FLAGS.items():
+        _, short, _, commands, _ = rows[long_flag(name)]
+        assert short == (f"`-{flag.short}`" if flag.short else ""), name
+        listed = sorted(ns.task_names) if commands == "all" else sorted(commands.split(", "))
+        assert listed == takers[name], name
+
+
+def test_the_readme_configuration_example_sets_every_configurable_flag():
+    from lokt_tasks.flags import FLAGS, configured_defaults
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### invoke configuration") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = yaml.safe_load(section[start : section.index("```\n", start)])["lokt_tasks"]
+    assert set(example) == {name for name, flag in FLAGS.items() if flag.configurable}
+    assert set(configured_defaults(example)) == set(example)
+
+
+def test_the_readme_explains_every_exit_code():
+    from lokt_tasks import errors
+
+    codes = {int(code) for row in readme_table("## Exit codes") for code in row[0].split(" / ")}
+    defined = {value for name, value in vars(errors).items() if name.isupper()}
+    assert codes == defined
+
+
+# --- JSON documents --------------------------------------------------------------
+
+
+def readme_json(opening: str) -> dict:
+    """The README's example JSON document that follows ``opening``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    after = text[text.index(opening) :]
+    body = after[after.index("```json\n") + len("```json\n") :]
+    return json.loads(body[: body.index("\n```")])
+
+
+def documented_keys(heading_key: str) -> List[str]:
+    """Keys the README's key table (the one whose first row names ``heading_key``) lists."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| `%s`" % heading_key) :]
+    rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", table[: table.index("\n\n")], re.M)
+    return [key for row in rows for key in re.findall(r"`(\w+)`", row)]
+
+
+def test_the_verdict_json_example_and_table_have_every_key_the_code_writes(tmp_path):
+    from lokt_tasks.plan import Plan, Shard
+    from lokt_tasks.results import RecordStore
+    from lokt_tasks.verdict import judge_live, verdict_to_json
+
+    shard = Shard("test", 1, 1, ("a",), ("true",), "test-shard-1", "f")
+    verdict = judge_live(
+        Plan("test", tmp_path, (shard,)), RecordStore(tmp_path), lambda _: None, run_key="k"
+    )
+    written = verdict_to_json(verdict)
+    example = readme_json("`verify --json` prints")
+    assert list(example) == list(written) == documented_keys("version")
+    assert list(example["shards"][0]) == list(written["shards"][0])
+    assert list(example["tests"][0]) == [
+        "id", "shard", "outcome", "flaky", "runs", "rerun", "seconds", "message", "name",
+        "classname", "file",
+    ]  # fmt: skip
+    assert list(example["test_counts"]) == list(written["test_counts"])
+    assert list(example["reruns"][0]) == [
+        "rerun", "run_key", "problem", "verdict", "counts", "shards",
+    ]  # fmt: skip
+    assert example["version"] == written["version"]
+
+
+def test_the_plan_json_example_and_table_have_every_key_the_code_writes(tmp_path):
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / "shards.toml").write_text(
+        '[tasks.test]\nrun = "pytest {items}"\nglob = "a.py"\nshards = 1\n'
+    )
+    from lokt_tasks.plan import build_plan, plan_to_json
+
+    written = plan_to_json(build_plan(load_config(tmp_path / "shards.toml"), "test"))
+    example = readme_json("`plan --json` prints")
+    assert list(example) == list(written) == documented_keys("version`, `task`, `cwd")
+    assert list(example["shards"][0]) == list(written["shards"][0])
+    assert list(example["stats"]) == list(written["stats"])

@@ -169,7 +169,8 @@ def test_a_second_shard_all_runs_nothing_and_failed_reruns_only_the_failed_shard
     assert len(ran(project)) == 6
 
     set_check(project, "check_6.py", FAIL)
-    assert cli(project, "shard", "checks", "--id", "3", env=env).returncode == errors.FAILED
+    forced = cli(project, "shard", "checks", "--id", "3", "--force", env=env)
+    assert forced.returncode == errors.FAILED
     set_check(project, "check_6.py", PASS)
     (project / "ran.log").unlink()
     rerun = cli(project, "shard-all", "checks", "--failed", env=env)
@@ -187,7 +188,7 @@ def test_a_second_shard_all_runs_nothing_and_failed_reruns_only_the_failed_shard
         (["shard", "nope", "--id", "1"], "unknown task 'nope'"),
         (["verify", "checks", "--shards", "x"], "--shards must be a whole number"),
         (["shard-all", "checks", "--jobs", "0"], "--jobs must be at least 1"),
-        (["verify", "checks", "--wait", "--timeout", "10"], "unit"),
+        (["verify", "checks", "--wait", "--wait-timeout", "10"], "unit"),
     ],
 )
 def test_bad_command_lines_are_one_line_usage_errors_and_run_nothing(tmp_path, args, fragment):

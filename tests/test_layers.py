@@ -21,12 +21,12 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: Bottom first. The first layer imports nothing of the package.
 LAYERS: List[Set[str]] = [
     {"__init__", "errors", "states", "system", "text"},
-    {"attempt", "ci", "config", "console", "globs", "lockfile"},
-    {"durations", "engine", "leases", "watchdog"},
-    {"embedded", "lokt_engine", "plan"},
-    {"results"},
+    {"ci", "config", "console", "globs", "junit", "lockfile"},
+    {"attempt", "durations"},
+    {"engine", "leases", "plan", "watchdog"},
+    {"embedded", "lokt_engine", "results"},
     {"run", "verdict"},
-    {"schedule", "status"},
+    {"flags", "report", "schedule", "status"},
     {"tasks"},
     {"cli"},
     {"__main__"},

@@ -14,9 +14,19 @@ from typing import Dict, Iterable, Optional
 
 import pytest
 
+from lokt_tasks.attempt import fill_template
 from lokt_tasks.config import load_config
 from lokt_tasks.errors import ConfigError, UsageError
-from lokt_tasks.plan import build_plan, fingerprint, glob_files, plan_to_json, render_plan
+from lokt_tasks.plan import (
+    build_plan,
+    fingerprint,
+    glob_files,
+    plan_to_json,
+    render_plan,
+    rerun_groups,
+    rerun_plan,
+    takes_whole_items,
+)
 
 PYTHON = shlex.quote(sys.executable)
 #: A run template that prints the argv it receives as JSON.
@@ -193,9 +203,9 @@ def test_timings_are_read_from_the_durations_file(tmp_path):
     assert groups(plan) == [["c.py"], ["a.py", "b.py"]]
 
 
-def test_a_corrupt_durations_file_stops_only_a_timings_split(tmp_path):
+def test_a_corrupt_durations_file_costs_its_timings_with_a_warning(tmp_path):
     make_files(tmp_path, ["a.py", "b.py"])
-    (tmp_path / "shard-durations.json").write_text("{oops")
+    (tmp_path / "shard-durations.json").write_text("<<<<<<< HEAD\n{}\n=======\n")
     toml = """\
         [tasks.test]
         run = "pytest {items}"
@@ -203,12 +213,13 @@ def test_a_corrupt_durations_file_stops_only_a_timings_split(tmp_path):
         shards = 2
         split = "%s"
     """
-    with pytest.raises(ConfigError, match="shard-durations.json: corrupt durations file"):
-        plan_for(tmp_path, toml % "timings")
-    plan = plan_for(tmp_path, toml % "name")
-    assert groups(plan) == [["a.py"], ["b.py"]]
-    assert len(plan.warnings) == 1 and "corrupt durations file" in plan.warnings[0]
-    assert plan.shards[0].estimate is None
+    for split in ("timings", "name"):
+        plan = plan_for(tmp_path, toml % split)
+        assert groups(plan) == [["a.py"], ["b.py"]]
+        assert len(plan.warnings) == 1, plan.warnings
+        assert plan.warnings[0].startswith(f"{tmp_path}/shard-durations.json: corrupt durations")
+        assert plan.warnings[0].endswith("its timings are left out")
+        assert plan.shards[0].estimate is None
 
 
 def test_timings_without_any_known_time_fall_back_to_sizes(tmp_path):
@@ -414,6 +425,44 @@ def test_items_joined_inside_an_argument_and_other_placeholders(tmp_path):
         ("go", "test", "-run", "^(TestC)$", "-json={junit}", "-tag=go-2of2", "{x}", "./pkg"),
     ]
     assert all(shard.wants_junit for shard in plan.shards)
+    # The template a retry fills with other items: the same command, slots for the items.
+    assert json.loads(plan.shards[1].template) == [
+        *("go", "test", "-run", ["^(", ["|"], ")$"], "-json={junit}", "-tag=go-2of2", "{x}"),
+        "./pkg",
+    ]
+    assert fill_template(json.loads(plan.shards[1].template), ["TestZ", "TestY"], ".")[3] == (
+        "^(TestZ|TestY)$"
+    )
+
+
+def test_a_rerun_plan_takes_test_ids_under_locks_of_its_own(tmp_path):
+    make_files(tmp_path, ["tests/test_a.py", "-dash.py"])
+    toml = """\
+        [tasks.test]
+        run = "pytest -q --junitxml={junit} {items}"
+        glob = ["tests/*.py"]
+        shards = 1
+    """
+    plan_for(tmp_path, toml)
+    config = load_config(tmp_path / "shards.toml")
+    assert takes_whole_items(config.tasks["test"])
+    ids = ["tests/test_a.py::test_b", "-dash.py", "tests/test_a.py::test_a[x y]"]
+    assert rerun_groups(ids, 2) == [
+        ["-dash.py", "tests/test_a.py::test_a[x y]"],
+        ["tests/test_a.py::test_b"],
+    ]
+    assert rerun_groups(ids, 9) == [[item] for item in sorted(ids)]
+    rerun = rerun_plan(config, "test", rerun_groups(ids, 2))
+    assert [(s.index, s.total, s.lock_name) for s in rerun.shards] == [
+        (1, 2, "test-rerun-1"),
+        (2, 2, "test-rerun-2"),
+    ]
+    assert rerun.shards[0].argv == (
+        *("pytest", "-q", "--junitxml={junit}"),
+        *("./-dash.py", "tests/test_a.py::test_a[x y]"),
+    )
+    run = config.tasks["test"].run
+    assert rerun.shards[1].fingerprint == fingerprint(run, 2, 2, ["tests/test_a.py::test_b"])
 
 
 def test_collect_runs_in_the_config_directory_and_honours_exclude(tmp_path, monkeypatch):
@@ -649,6 +698,7 @@ def test_plan_json_and_text(tmp_path):
     assert sorted(data) == [
         "cwd",
         "overlapping_items",
+        "pinned_by_run",
         "shards",
         "split",
         "stats",
@@ -669,6 +719,7 @@ def test_plan_json_and_text(tmp_path):
         "env": {},
         "resources": [],
     }
+    assert data["pinned_by_run"] is None
     assert data["stats"] == {
         "unit": "seconds",
         "items": 3,

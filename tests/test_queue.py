@@ -196,7 +196,7 @@ def test_a_shard_passed_over_while_held_is_run_by_a_survivor_once_its_holder_is_
 
         # An agent told not to wait leaves at once, naming the holder.
         impatient = cli(
-            project, "shard", "checks", "--id", "next", "--agent", "dan", "--timeout", "0s"
+            project, "shard", "checks", "--id", "next", "--agent", "dan", "--wait-timeout", "0s"
         )
         assert impatient.returncode == 0, impatient.stderr
         assert ran_count(impatient.stdout) == 0

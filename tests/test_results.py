@@ -30,6 +30,7 @@ from lokt_tasks.results import (
     parse_time,
     read_record,
     record_to_dict,
+    rerun_key,
     safe_component,
     unsafe_component,
 )
@@ -187,6 +188,9 @@ CORRUPT_CASES = [
     ("bad time", _edited(started_at="yesterday"), "'started_at' is not an RFC 3339 time"),
     ("moved file", _edited(shard=2), "holds shard 2, expected 1"),
     ("other task", _edited(task="lint"), "holds task 'lint'"),
+    ("reports not a list", _edited(reports="ab"), "'reports' should be a list of strings"),
+    ("a report not a digest", _edited(reports=[1]), "'reports' should be a list of strings"),
+    ("negative retries", _edited(retries=-1), "retries -1 is below 0"),
 ]
 
 
@@ -222,6 +226,43 @@ def test_unknown_fields_are_ignored_and_attempt_may_be_absent(tmp_path):
     found = read_record(path)
     assert isinstance(found, Record)
     assert found.attempt == ""
+
+
+def test_records_from_before_reports_and_retries_read_without_them(tmp_path):
+    path = tmp_path / "shard-1.json"
+    path.write_bytes(_edited(reports=_DROP, retries=_DROP))
+    found = read_record(path)
+    assert isinstance(found, Record) and (found.reports, found.retries) == ([], 0)
+    path.write_bytes(_edited(reports=["a" * 64, None], retries=1))
+    found = read_record(path)
+    assert isinstance(found, Record) and (found.reports, found.retries) == (["a" * 64, None], 1)
+
+
+# --- Reruns of failed tests ---------------------------------------------------
+
+
+def test_a_rerun_is_a_run_below_its_run_with_its_own_files(tmp_path):
+    store = RecordStore(tmp_path)
+    key = rerun_key("ci 1", 2)
+    assert key == "ci 1/rerun-2"
+    assert store.record_path("t", key, 1) == tmp_path / "t" / "ci%201" / "rerun-2" / "shard-1.json"
+    assert store.junit_path("t", key, 1, 3).name == "shard-1.retry-3.junit.xml"
+    store.write(make_record(task="t", run_key=key))
+    assert list(store.read_run("t", key)) == [1] and store.read_run("t", "ci 1") == {}
+    assert store.runs("t") == ["ci 1"]  # a rerun is not a run of the task's own
+
+
+def test_a_rerun_of_the_same_tests_is_joined_and_other_tests_start_the_next(tmp_path):
+    store = RecordStore(tmp_path)
+    assert store.reruns("t", "k") == []
+    assert store.new_rerun("t", "k", [["a", "b"], ["c"]]) == (1, [["a", "b"], ["c"]])
+    # The same tests, split otherwise (another agent's --jobs): rerun 1, as split there.
+    assert store.new_rerun("t", "k", [["c", "a", "b"]]) == (1, [["a", "b"], ["c"]])
+    assert store.new_rerun("t", "k", [["c"]]) == (2, [["c"]])
+    assert store.reruns("t", "k") == [(1, [["a", "b"], ["c"]]), (2, [["c"]])]
+    (store.run_dir("t", rerun_key("k", 2)) / "plan.json").write_text("{not json")
+    assert store.reruns("t", "k")[1] == (2, None)  # unreadable: known as such, not guessed
+    assert store.new_rerun("t", "k", [["c"]]) == (3, [["c"]])
 
 
 # --- Atomicity, with real processes -----------------------------------------

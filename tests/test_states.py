@@ -11,11 +11,15 @@ from lokt_tasks import states
 from lokt_tasks.results import OUTCOMES
 from lokt_tasks.states import (
     COLORS,
+    FAILED_OUTCOMES,
+    FAILED_STATES,
     FINISHED_OUTCOMES,
     INCOMPLETE_STATES,
     PASSED_OUTCOMES,
     RAN_OUTCOMES,
     RERUN_BY_FAILED,
+    SHOW_LOG_OUTCOMES,
+    SHOW_LOG_STATES,
     GuardState,
     OverallVerdict,
     Progress,
@@ -47,6 +51,7 @@ def test_every_vocabulary_holds_the_words_written_today():
         "failed",
         "interrupted",
         "error",
+        "timed-out",
         "waiting",
     ]
     assert [str(s) for s in RunOutcome] == [
@@ -58,11 +63,13 @@ def test_every_vocabulary_holds_the_words_written_today():
         "error",
         "done",
         "lost",
+        "timed-out",
     ]
     assert [str(s) for s in Progress] == ["waiting", "running"]
     assert [str(s) for s in ShardState] == [
         "passed",
         "failed",
+        "timed-out",
         "running",
         "crashed",
         "interrupted",
@@ -106,6 +113,7 @@ def test_failed_reruns_everything_but_a_pass_and_a_live_run():
     assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED} - live
     assert ordered(RERUN_BY_FAILED) == (
         "failed",
+        "timed-out",
         "crashed",
         "interrupted",
         "missing",
@@ -116,14 +124,20 @@ def test_failed_reruns_everything_but_a_pass_and_a_live_run():
 
 def test_finished_and_passed_outcomes():
     assert PASSED_OUTCOMES < FINISHED_OUTCOMES <= frozenset(RecordOutcome)
-    assert ordered(FINISHED_OUTCOMES) == ("passed", "failed")
+    assert ordered(FINISHED_OUTCOMES) == ("passed", "failed", "timed-out")
     assert RecordOutcome.RUNNING not in FINISHED_OUTCOMES
-    assert ordered(RAN_OUTCOMES) == ("passed", "failed", "interrupted")
+    assert ordered(RAN_OUTCOMES) == ("passed", "failed", "interrupted", "timed-out")
+
+
+def test_a_timeout_fails_as_a_failure_does():
+    assert ordered(FAILED_STATES) == ("failed", "timed-out")
+    assert ordered(FAILED_OUTCOMES) == ("failed", "timed-out")
+    assert RunOutcome.TIMED_OUT in SHOW_LOG_OUTCOMES and ShardState.TIMED_OUT in SHOW_LOG_STATES
 
 
 def test_incomplete_is_neither_a_pass_nor_a_failure():
-    assert INCOMPLETE_STATES | {ShardState.PASSED, ShardState.FAILED} == frozenset(ShardState)
-    assert ShardState.PASSED not in INCOMPLETE_STATES and ShardState.FAILED not in INCOMPLETE_STATES
+    assert INCOMPLETE_STATES | {ShardState.PASSED} | FAILED_STATES == frozenset(ShardState)
+    assert not INCOMPLETE_STATES & (FAILED_STATES | {ShardState.PASSED})
 
 
 def test_ordered_follows_the_declaration_not_the_set():
@@ -148,7 +162,7 @@ def test_every_shown_word_has_one_colour():
     "words, colour",
     [
         (("passed", "done"), "\x1b[32m"),
-        (("failed", "crashed", "corrupt", "error", "lost"), "\x1b[31m"),
+        (("failed", "timed-out", "crashed", "corrupt", "error", "lost"), "\x1b[31m"),
         (("held", "frozen", "interrupted", "missing", "outdated", "incomplete"), "\x1b[33m"),
         (("running",), "\x1b[36m"),
         (("waiting",), "\x1b[2m"),
@@ -161,6 +175,15 @@ def test_colours_say_pass_failure_unfinished_in_progress(words, colour):
 def test_the_colour_map_cannot_be_changed():
     with pytest.raises(TypeError):
         COLORS["passed"] = "\x1b[31m"  # type: ignore[index]
+
+
+def test_the_colour_codes_written_out_are_coloramas():
+    """states needs the standard library only (the attempt process imports it)."""
+    import colorama
+
+    for name in ("GREEN", "RED", "YELLOW", "CYAN"):
+        assert getattr(states.Fore, name) == getattr(colorama.Fore, name)
+    assert states.Style.DIM == colorama.Style.DIM
 
 
 def test_started_outcomes_are_an_attempt_that_has_not_ended():

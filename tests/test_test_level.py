@@ -15,79 +15,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
-from pathlib import Path
 
-from scratch import PYTHON, cli, commit_new_repository
-
-SUITE = {
-    "conftest.py": """\
-import pytest
-
-@pytest.fixture(autouse=True)
-def note_the_run(request):
-    with open(request.config.rootpath / "ran.log", "a") as log:
-        log.write(request.node.nodeid + "\\n")
-""",
-    "tests/test_alpha.py": """\
-import pytest
-
-def test_one():
-    pass
-
-def test_two():
-    pass
-
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_numbers(n):
-    assert n > 0
-""",
-    "tests/test_beta.py": """\
-import pytest
-
-class TestBeta:
-    def test_first(self):
-        pass
-
-    @pytest.mark.parametrize("word", ["a b", "x-y", "[z]"], ids=["a b", "x-y", "z"])
-    def test_words(self, word):
-        assert word
-""",
-    "tests/test_gamma.py": """\
-import pytest
-
-@pytest.mark.parametrize("left, right", [(1, 1), (2, 2)])
-def test_pairs(left, right):
-    assert left == right
-
-def test_three():
-    pass
-
-def test_four():
-    pass
-""",
-}
-
-SHARDS_TOML = f"""\
-[defaults]
-engine = "embedded"
-ttl = "30s"
-
-[tasks.unit]
-collect = "{PYTHON} -m pytest --collect-only -q -p no:cacheprovider"
-run = "{{python}} -m pytest -q -p no:cacheprovider --junitxml={{junit}} {{items}}"
-shards = 3
-"""
-
-
-def pytest_project(root: Path) -> Path:
-    for name, text in SUITE.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    (root / "shards.toml").write_text(SHARDS_TOML)
-    (root / ".gitignore").write_text("ran.log\n__pycache__/\n")
-    commit_new_repository(root, "pytest suite")
-    return root
+from scratch import cli, pytest_project
 
 
 def passed_count(output: str) -> int:
@@ -134,5 +63,8 @@ def test_every_collected_test_runs_exactly_once_across_three_shards(tmp_path):
     )  # shards cut across files, not along them
 
     # The junit reports also gave every node id its own time for split = "timings".
-    timings = json.loads((project / "shard-durations.json").read_text())
+    folded = cli(project, "durations", "unit", "--results", str(results))
+    assert folded.returncode == 0, folded.stderr
+    timings = json.loads((project / "shard-durations.json").read_text())["tasks"]["unit"]
     assert sorted(timings) == sorted(collected)
+    assert all(isinstance(samples, list) and len(samples) == 1 for samples in timings.values())

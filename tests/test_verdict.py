@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -15,13 +16,18 @@ from pathlib import Path
 import pytest
 
 from lokt_tasks import errors
+from lokt_tasks.attempt import digest
 from lokt_tasks.engine import Holder
-from lokt_tasks.plan import Plan, Shard
-from lokt_tasks.results import CorruptRecord, Record, RecordStore
-from lokt_tasks.states import ShardState
+from lokt_tasks.junit import TestCase, TestResult
+from lokt_tasks.plan import Plan, PlanStats, Shard
+from lokt_tasks.results import CorruptRecord, Record, RecordStore, rerun_key
+from lokt_tasks.states import ShardState, TestOutcome
 from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
+    LISTED_TESTS,
     STATES,
+    Rerun,
+    ShardTests,
     judge,
     judge_live,
     render_table,
@@ -29,6 +35,7 @@ from lokt_tasks.verdict import (
     tail,
     verdict_to_json,
     verdict_to_junit,
+    with_reruns,
 )
 
 RUN = "abc123def456"
@@ -303,13 +310,32 @@ SHARD_KEYS = {
     "exit_code",
     "signal",
     "duration",
+    "estimate",
+    "items",
     "agent",
     "host",
+    "engine",
     "log",
+    "log_tail",
     "started_at",
     "ended_at",
+    "waited",
     "fingerprint",
     "record_fingerprint",
+    "retries",
+    "tests",
+    "test_problem",
+}
+TIMING_KEYS = {
+    "started_at",
+    "ended_at",
+    "wall",
+    "work",
+    "ideal",
+    "lower_bound",
+    "heaviest_item",
+    "largest",
+    "balance",
 }
 
 
@@ -337,21 +363,34 @@ def test_json_has_the_documented_shape(tmp_path):
         "version",
         "task",
         "run_key",
+        "commit",
+        "judged_at",
         "verdict",
         "exit_code",
         "counts",
         "shards",
+        "timing",
+        "tests",
         "stray_shards",
         "uncovered_items",
         "overlapping_items",
+        "test_counts",
+        "reruns",
     }
+    assert set(data["timing"]) == TIMING_KEYS
+    assert (data["commit"], data["tests"]) == (None, None)
     assert (data["uncovered_items"], data["overlapping_items"]) == ([], {})
-    assert (data["version"], data["task"], data["run_key"]) == (1, "test", RUN)
+    assert (data["tests"], data["reruns"]) == (None, [])
+    assert data["test_counts"] == dict.fromkeys(
+        ["passed", "failed", "error", "skipped", "flaky"], 0
+    )
+    assert (data["version"], data["task"], data["run_key"]) == (2, "test", RUN)
     assert (data["verdict"], data["exit_code"]) == ("failed", 3)
     assert list(data["counts"]) == list(STATES)
     assert data["counts"] == {
         "passed": 1,
         "failed": 1,
+        "timed-out": 0,
         "running": 1,
         "crashed": 1,
         "interrupted": 1,
@@ -384,17 +423,170 @@ def test_json_has_the_documented_shape(tmp_path):
     )
 
 
+def timed_verdict(tmp_path: Path, *, stats=None, now=None):
+    """Shards 1-3 ran (agent-1: 1 then 3, agent-2: 2, failing), shard 4 crashed."""
+    log = tmp_path / "shard-2.log"
+    log.write_text("".join("line %d\n" % n for n in range(1, 101)), encoding="utf-8")
+    passed_log = tmp_path / "shard-1.log"
+    passed_log.write_text("all good\n", encoding="utf-8")
+    base = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+    def at(seconds: float) -> str:
+        return (base + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def ran(shard, start, end, **changes):
+        fields = dict(started_at=at(start), ended_at=at(end), duration=end - start)
+        return make_record(shard, **{**fields, **changes})
+
+    records = {
+        1: ran(1, 0, 10, agent="agent-1", log=str(passed_log)),
+        2: ran(2, 1, 13, agent="agent-2", outcome="failed", exit_code=1, log=str(log)),
+        3: ran(3, 10, 16, agent="agent-1", engine="lokt", log=str(passed_log)),
+        4: make_record(
+            4, outcome="running", started_at=at(2), ended_at=None, duration=None, exit_code=None
+        ),
+    }
+    plan = make_plan(4)
+    shards = tuple(
+        Shard(**{**shard.__dict__, "estimate": 9.0 + shard.index, "items": ("a%d" % shard.index,)})
+        for shard in plan.shards
+    )
+    plan = Plan(task="test", cwd=Path("."), shards=shards, stats=stats)
+    return judge(plan, records, {}, run_key=RUN, now=now)
+
+
+def test_json_times_the_run_and_each_shard(tmp_path):
+    data = verdict_to_json(timed_verdict(tmp_path), commit="ab" * 20)
+
+    timing = data["timing"]
+    assert data["commit"] == "ab" * 20
+    assert (timing["started_at"], timing["ended_at"]) == (
+        "2024-05-01T12:00:00.000000Z",
+        "2024-05-01T12:00:16.000000Z",
+    )
+    # work: 10 + 12 + 6 (the crashed shard has no time); ideal over the 4 planned shards
+    assert (timing["wall"], timing["work"], timing["ideal"]) == (16.0, 28.0, 7.0)
+    assert (timing["lower_bound"], timing["heaviest_item"]) == (7.0, None)
+    assert (timing["largest"], timing["balance"]) == (12.0, round(12 / 7, 3))
+    shards = data["shards"]
+    assert [s["waited"] for s in shards] == [0.0, 1.0, 10.0, 2.0]
+    assert [s["estimate"] for s in shards] == [10.0, 11.0, 12.0, 13.0]
+    assert [s["items"] for s in shards] == [["a1"], ["a2"], ["a3"], ["a4"]]
+    assert [s["engine"] for s in shards] == ["embedded", "embedded", "lokt", "embedded"]
+    # the log tail of a failed shard only (its last JSON_LOG_LINES lines)
+    assert shards[0]["log_tail"] is None and shards[2]["log_tail"] is None
+    assert shards[1]["log_tail"] == "".join("line %d\n" % n for n in range(81, 101))
+
+
+def test_a_running_shard_extends_the_run_to_now(tmp_path):
+    now = datetime.datetime(2024, 5, 1, 12, 0, 30, tzinfo=datetime.timezone.utc)
+    records_now = timed_verdict(tmp_path, now=now)
+    holders = {"test-shard-4": make_holder(4)}
+    plan = Plan(
+        task="test", cwd=Path("."), shards=tuple(row_shard(row) for row in records_now.rows)
+    )
+    records = {row.shard: row.record for row in records_now.rows}
+    data = verdict_to_json(judge(plan, records, holders, run_key=RUN, now=now))
+
+    assert data["judged_at"] == "2024-05-01T12:00:30.000000Z"
+    assert data["shards"][3]["state"] == "running"
+    assert (data["timing"]["ended_at"], data["timing"]["wall"]) == (
+        "2024-05-01T12:00:30.000000Z",
+        30.0,
+    )
+    assert data["timing"]["work"] == 28.0 + 28.0  # shard 4 has run for 28 s so far
+
+
+def row_shard(row) -> Shard:
+    return Shard(
+        task="test",
+        index=row.shard,
+        total=4,
+        items=row.items,
+        argv=("pytest",),
+        lock_name=row.lock_name,
+        fingerprint=row.fingerprint,
+        estimate=row.estimate,
+    )
+
+
+def test_the_lower_bound_is_the_heaviest_item_when_it_outweighs_the_ideal(tmp_path):
+    stats = PlanStats(
+        unit="seconds",
+        items=4,
+        total=46.0,
+        ideal=11.5,
+        lower_bound=20.0,
+        largest=20.0,
+        balance=1.7,
+        heaviest_item="a3",
+        heaviest=20.0,
+    )
+    estimated = verdict_to_json(timed_verdict(tmp_path, stats=stats))["timing"]
+    assert estimated["heaviest_item"] == {"item": "a3", "seconds": 20.0, "measured": False}
+    assert estimated["lower_bound"] == 20.0
+
+    # Measured per-test times beat the estimate: a test belongs to the item that
+    # is its id or the longest "::" prefix of it.
+    def result(test_id, outcome, seconds, flaky=False):
+        case = TestCase(test_id.split("::")[-1], "", "", "", outcome, seconds)
+        failed = dataclasses.replace(case, outcome=TestOutcome.FAILED)
+        return TestResult(test_id, case, (failed,) if flaky else (), 2 if flaky else 1)
+
+    by_shard = {
+        1: [result("a1::t", TestOutcome.PASSED, 5)],
+        2: [result("a2::t::x", TestOutcome.FAILED, 8.5), result("a2::u", TestOutcome.PASSED, 0.5)],
+        3: [
+            result("a3", TestOutcome.PASSED, 6, flaky=True),
+            result("elsewhere::t", TestOutcome.SKIPPED, 99),
+        ],
+    }
+    verdict = timed_verdict(tmp_path, stats=stats)
+    rows = tuple(
+        dataclasses.replace(row, tests=ShardTests(tuple(by_shard[row.shard])))
+        if row.shard in by_shard
+        else row
+        for row in verdict.rows
+    )
+    data = verdict_to_json(dataclasses.replace(verdict, rows=rows))
+    timing = data["timing"]
+    assert timing["heaviest_item"] == {"item": "a2", "seconds": 9.0, "measured": True}
+    assert timing["lower_bound"] == 9.0  # over the ideal, 7.0
+    assert [t["flaky"] for t in data["tests"]] == [False, False, False, True, False]
+    first = data["tests"][0]
+    assert (first["id"], first["shard"], first["outcome"], first["seconds"]) == (
+        "a1::t",
+        1,
+        "passed",
+        5.0,
+    )
+    # a shard holding a flaky test shows its log's tail too, a plain pass does not
+    tails = [shard["log_tail"] is not None for shard in data["shards"]]
+    assert tails == [False, True, True, False]
+
+
 # --- JUnit XML --------------------------------------------------------------
 
 
-def test_junit_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
+def test_junit_without_reports_has_one_testcase_per_shard_and_only_passes_pass(tmp_path):
     verdict = mixed_verdict(tmp_path)
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    assert suite.tag == "testsuite"
-    assert suite.get("name") == "lokt-tasks.test"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "1", "6")
-    cases = suite.findall("testcase")
+    assert top.tag == "testsuites"
+    assert top.get("name") == "lokt-tasks.test"
+    assert (top.get("tests"), top.get("failures"), top.get("errors")) == ("8", "1", "6")
+    suites = top.findall("testsuite")
+    assert [suite.get("name") for suite in suites] == ["test.shard-%d" % n for n in range(1, 9)]
+    properties = {p.get("name"): p.get("value") for p in suites[1].iter("property")}
+    assert properties == {
+        "shard": "2",
+        "state": "failed",
+        "agent": "agent-2",
+        "host": "box",
+        "run_key": RUN,
+        "retries": "0",
+    }
+    cases = [case for suite in suites for case in suite.findall("testcase")]
     assert [(case.get("classname"), case.get("name")) for case in cases] == [
         ("test", "shard-%d" % n) for n in range(1, 9)
     ]
@@ -424,19 +616,19 @@ def test_junit_survives_colour_codes_and_control_characters_in_logs(tmp_path):
     )
     verdict = judge(make_plan(1), {1: record}, {}, run_key=RUN)
 
-    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    top = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
 
-    text = suite.find("testcase/failure").text
+    text = top.find("testsuite/testcase/failure").text
     assert "FAILED test_x" in text and "bad utf-8" in text
     assert "\x1b" not in text and "\x00" not in text
 
 
 def test_junit_without_a_readable_log_still_reports_the_failure(tmp_path):
     record = make_record(1, outcome="failed", exit_code=2, log=str(tmp_path / "gone.log"))
-    suite = ElementTree.fromstring(
+    top = ElementTree.fromstring(
         verdict_to_junit(judge(make_plan(1), {1: record}, {}, run_key=RUN)).encode("utf-8")
     )
-    assert suite.find("testcase/failure").get("message") == "exit 2"
+    assert top.find("testsuite/testcase/failure").get("message") == "exit 2"
 
 
 # --- Text table -------------------------------------------------------------
@@ -488,6 +680,62 @@ def test_summary_lists_problems_failed_first():
     assert summary_line(verdict) == (
         "verdict: FAILED - 1 failed, 1 crashed, 1 missing"
         " (shard 3: SIGKILL; shard 1: crashed; shard 2: missing)"
+    )
+
+
+def test_a_timed_out_shard_fails_the_verdict_and_names_its_limit(tmp_path):
+    """As a failure: verdict failed (exit 3), its log shown, a JUnit <failure>
+    whose message names the limit; in JSON and the counts as "timed-out"."""
+    log = tmp_path / "shard-2.log"
+    log.write_text("test_hangs ...\nlokt-tasks: exceeded timeout 15m: stopped\n", encoding="utf-8")
+    timed_out = make_record(
+        2,
+        outcome="timed-out",
+        exit_code=None,
+        signal="SIGTERM",
+        message="exceeded timeout 15m",
+        log=str(log),
+        duration=900.4,
+    )
+    verdict = judge(make_plan(2), {1: make_record(1), 2: timed_out}, {}, run_key=RUN)
+
+    assert (verdict.state, verdict.exit_code) == ("failed", errors.FAILED)
+    row = verdict.rows[1]
+    assert (row.state, row.detail) == ("timed-out", "exceeded timeout 15m (SIGTERM)")
+    data = verdict_to_json(verdict)
+    assert data["counts"]["timed-out"] == 1 and data["shards"][1]["state"] == "timed-out"
+    assert (data["shards"][1]["signal"], data["shards"][1]["duration"]) == ("SIGTERM", 900.4)
+    lines = render_table(verdict, color=False).splitlines()
+    assert lines[3].split() == [
+        "2",
+        "timed-out",
+        "15m00s",
+        "exceeded",
+        "timeout",
+        "15m",
+        "(SIGTERM)",
+    ]
+    assert "log of shard 2: %s" % log in lines
+    assert lines[-1] == (
+        "verdict: FAILED - 1 passed, 1 timed-out (shard 2: exceeded timeout 15m (SIGTERM))"
+    )
+    suite = ElementTree.fromstring(verdict_to_junit(verdict).encode("utf-8"))
+    assert (suite.get("failures"), suite.get("errors")) == ("1", "0")
+    failure = suite.find("testsuite/testcase[@name='shard-2']/failure")
+    assert failure.get("type") == "timed-out"
+    assert failure.get("message") == "timed-out: exceeded timeout 15m (SIGTERM)"
+    assert "test_hangs ..." in failure.text
+
+
+def test_the_summary_lists_a_timeout_first_with_the_failures():
+    records = {
+        1: make_record(1, outcome="running", ended_at=None, duration=None, exit_code=None),
+        2: make_record(2, outcome="timed-out", exit_code=143, message="exceeded timeout 1s"),
+    }
+    verdict = judge(make_plan(2), records, {}, run_key=RUN)
+    assert summary_line(verdict) == (
+        "verdict: FAILED - 1 timed-out, 1 crashed"
+        " (shard 2: exceeded timeout 1s (exit 143); shard 1: crashed)"
     )
 
 
@@ -614,3 +862,139 @@ def test_an_agent_dead_while_waiting_for_a_lease_leaves_a_crashed_shard_that_nev
         "waiting for resource 'db' since 2024-05-01T12:00:00.000000Z, by agent-1 on box"
         " (pid 1001); its command never started; its lock is free"
     )
+
+
+# --- Tests from the reports a record names ------------------------------------------
+
+
+def report_xml(*cases: str) -> bytes:
+    """A JUnit report: ``name`` passes, ``!name`` fails, ``?name`` errs, ``-name`` is skipped."""
+    body = ""
+    for case in cases:
+        name, ending = case.lstrip("!?-"), {"!": "failure", "?": "error", "-": "skipped"}
+        tag = ending.get(case[0])
+        inner = f'<{tag} message="{name} broke">trace of {name}</{tag}>' if tag else ""
+        body += f'<testcase classname="pkg" name="{name}" time="0.5">{inner}</testcase>'
+    return f"<testsuites><testsuite>{body}</testsuite></testsuites>".encode()
+
+
+def store_shard(store: RecordStore, shard: int, *reports: bytes, run_key=RUN, **changes) -> Record:
+    """A final record of ``shard`` naming ``reports`` (its command's, then retries'),
+    written beside it; a report of b"" is one the run did not leave."""
+    for run, data in enumerate(reports):
+        if data:
+            path = store.junit_path("test", run_key, shard, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    names = [digest(data) if data else None for data in reports]
+    record = make_record(shard, run_key=run_key, reports=names, retries=len(reports) - 1)
+    store.write(dataclasses.replace(record, **changes))
+    return record
+
+
+def live(plan: Plan, store: RecordStore, run_key: str = RUN):
+    return judge_live(plan, store, lambda name: None, run_key=run_key)
+
+
+def test_a_shard_reads_only_the_reports_its_record_names(tmp_path):
+    store = RecordStore(tmp_path)
+    first = report_xml("a", "b", "-c")
+    store_shard(store, 1, first)
+    store_shard(store, 2, b"", outcome="failed", exit_code=3)
+    store_shard(store, 3, report_xml("d"))
+    store.junit_path("test", RUN, 3).write_bytes(report_xml("d", "!e"))  # changed since
+    rows = live(make_plan(3), store).rows
+
+    assert [test.id for test in rows[0].tests.results] == ["pkg::a", "pkg::b", "pkg::c"]
+    assert rows[0].tests.counts == {
+        "passed": 2,
+        "failed": 0,
+        "error": 0,
+        "skipped": 1,
+        "flaky": 0,
+    }
+    assert (rows[1].tests.results, rows[1].tests.problem) == ((), "its command left no report")
+    assert rows[2].tests.results == ()
+    assert rows[2].tests.problem == (
+        "shard-3.junit.xml is not the report its record names (changed since)"
+    )
+    store.junit_path("test", RUN, 1).unlink()
+    missing = live(make_plan(3), store).rows[0].tests
+    assert missing.problem == "the report of its command is missing (shard-1.junit.xml)"
+    assert missing.results == ()
+    assert live(make_plan(3), store).state == "failed"  # the records decide, not the reports
+
+
+def test_a_shard_retried_has_its_tests_folded_and_its_flaky_tests_listed(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(
+        store, 1, report_xml("a", "!b", "?c"), report_xml("b", "!c"), outcome="failed", exit_code=1
+    )
+    verdict = live(make_plan(1), store)
+    (row,) = verdict.rows
+    flaky, failing = row.tests.flaky, row.tests.failing
+    assert [(t.id, t.runs) for t in flaky] == [("pkg::b", 2)]
+    assert [(t.id, t.outcome, len(t.failures)) for t in failing] == [("pkg::c", "failed", 1)]
+    text = render_table(verdict, color=False)
+    assert text.splitlines()[2:] == [
+        "  1      failed  12.5s  2/1/0 +1 flaky  exit 1",
+        "failed tests (1):",
+        "  pkg::c  (shard 1, failed)",
+        "      c broke",
+        "flaky tests (1):",
+        "  pkg::b  (shard 1, passed after 1 failure)",
+        "      b broke",
+        "tests: 2 passed, 1 failed, 0 skipped, 1 flaky",
+        "verdict: FAILED - 1 failed (shard 1: exit 1)",
+    ]
+
+    junit = ElementTree.fromstring(verdict_to_junit(verdict))
+    cases = {case.get("name"): case for case in junit.iter("testcase")}
+    assert set(cases) == {"a", "b", "c"}  # the failing tests say why the shard failed
+    assert [child.tag for child in cases["b"]] == ["flakyFailure"]
+    assert cases["b"].find("flakyFailure/stackTrace").text == "trace of b"
+    assert [child.tag for child in cases["c"]] == ["failure", "rerunError"]
+    assert cases["c"].find("failure").text == "trace of c"
+
+
+def test_the_failing_tests_are_listed_twenty_at_most_within_80_columns(tmp_path):
+    store = RecordStore(tmp_path)
+    names = ["!t%02d" % n for n in range(25)]
+    store_shard(store, 1, report_xml(*names), outcome="failed", exit_code=1)
+    text = render_table(live(make_plan(1), store), color=False)
+    listed = [line for line in text.splitlines() if line.startswith("  pkg::t")]
+    assert len(listed) == LISTED_TESTS
+    assert "  and 5 more (verify --json lists every test)" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_failed_shard_whose_failing_tests_passed_on_a_rerun_passes(tmp_path):
+    store = RecordStore(tmp_path)
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", exit_code=1)
+    store_shard(store, 2, report_xml("c", "!d"), outcome="failed", exit_code=1)
+    store_shard(store, 3, report_xml("e"))
+    key = rerun_key(RUN, 1)
+    rerun_plan = make_plan(1)
+    store_shard(store, 1, report_xml("b", "!d"), run_key=key)
+    rerun = Rerun(1, key, live(rerun_plan, store, key))
+    before = live(make_plan(3), store)
+
+    after = with_reruns(before, [rerun])
+    assert [row.state for row in after.rows] == ["passed", "failed", "passed"]
+    assert after.rows[0].detail == "exit 1; 1 failed test passed on a rerun"
+    assert after.state == "failed" and after.reruns == (rerun,)
+    assert [(t.id, t.flaky) for _, t in after.tests if t.failures] == [
+        ("pkg::b", True),
+        ("pkg::d", False),
+    ]
+    data = verdict_to_json(after)
+    assert [(t["id"], t["rerun"]) for t in data["tests"] if t["rerun"]] == [
+        ("pkg::b", 1),
+        ("pkg::d", 1),
+    ]
+    assert data["reruns"][0]["run_key"] == key and data["reruns"][0]["verdict"] == "passed"
+    # A test that passed only on a rerun is flaky: with flaky = "fail" it fails the shard.
+    assert with_reruns(before, [rerun], flaky="fail").rows[0].state == "failed"
+    # A shard killed by a signal did not run all its tests: a rerun cannot clear it.
+    store_shard(store, 1, report_xml("a", "!b"), outcome="failed", signal="SIGKILL")
+    assert with_reruns(live(make_plan(3), store), [rerun]).rows[0].state == "failed"
