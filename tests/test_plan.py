@@ -836,3 +836,32 @@ def test_env_joins_the_fingerprint_only_when_a_task_has_one(tmp_path):
     with_env = plan_for(tmp_path, toml + 'env = { A = "1" }\n').shards[0]
     other_env = plan_for(tmp_path, toml + 'env = { A = "2" }\n').shards[0]
     assert len({plain.fingerprint, with_env.fingerprint, other_env.fingerprint}) == 3
+
+
+def test_a_retry_template_keeps_slot_arguments_apart_and_fills_them(tmp_path):
+    """A retry (attempt.fill_template) builds its command from the template: an
+    argument with {slot} is its own part, so the retry gets the slot filled in
+    as the shard's command does (through slot_args), the items' braces kept."""
+    make_files(tmp_path, ["a{x}.py", "b.py"])
+    plan = plan_for(
+        tmp_path,
+        """
+        [tasks.test]
+        run = "pytest --junitxml={junit}.{slot} --tag={{t}}-{slot}-{items:,} {items}"
+        glob = ["*.py"]
+        shards = 1
+        """,
+    )
+    (shard,) = plan.shards
+    template = json.loads(shard.template)
+    assert template == [
+        "pytest",
+        {"slot": ["--junitxml={junit}.{slot}"]},
+        {"slot": ["--tag={{t}}-{slot}-", [","]]},
+        None,
+    ]
+    assert tuple(fill_template(template, shard.items, str(tmp_path))) == shard.argv
+    assert shard.argv[2] == "--tag={{t}}-{slot}-a{{x}}.py,b.py" and shard.slot_args == (1, 2)
+    assert shard.argv[2].format(slot=4) == "--tag={t}-4-a{x}.py,b.py"
+    retry = fill_template(template, ["c{y}.py"], str(tmp_path), slot=4)
+    assert retry == ["pytest", "--junitxml={junit}.4", "--tag={t}-4-c{y}.py", "c{y}.py"]

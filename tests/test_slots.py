@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -405,3 +406,102 @@ def test_lokt_status_lists_the_slot_and_resource_locks_as_alive(tmp_path):
         if agent.poll() is None:
             kill_group(agent)
     assert agent.returncode == 0, output
+
+
+#: A test that fails the first time it runs (a flag file remembers), noting each
+#: run: its -k expression (where run puts {slot}), $SLOT_DB, $REPORT and whether
+#: the slot and resource locks are held meanwhile.
+FLAKY_WITH_SLOT = """\
+import json, os
+from pathlib import Path
+
+def test_flaky(request):
+    root = Path(__file__).parent.parent
+    locks = root / ".git" / "lokt" / "locks"
+    seen = {
+        "keyword": request.config.option.keyword,
+        "db": os.environ.get("SLOT_DB"),
+        "report": os.environ.get("REPORT"),
+        "leases": sorted(p.name for p in locks.glob("lokt-tasks-*.json")),
+    }
+    with open(os.environ["SLOT_TRACE"], "a") as trace:
+        trace.write(json.dumps(seen) + "\\n")
+    flag = root / "flaky.flag"
+    if not flag.exists():
+        flag.write_text("")
+        assert False, "fails the first time"
+"""
+
+
+def test_a_retry_of_failing_tests_runs_in_the_shards_slot_with_its_leases(tmp_path, engine):
+    """retries (from main) under a slot budget: the retry's command, built from
+    the task's template, gets the same {slot}, $SLOT_DB and the leases still
+    held; a variable naming the report ({junit} in env) names the retry's."""
+    trace = tmp_path / "trace"
+    project = tmp_path / "repo"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_flaky.py").write_text(FLAKY_WITH_SLOT)
+    (project / "shards.toml").write_text(
+        '[defaults]\nslots = 2\n\n[tasks.unit]\nrun = "{python} -m pytest -q -p no:cacheprovider'
+        " --junitxml={junit} -k 'not slot{slot}' {items}\"\n"
+        'glob = ["tests/test_*.py"]\nshards = 1\nretries = 1\nresources = ["db"]\n'
+        'env = { SLOT_DB = "db_{slot}", REPORT = "{junit}" }\n'
+    )
+    (project / ".gitignore").write_text("*.flag\n__pycache__/\n")
+    commit_new_repository(project)
+    env = {"SLOT_TRACE": str(trace), "LOKT_TASKS_RUN": "r1"}
+
+    result = cli(project, "shard-all", "unit", "--engine", engine, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, retry = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert first["keyword"] == retry["keyword"] == "not slot1"
+    assert first["db"] == retry["db"] == "db_1"
+    assert (
+        first["leases"]
+        == retry["leases"]
+        == [
+            "lokt-tasks-resource-db.json",
+            "lokt-tasks-slot-1.json",
+        ]
+    )
+    assert first["report"].endswith("/r1/shard-1.junit.xml")
+    assert retry["report"].endswith("/r1/shard-1.retry-1.junit.xml")
+    report = verdict_of(project, "unit", "r1", env)
+    (row,) = report["shards"]
+    assert (row["state"], row["retries"]) == ("passed", 1)
+    assert [test["flaky"] for test in report["tests"]] == [True]
+    record = json.loads(Path(row["log"]).with_suffix(".json").read_text())
+    assert (record["slot"], record["resources"], record["retries"]) == (1, ["db"], 1)
+    assert len(record["reports"]) == 2 and None not in record["reports"]
+    assert lock_files(project) == []
+
+
+def test_a_shards_time_limit_counts_from_its_command_not_from_its_wait(tmp_path, engine):
+    """timeout (from main) under a slot budget: a shard that waited for the only
+    slot longer than its timeout still runs its quick command, and passes."""
+    trace = tmp_path / "trace"
+    env = {"SLOT_TRACE": str(trace)}
+    tasks = {"blocker": "", "limited": 'timeout = "2s"'}
+    project = slots_project(tmp_path / "repo", tasks, defaults="slots = 1", shards=1)
+    gate = hold(project, "blocker", 1)
+    agents = [start_cli(project, "shard", "blocker", "--id", "1", "--engine", engine, env=env)]
+    try:
+        wait_for(lambda: len(spans(trace)) == 1)
+        agents.append(
+            start_cli(project, "shard", "limited", "--id", "1", "--engine", engine, env=env)
+        )
+        run = git(project, "rev-parse", "HEAD")[:12]
+        wait_for(lambda: _waiting_row(project, run, env, task="limited"))
+        time.sleep(2.5)  # waiting longer than the limit
+        assert agents[1].poll() is None
+        gate.unlink()
+        outputs = [finish(agent) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                kill_group(agent)
+    assert [agent.returncode for agent in agents] == [0, 0], outputs
+    (row,) = verdict_of(project, "limited", run, env)["shards"]
+    assert row["state"] == "passed" and row["duration"] < 2.0, row
+    assert [span.task for span in spans(trace)] == ["blocker", "limited"]
