@@ -1,3 +1,3 @@
 """This repository's own tasks: lokt-tasks, dogfooded (see shards.toml)."""
 
-from lokt_tasks.tasks import durations, plan, shard, shard_all, verify  # noqa: F401
+from lokt_tasks.tasks import durations, plan, shard, shard_all, status, verify  # noqa: F401

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks for lokt-tasks: orchestration overhead, balance, scale, end to end.
+"""Benchmarks for lokt-tasks: orchestration overhead, balance, scale, end to end, slots.
 
     pip install -e .
     python benchmarks/run.py                 # full run: a few minutes on 2 cores
@@ -56,6 +56,8 @@ OVERHEAD_GOAL_MS = 50.0
 PLAN_GOAL_S = 1.0
 VERIFY_GOAL_S = 0.5
 BALANCE_GOAL = 1.05
+#: Four agents sharing a slot budget take at most this much longer than one agent.
+SLOTS_GOAL = 1.10
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Sizes:
     verify_records: int
     e2e_files: int
     e2e_sleep: float
+    #: Seconds each shard's command sleeps in the slots section.
+    slots_sleep: float
     full: bool
 
 
@@ -80,6 +84,7 @@ FULL = Sizes(
     verify_records=1_000,
     e2e_files=40,
     e2e_sleep=20.0,
+    slots_sleep=1.0,
     full=True,
 )
 QUICK = Sizes(
@@ -90,6 +95,7 @@ QUICK = Sizes(
     verify_records=100,
     e2e_files=12,
     e2e_sleep=3.0,
+    slots_sleep=0.2,
     full=False,
 )
 
@@ -1067,6 +1073,135 @@ def bench_end_to_end(
     }
 
 
+# ---------------------------------------------------------------- slots
+
+SLOT_AGENTS, SLOT_SHARDS, SLOT_BUDGET, SLOT_JOBS = 4, 8, 2, 2
+
+#: A shard's command in the slots section: sleeps, noting its start and end.
+SLEEPER = """\
+import os, sys, time
+def note(kind):
+    with open(os.environ["BENCH_TRACE"], "a") as trace:
+        trace.write("%s %.6f\\n" % (kind, time.time()))
+note("start")
+time.sleep(float(os.environ["BENCH_SLEEP"]))
+note("end")
+"""
+
+
+def git_repository(root: Path, files: Dict[str, str]) -> Path:
+    """A committed git repository of ``files`` (path: text) at ``root``."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-qm", "suite"]):
+        subprocess.run(["git", *command], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def sleeper_project(root: Path, shards: int, defaults: str) -> Path:
+    toml = '[defaults]\nttl = "1m"\n%s\n[tasks.suite]\nrun = "{python} sleeper.py {items}"\n'
+    toml += 'glob = ["items/*.txt"]\nshards = %d\n'
+    files = {"items/%02d.txt" % number: "" for number in range(shards)}
+    files.update({"sleeper.py": SLEEPER, "shards.toml": toml % (defaults, shards)})
+    return git_repository(root, files)
+
+
+def most_at_once(trace: Path) -> int:
+    """The most commands running at one moment, as they noted it (an end first at a tie)."""
+    events = []
+    for line in trace.read_text().splitlines():
+        kind, moment = line.split()
+        events.append((float(moment), 1 if kind == "start" else -1))
+    running = peak = 0
+    for _, step in sorted(events):
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def bench_slots(
+    work: Path, sizes: Sizes, lokt: Optional[str], say: Callable[[str], None]
+) -> Dict[str, Any]:
+    """Four agents, each running shard-all of an 8-shard task in a worktree of
+    its own (its own run), under a machine-wide budget of 2 slots, against one
+    agent running all 32 shards with 2 jobs and no budget. One run of each."""
+    rows = []
+    total = SLOT_AGENTS * SLOT_SHARDS
+    for engine in ["embedded"] + (["lokt"] if lokt else []):
+        base = work / ("slots-" + engine)
+        env = bench_env(base / "locks")
+        env["BENCH_SLEEP"] = str(sizes.slots_sleep)
+        one = sleeper_project(base / "one", total, "")
+        env["BENCH_TRACE"] = str(base / "one.trace")
+        alone = run_checked(
+            lokt_tasks_command("shard-all", "suite", "--jobs", str(SLOT_JOBS), "--engine", engine),
+            cwd=one,
+            env=env,
+        )
+        repository = sleeper_project(base / "repo", SLOT_SHARDS, "slots = %d" % SLOT_BUDGET)
+        worktrees = [repository]
+        for number in range(2, SLOT_AGENTS + 1):
+            worktree = base / ("worktree-%d" % number)
+            add = ["git", "worktree", "add", "-q", "--detach", str(worktree)]
+            subprocess.run(add, cwd=repository, check=True, capture_output=True)
+            worktrees.append(worktree)
+        env["BENCH_TRACE"] = str(base / "four.trace")
+        start = time.perf_counter()
+        agents = [
+            subprocess.Popen(
+                lokt_tasks_command(
+                    "shard-all",
+                    "suite",
+                    "--jobs",
+                    str(SLOT_JOBS),
+                    "--engine",
+                    engine,
+                    "--run",
+                    "agent-%d" % number,
+                    "--agent",
+                    "agent-%d" % number,
+                ),  # fmt: skip
+                cwd=str(worktree),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for number, worktree in enumerate(worktrees, start=1)
+        ]
+        errors = [agent.communicate()[1] for agent in agents]
+        together = time.perf_counter() - start
+        if any(agent.returncode for agent in agents):
+            codes = [agent.returncode for agent in agents]
+            raise SystemExit(
+                "slots benchmark: an agent failed (exit codes %s)\n%s" % (codes, errors)
+            )
+        row = {
+            "engine": engine,
+            "one_agent_s": alone.wall,
+            "four_agents_s": together,
+            "ratio": together / alone.wall,
+            "most_at_once_one_agent": most_at_once(base / "one.trace"),
+            "most_at_once_four_agents": most_at_once(base / "four.trace"),
+        }
+        rows.append(row)
+        say(
+            "  %s: one agent %.2f s, four agents %.2f s (x%.3f), at most %d at once"
+            % (engine, alone.wall, together, row["ratio"], row["most_at_once_four_agents"])
+        )
+    return {
+        "agents": SLOT_AGENTS,
+        "shards_per_agent": SLOT_SHARDS,
+        "slots": SLOT_BUDGET,
+        "jobs": SLOT_JOBS,
+        "sleep_s": sizes.slots_sleep,
+        "ideal_s": total * sizes.slots_sleep / SLOT_BUDGET,
+        "rows": rows,
+    }
+
+
 # ---------------------------------------------------------------- goals
 
 
@@ -1133,6 +1268,35 @@ def judge_goals(report: Report, sizes: Sizes, lokt: Optional[str]) -> List[Goal]
                 VERIFY_GOAL_S,
                 "s",
                 value < VERIFY_GOAL_S if sizes.full else None,
+            )
+        )
+    slots = report.sections.get("slots")
+    for row in slots["rows"] if slots else []:
+        compared = "%d agents x %d shards, %d slots, vs 1 agent x %d shards, %d jobs" % (
+            slots["agents"],
+            slots["shards_per_agent"],
+            slots["slots"],
+            slots["agents"] * slots["shards_per_agent"],
+            slots["jobs"],
+        )
+        goals.append(
+            Goal(
+                "%s engine: wall time under a slot budget" % row["engine"],
+                compared,
+                row["ratio"],
+                SLOTS_GOAL,
+                "x",
+                row["ratio"] <= SLOTS_GOAL if sizes.full else None,
+            )
+        )
+        goals.append(
+            Goal(
+                "%s engine: never more shards than slots" % row["engine"],
+                "most commands running at once, as they noted it",
+                row["most_at_once_four_agents"],
+                slots["slots"],
+                "x",
+                row["most_at_once_four_agents"] <= slots["slots"],
             )
         )
     balance = report.sections.get("balance")
@@ -1338,6 +1502,31 @@ def print_end_to_end(section: Dict[str, Any]) -> None:
     print(table(["engine", "split", "wall s", "largest shard s", "wall / lower bound"], rows))
 
 
+def print_slots(section: Dict[str, Any]) -> None:
+    print(
+        "\nSlots: %d agents x %d shards of %.1f s each, %d slots; ideal %.1f s"
+        % (
+            section["agents"],
+            section["shards_per_agent"],
+            section["sleep_s"],
+            section["slots"],
+            section["ideal_s"],
+        )
+    )
+    rows = [
+        [
+            row["engine"],
+            "%.2f" % row["one_agent_s"],
+            "%.2f" % row["four_agents_s"],
+            "%.3f" % row["ratio"],
+            "%d / %d" % (row["most_at_once_one_agent"], row["most_at_once_four_agents"]),
+        ]
+        for row in section["rows"]
+    ]
+    headers = ["engine", "one agent s", "four agents s", "ratio", "most at once (one / four)"]
+    print(table(headers, rows))
+
+
 def print_goals(goals: Sequence[Goal]) -> None:
     print("\nGoals")
     rows = []
@@ -1376,7 +1565,7 @@ def print_goals(goals: Sequence[Goal]) -> None:
 # ---------------------------------------------------------------- main
 
 
-SECTIONS = ("overhead", "balance", "scale", "e2e")
+SECTIONS = ("overhead", "balance", "scale", "e2e", "slots")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1458,6 +1647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ("balance", "balance", lambda: bench_balance(work, sizes, say)),
             ("scale", "scale", lambda: bench_scale(work, sizes, say)),
             ("e2e", "end_to_end", lambda: bench_end_to_end(work, sizes, lokt, say)),
+            ("slots", "slots", lambda: bench_slots(work, sizes, lokt, say)),
         ]
         for option, section, run in steps:
             if option not in chosen:
@@ -1482,6 +1672,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print_scale(report.sections["scale"])
     if "end_to_end" in report.sections:
         print_end_to_end(report.sections["end_to_end"])
+    if "slots" in report.sections:
+        print_slots(report.sections["slots"])
     print_goals(report.goals)
     loads = [report.machine["load_average_at_start"], report.machine["load_average_at_end"]]
     if any(load and load[0] > (os.cpu_count() or 1) / 2 for load in loads):

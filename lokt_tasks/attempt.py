@@ -11,6 +11,10 @@ crashed. The lokt engine has ``lokt guard`` run :func:`main`::
            [--report PATH [--retries N --template JSON] [--flaky fail]] -- CMD...
 
 which exits as a shell would: the command's code, or 128 + N for signal N.
+An attempt with leases (a slot, named resources: ``leases.py``) takes them
+once it holds the shard's lock and before its start record (meanwhile its
+record says "waiting"), and holds them through its retries; the lokt engine
+then runs ``leases.main``, which holds them and runs :func:`main`.
 Started once per shard, it imports only what Python loads at start-up
 (``json`` only to read a record back), and writes records without a JSON
 encoder: the stamps in front of the rest (``results.unstamped_json``).
@@ -72,11 +76,20 @@ STAMPED_FIELDS = (
     "duration",
     "retries",
     "reports",
+    "slot",
+    "waited",
 )
 #: In a run template and a shard's command, where the command's JUnit report goes.
 JUNIT_PLACEHOLDER = "{junit}"
+#: Left in a shard's argv and env for the attempt, which knows its slot only once it holds one.
+SLOT_PLACEHOLDER = "{slot}"
 #: Record fields that may hold null (the others may not).
-OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log")
+OPTIONAL_FIELDS = ("ended_at", "duration", "exit_code", "signal", "log", "slot", "waited")
+
+#: The message of an attempt's "waiting" record until a lease it wants is held by
+#: another, and then, with what it waits for ("a slot", "resource 'db'") after it.
+TAKING_LEASES = "taking its leases"
+WAITING_FOR = "waiting for "
 
 USAGE_LINE = (
     "usage: attempt RECORD FIELDS --agent PID [--log PATH] [--skip OUTCOMES] [--lock PATH]"
@@ -104,12 +117,14 @@ class Attempt:
     """One attempt: its record file, the record's other fields (JSON, with a
     unique ``attempt`` id), the command, the log (None: our stdout), ``skip``;
     ``timeout``: the seconds the shard may run, retries included (None: no
-    limit), which ``timeout_text`` names in the record's message ("15m");
+    limit, counted from the start record: waiting for leases is not
+    running), which ``timeout_text`` names in the record's message ("15m");
     where the command's stderr goes without a log (``stderr``, a descriptor;
     None: ours); ``report``: where the command writes its JUnit report (None:
     it writes none); ``retries`` of its failing tests, with commands from
     ``template`` (JSON, see :func:`fill_template`); ``flaky``: "fail" to fail
-    the shard for a test that passed only on a retry (``config.FLAKY``)."""
+    the shard for a test that passed only on a retry (``config.FLAKY``);
+    its ``leases`` (a ``leases.Leases``, or None)."""
 
     def __init__(
         self,
@@ -126,6 +141,7 @@ class Attempt:
         retries: int = 0,
         template: str = "",
         flaky: str = "pass",
+        leases=None,
     ) -> None:
         if not fields.startswith("{\n") or not command:
             raise ValueError("an attempt needs record fields in JSON and a command")
@@ -141,6 +157,11 @@ class Attempt:
         self.timeout_text = timeout_text or ("" if timeout is None else "%gs" % timeout)
         self.report = os.fspath(report) if report else None
         self.retries, self.template, self.flaky = retries, template, flaky
+        self.leases = leases
+        #: Seconds spent taking the leases, once taken (None without leases), and
+        #: how many times one was held by another meanwhile.
+        self.waited: float | None = None
+        self.waits = 0
         # NOTE: found by substring, not json (which the attempt process spares).
         mark = '"attempt": "'
         start = fields.find(mark) + len(mark)
@@ -158,8 +179,9 @@ class Attempt:
 
     def begin(self) -> bool:
         """False if the shard is already done, else remove the reports an earlier
-        attempt left, empty the log and write the start record; raises OSError
-        naming the file (nothing has run then)."""
+        attempt left, empty the log and write the start record (with leases:
+        :meth:`take_leases` does); raises OSError naming the file (nothing has
+        run then)."""
         if self.skip and already_done(self.record, self.fields, self.skip):
             return False
         if self.report:
@@ -168,6 +190,45 @@ class Attempt:
                     os.unlink(retry_report(self.report, run))
                 except FileNotFoundError:
                     pass
+        if self.leases is None:
+            self._started()
+        else:  # NOTE: at once: other agents tell our run by our record
+            self.started_at, self._began = system.utc_now(), time.monotonic()
+            self._write("waiting", None, None, TAKING_LEASES, None, None, durable=False)
+        return True
+
+    def take_leases(self, *, stopped, abandoned=None, on_wait=None, holder=None) -> bool:
+        """Take the leases in lock order (``leases.Leases.take``), then empty
+        the log and write the start record; while one is held by another, the
+        record says "waiting" (and for what), and ``on_wait`` is told. False if
+        a stop or ``abandoned()`` came first (no lease held); True at once
+        without leases. Raises OSError naming the file."""
+        if self.leases is None:
+            return True
+        began = time.monotonic()
+
+        def waiting(what: str) -> None:
+            self.waits += 1
+            self._write("waiting", None, None, WAITING_FOR + what, None, None, durable=False)
+            if on_wait is not None:
+                on_wait(what)
+
+        if not self.leases.take(holder, stopped=stopped, abandoned=abandoned, on_wait=waiting):
+            return False
+        self.waited = round(time.monotonic() - began, 3)
+        try:
+            self._started()
+        except OSError:
+            self.release_leases()
+            raise
+        return True
+
+    def release_leases(self) -> None:
+        """Give the leases back (idempotent): the shard's last run has ended."""
+        if self.leases is not None:
+            self.leases.release()
+
+    def _started(self) -> None:
         if self.log:
             # NOTE: emptied only now: an agent refused the lock must not wipe
             # the log of the one that holds it.
@@ -179,7 +240,6 @@ class Attempt:
         except OSError:
             self._close_log()
             raise
-        return True
 
     @property
     def retried(self) -> int:
@@ -193,11 +253,17 @@ class Attempt:
     def start(
         self, *, env: dict | None = None, cwd: str | None = None, new_session: bool = True
     ) -> system.Child | int:
-        """Start the command, or after :meth:`retry` the retry (``system.start``):
-        its Child, or 127 or 126 when it could not start, the reason written
-        where its output goes."""
+        """Start the command, or after :meth:`retry` the retry (``system.start``),
+        with the slot filled in: its Child, or 127 or 126 when it could not
+        start, the reason written where its output goes."""
         self.cwd = cwd or os.getcwd()
         fd, argv = self._log_fd, self._next
+        if self.leases is not None:
+            command, env = self.leases.fill(self.command, env)
+            # NOTE: a retry's command has its slot already (see retry).
+            argv = argv if self.runs else command
+        if self.runs and self.report:
+            env = self._retry_env(env)
         if self.runs and self.log:  # a retry: its output follows the command's
             fd = self._log_fd = system.open_file(self.log, os.O_WRONLY | os.O_APPEND)
         err = self.stderr if fd is None else None
@@ -215,6 +281,16 @@ class Attempt:
             return code
         finally:
             self._close_log()
+
+    def _retry_env(self, env: dict | None) -> dict | None:
+        """``env`` (None: ours) for the retry about to start: a variable that
+        names the command's report (``{junit}`` in ``env``) names the retry's."""
+        source = os.environ if env is None else env
+        report = self.report or ""
+        if not any(report in value for value in source.values()):
+            return env
+        mine = retry_report(report, self.runs)
+        return {name: value.replace(report, mine) for name, value in source.items()}
 
     def _tell(self, text: str) -> None:
         """A line of ours where the command's output goes: its log, else the
@@ -236,16 +312,23 @@ class Attempt:
         self, child: system.Child | int, *, stopped, abandoned=None, grace: float = STOP_GRACE
     ) -> tuple | None:
         """:func:`supervise` what :meth:`start` gave, until the timeout if
-        any (counted from :meth:`begin`), then stop what it left behind in
-        its group: nothing of the shard outlives its lock."""
+        any (counted from the start record), then stop what it left behind in
+        its group: nothing of the shard outlives its lock, or its leases (which
+        go back with the final record, or here once abandoned). A lost lease
+        abandons it as a lost lock does."""
         if isinstance(child, int):
             return child, None, False
+        if self.leases is not None:
+            watched, keep = abandoned, self.leases.keep
+            abandoned = lambda: 0.0 if not keep() else watched() if watched else None  # noqa: E731
         deadline = None if self.timeout is None else self._began + self.timeout
         ended = supervise(
             child, stopped=stopped, abandoned=abandoned, grace=grace, deadline=deadline
         )
         if ended is not None and system.group_alive(child.pid):
             system.stop_groups([child.pid], grace)
+        if ended is None:
+            self.release_leases()
         if ended is not None and ended[2]:
             try:
                 self._tell(TIMEOUT_NOTE % (self.timeout_text, TIMEOUT_GRACE))
@@ -274,7 +357,8 @@ class Attempt:
         except ValueError as error:
             self._not_retried = "not retried: %s" % error
             return False
-        command = fill_template(_template(self.template), items, self.cwd)
+        slot = None if self.leases is None else self.leases.slot
+        command = fill_template(_template(self.template), items, self.cwd, slot=slot)
         report = retry_report(self.report or "", self.runs)
         self._next = [arg.replace(JUNIT_PLACEHOLDER, report) for arg in command]
         self._why = "%s, as %s" % (_count(len(failing), "failing test"), _count(len(items), "item"))
@@ -287,8 +371,10 @@ class Attempt:
         N; None: never started), the stop signal that came, whether the shard
         was stopped at its timeout (a stop asked for comes first) and the tests
         its reports hold (:meth:`judge`); raises OSError. False, writing
-        nothing, if another agent took it over (our lock was lost)."""
+        nothing, if another agent took it over (our lock was lost). The leases
+        go back first: the shard's commands have ended."""
         self._close_log()
+        self.release_leases()
         if not self._record_is_ours():
             return False
         code, signal = returncode, None
@@ -387,7 +473,8 @@ class Attempt:
         # NOTE: the start record is not fsynced (costly): after a crash it is
         # missing or empty, which verify reports as missing or corrupt.
         stamps = (outcome, exit_code, signal, message, self.started_at, ended_at, duration)
-        stamps += (self.retried, list(self.reports))
+        slot = self.leases.slot if self.leases is not None else None
+        stamps += (self.retried, list(self.reports), slot, self.waited)
         text = record_text(dict(zip(STAMPED_FIELDS, stamps)), self.fields)
         system.write_atomically(self.record, text.encode("ascii"), durable=durable)
 
@@ -402,7 +489,8 @@ class Attempt:
         """The command line that runs this attempt inside ``lokt guard``,
         watching the agent ``agent_pid`` and the lock file ``lock``; ``stderr``:
         a descriptor the attempt inherits, for the command's stderr."""
-        argv = system.bootstrap("attempt") + [self.record, self.fields, "--agent", str(agent_pid)]
+        head = system.bootstrap("attempt") if self.leases is None else self.leases.argv()
+        argv = head + [self.record, self.fields, "--agent", str(agent_pid)]
         if lock:
             argv += ["--lock", lock]
         if grace != STOP_GRACE:
@@ -499,14 +587,18 @@ def _template(text: str) -> list:
     return json.loads(text) if text else []
 
 
-def fill_template(template: list, items, root: str) -> list:
-    """The argv of a command template with ``items`` in its slots.
+def fill_template(template: list, items, root: str, *, slot: int | None = None) -> list:
+    """The argv of a command template with ``items`` in their places.
 
     A template is JSON: a list of arguments, each a string (as it is), null
     (``{items}``: one argument per item; an item that starts with ``-`` and
     names a path below ``root`` goes as ``./<item>``, so that it is not read
-    as an option), or a list of parts, strings and ``[SEP]`` (``{items:SEP}``:
-    the items joined by SEP), joined into one argument.
+    as an option), a list of parts, strings and ``[SEP]`` (``{items:SEP}``:
+    the items joined by SEP), joined into one argument, or ``{"slot": PARTS}``
+    for an argument with ``{slot}``: PARTS as in a list, whose strings are a
+    ``str.format`` template (fields ``{slot}`` and ``{junit}``, other braces
+    doubled). Such an argument is that template, the items' braces doubled,
+    or, with ``slot``, the text with the slot number filled in.
     """
     argv: list = []
     for arg in template:
@@ -519,11 +611,24 @@ def fill_template(template: list, items, root: str) -> list:
             )
         elif isinstance(arg, str):
             argv.append(arg)
+        elif isinstance(arg, dict):
+            text = "".join(
+                part if isinstance(part, str) else escape_braces(part[0].join(items))
+                for part in arg["slot"]
+            )
+            if slot is not None:
+                text = text.format(slot=slot, junit=JUNIT_PLACEHOLDER)
+            argv.append(text)
         else:
             argv.append(
                 "".join(part if isinstance(part, str) else part[0].join(items) for part in arg)
             )
     return argv
+
+
+def escape_braces(text: str) -> str:
+    """``text`` as literal text inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def already_done(record_path: str, fields: str, skip: tuple) -> bool:
@@ -642,9 +747,10 @@ class Watch:
         return None
 
 
-def main(argv: list) -> int:
+def main(argv: list, leases=None) -> int:
     """Run one attempt as ``lokt guard``'s command, only as long as its agent
-    and its lock last (:class:`Watch`), or it would race the rerun of its shard."""
+    and its lock last (:class:`Watch`), or it would race the rerun of its shard;
+    with ``leases`` (from ``leases.main``), taken first and held here."""
     separator = argv.index("--") if "--" in argv else len(argv)
     positional, options, words = [], {}, iter(argv[:separator])
     for word in words:
@@ -680,6 +786,7 @@ def main(argv: list) -> int:
             retries=int(retries),
             template=options.get("--template", ""),
             flaky=options.get("--flaky") or "pass",
+            leases=leases,
         )
     except ValueError:
         print(USAGE_LINE, file=sys.stderr)
@@ -695,13 +802,19 @@ def main(argv: list) -> int:
     try:
         if not attempt.begin():
             return ALREADY_DONE
+        stopped = lambda: received[0] if received else None  # noqa: E731
+        if not attempt.take_leases(stopped=stopped, abandoned=watch.abandoned):
+            if received:  # the "waiting" record becomes an interrupted one
+                attempt.finish(None, received[0])
+                return 128 + received[0]
+            return LOCK_LOST if watch.lock_lost() else AGENT_GONE
 
         # NOTE: the command leads a process group of its own, in lokt guard's
         # session, so that the whole of it can be stopped without us.
         def run() -> tuple | None:
             return attempt.wait(
                 attempt.start(new_session=False),
-                stopped=lambda: received[0] if received else None,
+                stopped=stopped,
                 abandoned=watch.abandoned,
                 grace=float(grace),
             )
@@ -718,6 +831,7 @@ def main(argv: list) -> int:
         print("lokt-tasks: cannot write %s: %s" % (where, reason), file=sys.stderr)
         return CANNOT_WRITE
     finally:
+        attempt.release_leases()
         # NOTE: once stopped, more signals must not cut our exit short.
         system.restore_signals(previous, ignore=bool(received))
     returncode = ended[0]

@@ -210,7 +210,7 @@ class LoktTasksProgram(Program):
         commands = [(name, ns[name].__doc__.splitlines()[0]) for name in ns.task_names]
         commands.append((HELP, f"Show a command's help: {self.binary} help COMMAND."))
         lines = [
-            f"Usage: {self.binary} [options] COMMAND TASK [command options]",
+            f"Usage: {self.binary} [options] COMMAND [TASK] [command options]",
             "",
             "  Split a test suite into shards declared in shards.toml, run each under a lock,",
             "  and merge their records into one verdict.",

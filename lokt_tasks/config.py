@@ -51,10 +51,29 @@ DEFAULT_DURATIONS = "shard-durations.json"
 #: The tables a key of KEYS may be set in: [defaults], [tasks.NAME], [[tasks.NAME.shard]].
 DEFAULTS, TASK, SHARD = "defaults", "task", "shard"
 #: Placeholders ``run`` may use, as they are listed in error messages.
-PLACEHOLDERS = ("{items}", "{items:SEP}", "{shard}", "{total}", "{task}", "{junit}", "{python}")
+PLACEHOLDERS = (
+    "{items}",
+    "{items:SEP}",
+    "{shard}",
+    "{total}",
+    "{task}",
+    "{junit}",
+    "{python}",
+    "{slot}",
+)
+#: ``slots = "cpus"``: a budget of os.cpu_count() slots.
+CPUS = "cpus"
+#: Overrides ``[defaults] slots``; ``--slots`` overrides both.
+SLOTS_ENV = "LOKT_TASKS_SLOTS"
+#: Slot and resource locks are named ``<lease_prefix>-slot-<K>`` and
+#: ``<lease_prefix>-resource-<name>`` in the lock root (see leases.py).
+DEFAULT_LEASE_PREFIX = "lokt-tasks"
+#: Variables the command gets from lokt-tasks itself: the agent's lokt identity.
+RESERVED_ENV = ("LOKT_OWNER", "LOKT_AGENT_ID", "LOKT_ROOT")
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: In a run template's argument: a literal brace, a placeholder, or a stray brace.
 _BRACES = re.compile(r"\{\{|\}\}|\{([^}]*)\}|[{}]")
 
@@ -90,6 +109,10 @@ class TaskConfig:
     timeout_text: Optional[str] = None
     retries: int = 0  #: Reruns of a shard's failing tests inside its lock.
     flaky: str = "pass"  #: One of FLAKY: the verdict on a test that passed only on a retry.
+    #: The command's extra environment, (name, template) in file order: placeholders as in run.
+    env: Tuple[Tuple[str, str], ...] = ()
+    #: Named exclusive resources each shard holds while its command runs (leases.py).
+    resources: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,9 @@ class Config:
     root: Path  #: The directory of shards.toml: globs are relative to it; commands run in it.
     tasks: Mapping[str, TaskConfig] = field(default_factory=dict)
     results: Optional[Path] = None  #: ``[defaults] results``, absolute, or None.
+    #: ``[defaults] slots`` as written: a count, "cpus", or None (no budget); see slot_budget.
+    slots: Optional[Union[int, str]] = None
+    lease_prefix: str = DEFAULT_LEASE_PREFIX  #: ``[defaults] lease_prefix``.
 
 
 @dataclass(frozen=True)
@@ -236,6 +262,12 @@ def _split_command(command: str) -> List[str]:
     if not words:
         raise ValueError("empty command")
     return words
+
+
+def parse_placeholders(text: str) -> Token:
+    """The literal text and placeholders of one argument or ``env`` value
+    (``{{`` and ``}}`` are literal braces); ValueError (one line)."""
+    return _parse_token(text)
 
 
 def _parse_token(word: str) -> Token:
@@ -396,6 +428,96 @@ def _read_retries(path: Path, value: Any, where: Where) -> int:
     return value
 
 
+def _read_slots(path: Path, value: Any, where: Where) -> Union[int, str]:
+    return parse_slots(value)
+
+
+def parse_slots(value: Any) -> Union[int, str]:
+    """A slot budget as written: a whole number of at least 1, or "cpus"; ValueError."""
+    expected = f'expected a whole number of at least 1 or "{CPUS}"'
+    if value == CPUS:
+        return CPUS
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"{expected}, got {value}; leave slots unset for no budget")
+    return value
+
+
+def slot_budget(
+    configured: Optional[Union[int, str]],
+    flag: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Optional[int]:
+    """The machine's slot budget: ``--slots`` (``flag``), else $LOKT_TASKS_SLOTS,
+    else ``configured`` (``Config.slots``); None when none is set (no budget);
+    "cpus" is os.cpu_count(). UsageError naming the flag or the variable when
+    malformed."""
+    environ = os.environ if environ is None else environ
+    value: Any = configured
+    for given, where in (
+        (flag, "--slots"),
+        (environ.get(SLOTS_ENV, "").strip() or None, SLOTS_ENV),
+    ):
+        if given is not None:
+            try:
+                value = parse_slots(given)
+            except ValueError as error:
+                raise UsageError(f"{where}: {error}") from None
+            break
+    if value == CPUS:
+        return os.cpu_count() or 1
+    return value
+
+
+def _read_lease_prefix(path: Path, value: Any, where: Where) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string (a lock name prefix), got {_describe(value)}")
+    if not _TASK_NAME.fullmatch(value) or ".." in value or value.startswith("-"):
+        problem = "use only letters, digits, '.', '_' and '-' (no '..', no leading '-')"
+        raise ValueError(f'"{value}": {problem}, because it starts lock names')
+    if len(value) > MAX_TASK_NAME:
+        raise ValueError(f"longer than {MAX_TASK_NAME} characters")
+    return value
+
+
+def _read_resources(path: Path, value: Any, where: Where) -> Tuple[str, ...]:
+    names = _read_strings(path, value, where)
+    for name in names:
+        if not _TASK_NAME.fullmatch(name) or ".." in name:
+            problem = "use only letters, digits, '.', '_' and '-' (no '..')"
+            raise ValueError(f"'{name}': {problem}, because it ends a lock name")
+        if names.count(name) > 1:
+            raise ValueError(f"'{name}' is listed twice")
+    return names
+
+
+def _read_env(path: Path, value: Any, where: Where) -> Tuple[Tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        example = '{ TEST_DB = "app_test_{slot}" }'
+        raise ValueError(f"expected a table of strings such as {example}, got {_describe(value)}")
+    for name, text in value.items():
+        here = key_path(*where, name)
+        if not _ENV_NAME.fullmatch(name):
+            problem = "not a variable name (letters, digits and '_', not starting with a digit)"
+            raise config_error(path, here, problem)
+        if name in RESERVED_ENV:
+            raise config_error(path, here, "set by lokt-tasks itself (the agent's lokt identity)")
+        if not isinstance(text, str):
+            hint = f'; write "{text}"' if isinstance(text, (int, float)) else ""
+            raise config_error(path, here, f"expected a string, got {_describe(text)}{hint}")
+        try:
+            parts = parse_placeholders(text) if text else ()
+        except ValueError as error:
+            raise config_error(path, here, str(error)) from None
+        if Placeholder("items") in parts:
+            problem = "{items} is one argument per item; in a variable use {items:SEP}"
+            raise config_error(path, here, problem)
+    return tuple(value.items())
+
+
 def _read_ttl(path: Path, value: Any, where: Where) -> Tuple[float, str]:
     """A positive duration with a unit (``ttl``, ``timeout``): seconds, and the text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -429,6 +551,7 @@ def _read_path(path: Path, value: Any, where: Where) -> Path:
 _IN_TASKS = "can only be set in a [tasks.NAME] table"
 _NO_RUN = 'missing; set the command to run, e.g. run = "pytest -q {items}"'
 _RESULTS_IN_TASK = "results can only be set in [defaults] (one results directory per project)"
+_LEASES_IN_TASK = "can only be set in [defaults] (one budget for every task of the lock root)"
 
 #: Every key, in the order keys are read and listed in errors.
 KEYS: Dict[str, Key] = {
@@ -451,6 +574,15 @@ KEYS: Dict[str, Key] = {
     "results": Key(_read_path, (DEFAULTS,), misplaced=_RESULTS_IN_TASK),
     "retries": Key(_read_retries, (DEFAULTS, TASK), default=0),
     "flaky": Key(partial(_read_choice, choices=FLAKY), (DEFAULTS, TASK), default="pass"),
+    "slots": Key(_read_slots, (DEFAULTS,), misplaced=f"slots {_LEASES_IN_TASK}"),
+    "lease_prefix": Key(
+        _read_lease_prefix,
+        (DEFAULTS,),
+        default=DEFAULT_LEASE_PREFIX,
+        misplaced=f"lease_prefix {_LEASES_IN_TASK}",
+    ),
+    "env": Key(_read_env, (TASK,), default=(), misplaced=f"the command's environment {_IN_TASKS}"),
+    "resources": Key(_read_resources, (TASK,), default=(), misplaced=f"resources {_IN_TASKS}"),
 }
 
 
@@ -477,7 +609,14 @@ def load_config(path: Path) -> Config:
     if not isinstance(tasks, dict):
         raise config_error(path, "tasks", f"expected tables ([tasks.NAME]), got {_describe(tasks)}")
     tasks = {name: _read_task(path, name, table, defaults) for name, table in tasks.items()}
-    return Config(path=path, root=path.parent, tasks=tasks, results=defaults["results"])
+    return Config(
+        path=path,
+        root=path.parent,
+        tasks=tasks,
+        results=defaults["results"],
+        slots=defaults["slots"],
+        lease_prefix=defaults["lease_prefix"],
+    )
 
 
 def _parse_toml(text: str, path: Path) -> Dict[str, Any]:
@@ -559,6 +698,8 @@ def _read_task(path: Path, name: str, table: Any, defaults: Mapping[str, Any]) -
         timeout_text=timeout_text,
         retries=task["retries"],
         flaky=task["flaky"],
+        env=task["env"],
+        resources=task["resources"],
     )
 
 

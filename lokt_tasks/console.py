@@ -105,13 +105,17 @@ class LiveBoard:
             self._draw()
 
     def update(self, label: str, state: str, detail: str = "", report: str = "") -> None:
-        """Shard ``label`` is now in ``state`` (Progress.RUNNING: it starts now)."""
+        """Shard ``label`` is now in ``state`` (Progress.RUNNING: it starts now;
+        Progress.WAITING again: it waits for a lease, its time not counted)."""
         now = time.monotonic()
         with self._lock:
             self.states[label] = state
             self.details[label] = detail
             if state == Progress.RUNNING:
                 self.started[label] = now
+                self.ended.pop(label, None)
+            elif state == Progress.WAITING:  # for a slot or a resource: not started yet
+                self.started.pop(label, None)
                 self.ended.pop(label, None)
             elif label in self.started:
                 self.ended[label] = now

@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Union
+from typing import BinaryIO, Callable, Dict, Optional, Union
 
 from . import lockfile, system
 from .engine import (
@@ -37,37 +37,20 @@ from .engine import (
     interrupted_before_start,
     ran,
 )
-from .lockfile import CorruptLockFile, EmptyLockFile, LockData, LockFileError, UnsupportedVersion
+from .lockfile import (
+    Claimant,
+    CorruptLockFile,
+    EmptyLockFile,
+    LockData,
+    LockFileError,
+    UnsupportedVersion,
+    release,
+    renew,
+)
 from .states import GuardState
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
-#: Re-reads of an empty (being written) lock file before reporting "held by ?".
-SETTLE_TRIES = 20
-SETTLE_PAUSE = 0.01
-
-
-@dataclass(frozen=True)
-class Claimant:
-    """This process as it appears in lock files and audit lines."""
-
-    owner: str
-    host: str
-    pid: int
-    agent_id: str
-    pid_start_ns: int
-
-    def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
-        """A lock of ours on ``name``, with a new lock_id, acquired at ``at_ns``."""
-        lock_id, started = os.urandom(16).hex(), self.pid_start_ns
-        fresh = LockData(name, lock_id=lock_id, pid_start_ns=started, ttl_sec=ttl_sec, **self.who())
-        return fresh.renewed(at_ns)
-
-    def who(self) -> Dict[str, Any]:
-        return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
-
-    def audit(self, root: Path, event: str, name: str, **fields) -> None:
-        lockfile.append_audit(root, lockfile.audit_line(event, name, **{**self.who(), **fields}))
 
 
 @dataclass(frozen=True)
@@ -140,21 +123,15 @@ def active_freeze(root: Path, name: str, me: Claimant) -> Optional[LockData]:
 
 
 def acquire_once(root: Path, name: str, me: Claimant, ttl_sec: int) -> LockTry:
-    """One non-blocking try, as lokt's Acquire, but never re-entrant (see
-    ``lockfile.prune_abandoned`` for the locks nobody can hold any more)."""
+    """One non-blocking try, as lokt's Acquire (``lockfile.take_lock``: never
+    re-entrant), with a deny line naming the holder when it is held."""
     path = lockfile.lock_path(root, name)
-    for _ in range(3):  # the name is taken again and again only under a race
-        lock = me.new_lock(name, ttl_sec, lockfile.now_ns())
-        try:
-            lockfile.create_lock(path, lock)
-        except FileExistsError:
-            if lockfile.prune_abandoned(root, name, **me.who()):
-                continue
-            break
-        except OSError as error:
-            return LockTry(error=f"cannot write lock file {path}: {error}")
-        me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
-        return LockTry(acquired=lock)
+    try:
+        taken = lockfile.take_lock(root, name, me, ttl_sec)
+    except OSError as error:
+        return LockTry(error=f"cannot write lock file {path}: {error}")
+    if taken is not None:
+        return LockTry(acquired=taken)
     try:
         existing = lockfile.read_lock(path)
     except UnsupportedVersion as error:
@@ -183,39 +160,6 @@ def break_stale(root: Path, name: str, me: Claimant) -> None:
     if existing.expired() and lockfile.pid_status(existing, me.host) == "unknown":
         if lockfile.remove_if_unchanged(path, text):
             me.audit(root, "stale-break", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
-
-
-def renew(root: Path, name: str, me: Claimant) -> Optional[bool]:
-    """Heartbeat: True renewed, False no longer ours (stop), None failed (retry)."""
-    path = lockfile.lock_path(root, name)
-    try:
-        existing = lockfile.read_lock(path)
-    except FileNotFoundError:
-        return False
-    except (OSError, LockFileError):
-        return None
-    if (existing.owner, existing.host, existing.pid) != (me.owner, me.host, me.pid):
-        return False
-    renewed = existing.renewed(lockfile.now_ns())
-    try:
-        lockfile.write_lock(path, renewed)
-    except OSError:
-        return None
-    me.audit(root, "renew", name, lock_id=renewed.lock_id, ttl_sec=renewed.ttl_sec)
-    return True
-
-
-def release(root: Path, name: str, me: Claimant, lock_id: str) -> bool:
-    """Remove our lock, and only ours (same owner and lock_id)."""
-    path = lockfile.lock_path(root, name)
-    try:
-        existing = lockfile.read_lock(path)
-    except (OSError, LockFileError):
-        return False
-    if (existing.owner, existing.lock_id) != (me.owner, lock_id) or not lockfile.remove_file(path):
-        return False
-    me.audit(root, "release", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
-    return True
 
 
 def backoff(attempt: int) -> float:
@@ -356,6 +300,7 @@ class EmbeddedEngine(Engine):
             if isinstance(claim, GuardResult):
                 return claim
             cleanup.callback(release, self.root, name, me, claim.lock_id)
+            cleanup.callback(attempt.release_leases)  # before the lock: unwinds in reverse
             if lifetime > 0:
                 heartbeat = Heartbeat(self.root, name, me, max(lifetime / 2, 0.5))
                 heartbeat.start()
@@ -373,25 +318,38 @@ class EmbeddedEngine(Engine):
                 )
 
             try:
-                return self._attempt(request, lost)
+                return self._attempt(request, lost, me)
             except OSError as error:  # from begin or finish: the log or the record
                 where = error.filename or attempt.record
                 message = f"cannot write {where}: {error.strerror or error}"
                 return GuardResult(GuardState.ERROR, message=message)
 
-    def _attempt(self, request: GuardRequest, lost: Callable[[], bool]) -> GuardResult:
-        """The attempt, under our lock: the command, then its retries. If the
-        lock is ``lost()`` meanwhile, the command is stopped and no final
-        record written."""
+    def _attempt(
+        self, request: GuardRequest, lost: Callable[[], bool], me: Claimant
+    ) -> GuardResult:
+        """The attempt, under our lock, its leases held by ``me`` too: the
+        command, then its retries. If the lock is ``lost()`` meanwhile, the
+        command is stopped and no final record written."""
         attempt, stop = request.attempt, request.stop
         if not attempt.begin():
             return GuardResult(GuardState.SKIPPED, message="nothing to run")
+        # NOTE: a lost lock may be another agent's already: no grace.
+        abandoned = lambda: 0.0 if lost() else None  # noqa: E731
+        if not stop.is_set() and not attempt.take_leases(
+            holder=me, stopped=stop.asked, abandoned=abandoned, on_wait=request.on_wait
+        ):
+            if not stop.is_set():
+                message = "the lock was lost while its attempt waited for a lease; nothing ran"
+                holder = self.holder(request.lock_name)
+                return GuardResult(GuardState.HELD, holder=holder, message=message)
         if stop.is_set():
             attempt.finish(None, stop.signum)
             return interrupted_before_start(stop.signum)
-        ended = self._run(request, lost)
+        if attempt.waits and request.on_wait is not None:
+            request.on_wait("")
+        ended = self._run(request, abandoned)
         while ended is not None and not lost() and attempt.retry(ended):
-            ended = self._run(request, lost)
+            ended = self._run(request, abandoned)
         if ended is None or lost() or not attempt.finish(*ended):
             message = (
                 "the lock was lost while the command ran: it was stopped,"
@@ -401,17 +359,18 @@ class EmbeddedEngine(Engine):
         returncode, stopped_by, _ = ended  # a timeout is told by the record
         return ran(returncode, stopped_by)
 
-    def _run(self, request: GuardRequest, lost: Callable[[], bool]) -> Optional[tuple]:
+    def _run(
+        self, request: GuardRequest, abandoned: Callable[[], Optional[float]]
+    ) -> Optional[tuple]:
         """One run of the attempt (the command or a retry), watched by the
-        watchdog: how it ended, or None when the lock was lost meanwhile."""
+        watchdog: how it ended (``attempt.supervise``'s tuple), or None when
+        ``abandoned()`` said so meanwhile (the lock or a lease was lost)."""
         attempt = request.attempt
         child = attempt.start(env=request.env, cwd=request.cwd)
         if isinstance(child, int):
             return child, None, False
         try:
             self.watchdog.watch(child.pid, lockfile.lock_path(self.root, request.lock_name))
-            # NOTE: a lost lock may be another agent's already: no grace.
-            abandoned = lambda: 0.0 if lost() else None  # noqa: E731
             stopped = request.stop.asked
             return attempt.wait(child, stopped=stopped, abandoned=abandoned, grace=self.grace)
         except BaseException:
@@ -453,12 +412,5 @@ class EmbeddedEngine(Engine):
             break_stale(self.root, name, me)
 
     def _holder_of(self, name: str, seen: Optional[LockData]) -> Optional[Holder]:
-        """The holder to report, reading an empty file again for a moment."""
-        if seen is not None:
-            return holder_from_lock(seen, name)
-        for _ in range(SETTLE_TRIES):
-            holder = self.holder(name)
-            if holder is not None:
-                return holder
-            time.sleep(SETTLE_PAUSE)
-        return None
+        """The holder to report: the one seen, else one read again for a moment."""
+        return holder_from_lock(seen, name) if seen is not None else self.settled_holder(name)

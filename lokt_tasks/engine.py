@@ -20,7 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from . import lockfile
 from .attempt import POLL_INTERVAL, STOP_GRACE, Attempt
@@ -30,6 +30,9 @@ from .states import GuardState
 
 #: How long --wait waits when no timeout is given (lokt's default too).
 DEFAULT_WAIT_TIMEOUT = 600.0
+#: Re-reads of an empty (being written) lock file before reporting "held by ?".
+SETTLE_TRIES = 20
+SETTLE_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class GuardRequest:
     env: Dict[str, str]
     cwd: Optional[str]
     stop: StopRequest
+    #: Told what the attempt waits for ("a slot", "resource 'db'") when it starts
+    #: to wait for a lease, and "" once its command starts after such a wait.
+    on_wait: Optional[Callable[[str], None]] = None
 
 
 class StopRequest:
@@ -243,12 +249,15 @@ class Engine:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[Path] = None,
         stop: Optional[StopRequest] = None,
+        on_wait: Optional[Callable[[str], None]] = None,
     ) -> GuardResult:
         """Run ``attempt`` holding lock_name: ``ttl`` in seconds (0: never
         expires), ``timeout`` with ``wait`` (None or <= 0: 10 minutes), in a
         session of its own with ``env`` (default ours) and our identity. A
         ``stop`` goes to the command, SIGKILL to its group ``self.grace``
-        seconds later. UsageError for a bad lock name or a missing ``cwd``."""
+        seconds later. The attempt's leases are taken inside the lock, told
+        to ``on_wait`` (see GuardRequest). UsageError for a bad lock name or
+        a missing ``cwd``."""
         validate_lock_name(lock_name)
         if cwd is not None and not Path(cwd).is_dir():
             raise UsageError(f"working directory does not exist: {cwd}")
@@ -258,7 +267,15 @@ class Engine:
         stop = stop or StopRequest()
         return self._guard(
             GuardRequest(
-                lock_name, attempt, ttl, wait, timeout, self.child_env(env), directory, stop
+                lock_name,
+                attempt,
+                ttl,
+                wait,
+                timeout,
+                self.child_env(env),
+                directory,
+                stop,
+                on_wait,
             )
         )
 
@@ -275,6 +292,17 @@ class Engine:
         except OSError as error:
             raise EngineError(f"cannot read lock {lock_name!r} in {self.root}: {error}") from None
         return holder_from_lock(lock, lock_name)
+
+    def settled_holder(self, lock_name: str) -> Optional[Holder]:
+        """Who holds lock_name now, reading a lock file that is being written
+        (lokt creates it empty and fills it a moment later) again for a
+        moment; None once the file is gone, or still unreadable."""
+        for _ in range(SETTLE_TRIES):
+            holder = self.holder(lock_name)
+            if holder is not None or not lockfile.lock_path(self.root, lock_name).exists():
+                return holder
+            time.sleep(SETTLE_PAUSE)
+        return None
 
     def frozen_by(self, lock_name: str) -> Optional[Holder]:
         """Who froze lock_name, while the freeze lasts; else None."""

@@ -135,7 +135,7 @@ FLAGS: Dict[str, Flag] = {
         configurable=True,
     ),
     "log": Flag("Write the command's output to the shard's log file instead of the terminal."),
-    "json": Flag("Print JSON instead of text: the plan, or the verdict (see README)."),
+    "json": Flag("Print JSON instead of text: the plan, the verdict or the status (see README)."),
     "junit": Flag(
         "Also write the verdict as one JUnit XML file: every test of every shard"
         " (a testsuite per shard), and a failing testcase for a shard that did not"
@@ -148,6 +148,12 @@ FLAGS: Dict[str, Flag] = {
         value="FILE",
     ),
     "timeline": Flag("Add the run's timeline to the table: one lane per agent, a bar per shard."),
+    "slots": Flag(
+        "The machine's slot budget: at most N shards run at once, of every agent and"
+        " worktree sharing the lock root; a number, or cpus (the CPU count).",
+        value="N|cpus",
+        default="$LOKT_TASKS_SLOTS, else slots in shards.toml, else no budget",
+    ),
     "current": Flag(
         "Plan from the current timings, not from the copy this run pinned when it started."
     ),
@@ -215,8 +221,9 @@ class Command(Task):
         usage = " ".join([program, self.name, *(ARGUMENTS[n][0] for n in positional), "[options]"])
         doc = inspect.getdoc(self.body) or ""
         rows = [(ARGUMENTS[name][0], ARGUMENTS[name][1]) for name in positional]
-        lines = [f"Usage: {usage}", "", *_indented(doc), "", "Arguments:"]
-        lines += columns(rows, width)
+        lines = [f"Usage: {usage}", "", *_indented(doc)]
+        if rows:  # NOTE: status takes no task
+            lines += ["", "Arguments:", *columns(rows, width)]
         lines += ["", "Options:", *columns([(flag_spec(n), FLAGS[n].text) for n in flags], width)]
         return "\n".join(lines)
 

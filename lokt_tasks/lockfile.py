@@ -298,6 +298,81 @@ def prune_abandoned(
     return True
 
 
+@dataclass(frozen=True)
+class Claimant:
+    """This process as it appears in lock files and audit lines."""
+
+    owner: str
+    host: str
+    pid: int
+    agent_id: str
+    pid_start_ns: int
+
+    def new_lock(self, name: str, ttl_sec: int, at_ns: int) -> LockData:
+        """A lock of ours on ``name``, with a new lock_id, acquired at ``at_ns``."""
+        lock_id, started = os.urandom(16).hex(), self.pid_start_ns
+        fresh = LockData(name, lock_id=lock_id, pid_start_ns=started, ttl_sec=ttl_sec, **self.who())
+        return fresh.renewed(at_ns)
+
+    def who(self) -> Dict[str, Any]:
+        return {"owner": self.owner, "host": self.host, "pid": self.pid, "agent_id": self.agent_id}
+
+    def audit(self, root: Path, event: str, name: str, **fields) -> None:
+        append_audit(root, audit_line(event, name, **{**self.who(), **fields}))
+
+
+def take_lock(root: Path, name: str, me: Claimant, ttl_sec: int) -> Optional[LockData]:
+    """One try at ``name``, never re-entrant and without a deny line: our new
+    lock (audited as an acquire), or None while another holds it. A lock
+    nobody can hold any more is pruned first (``prune_abandoned``); OSError
+    when the file cannot be written."""
+    path = lock_path(root, name)
+    for _ in range(3):  # the name is taken again and again only under a race
+        lock = me.new_lock(name, ttl_sec, now_ns())
+        try:
+            create_lock(path, lock)
+        except FileExistsError:
+            if prune_abandoned(root, name, **me.who()):
+                continue
+            return None
+        me.audit(root, "acquire", name, lock_id=lock.lock_id, ttl_sec=ttl_sec)
+        return lock
+    return None
+
+
+def renew(root: Path, name: str, me: Claimant) -> Optional[bool]:
+    """Heartbeat: True renewed, False no longer ours (stop), None failed (retry)."""
+    path = lock_path(root, name)
+    try:
+        existing = read_lock(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, LockFileError):
+        return None
+    if (existing.owner, existing.host, existing.pid) != (me.owner, me.host, me.pid):
+        return False
+    renewed = existing.renewed(now_ns())
+    try:
+        write_lock(path, renewed)
+    except OSError:
+        return None
+    me.audit(root, "renew", name, lock_id=renewed.lock_id, ttl_sec=renewed.ttl_sec)
+    return True
+
+
+def release(root: Path, name: str, me: Claimant, lock_id: str) -> bool:
+    """Remove our lock, and only ours (same owner and lock_id)."""
+    path = lock_path(root, name)
+    try:
+        existing = read_lock(path)
+    except (OSError, LockFileError):
+        return False
+    if (existing.owner, existing.lock_id) != (me.owner, lock_id) or not remove_file(path):
+        return False
+    me.audit(root, "release", name, lock_id=existing.lock_id, ttl_sec=existing.ttl_sec)
+    return True
+
+
 def remove_if_unchanged(path: Path, seen: str) -> bool:
     """Remove a stale or corrupt file only if it still holds what we judged
     (another agent may have pruned it and taken the lock meanwhile)."""

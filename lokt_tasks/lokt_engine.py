@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from . import lockfile, system
-from .attempt import LOCK_LOST, supervise
+from .attempt import LOCK_LOST, WAITING_FOR, supervise
 from .config import format_duration
 from .engine import (
     DEFAULT_WAIT_TIMEOUT,
@@ -34,7 +34,7 @@ from .engine import (
 )
 from .errors import EngineError
 from .lockfile import LockFileError
-from .states import GuardState, RecordOutcome
+from .states import STARTED_OUTCOMES, GuardState, RecordOutcome
 
 
 class LoktEngine(Engine):
@@ -106,8 +106,11 @@ class LoktEngine(Engine):
             finally:
                 if ours is not None:
                     os.close(ours)
+            stopped = request.stop.asked
+            if request.on_wait is not None and attempt.leases is not None:
+                stopped = WaitWatch(attempt, request.on_wait, stopped)
             try:
-                ended = supervise(guard, stopped=request.stop.asked, grace=patience)
+                ended = supervise(guard, stopped=stopped, grace=patience)
             except BaseException:
                 guard.kill_group()
                 guard.wait()
@@ -135,7 +138,10 @@ class LoktEngine(Engine):
                 for line in lokt_message.splitlines():  # the attempt's own start so
                     said = line if line.startswith("lokt-tasks: ") else f"lokt-tasks: lokt: {line}"
                     print(said, file=sys.stderr)
-            if own.get("outcome") == RecordOutcome.RUNNING:  # the attempt died before the end
+            if own.get("outcome") == RecordOutcome.WAITING and returncode == LOCK_LOST:
+                message = "the lock was lost while its attempt waited for a lease; nothing ran"
+                return GuardResult(GuardState.HELD, holder=self.holder(lock_name), message=message)
+            if own.get("outcome") in STARTED_OUTCOMES:  # the attempt died before the end
                 result = ran(returncode, forwarded)
                 if returncode == LOCK_LOST:
                     lost = "the lock was lost while the command ran: it was stopped"
@@ -211,7 +217,7 @@ class LoktEngine(Engine):
         if "frozen" in lokt_message or (not lokt_message and freeze is not None):
             message = frozen_message(name, freeze)
             return GuardResult(GuardState.FROZEN, holder=freeze, message=message)
-        holder = self.holder(name)
+        holder = self.settled_holder(name)
         message = held_message(name, holder, request.wait, request.timeout)
         return GuardResult(GuardState.HELD, holder=holder, message=message)
 
@@ -224,6 +230,34 @@ class LoktEngine(Engine):
             return
         if (lock.owner, lock.pid, lock.host) == (self.identity.owner, lokt_pid, self.identity.host):
             lockfile.remove_file(path)
+
+
+class WaitWatch:
+    """``stopped`` for supervising ``lokt guard``, which also reads the
+    attempt's record every POLL seconds and tells ``on_wait`` what the
+    attempt process waits for (a "waiting" record), and "" once that wait ends."""
+
+    POLL = 0.2
+
+    def __init__(self, attempt, on_wait, asked) -> None:
+        self.attempt, self.on_wait, self.asked = attempt, on_wait, asked
+        self.next_look, self.waiting, self.done = 0.0, "", False
+
+    def __call__(self) -> Optional[int]:
+        now = time.monotonic()
+        if not self.done and now >= self.next_look:
+            self.next_look = now + self.POLL
+            record = self.attempt.own_record()
+            if record is not None:
+                message = str(record.get("message") or "")
+                waiting = record.get("outcome") == RecordOutcome.WAITING
+                told = waiting and message.startswith(WAITING_FOR)
+                what = message[len(WAITING_FOR) :] if told else ""
+                self.done = not waiting
+                if what != self.waiting:
+                    self.waiting = what
+                    self.on_wait(what)
+        return self.asked()
 
 
 def find_lokt_binary(env: Optional[Mapping[str, str]] = None) -> Optional[str]:

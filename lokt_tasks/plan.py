@@ -44,7 +44,7 @@ from itertools import dropwhile, takewhile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .attempt import JUNIT_PLACEHOLDER, fill_template
+from .attempt import JUNIT_PLACEHOLDER, SLOT_PLACEHOLDER, escape_braces, fill_template
 from .config import (
     MAX_SHARDS,
     Config,
@@ -54,6 +54,7 @@ from .config import (
     display_path,
     get_task,
     key_path,
+    parse_placeholders,
     parse_run_template,
 )
 from .durations import TaskTimings, read_task_timings
@@ -87,10 +88,25 @@ class Shard:
     #: The command as a template for other items (JSON, ``attempt.fill_template``):
     #: what retries of its failing tests run.
     template: str = ""
+    #: The command's extra environment (``env``), expanded as ``argv`` is.
+    env: Tuple[Tuple[str, str], ...] = ()
+    #: Named exclusive resources the shard holds while its command runs.
+    resources: Tuple[str, ...] = ()
+    #: Positions in ``argv``, and names in ``env``, of ``str.format`` templates
+    #: whose one field is ``{slot}`` (their other braces doubled; ``{junit}`` left).
+    slot_args: Tuple[int, ...] = ()
+    slot_env: Tuple[str, ...] = ()
 
     @property
     def wants_junit(self) -> bool:
-        return any(JUNIT_PLACEHOLDER in arg for arg in self.argv)
+        return any(JUNIT_PLACEHOLDER in arg for arg in self.argv) or any(
+            JUNIT_PLACEHOLDER in value for _, value in self.env
+        )
+
+    @property
+    def uses_slot(self) -> bool:
+        """Whether its command or environment says ``{slot}``."""
+        return bool(self.slot_args or self.slot_env)
 
 
 @dataclass(frozen=True)
@@ -176,18 +192,16 @@ def build_plan(
     built = []
     for index, items_tuple in enumerate(map(tuple, groups), start=1):
         weight = math.fsum(map(costs.__getitem__, items_tuple))
-        template = command_template(tokens, task=task.name, index=index, total=total)
-        shard = Shard(
-            task=task.name,
+        shard = _shard(
+            config,
+            task,
+            tokens,
             index=index,
             total=total,
             items=items_tuple,
-            argv=tuple(fill_template(template, items_tuple, str(config.root))),
-            lock_name=lock_name(task.name, index),
-            fingerprint=fingerprint(task.run, total, index, items_tuple),
+            lock=lock_name(task.name, index),
             estimate=weight if unit == "seconds" else None,
             weight=weight,
-            template=json.dumps(template),
         )
         where = ("shard", index) if task.explicit else ("shards",)
         check_command_size(shard, config, key_path("tasks", task.name, *where))
@@ -205,6 +219,45 @@ def build_plan(
     )
 
 
+def _shard(
+    config: Config,
+    task: TaskConfig,
+    tokens,
+    *,
+    index: int,
+    total: int,
+    items: Tuple[str, ...],
+    lock: str,
+    estimate: Optional[float] = None,
+    weight: float,
+) -> Shard:
+    """One shard of ``task`` running ``items`` under the lock ``lock``: its
+    command and environment expanded, its retry template, its fingerprint."""
+    template = command_template(tokens, task=task.name, index=index, total=total)
+    argv = tuple(fill_template(template, items, str(config.root)))
+    env_args = [
+        (name, _template_arg(parse_placeholders(value), _values(task.name, index, total)))
+        for name, value in task.env
+    ]
+    env = tuple((name, fill_template([arg], items, str(config.root))[0]) for name, arg in env_args)
+    return Shard(
+        task=task.name,
+        index=index,
+        total=total,
+        items=items,
+        argv=argv,
+        lock_name=lock,
+        fingerprint=fingerprint(task.run, total, index, items, env),
+        estimate=estimate,
+        weight=weight,
+        template=json.dumps(template),
+        env=env,
+        resources=task.resources,
+        slot_args=_slot_positions(template, len(items)),
+        slot_env=tuple(name for name, arg in env_args if isinstance(arg, dict)),
+    )
+
+
 def _task_durations(task: TaskConfig, warnings: List[str]) -> TaskTimings:
     """The task's times in its durations file; a corrupt one is a warning."""
     if task.durations is None:
@@ -219,9 +272,14 @@ def lock_name(task: str, index: int) -> str:
     return f"{task}-shard-{index}"
 
 
-def fingerprint(run: str, total: int, index: int, items: Sequence[str]) -> str:
-    """16 hex digits of sha256 over what a shard runs: a changed plan changes it."""
-    payload = {"run": run, "total": total, "index": index, "items": list(items)}
+def fingerprint(
+    run: str, total: int, index: int, items: Sequence[str], env: Sequence[Tuple[str, str]] = ()
+) -> str:
+    """16 hex digits of sha256 over what a shard runs (its ``env`` too, when it
+    has one): a changed plan changes it."""
+    payload: Dict[str, Any] = {"run": run, "total": total, "index": index, "items": list(items)}
+    if env:
+        payload["env"] = [list(pair) for pair in env]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
@@ -233,7 +291,9 @@ def expand_argv(
     ``{items}`` becomes one argument per item (``./<item>`` for one that starts
     with ``-`` and names a path, so it is not read as an option), ``{items:SEP}``
     the items joined by SEP, ``{python}`` the interpreter running lokt-tasks (a
-    venv's tools are found without activating it); ``{junit}`` is left as it is.
+    venv's tools are found without activating it); ``{junit}`` is left as it is,
+    and so is ``{slot}``, in an argument that is then a ``str.format`` template
+    (its other braces doubled: see ``Shard.slot_args``).
     """
     template = command_template(tokens, task=task, index=index, total=total)
     return tuple(fill_template(template, items, str(root)))
@@ -241,23 +301,52 @@ def expand_argv(
 
 def command_template(tokens, *, task: str, index: int, total: int) -> List[Any]:
     """A shard's command with every placeholder expanded but the items (left as
-    slots, see ``attempt.fill_template``) and ``{junit}`` (left as it is)."""
-    values = {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
-    template: List[Any] = []
-    for token in tokens:
-        if token == (Placeholder("items"),):
-            template.append(None)
-            continue
+    places, see ``attempt.fill_template``), ``{junit}`` (left as it is) and
+    ``{slot}`` (its argument a ``str.format`` template)."""
+    values = _values(task, index, total)
+    return [_template_arg(token, values) for token in tokens]
+
+
+def _values(task: str, index: int, total: int) -> Dict[str, str]:
+    """What the placeholders but ``{items}``, ``{junit}`` and ``{slot}`` stand for."""
+    return {"shard": str(index), "total": str(total), "task": task, "python": sys.executable}
+
+
+def _template_arg(token, values: Mapping[str, str]) -> Any:
+    """One argument (or ``env`` value) of a command template (``attempt.fill_template``)."""
+    if token == (Placeholder("items"),):
+        return None
+    if Placeholder("slot") in token:  # a str.format template: literal braces doubled
         parts: List[Any] = [""]
         for part in token:
-            if isinstance(part, str):
-                parts[-1] += part
+            if isinstance(part, Placeholder) and part.name in ("slot", "junit"):
+                parts[-1] += SLOT_PLACEHOLDER if part.name == "slot" else JUNIT_PLACEHOLDER
+            elif isinstance(part, str):
+                parts[-1] += escape_braces(part)
             elif part.name == "items":
                 parts += [[part.separator], ""]
             else:
-                parts[-1] += values.get(part.name, JUNIT_PLACEHOLDER)
-        template.append(parts[0] if len(parts) == 1 else [part for part in parts if part != ""])
-    return template
+                parts[-1] += escape_braces(values[part.name])
+        return {"slot": [part for part in parts if part != ""]}
+    parts = [""]
+    for part in token:
+        if isinstance(part, str):
+            parts[-1] += part
+        elif part.name == "items":
+            parts += [[part.separator], ""]
+        else:
+            parts[-1] += values.get(part.name, JUNIT_PLACEHOLDER)
+    return parts[0] if len(parts) == 1 else [part for part in parts if part != ""]
+
+
+def _slot_positions(template: Sequence[Any], items: int) -> Tuple[int, ...]:
+    """Where the ``{slot}`` templates of ``template`` land in its argv for ``items`` items."""
+    positions, at = [], 0
+    for arg in template:
+        if isinstance(arg, dict):
+            positions.append(at)
+        at += items if arg is None else 1
+    return tuple(positions)
 
 
 def takes_whole_items(task: TaskConfig) -> bool:
@@ -284,17 +373,15 @@ def rerun_plan(config: Config, task_name: str, groups: Sequence[Sequence[str]]) 
     tokens = parse_run_template(task.run)
     total, shards = len(groups), []
     for index, items in enumerate(map(tuple, groups), start=1):
-        template = command_template(tokens, task=task.name, index=index, total=total)
-        shard = Shard(
-            task=task.name,
+        shard = _shard(
+            config,
+            task,
+            tokens,
             index=index,
             total=total,
             items=items,
-            argv=tuple(fill_template(template, items, str(config.root))),
-            lock_name=rerun_lock_name(task.name, index),
-            fingerprint=fingerprint(task.run, total, index, items),
+            lock=rerun_lock_name(task.name, index),
             weight=float(len(items)),
-            template=json.dumps(template),
         )
         check_command_size(shard, config, key_path("tasks", task.name, "run"))
         shards.append(shard)
@@ -374,8 +461,9 @@ def check_command_size(shard: Shard, config: Config, key: str) -> None:
     # ASCII text is as many bytes as characters in any file system encoding.
     arguments = [(len(arg) if arg.isascii() else len(os.fsencode(arg))) + 1 for arg in shard.argv]
     size = sum(arguments) + pointer * len(arguments)
+    environment = {**os.environ, **dict(shard.env)}
     size += sum(
-        len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in os.environ.items()
+        len(os.fsencode(f"{name}={value}")) + 1 + pointer for name, value in environment.items()
     )
     where = (
         f"shard {shard.index} of {shard.total} of task '{shard.task}' ({len(shard.items)} items)"
@@ -671,6 +759,8 @@ def plan_to_json(plan: Plan) -> Dict[str, Any]:
                 "argv": list(shard.argv),
                 "estimate": None if shard.estimate is None else round(shard.estimate, 3),
                 "weight": round(shard.weight, 3),
+                "env": dict(shard.env),
+                "resources": list(shard.resources),
             }
             for shard in plan.shards
         ],
@@ -729,6 +819,12 @@ def render_plan(plan: Plan, *, full: bool = False, width: int = 160) -> str:
     for shard in plan.shards:
         command = shlex.join(shard.argv)
         lines.append(f"  {shard.index}: {command if full else shorten(command, width)}")
+        if shard.env:
+            env = " ".join(f"{name}={shlex.quote(value)}" for name, value in shard.env)
+            lines.append(f"     env: {env if full else shorten(env, width)}")
+    resources = plan.shards[0].resources if plan.shards else ()
+    if resources:
+        lines.append(f"each shard holds while it runs: {', '.join(resources)}")
     lines.extend(f"warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)
 

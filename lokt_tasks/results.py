@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 from .attempt import STAMPED_FIELDS, digest, record_text, retry_report
 from .errors import LoktTasksError, UsageError
-from .states import RecordOutcome
+from .states import STARTED_OUTCOMES, RecordOutcome
 from .system import read_file, utc_now, write_atomically
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ LOCAL_RUN_KEY = "local"  # outside a git repository, or in one without commits
 MAX_RUN_KEY_LENGTH = 128  # from --run or the environment
 MAX_COMPONENT_BYTES = 255  # the longest file name most file systems take (NAME_MAX)
 MAX_RECORD_BYTES = 1024 * 1024  # records are a few hundred bytes: a larger file is not one
+#: Seconds an agent's start record may lag its taking the shard's lock (see running_for).
+RECORD_LAG = 1.0
 _RECORD_NAME = re.compile(r"shard-([1-9][0-9]*)\.json")
 _RERUN_NAME = re.compile(r"rerun-([1-9][0-9]*)")
 #: In a rerun's directory: its shards' items.
@@ -93,6 +96,17 @@ class Record:
     #: digest of the JUnit report it left, or None when it left none; [] when
     #: the command writes no report, and in a start record.
     reports: List[Optional[str]] = dataclasses.field(default_factory=list)
+    #: The slot the command ran in (``{slot}``), or None when it took none.
+    slot: Optional[int] = None
+    #: Seconds the attempt waited for its leases (slot, resources) before its
+    #: command started; None when it had none to take.
+    waited: Optional[float] = None
+    #: The named resources the command held (``resources`` in shards.toml).
+    resources: List[str] = dataclasses.field(default_factory=list)
+    #: The directory the command ran in (the worktree's directory of shards.toml).
+    cwd: Optional[str] = None
+    #: The plan's estimate of the shard's seconds, when it had timings.
+    estimate: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,7 @@ def new_start_record(
     log: Optional[str] = None,
     started_at: Optional[str] = None,
     attempt: Optional[str] = None,
+    cwd: Optional[str] = None,
 ) -> Record:
     """The record written just before a shard's command starts (outcome "running",
     a fresh random ``attempt`` unless given): if the agent dies, it stays behind
@@ -166,6 +181,9 @@ def new_start_record(
         log=log,
         items=len(shard.items),
         attempt=attempt or uuid.uuid4().hex,
+        resources=list(shard.resources),
+        cwd=cwd,
+        estimate=None if shard.estimate is None else round(shard.estimate, 3),
     )
 
 
@@ -179,7 +197,7 @@ def finish(
     ended_at: Optional[str] = None,
 ) -> Record:
     """A copy of a start record with how the shard ended and how long it took."""
-    if outcome not in OUTCOMES or outcome == RecordOutcome.RUNNING:
+    if outcome not in OUTCOMES or outcome in STARTED_OUTCOMES:
         raise ValueError("not a final outcome: %r" % (outcome,))
     ended_at = ended_at or utc_now()
     duration = (parse_time(ended_at) - parse_time(record.started_at)).total_seconds()
@@ -221,10 +239,20 @@ _JSON_TYPES = {
     "str": ((str,), "a string"),
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
+    "List[str]": ((list,), "a list of strings"),
 }
 #: Fields a record file may leave out (written by an earlier release), with
 #: the value they then take.
-_FIELD_DEFAULTS: Dict[str, Any] = {"attempt": "", "retries": 0, "reports": ()}
+_FIELD_DEFAULTS: Dict[str, Any] = {
+    "attempt": "",
+    "retries": 0,
+    "reports": (),
+    "slot": None,
+    "waited": None,
+    "resources": (),
+    "cwd": None,
+    "estimate": None,
+}
 #: The annotation of a list field, and its entries' types.
 _LIST_OF_DIGESTS = "List[Optional[str]]"
 
@@ -255,16 +283,23 @@ def record_from_dict(data: object) -> Record:
             values[name] = list(entries)
             continue
         optional = annotation.startswith("Optional[")
-        types, type_name = _JSON_TYPES[annotation.removeprefix("Optional[").removesuffix("]")]
+        types, type_name = _JSON_TYPES[
+            annotation[len("Optional[") : -1] if optional else annotation
+        ]
         if name not in data and name not in _FIELD_DEFAULTS:
             raise ValueError("field %r is missing" % name)
         value = data.get(name, _FIELD_DEFAULTS.get(name))
         wrong_type = isinstance(value, bool) or not isinstance(value, types)
+        if name in _FIELD_DEFAULTS and value is _FIELD_DEFAULTS[name]:
+            wrong_type = False  # left out: its default
         if wrong_type and not (value is None and optional):
             raise ValueError(
                 "field %r should be %s, found %s" % (name, type_name, _json_type(value))
             )
         values[name] = value
+    if not all(isinstance(resource, str) for resource in values["resources"]):
+        raise ValueError("field 'resources' should be a list of strings")
+    values["resources"] = list(values["resources"])
     if values["outcome"] not in OUTCOMES:
         raise ValueError("unknown outcome %r" % values["outcome"])
     if values["shard"] < 1:
@@ -530,15 +565,30 @@ class RecordStore:
     def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
         """The run in which ``owner`` last started ``shard`` and has not
         finished it (its start record is the newest of theirs), or None."""
-        found = []
-        for run_key in self.runs(task):
-            record = self.read(task, run_key, shard)
-            if isinstance(record, Record) and record.owner == owner:
-                found.append((record.started_at, record.outcome, run_key))
+        newest = self.newest_for(task, shard, owner)
+        return newest[0] if newest and newest[1] in STARTED_OUTCOMES else None
+
+    def newest_for(
+        self, task: str, shard: int, owner: str, *, patience: float = 0.0
+    ) -> Optional[Tuple[str, str]]:
+        """The run key and outcome of the newest record ``owner`` wrote for
+        ``shard`` in any run, or None. An agent writes it a moment after it
+        took the shard's lock: for a lock taken ``patience`` seconds ago or
+        less, look again until one is found or that time has passed."""
+        deadline = time.monotonic() + patience
+        while True:
+            found = []
+            for run_key in self.runs(task):
+                record = self.read(task, run_key, shard)
+                if isinstance(record, Record) and record.owner == owner:
+                    found.append((record.started_at, record.outcome, run_key))
+            if found or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if not found:
             return None
         _, outcome, run_key = max(found)
-        return run_key if outcome == RecordOutcome.RUNNING else None
+        return run_key, outcome
 
     def runs(self, task: str) -> List[str]:
         """Run keys that have records for ``task``, oldest first by last write."""

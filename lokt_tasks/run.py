@@ -8,18 +8,19 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Optional
+from typing import Callable, Collection, Optional
 
-from .attempt import Attempt, digest
-from .config import ENGINES
+from .attempt import Attempt, digest, escape_braces
+from .config import DEFAULT_LEASE_PREFIX, ENGINES
 from .durations import DurationsError, FoldSummary, ShardReport, TaskTimings, fold_reports
 from .embedded import EmbeddedEngine
 from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
 from .errors import EngineError, UsageError, storage_error
+from .leases import Leases
 from .lokt_engine import LoktEngine, find_lokt_binary
 from .plan import JUNIT_PLACEHOLDER, Shard
-from .results import Record, RecordStore, new_start_record, unstamped_json
-from .states import RAN_OUTCOMES, GuardState, RecordOutcome, RunOutcome
+from .results import RECORD_LAG, Record, RecordStore, new_start_record, unstamped_json
+from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RecordOutcome, RunOutcome
 from .system import read_file
 
 
@@ -76,6 +77,9 @@ class RunSettings:
     #: The task's ``retries`` and ``flaky`` (see config.TaskConfig).
     retries: int = 0
     flaky: str = "pass"
+    #: The machine's slot budget (``config.slot_budget``): None for none.
+    slots: Optional[int] = None
+    lease_prefix: str = DEFAULT_LEASE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,12 @@ def run_shard(
     to_log: bool = False,
     skip: Collection[str] = (),
     stop: Optional[StopRequest] = None,
+    on_wait: Optional[Callable[[str], None]] = None,
 ) -> ShardOutcome:
     """Run ``shard`` under its lock; ``to_log``: output to its log file; ``skip``:
-    the record outcomes that make nothing run, checked *inside* the lock."""
+    the record outcomes that make nothing run, checked *inside* the lock. Its
+    leases (a slot, resources: :func:`shard_leases`) are taken inside the lock
+    too, waits told to ``on_wait`` (see ``engine.GuardRequest``)."""
     store = settings.store
     record_path = store.record_path(shard.task, settings.run_key, shard.index)
     log_path = store.log_path(shard.task, settings.run_key, shard.index) if to_log else None
@@ -119,8 +126,19 @@ def run_shard(
         pid=os.getpid(),
         engine=settings.engine.name,
         log=str(log_path) if log_path else None,
+        cwd=str(settings.cwd),
     )
-    command = [arg.replace(JUNIT_PLACEHOLDER, str(junit_path)) for arg in shard.argv]
+    junit = str(junit_path)
+    command = [
+        arg.replace(JUNIT_PLACEHOLDER, escape_braces(junit) if at in shard.slot_args else junit)
+        for at, arg in enumerate(shard.argv)
+    ]
+    env = None
+    if shard.env:
+        env = dict(os.environ)
+        for name, value in shard.env:
+            filled = escape_braces(junit) if name in shard.slot_env else junit
+            env[name] = value.replace(JUNIT_PLACEHOLDER, filled)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     wants_report = shard.wants_junit
     attempt = Attempt(
@@ -135,6 +153,7 @@ def run_shard(
         retries=settings.retries if wants_report and shard.template else 0,
         template=shard.template,
         flaky=settings.flaky,
+        leases=shard_leases(shard, settings),
     )
 
     def guard_shard(wait: bool) -> GuardResult:
@@ -144,16 +163,25 @@ def run_shard(
             ttl=settings.ttl,
             wait=wait,
             timeout=settings.timeout,
+            env=env,
             cwd=settings.cwd,
             stop=stop,
+            on_wait=on_wait,
         )
 
     guard = guard_shard(settings.wait)
+    for _ in range(RETRIES_WHEN_RELEASED):
+        if guard.state != GuardState.HELD or guard.holder is not None or settings.wait:
+            break
+        guard = guard_shard(False)  # held, but free when its holder was looked for: again
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
-        other = store.running_for(shard.task, shard.index, guard.holder.owner)
-        if other is not None and other != settings.run_key:
+        holder = guard.holder
+        patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
+        newest = store.newest_for(shard.task, shard.index, holder.owner, patience=patience)
+        if newest is not None and newest[0] != settings.run_key:
             # NOTE: every run of a task shares its lock names (as the docs
-            # teach); runs do not fail each other, so wait for the other's.
+            # teach); runs do not fail each other, so wait for the other's
+            # (running, or finished and about to release the lock).
             guard = guard_shard(True)
     if not guard.ran and guard.state != GuardState.SKIPPED:
         return ShardOutcome(shard, RunOutcome(guard.state), guard)
@@ -162,12 +190,37 @@ def run_shard(
     if not isinstance(record, Record) or record.attempt != start.attempt:
         state = RunOutcome.DONE if skip and isinstance(record, Record) else RunOutcome.LOST
         return ShardOutcome(shard, state, guard, record if isinstance(record, Record) else None)
-    if record.outcome == RecordOutcome.RUNNING:
+    if record.outcome in STARTED_OUTCOMES:
         return ShardOutcome(shard, RunOutcome.LOST, guard, record)
     folded = None
     if shard.wants_junit and _is_reported(junit_path, record):
         folded = _record_times(shard, record, junit_path, settings)
     return ShardOutcome(shard, RunOutcome(record.outcome), guard, record, folded)
+
+
+#: Tries again at a shard's lock found held, but free a moment later.
+RETRIES_WHEN_RELEASED = 3
+
+
+def shard_leases(shard: Shard, settings: RunSettings) -> Optional[Leases]:
+    """What ``shard`` must hold besides its lock, or None: its resources, and a
+    slot when there is a budget or its command says ``{slot}`` (then, without
+    a budget, an unbounded one: see leases.py)."""
+    wants_slot = settings.slots is not None or shard.uses_slot
+    if not wants_slot and not shard.resources:
+        return None
+    return Leases(
+        settings.engine.root,
+        prefix=settings.lease_prefix,
+        owner=settings.identity.owner,
+        agent=settings.identity.agent,
+        ttl=settings.ttl,
+        slot=wants_slot,
+        budget=settings.slots,
+        resources=shard.resources,
+        slot_args=shard.slot_args,
+        slot_env=shard.slot_env,
+    )
 
 
 def _record_times(

@@ -26,6 +26,9 @@ from .verdict import holder_is_live
 #: Called as on_change(shard, state, outcome_or_None) when a shard starts
 #: (Progress.RUNNING) or ends (its RunOutcome). Called from worker threads.
 OnChange = Callable[[Shard, str, Optional[ShardOutcome]], None]
+#: Called as on_lease_wait(shard, what) when a shard's attempt starts to wait for
+#: a lease ("a slot", "resource 'db'"), and with "" once its command starts after it.
+OnLeaseWait = Callable[[Shard, str], None]
 
 #: Queue mode looks again at shards held by other agents after this many
 #: seconds, doubling up to QUEUE_POLL_MAX: a dead holder's shard is picked
@@ -47,8 +50,10 @@ def run_all(
     stop: StopRequest,
     on_change: OnChange,
     skip: Collection[str] = ordered(PASSED_OUTCOMES),
+    on_lease_wait: Optional[OnLeaseWait] = None,
 ) -> List[ShardOutcome]:
-    """Run every shard, at most ``jobs`` at once, each output to its log file.
+    """Run every shard, at most ``jobs`` at once (this agent's limit; slots are
+    the machine's), each output to its log file.
 
     Once ``stop`` is set no new shard starts; running ones are stopped by
     their engine, which forwards the signal and releases the lock.
@@ -58,7 +63,8 @@ def run_all(
         if stop.is_set():
             return None
         on_change(shard, Progress.RUNNING, None)
-        outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop)
+        waits = _told(on_lease_wait, shard)
+        outcome = run_shard(shard, settings, to_log=True, skip=skip, stop=stop, on_wait=waits)
         on_change(shard, outcome.state, outcome)
         return outcome
 
@@ -77,6 +83,7 @@ def run_queue(
     to_log: bool = False,
     patience: Optional[float] = None,
     on_wait: Optional[Callable[[List[Shard]], None]] = None,
+    on_lease_wait: Optional[OnLeaseWait] = None,
 ) -> List[ShardOutcome]:
     """Queue mode (``--id next``): run unfinished shards until none is left, and
     return the outcomes of those this agent ran, in order (an engine error ends it).
@@ -112,7 +119,8 @@ def run_queue(
                 continue
             on_change(shard, Progress.RUNNING, None)
             skip = ordered(FINISHED_OUTCOMES)
-            outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop)
+            waits = _told(on_lease_wait, shard)
+            outcome = run_shard(shard, settings, to_log=to_log, skip=skip, stop=stop, on_wait=waits)
             on_change(shard, outcome.state, outcome)
             if outcome.state == RunOutcome.HELD:
                 held.append(shard)  # another agent took it between our look and our try
@@ -142,6 +150,12 @@ def run_queue(
             break
         pause = min(pause * 2, QUEUE_POLL_MAX)
     return outcomes
+
+
+def _told(on_lease_wait: Optional[OnLeaseWait], shard: Shard) -> Optional[Callable[[str], None]]:
+    if on_lease_wait is None:
+        return None
+    return lambda what: on_lease_wait(shard, what)
 
 
 def is_finished(record: object, shard: Shard) -> bool:

@@ -54,6 +54,8 @@ class RecordOutcome(Word):
     #: Ran past the task's ``timeout`` and was stopped (its process group); ``message``
     #: names the limit. Added after the first records: older readers call it corrupt.
     TIMED_OUT = "timed-out"
+    #: The shard's lock is held; its attempt waits for a slot or a resource (leases.py).
+    WAITING = "waiting"
 
 
 class TestOutcome(Word):
@@ -84,7 +86,8 @@ class RunOutcome(Word):
 class Progress(Word):
     """What the live board shows for a shard that has no run outcome yet."""
 
-    WAITING = "waiting"  #: Not started by this agent yet.
+    #: Not started by this agent yet, or (said in the detail) waiting for a slot or a resource.
+    WAITING = "waiting"
     RUNNING = "running"  #: Started by this agent: the engine was asked for the lock.
 
 
@@ -100,6 +103,8 @@ class ShardState(Word):
     MISSING = "missing"  #: No record at all, and nobody running it.
     OUTDATED = "outdated"  #: A record exists but for another plan (its fingerprint differs).
     CORRUPT = "corrupt"  #: The record file could not be read.
+    #: A live agent holds the shard's lock and waits for a slot or a resource to start it.
+    WAITING = "waiting"
 
 
 class OverallVerdict(Word):
@@ -115,6 +120,9 @@ PASSED_OUTCOMES = frozenset({RecordOutcome.PASSED})
 #: Record outcomes that are final under a plan: queue mode (``--id next``) skips such a
 #: shard, and leaves when every shard has one. A failure is an outcome, not a crash.
 FINISHED_OUTCOMES = frozenset({RecordOutcome.PASSED, RecordOutcome.FAILED, RecordOutcome.TIMED_OUT})
+#: Record outcomes of an attempt that has not ended: what its agent wrote once it held the
+#: lock (waiting for its leases, then running its command).
+STARTED_OUTCOMES = frozenset({RecordOutcome.RUNNING, RecordOutcome.WAITING})
 #: Run outcomes for which the command ran (and has a final record).
 RAN_OUTCOMES = frozenset(
     {RunOutcome.PASSED, RunOutcome.FAILED, RunOutcome.INTERRUPTED, RunOutcome.TIMED_OUT}
@@ -128,9 +136,13 @@ SHOW_LOG_OUTCOMES = frozenset(
     {RunOutcome.FAILED, RunOutcome.TIMED_OUT, RunOutcome.LOST, RunOutcome.ERROR}
 )
 #: Shard states that ``shard-all --failed`` runs again: all but a pass and a live run.
-RERUN_BY_FAILED = frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
+RERUN_BY_FAILED = frozenset(ShardState) - {
+    ShardState.PASSED,
+    ShardState.RUNNING,
+    ShardState.WAITING,
+}
 #: Shard states that ``verify --wait`` waits on: they may still change by themselves.
-WAITED_ON = frozenset({ShardState.RUNNING, ShardState.MISSING})
+WAITED_ON = frozenset({ShardState.RUNNING, ShardState.MISSING, ShardState.WAITING})
 #: Shard states whose log the verdict table points to.
 SHOW_LOG_STATES = frozenset(
     {ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CRASHED, ShardState.INTERRUPTED}

@@ -1,4 +1,4 @@
-"""The invoke tasks: plan, shard, shard-all, verify, durations.
+"""The invoke tasks: plan, shard, shard-all, verify, durations, status.
 
 Thin on purpose: each task reads its options, asks the layers below, prints
 and picks the exit code. A LoktTasksError (or an OSError on a path) becomes
@@ -26,6 +26,7 @@ from invoke import Collection, Exit, task
 from . import errors
 from .ci import shard_from_env, touch_bazel_status_file
 from .config import (
+    DEFAULT_LEASE_PREFIX,
     Config,
     TaskConfig,
     display_path,
@@ -33,6 +34,7 @@ from .config import (
     get_task,
     load_config,
     parse_duration,
+    slot_budget,
 )
 from .console import Console, LiveBoard
 from .durations import (
@@ -45,10 +47,11 @@ from .durations import (
     read_durations,
     read_task_timings,
 )
-from .engine import DEFAULT_WAIT_TIMEOUT, StopRequest, find_lock_root, make_identity
+from .engine import DEFAULT_WAIT_TIMEOUT, Engine, StopRequest, find_lock_root, make_identity
 from .errors import LoktTasksError, RerunError, UsageError
 from .flags import CONFIG_KEY, FLAGS, Command, configured_defaults, long_flag, unknown_option
 from .junit import runner_items
+from .leases import slot_lock
 from .plan import (
     Plan,
     build_plan,
@@ -78,11 +81,13 @@ from .states import (
     RERUN_BY_FAILED,
     SHOW_LOG_OUTCOMES,
     WAITED_ON,
+    Progress,
     RecordOutcome,
     RunOutcome,
     ShardState,
     ordered,
 )
+from .status import gather, render_status, status_to_json
 from .system import reader_gone, untrusted_directory, write_atomically
 from .text import word_list
 from .verdict import (
@@ -120,15 +125,16 @@ def user_errors(body):
     options = [long_flag(name) for name in inspect.signature(body).parameters if name in FLAGS]
 
     @functools.wraps(body)
-    def wrapper(c, task, *args, **kwargs):
+    def wrapper(c, *args, **kwargs):
+        task = args[0] if args else kwargs.get("task", "")  # "": a command without one (status)
         try:
             if task.startswith("-"):  # an unfilled positional takes the next word
                 unknown = unknown_option(task, options)
                 raise UsageError(f"{command}: {unknown}; the task name comes first")
-            for name, value in kwargs.items():
-                if value == "" and FLAGS[name].value:  # --results "" is no directory
+            for name, value in kwargs.items():  # NOTE: --results "" is no directory
+                if value == "" and name in FLAGS and FLAGS[name].value:
                     raise UsageError(f"{long_flag(name)} needs a value ({FLAGS[name].value})")
-            return body(c, task, *args, **kwargs)
+            return body(c, *args, **kwargs)
         except BrokenPipeError:
             # The reader went away (`verify --json | head`): stop quietly, as
             # other command-line tools do, without a traceback at exit.
@@ -184,14 +190,7 @@ def _setup(
     loaded = load_config(Path(config) if config else find_config(Path.cwd()))
     task_config = get_task(loaded, task_name)
     lock_root = find_lock_root(loaded.root)
-    # NOTE: shards.toml (the project's) above invoke's configuration (the user's,
-    # the machine's), a flag above both: README, invoke configuration.
-    if results:
-        results_dir = Path(results).resolve()
-    elif loaded.results or not defaults.get("results"):
-        results_dir = loaded.results or default_results_dir(lock_root)
-    else:  # relative to shards.toml, as results there is
-        results_dir = Path(os.path.normpath(loaded.root / defaults["results"]))
+    results_dir = _results_dir(results, loaded, lock_root, defaults)
     for directory, what in ((lock_root, "lock root"), (results_dir, "results directory")):
         problem = untrusted_directory(directory)
         if problem:
@@ -248,6 +247,24 @@ def _setup(
     )
 
 
+def _results_dir(
+    flag: Optional[str], loaded: Optional[Config], lock_root: Path, defaults: Dict[str, Any]
+) -> Path:
+    """Where records go: ``--results``, else results in shards.toml (``loaded``,
+    None without one), else invoke's configuration, else beside the lock root."""
+    # NOTE: shards.toml (the project's) above invoke's configuration (the user's,
+    # the machine's), a flag above both: README, invoke configuration.
+    if flag:
+        return Path(flag).resolve()
+    if loaded is not None and loaded.results:
+        return loaded.results
+    if not defaults.get("results"):
+        return default_results_dir(lock_root)
+    # relative to shards.toml, as results there is (else to the current directory)
+    base = loaded.root if loaded is not None else Path.cwd()
+    return Path(os.path.normpath(base / defaults["results"]))
+
+
 def _warn(warning: str) -> None:
     print(f"lokt-tasks: warning: {warning}", file=sys.stderr)
 
@@ -265,7 +282,13 @@ def _count(raw: Optional[str], flag: str) -> Optional[int]:
 
 
 def _settings(
-    setup: Setup, *, engine: Optional[str], agent: Optional[str], wait=False, timeout=None
+    setup: Setup,
+    *,
+    engine: Optional[str],
+    agent: Optional[str],
+    wait=False,
+    timeout=None,
+    slots: Optional[str] = None,
 ) -> RunSettings:
     identity = make_identity(agent, default=setup.defaults.get("agent"))
     # NOTE: the task's "auto" (its default) leaves the choice to this machine.
@@ -286,7 +309,22 @@ def _settings(
         shard_timeout_text=setup.task.timeout_text or "",
         retries=setup.task.retries,
         flaky=setup.task.flaky,
+        slots=slot_budget(setup.config.slots, slots),
+        lease_prefix=setup.config.lease_prefix,
     )
+
+
+def _budget_note(settings: RunSettings) -> str:
+    """``; slot budget 2 (lokt-tasks-slot-1..2)``, or "" without a budget."""
+    if settings.slots is None:
+        return ""
+    first = slot_lock(settings.lease_prefix, 1)
+    return f"; slot budget {settings.slots} ({first}..{settings.slots})"
+
+
+def _lease_note(console: Console, lock_name: str, what: str) -> None:
+    """Tell a wait for a lease, and its end."""
+    console.note(f"{lock_name}: waiting for {what}" if what else f"{lock_name}: leases taken")
 
 
 def _wait_timeout(setup: Setup, raw: Optional[str]) -> Optional[float]:
@@ -354,6 +392,7 @@ def shard(
     force=False,
     config=None,
     results=None,
+    slots=None,
 ):
     """Run one shard of TASK under its lock (or, with --id next, every unclaimed one).
 
@@ -381,9 +420,12 @@ def shard(
         # The shard count came from the CI, not from the command line: say so.
         raise UsageError(f"--id auto ({found.provider}, {found.total} shards): {error}") from None
     patience = _wait_timeout(setup, wait_timeout)
-    settings = _settings(setup, engine=engine, agent=agent, wait=wait, timeout=patience)
+    settings = _settings(
+        setup, engine=engine, agent=agent, wait=wait, timeout=patience, slots=slots
+    )
     console = Console()
     banner = f"{settings.engine.describe()}; agent {settings.identity.agent}; run {setup.run_key}"
+    banner += _budget_note(settings)
     stop = StopRequest()
     if index is None:
         console.note(banner)
@@ -411,7 +453,8 @@ def shard(
     console.note(f"{chosen.lock_name}: {_plural(len(chosen.items), 'item')}")
     skip = () if force else ordered(PASSED_OUTCOMES)
     with stop_on_signals(stop):
-        outcome = run_shard(chosen, settings, to_log=log, skip=skip, stop=stop)
+        waits = functools.partial(_lease_note, console, chosen.lock_name)
+        outcome = run_shard(chosen, settings, to_log=log, skip=skip, stop=stop, on_wait=waits)
     _warn_about_timings(setup, [outcome])
     if outcome.state == RunOutcome.DONE:  # passed meanwhile, by another agent
         console.say(_already_passed(chosen, setup.run_key))
@@ -471,6 +514,9 @@ def _shard_queue(
     def on_wait(held):
         console.note(f"queue: waiting for {_held_list(held, settings.engine)}")
 
+    def on_lease_wait(shard, what):
+        _lease_note(console, shard.lock_name, what)
+
     with stop_on_signals(stop):
         outcomes = run_queue(
             setup.plan,
@@ -481,6 +527,7 @@ def _shard_queue(
             to_log=to_log,
             patience=patience,
             on_wait=on_wait,
+            on_lease_wait=on_lease_wait,
         )
     _warn_about_timings(setup, outcomes)
     if stop.is_set():
@@ -581,6 +628,7 @@ def shard_all(
     shards=None,
     config=None,
     results=None,
+    slots=None,
 ):
     """Run every shard of TASK in parallel on this machine, then print the verdict.
 
@@ -590,7 +638,7 @@ def shard_all(
     setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
     if failed and failed_tests:
         raise UsageError("--failed and --failed-tests cannot be combined: use one, then the other")
-    settings = _settings(setup, engine=engine, agent=agent)
+    settings = _settings(setup, engine=engine, agent=agent, slots=slots)
     workers = (
         _count(jobs, "--jobs") or setup.task.jobs or setup.defaults.get("jobs") or os.cpu_count()
     )
@@ -611,7 +659,10 @@ def shard_all(
     if not todo:
         console.say(f"nothing to run: {why}")
     else:
-        console.note(f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once")
+        console.note(
+            f"{settings.engine.describe()}; run {setup.run_key}; {workers} at once"
+            + _budget_note(settings)
+        )
         stop = StopRequest()
         labels, estimates = [s.lock_name for s in todo], [s.estimate for s in todo]
         board = LiveBoard(console, labels, estimates=estimates, jobs=workers)
@@ -620,10 +671,20 @@ def shard_all(
             detail = _outcome_detail(outcome) if outcome else ""
             board.update(shard.lock_name, state, detail, report=_log_report(outcome, console))
 
+        def on_lease_wait(shard, what):
+            waiting = (Progress.WAITING, f"for {what}") if what else (Progress.RUNNING, "")
+            board.update(shard.lock_name, *waiting)
+
         with stop_on_signals(stop), board:
             skip = () if force else ordered(PASSED_OUTCOMES)
             outcomes = run_all(
-                todo, running, jobs=workers, stop=stop, on_change=on_change, skip=skip
+                todo,
+                running,
+                jobs=workers,
+                stop=stop,
+                on_change=on_change,
+                skip=skip,
+                on_lease_wait=on_lease_wait,
             )
         _warn_about_timings(setup, outcomes)
         if stop.is_set():
@@ -822,4 +883,33 @@ def durations(c, task, run=None, shards=None, config=None, results=None):
     Console().say("; ".join(said))
 
 
-ns = Collection(plan, shard, shard_all, verify, durations)
+@_command()
+def status(c, json=False, config=None, results=None, slots=None):
+    """Show every shard running on this machine now, and the slots in use and free.
+
+    Every task, run, agent and worktree sharing the lock root: each shard's run,
+    state, agent, worktree, slot, resources and times, and who holds each lease."""
+    defaults = configured_defaults(c.config.get(CONFIG_KEY))
+    found = Path(config) if config else None
+    if found is None:
+        try:
+            found = find_config(Path.cwd())
+        except errors.ConfigError:
+            found = None  # no shards.toml here: the lock root's defaults
+    loaded = load_config(found) if found is not None else None
+    lock_root = find_lock_root(loaded.root if loaded else Path.cwd())
+    report = gather(
+        Engine(make_identity("status"), lock_root).held_locks(),
+        RecordStore(_results_dir(results, loaded, lock_root, defaults)),
+        lock_root=str(lock_root),
+        lease_prefix=loaded.lease_prefix if loaded else DEFAULT_LEASE_PREFIX,
+        budget=slot_budget(loaded.slots if loaded else None, slots),
+    )
+    if json:
+        print(dumps(status_to_json(report), indent=2))
+        return
+    console = Console()
+    console.say(render_status(report, color=console.color))
+
+
+ns = Collection(plan, shard, shard_all, verify, durations, status)

@@ -22,6 +22,9 @@ outdated     a record exists but for another plan (its fingerprint differs:
 corrupt      the record file could not be read; the detail names the file
              (or it says passed, but a report it names is missing,
              changed or unreadable: its tests are not known)
+waiting      a live agent holds the shard's lock and waits for a slot or a
+             resource (its record says "waiting"): the command has not
+             started yet
 ============ ==============================================================
 
 The overall verdict is "passed" when every shard passed (a plan with no
@@ -40,7 +43,7 @@ shard whose failing tests all passed since passes, unless ``flaky`` is
 ``verdict_to_json`` gives the document the README shows (version 2): every key
 always present, and ``"counts": {"passed": 2, "failed": 1, "timed-out": 0,
 "running": 0, "crashed": 0, "interrupted": 0, "missing": 0, "outdated": 0,
-"corrupt": 0}``
+"corrupt": 0, "waiting": 0}``
 listing every state. While a shard runs, its ``exit_code``, ``signal`` and
 ``ended_at`` are null, its ``duration`` is so far and its ``agent`` and ``host``
 are the lock holder's. Its ``timing`` says how long the run took and could
@@ -74,12 +77,21 @@ from typing import (
 from . import errors
 from .attempt import digest
 from .junit import ReportError, TestCase, TestIds, TestResult, fold, parse_report
-from .results import AnyRecord, CorruptRecord, Record, RecordStore, format_time, parse_time
+from .results import (
+    RECORD_LAG,
+    AnyRecord,
+    CorruptRecord,
+    Record,
+    RecordStore,
+    format_time,
+    parse_time,
+)
 from .states import (
     COLORS,
     FAILED_STATES,
     INCOMPLETE_STATES,
     SHOW_LOG_STATES,
+    STARTED_OUTCOMES,
     OverallVerdict,
     RecordOutcome,
     ShardState,
@@ -421,10 +433,14 @@ def judge_live(
         holder, record = holders[shard.lock_name], records.get(shard.index)
         if holder is None or not holder_is_live(holder):
             continue
-        if isinstance(record, Record) and record.outcome == RecordOutcome.RUNNING:
+        if isinstance(record, Record) and record.outcome in STARTED_OUTCOMES:
             if record.owner == holder.owner:
                 continue  # the holder's own start record: it runs the shard for this run
-        if store.running_for(plan.task, shard.index, holder.owner) not in (None, run_key):
+        patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
+        newest = store.newest_for(plan.task, shard.index, holder.owner, patience=patience)
+        if newest is not None and (newest[0] != run_key or newest[1] not in STARTED_OUTCOMES):
+            # NOTE: it runs the shard for another run, or has finished ours and
+            # is about to release the lock: the record tells this run's state.
             holders[shard.lock_name] = None
     verdict = judge(plan, records, holders, run_key=run_key, now=now)
     for _ in range(rounds):
@@ -494,6 +510,14 @@ def _judge_shard(
         items=shard.items,
     )
     if holder is not None and holder_is_live(holder):
+        if (
+            record is not None
+            and record.outcome == RecordOutcome.WAITING
+            and record.fingerprint == shard.fingerprint
+            and record.owner == holder.owner
+        ):
+            detail = "%s; %s" % (record.message or "waiting", describe_holder(holder))
+            return row(ShardState.WAITING, detail, holder=holder)
         elapsed = None
         if record is not None and _started_under(record, shard.fingerprint):
             try:
@@ -531,7 +555,7 @@ def _judge_shard(
     if outcome == RecordOutcome.INTERRUPTED:
         how = "interrupted by %s" % record.signal if record.signal else "interrupted"
         return row(ShardState.INTERRUPTED, _with_message(how, record.message), duration=duration)
-    if outcome == RecordOutcome.RUNNING:
+    if outcome in STARTED_OUTCOMES:
         return row(ShardState.CRASHED, _crash_detail(record, holder))
     return row(ShardState.CORRUPT, "record has unknown outcome %r" % (outcome,))
 
@@ -545,6 +569,11 @@ def _crash_detail(record: Record, holder: Optional[Holder]) -> str:
         f"started {record.started_at} by {record.agent} on {record.host} (pid {record.pid}),"
         " never finished"
     )
+    if record.outcome == RecordOutcome.WAITING:
+        started = (
+            f"{record.message or 'waiting'} since {record.started_at}, by {record.agent} on"
+            f" {record.host} (pid {record.pid}); its command never started"
+        )
     if holder is None:
         return started + "; its lock is free"
     if holder.pid_status == "dead":

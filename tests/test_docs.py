@@ -126,7 +126,8 @@ glob = ["tests/test_*.py"]
 shards = "per-item"
 """,
     "tasks.py": (
-        "from lokt_tasks.tasks import durations, plan, shard, shard_all, verify  # noqa: F401\n"
+        "from lokt_tasks.tasks import durations, plan, shard, shard_all, status, verify"
+        "  # noqa: F401\n"
     ),
     ".gitignore": (
         "hold-*\nfail-*\n*.running\n.pytest_cache/\n__pycache__/\nshard-results/\n*.json.lock\n"

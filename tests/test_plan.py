@@ -716,6 +716,8 @@ def test_plan_json_and_text(tmp_path):
         "argv": ["pytest", "a.py", "--junitxml={junit}"],
         "estimate": 61.5,
         "weight": 61.5,
+        "env": {},
+        "resources": [],
     }
     assert data["pinned_by_run"] is None
     assert data["stats"] == {
@@ -777,3 +779,89 @@ def test_collect_expands_python_to_the_running_interpreter(tmp_path):
     plan = build_plan(load_config(tmp_path / "shards.toml"), "t")
     items = sorted(item for shard in plan.shards for item in shard.items)
     assert items == sorted([sys.executable, "second"])
+
+
+def test_slot_is_left_for_the_attempt_as_a_template_of_its_argument_only(tmp_path):
+    make_files(tmp_path, ["a{x}.py", "b.py"])
+    plan = plan_for(
+        tmp_path,
+        """
+        [tasks.test]
+        run = "pytest --db=app_{slot}_{shard} -k '{{slot}}' --tag={{t}}-{slot} {items}"
+        glob = ["*.py"]
+        shards = 1
+        resources = ["db", "cache"]
+
+        [tasks.test.env]
+        DB = "app_{slot}"
+        ONLY = "{items:,}"
+        PLAIN = "{task}-{{slot}}"
+        JUNIT = "{junit}"
+        """,
+    )
+    (shard,) = plan.shards
+    assert shard.argv == (
+        "pytest",
+        "--db=app_{slot}_1",
+        "-k",
+        "{slot}",  # a literal, from {{slot}}: no template
+        "--tag={{t}}-{slot}",  # a template: its literal braces doubled
+        "a{x}.py",
+        "b.py",
+    )
+    assert shard.slot_args == (1, 4) and shard.uses_slot
+    assert [shard.argv[at].format(slot=7) for at in shard.slot_args] == [
+        "--db=app_7_1",
+        "--tag={t}-7",
+    ]
+    assert shard.env == (
+        ("DB", "app_{slot}"),
+        ("ONLY", "a{x}.py,b.py"),
+        ("PLAIN", "test-{slot}"),
+        ("JUNIT", "{junit}"),
+    )
+    assert shard.slot_env == ("DB",) and shard.wants_junit
+    assert shard.resources == ("db", "cache")
+    shown = plan_to_json(plan)["shards"][0]
+    assert shown["env"]["DB"] == "app_{slot}" and shown["resources"] == ["db", "cache"]
+    assert "env: DB='app_{slot}' ONLY=" in render_plan(plan)
+
+
+def test_env_joins_the_fingerprint_only_when_a_task_has_one(tmp_path):
+    make_files(tmp_path, ["a.py"])
+    toml = '[tasks.test]\nrun = "pytest {items}"\nglob = ["*.py"]\nshards = 1\n'
+    plain = plan_for(tmp_path, toml).shards[0]
+    assert plain.fingerprint == fingerprint("pytest {items}", 1, 1, ["a.py"])
+    assert not plain.uses_slot and plain.env == () and plain.resources == ()
+    with_env = plan_for(tmp_path, toml + 'env = { A = "1" }\n').shards[0]
+    other_env = plan_for(tmp_path, toml + 'env = { A = "2" }\n').shards[0]
+    assert len({plain.fingerprint, with_env.fingerprint, other_env.fingerprint}) == 3
+
+
+def test_a_retry_template_keeps_slot_arguments_apart_and_fills_them(tmp_path):
+    """A retry (attempt.fill_template) builds its command from the template: an
+    argument with {slot} is its own part, so the retry gets the slot filled in
+    as the shard's command does (through slot_args), the items' braces kept."""
+    make_files(tmp_path, ["a{x}.py", "b.py"])
+    plan = plan_for(
+        tmp_path,
+        """
+        [tasks.test]
+        run = "pytest --junitxml={junit}.{slot} --tag={{t}}-{slot}-{items:,} {items}"
+        glob = ["*.py"]
+        shards = 1
+        """,
+    )
+    (shard,) = plan.shards
+    template = json.loads(shard.template)
+    assert template == [
+        "pytest",
+        {"slot": ["--junitxml={junit}.{slot}"]},
+        {"slot": ["--tag={{t}}-{slot}-", [","]]},
+        None,
+    ]
+    assert tuple(fill_template(template, shard.items, str(tmp_path))) == shard.argv
+    assert shard.argv[2] == "--tag={{t}}-{slot}-a{{x}}.py,b.py" and shard.slot_args == (1, 2)
+    assert shard.argv[2].format(slot=4) == "--tag={t}-4-a{x}.py,b.py"
+    retry = fill_template(template, ["c{y}.py"], str(tmp_path), slot=4)
+    assert retry == ["pytest", "--junitxml={junit}.4", "--tag={t}-4-c{y}.py", "c{y}.py"]

@@ -52,6 +52,7 @@ def test_every_vocabulary_holds_the_words_written_today():
         "interrupted",
         "error",
         "timed-out",
+        "waiting",
     ]
     assert [str(s) for s in RunOutcome] == [
         "passed",
@@ -75,6 +76,7 @@ def test_every_vocabulary_holds_the_words_written_today():
         "missing",
         "outdated",
         "corrupt",
+        "waiting",
     ]
     assert [str(s) for s in OverallVerdict] == ["passed", "failed", "incomplete"]
 
@@ -107,7 +109,8 @@ def test_record_outcomes_are_the_records_vocabulary():
 
 def test_failed_reruns_everything_but_a_pass_and_a_live_run():
     # A new ShardState must be placed on purpose: rerun by --failed or not.
-    assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED, ShardState.RUNNING}
+    live = {ShardState.RUNNING, ShardState.WAITING}
+    assert RERUN_BY_FAILED == frozenset(ShardState) - {ShardState.PASSED} - live
     assert ordered(RERUN_BY_FAILED) == (
         "failed",
         "timed-out",
@@ -181,3 +184,9 @@ def test_the_colour_codes_written_out_are_coloramas():
     for name in ("GREEN", "RED", "YELLOW", "CYAN"):
         assert getattr(states.Fore, name) == getattr(colorama.Fore, name)
     assert states.Style.DIM == colorama.Style.DIM
+
+
+def test_started_outcomes_are_an_attempt_that_has_not_ended():
+    assert ordered(states.STARTED_OUTCOMES) == ("running", "waiting")
+    assert not states.STARTED_OUTCOMES & FINISHED_OUTCOMES
+    assert ShardState.WAITING in states.WAITED_ON and ShardState.WAITING not in RERUN_BY_FAILED

@@ -21,7 +21,7 @@ from lokt_tasks.engine import Holder
 from lokt_tasks.junit import TestCase, TestResult
 from lokt_tasks.plan import Plan, PlanStats, Shard
 from lokt_tasks.results import CorruptRecord, Record, RecordStore, rerun_key
-from lokt_tasks.states import TestOutcome
+from lokt_tasks.states import ShardState, TestOutcome
 from lokt_tasks.text import format_seconds
 from lokt_tasks.verdict import (
     LISTED_TESTS,
@@ -397,6 +397,7 @@ def test_json_has_the_documented_shape(tmp_path):
         "missing": 1,
         "outdated": 1,
         "corrupt": 1,
+        "waiting": 0,
     }
     assert [shard["shard"] for shard in data["shards"]] == list(range(1, 9))
     for shard in data["shards"]:
@@ -835,6 +836,32 @@ def test_judge_live_confirms_a_real_crash(tmp_path):
 
     assert [row.state for row in verdict.rows] == ["crashed", "passed", "missing"]
     assert asked == ["test-shard-1", "test-shard-2", "test-shard-3"]
+
+
+def test_a_live_holder_waiting_for_a_lease_is_waiting_not_running():
+    waiting = make_record(
+        outcome="waiting",
+        owner="bob",
+        message="waiting for a slot",
+        ended_at=None,
+        duration=None,
+        exit_code=None,
+    )
+    row = only_row(waiting, make_holder())
+    assert row.state == ShardState.WAITING and row.duration is None
+    assert row.detail == "waiting for a slot; held by bob (agent agent-b, pid 777 on other-box)"
+    verdict = judge(make_plan(1), {1: waiting}, {"test-shard-1": make_holder()}, run_key=RUN)
+    assert verdict.state == "incomplete" and verdict.counts[ShardState.WAITING] == 1
+
+
+def test_an_agent_dead_while_waiting_for_a_lease_leaves_a_crashed_shard_that_never_ran():
+    waiting = make_record(outcome="waiting", message="waiting for resource 'db'", ended_at=None)
+    row = only_row(waiting, None)
+    assert row.state == ShardState.CRASHED
+    assert row.detail == (
+        "waiting for resource 'db' since 2024-05-01T12:00:00.000000Z, by agent-1 on box"
+        " (pid 1001); its command never started; its lock is free"
+    )
 
 
 # --- Tests from the reports a record names ------------------------------------------
