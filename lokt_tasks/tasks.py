@@ -196,6 +196,12 @@ def _setup(
         if problem:
             raise errors.StorageError(f"{what}: {problem}; its records and locks cannot be trusted")
     store = RecordStore(results_dir)
+    if runs:  # NOTE: say which directory is unusable before any shard starts
+        try:
+            results_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            where = f"results directory {results_dir}"
+            raise errors.StorageError(f"{where}: {error.strerror or error}") from None
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
     check_python_modules(loaded, task_config, run=runs)

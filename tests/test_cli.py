@@ -549,3 +549,22 @@ def test_a_results_directory_that_does_not_exist_is_named_not_reported_missing(t
     assert result.stderr == (
         "lokt-tasks: error: --results artifacts: no such directory; nothing was recorded there\n"
     )
+
+
+def test_a_results_directory_that_cannot_be_made_is_named_before_any_shard_runs(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be\n")
+    (tmp_path / "shards.toml").write_text(
+        '[defaults]\nresults = "blocker/results"\n'
+        '[tasks.t]\nrun = "touch ran-{shard} {items}"\n[[tasks.t.shard]]\nitems = ["a"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lokt_tasks", "shard-all", "t", "--engine", "embedded"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == errors.ENGINE, result.stdout + result.stderr
+    assert result.stderr.startswith("lokt-tasks: error: results directory")
+    assert str(tmp_path / "blocker" / "results") in result.stderr
+    assert result.stdout == "" and not (tmp_path / "ran-1").exists()
