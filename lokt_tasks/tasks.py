@@ -196,12 +196,6 @@ def _setup(
         if problem:
             raise errors.StorageError(f"{what}: {problem}; its records and locks cannot be trusted")
     store = RecordStore(results_dir)
-    if runs:  # NOTE: say which directory is unusable before any shard starts
-        try:
-            results_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            where = f"results directory {results_dir}"
-            raise errors.StorageError(f"{where}: {error.strerror or error}") from None
     written_by_runs = [t.durations for t in loaded.tasks.values() if t.durations]
     run_key = current_run_key(loaded.root, explicit=run, ignore=written_by_runs)
     check_python_modules(loaded, task_config, run=runs)
@@ -420,6 +414,7 @@ def shard(
         shards, index = total or shards, None if id == "next" else _shard_id(id)
     try:
         setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
+        _make_results(setup)
     except UsageError as error:
         if id != "auto":
             raise
@@ -642,6 +637,7 @@ def shard_all(
     unless --force; --failed runs only the ones that did not pass."""
     _refuse_dry_run(c)
     setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
+    _make_results(setup)
     if failed and failed_tests:
         raise UsageError("--failed and --failed-tests cannot be combined: use one, then the other")
     settings = _settings(setup, engine=engine, agent=agent, slots=slots)
@@ -810,6 +806,16 @@ def verify(
             console.say(render_timeline(document, width=width, color=console.color))
     if verdict.exit_code:
         raise Exit(code=verdict.exit_code)
+
+
+def _make_results(setup: Setup) -> None:
+    """For commands that run shards, once the plan holds: make the results
+    directory, or say which one is unusable before any shard starts."""
+    try:
+        setup.store.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = f"results directory {setup.store.root}"
+        raise errors.StorageError(f"{where}: {error.strerror or error}") from None
 
 
 def _results_exist(setup: Setup, results: Optional[str]) -> None:

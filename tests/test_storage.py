@@ -150,6 +150,7 @@ def test_a_results_directory_that_cannot_be_made_is_one_line(project, results):
 
 def test_verify_junit_creates_its_directory(project, results):
     report = project / "reports" / "sub" / "verdict.xml"
+    results.mkdir()  # NOTE: a --results directory that does not exist is refused
     result = cli(
         project,
         "verify",
