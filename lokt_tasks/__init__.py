@@ -4,4 +4,4 @@ The invoke collection lives in :mod:`lokt_tasks.tasks` (imported on demand so
 that the attempt process, which starts once per shard, stays light).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
