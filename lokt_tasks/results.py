@@ -445,6 +445,17 @@ class RecordStore:
         )
         return [(number, self._rerun_plan(task, run_key, number)) for number in numbers]
 
+    def _rerun_made_since(self, task: str, run_key: str, number: int, since: str) -> bool:
+        """Whether rerun ``number``'s plan was made at or after ``since`` (always, without)."""
+        if not since:
+            return True
+        path = self.run_dir(task, rerun_key(run_key, number)) / RERUN_PLAN
+        try:
+            made = json.loads(read_file(path, MAX_RECORD_BYTES * 64)).get("made_at")
+            return parse_time(made) >= parse_time(since)
+        except (OSError, ValueError, AttributeError, TypeError):
+            return False
+
     def _rerun_plan(self, task: str, run_key: str, number: int) -> Optional[List[List[str]]]:
         path = self.run_dir(task, rerun_key(run_key, number)) / RERUN_PLAN
         try:
@@ -463,19 +474,22 @@ class RecordStore:
         return groups if valid and data.get("version") == 1 else None
 
     def new_rerun(
-        self, task: str, run_key: str, groups: Sequence[Sequence[str]]
+        self, task: str, run_key: str, groups: Sequence[Sequence[str]], since: str = ""
     ) -> Tuple[int, List[List[str]]]:
         """The number and shards of the rerun that runs the items of ``groups``
         (each shard's items): the last rerun when it holds the same items,
-        however split (a second agent rerunning the same tests, or the same
-        tests failing again, joins it), else a new one, its plan written
-        exclusively (two agents starting one at once agree)."""
+        however split, and was made at or after ``since`` (RFC 3339: when the
+        records of the failures ended; a second agent rerunning the same tests
+        joins it, a rerun older than the failures does not), else a new one,
+        its plan written exclusively (two agents starting one at once agree)."""
         wanted = _all_items(groups)
         rounds = self.reruns(task, run_key)
         if rounds and rounds[-1][1] is not None and _all_items(rounds[-1][1]) == wanted:
-            return rounds[-1][0], rounds[-1][1]
+            if self._rerun_made_since(task, run_key, rounds[-1][0], since):
+                return rounds[-1][0], rounds[-1][1]
         last = rounds[-1][0] if rounds else 0
-        data = json.dumps({"version": 1, "shards": [list(group) for group in groups]}, indent=2)
+        plan = {"version": 1, "made_at": utc_now(), "shards": [list(group) for group in groups]}
+        data = json.dumps(plan, indent=2)
         for number in range(last + 1, last + 100):
             directory = self.run_dir(task, rerun_key(run_key, number))
             directory.mkdir(parents=True, exist_ok=True)
@@ -484,7 +498,8 @@ class RecordStore:
                 return number, [list(group) for group in groups]
             except FileExistsError:
                 theirs = self._rerun_plan(task, run_key, number)
-                if theirs is not None and _all_items(theirs) == wanted:
+                fresh = self._rerun_made_since(task, run_key, number, since)
+                if theirs is not None and _all_items(theirs) == wanted and fresh:
                     return number, theirs
         raise LoktTasksError("cannot find a free rerun number in %s" % self.run_dir(task, run_key))
 

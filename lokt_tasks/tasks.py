@@ -69,6 +69,7 @@ from .results import (
     current_run_key,
     default_results_dir,
     head_commit,
+    parse_time,
     rerun_key,
 )
 from .run import RunSettings, ShardOutcome, TimingsStore, run_shard, select_engine
@@ -636,10 +637,10 @@ def shard_all(
     Shards that already passed in this run (under the same plan) are skipped
     unless --force; --failed runs only the ones that did not pass."""
     _refuse_dry_run(c)
-    setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
-    _make_results(setup)
     if failed and failed_tests:
         raise UsageError("--failed and --failed-tests cannot be combined: use one, then the other")
+    setup = _setup(c, task, config=config, shards=shards, run=run, results=results, runs=True)
+    _make_results(setup)
     settings = _settings(setup, engine=engine, agent=agent, slots=slots)
     workers = (
         _count(jobs, "--jobs") or setup.task.jobs or setup.defaults.get("jobs") or os.cpu_count()
@@ -726,9 +727,7 @@ def _failed_tests(
         )
     failing = [(row.shard, test) for row in verdict.rows if row.tests for test in row.tests.failing]
     for row in verdict.rows:
-        if row.state not in (ShardState.PASSED, ShardState.RUNNING) and not (
-            row.tests and row.tests.failing
-        ):
+        if row.state in RERUN_BY_FAILED and not (row.tests and row.tests.failing):
             console.say(
                 f"note: shard {row.shard} is {row.state} and names no failed test:"
                 f" only 'shard-all {setup.plan.task} --failed' runs it again"
@@ -745,8 +744,15 @@ def _failed_tests(
         raise RerunError(
             f"cannot rerun the failed tests of task '{setup.plan.task}': {error}"
         ) from None
+    # NOTE: a rerun made before the failures' records ended ran an older failure.
+    ended = [
+        row.record.ended_at
+        for row in verdict.rows
+        if row.record is not None and row.tests and row.tests.failing
+    ]
+    since = max((moment for moment in ended if moment), key=parse_time, default="")
     number, groups = setup.store.new_rerun(
-        setup.plan.task, setup.run_key, rerun_groups(items, jobs)
+        setup.plan.task, setup.run_key, rerun_groups(items, jobs), since=since
     )
     key = rerun_key(setup.run_key, number)
     plan = rerun_plan(setup.config, setup.plan.task, groups)

@@ -120,6 +120,7 @@ TIMED_STATES = frozenset(
     {
         ShardState.PASSED,
         ShardState.FAILED,
+        ShardState.TIMED_OUT,
         ShardState.INTERRUPTED,
         ShardState.RUNNING,
         ShardState.CRASHED,
@@ -356,7 +357,10 @@ def with_reruns(verdict: Verdict, reruns: Sequence[Rerun], *, flaky: str = "pass
     """``verdict`` with the reruns of its failed tests folded in, oldest first.
 
     A rerun's test result comes after the one of the shard that ran the test
-    (tests no shard ran are left out). A failed shard whose report named
+    (tests no shard ran are left out), and counts only when the rerun's
+    shard started after that shard's record ended: a shard run again since
+    (``--force``, ``--failed``) is judged by its new record, never by an
+    older rerun. A failed shard whose report named
     failing tests, and whose command was not killed by a signal, passes once
     each of those passed since, unless ``flaky`` is "fail": a test that
     failed and then passed is flaky, whether on a retry or in a rerun.
@@ -366,10 +370,13 @@ def with_reruns(verdict: Verdict, reruns: Sequence[Rerun], *, flaky: str = "pass
     results = {row.shard: {t.id: t for t in row.tests.results} for row in verdict.rows if row.tests}
     owner = {test: shard for shard, tests in results.items() for test in tests}
     last_rerun: Dict[int, Dict[str, int]] = {shard: {} for shard in results}
+    record_of = {row.shard: row.record for row in verdict.rows}
     for rerun in reruns:
-        for _, later in rerun.verdict.tests if rerun.verdict else ():
-            shard = owner.get(later.id)
-            if shard is not None:
+        for rerun_row in rerun.verdict.rows if rerun.verdict else ():
+            for later in rerun_row.tests.results if rerun_row.tests else ():
+                shard = owner.get(later.id)
+                if shard is None or not _ran_after(rerun_row.record, record_of[shard]):
+                    continue
                 results[shard][later.id] = results[shard][later.id].then(later)
                 last_rerun[shard][later.id] = rerun.number
     rows = []
@@ -394,6 +401,17 @@ def with_reruns(verdict: Verdict, reruns: Sequence[Rerun], *, flaky: str = "pass
         state=_overall(tuple(rows), verdict.uncovered, verdict.overlaps),
         reruns=tuple(reruns),
     )
+
+
+def _ran_after(later: Optional[Record], earlier: Optional[Record]) -> bool:
+    """Whether ``later`` (a rerun's record) started once ``earlier`` had ended."""
+    if later is None or earlier is None:
+        return False
+    try:
+        end = parse_time(earlier.ended_at or earlier.started_at)
+        return parse_time(later.started_at) >= end
+    except ValueError:
+        return False
 
 
 def _passed_since(row: Row, flaky: str) -> bool:
@@ -886,7 +904,9 @@ def _junit_shard(suite: ElementTree.Element, task: str, row: Row) -> None:
     ending = ElementTree.SubElement(
         case, "failure" if failed else "error", message=xml_safe(message), type=row.state
     )
-    log_tail = tail(row.log, JUNIT_LOG_LINES) if row.state != ShardState.RUNNING else ""
+    # NOTE: a running or waiting shard's log is (or is about to be) its new attempt's.
+    unstarted = (ShardState.RUNNING, ShardState.WAITING)
+    log_tail = tail(row.log, JUNIT_LOG_LINES) if row.state not in unstarted else ""
     body = detail
     if log_tail:
         body += "\n--- last %d lines of %s ---\n%s" % (JUNIT_LOG_LINES, row.log, log_tail)

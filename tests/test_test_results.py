@@ -183,6 +183,28 @@ def test_two_failing_tests_are_named_merged_and_rerun_alone(tmp_path, engine):
     assert len(folded) == total and not any(tags for tags in folded.values())
 
 
+def test_a_rerun_older_than_a_shard_run_again_never_passes_its_new_failure(tmp_path):
+    """A failed test passes on a rerun; the shard runs again (--force) and the
+    test fails again: the verdict fails (the old rerun is older than the new
+    record), and the next --failed-tests makes a new rerun and runs it."""
+    project = pytest_project(tmp_path / "p", BROKEN)
+    env, fixed = {"LOKT_TASKS_RUN": "ci-2"}, {"LOKT_TASKS_RUN": "ci-2", "FIXED": "1"}
+    assert cli(project, "shard-all", "unit", env=env).returncode == errors.FAILED
+    assert cli(project, "shard-all", "unit", "--failed-tests", env=fixed).returncode == 0
+    again = cli(project, "shard-all", "unit", "--force", env=env)
+    assert again.returncode == errors.FAILED, again.stdout
+    report = verdict(project, "unit", env=env)
+    assert report["verdict"] == "failed"
+    assert {t["id"] for t in report["tests"] if t["outcome"] == "failed"} == BROKEN_IDS
+    before = len(ran(project))
+    still = cli(project, "shard-all", "unit", "--failed-tests", env=env)
+    assert still.returncode == errors.FAILED, still.stdout
+    assert sorted(ran(project)[before:]) == sorted(BROKEN_IDS)  # rerun 2, not rerun 1 joined
+    assert [r["rerun"] for r in verdict(project, "unit", env=env)["reruns"]] == [1, 2]
+    assert cli(project, "shard-all", "unit", "--failed-tests", env=fixed).returncode == 0
+    assert verdict(project, "unit", env=env)["verdict"] == "passed"
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("policy, code", [("pass", errors.PASSED), ("fail", errors.FAILED)])
 def test_a_test_that_fails_once_passes_on_a_retry_and_is_flaky(tmp_path, engine, policy, code):

@@ -705,6 +705,8 @@ def test_a_timed_out_shard_fails_the_verdict_and_names_its_limit(tmp_path):
     data = verdict_to_json(verdict)
     assert data["counts"]["timed-out"] == 1 and data["shards"][1]["state"] == "timed-out"
     assert (data["shards"][1]["signal"], data["shards"][1]["duration"]) == ("SIGTERM", 900.4)
+    # on the timeline and in the run's figures, as any shard that ran
+    assert data["shards"][1]["waited"] == 0.0 and data["timing"]["largest"] == 900.4
     lines = render_table(verdict, color=False).splitlines()
     assert lines[3].split() == [
         "2",
@@ -999,7 +1001,8 @@ def test_a_failed_shard_whose_failing_tests_passed_on_a_rerun_passes(tmp_path):
     store_shard(store, 3, report_xml("e"))
     key = rerun_key(RUN, 1)
     rerun_plan = make_plan(1)
-    store_shard(store, 1, report_xml("b", "!d"), run_key=key)
+    later = dict(started_at="2024-05-01T12:01:00.000000Z", ended_at="2024-05-01T12:01:02Z")
+    store_shard(store, 1, report_xml("b", "!d"), run_key=key, **later)
     rerun = Rerun(1, key, live(rerun_plan, store, key))
     before = live(make_plan(3), store)
 
@@ -1019,6 +1022,11 @@ def test_a_failed_shard_whose_failing_tests_passed_on_a_rerun_passes(tmp_path):
     assert data["reruns"][0]["run_key"] == key and data["reruns"][0]["verdict"] == "passed"
     # A test that passed only on a rerun is flaky: with flaky = "fail" it fails the shard.
     assert with_reruns(before, [rerun], flaky="fail").rows[0].state == "failed"
+    # A rerun that started before the shard's record ended is older than it: not folded in.
+    early = dict(started_at="2024-05-01T12:00:05.000000Z", ended_at="2024-05-01T12:00:07Z")
+    store_shard(store, 1, report_xml("b", "!d"), run_key=key, **early)
+    old = Rerun(1, key, live(rerun_plan, store, key))
+    assert [row.state for row in with_reruns(before, [old]).rows] == ["failed", "failed", "passed"]
     # A shard killed by a signal did not run all its tests: a rerun cannot clear it.
     store_shard(store, 1, report_xml("a", "!b"), outcome="failed", signal="SIGKILL")
     assert with_reruns(live(make_plan(3), store), [rerun]).rows[0].state == "failed"
