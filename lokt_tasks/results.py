@@ -577,23 +577,30 @@ class RecordStore:
         records = {shard: self.read(task, run_key, shard) for shard in shards}
         return {shard: record for shard, record in records.items() if record is not None}
 
-    def running_for(self, task: str, shard: int, owner: str) -> Optional[str]:
+    def running_for(
+        self, task: str, shard: int, owner: str, *, rerun: bool = False
+    ) -> Optional[str]:
         """The run in which ``owner`` last started ``shard`` and has not
-        finished it (its start record is the newest of theirs), or None."""
-        newest = self.newest_for(task, shard, owner)
+        finished it (its start record is the newest of theirs), or None;
+        ``rerun``: shard ``shard`` of a rerun of failed tests (see newest_for)."""
+        newest = self.newest_for(task, shard, owner, rerun=rerun)
         return newest[0] if newest and newest[1] in STARTED_OUTCOMES else None
 
     def newest_for(
-        self, task: str, shard: int, owner: str, *, patience: float = 0.0
+        self, task: str, shard: int, owner: str, *, patience: float = 0.0, rerun: bool = False
     ) -> Optional[Tuple[str, str]]:
         """The run key and outcome of the newest record ``owner`` wrote for
-        ``shard`` in any run, or None. An agent writes it a moment after it
-        took the shard's lock: for a lock taken ``patience`` seconds ago or
-        less, look again until one is found or that time has passed."""
+        ``shard`` in any run (with ``rerun``, in any run's reruns of failed
+        tests, whose lock is ``<task>-rerun-N``), or None. An agent writes it a
+        moment after it took the shard's lock: for a lock taken ``patience``
+        seconds ago or less, look again until one is found or that time has passed."""
         deadline = time.monotonic() + patience
         while True:
             found = []
-            for run_key in self.runs(task):
+            keys = self.runs(task)
+            if rerun:
+                keys = [rerun_key(run, n) for run in keys for n, _ in self.reruns(task, run)]
+            for run_key in keys:
                 record = self.read(task, run_key, shard)
                 if isinstance(record, Record) and record.owner == owner:
                     found.append((record.started_at, record.outcome, run_key))

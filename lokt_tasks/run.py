@@ -18,7 +18,7 @@ from .engine import Engine, GuardResult, Identity, StopRequest, find_lock_root
 from .errors import EngineError, UsageError, storage_error
 from .leases import Leases
 from .lokt_engine import LoktEngine, find_lokt_binary
-from .plan import JUNIT_PLACEHOLDER, Shard
+from .plan import JUNIT_PLACEHOLDER, Shard, rerun_lock_name
 from .results import RECORD_LAG, Record, RecordStore, new_start_record, unstamped_json
 from .states import RAN_OUTCOMES, STARTED_OUTCOMES, GuardState, RecordOutcome, RunOutcome
 from .system import read_file
@@ -177,7 +177,10 @@ def run_shard(
     if guard.state == GuardState.HELD and not settings.wait and guard.holder is not None:
         holder = guard.holder
         patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
-        newest = store.newest_for(shard.task, shard.index, holder.owner, patience=patience)
+        rerun = shard.lock_name == rerun_lock_name(shard.task, shard.index)
+        newest = store.newest_for(
+            shard.task, shard.index, holder.owner, patience=patience, rerun=rerun
+        )
         if newest is not None and newest[0] != settings.run_key:
             # NOTE: every run of a task shares its lock names (as the docs
             # teach); runs do not fail each other, so wait for the other's

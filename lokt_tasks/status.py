@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .engine import Holder
 
 JSON_VERSION = 1
-_SHARD_LOCK = re.compile(r"(.+)-shard-([1-9][0-9]*)\Z")
+_SHARD_LOCK = re.compile(r"(.+)-(shard|rerun)-([1-9][0-9]*)\Z")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,8 @@ def gather(
     for holder in live:
         match = _SHARD_LOCK.fullmatch(holder.name)
         if match and parse_lease_lock(lease_prefix, holder.name) is None:
-            shards.append(_running(holder, match.group(1), int(match.group(2)), store, now))
+            task, kind, index = match.group(1), match.group(2), int(match.group(3))
+            shards.append(_running(holder, task, index, store, now, rerun=kind == "rerun"))
     shards.sort(key=lambda shard: (shard.task, shard.shard, shard.run_key or ""))
     leases = []
     for holder in live:
@@ -126,13 +127,19 @@ def gather(
 
 
 def _running(
-    holder: Holder, task: str, index: int, store: RecordStore, now: datetime.datetime
+    holder: Holder,
+    task: str,
+    index: int,
+    store: RecordStore,
+    now: datetime.datetime,
+    *,
+    rerun: bool = False,
 ) -> RunningShard:
     shard = RunningShard(
         task, index, holder.name, ShardState.RUNNING, holder.agent_id, holder.host, holder.pid
     )
     try:
-        run_key = store.running_for(task, index, holder.owner)
+        run_key = store.running_for(task, index, holder.owner, rerun=rerun)
     except (OSError, ValueError):  # a results directory we cannot read: locks only
         run_key = None
     record = store.read(task, run_key, index) if run_key is not None else None

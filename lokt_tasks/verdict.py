@@ -77,6 +77,7 @@ from typing import (
 from . import errors
 from .attempt import digest
 from .junit import ReportError, TestCase, TestIds, TestResult, fold, parse_report
+from .plan import rerun_lock_name
 from .results import (
     RECORD_LAG,
     AnyRecord,
@@ -455,7 +456,10 @@ def judge_live(
             if record.owner == holder.owner:
                 continue  # the holder's own start record: it runs the shard for this run
         patience = max(RECORD_LAG - holder.age_sec, 0.0)  # a lock taken a moment ago
-        newest = store.newest_for(plan.task, shard.index, holder.owner, patience=patience)
+        rerun = shard.lock_name == rerun_lock_name(plan.task, shard.index)
+        newest = store.newest_for(
+            plan.task, shard.index, holder.owner, patience=patience, rerun=rerun
+        )
         if newest is not None and (newest[0] != run_key or newest[1] not in STARTED_OUTCOMES):
             # NOTE: it runs the shard for another run, or has finished ours and
             # is about to release the lock: the record tells this run's state.

@@ -11,7 +11,7 @@ import datetime
 import os
 
 from lokt_tasks.engine import Holder
-from lokt_tasks.results import Record, RecordStore
+from lokt_tasks.results import Record, RecordStore, rerun_key
 from lokt_tasks.status import gather, render_status, status_to_json
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 30, tzinfo=datetime.timezone.utc)
@@ -114,3 +114,27 @@ def test_nothing_running_and_no_budget(tmp_path):
         "lock root /r; no slot budget (none held)\nno shard is running"
     )
     assert status_to_json(status)["slots"] == {"budget": None, "in_use": [], "free": None}
+
+
+def test_a_shard_of_a_rerun_of_failed_tests_is_listed_with_its_slot(tmp_path):
+    """``shard-all --failed-tests`` runs shards under ``<task>-rerun-N`` locks,
+    with records in ``<run>/rerun-<K>``: status names them, not a bare slot."""
+    store = RecordStore(tmp_path)
+    store.write(record(1, "me/ann", "r1", outcome="failed", ended_at="2024-05-01T12:00:10Z"))
+    number, _ = store.new_rerun("test", "r1", [["tests/test_x.py::test_a"]])
+    key = rerun_key("r1", number)
+    store.write(record(1, "me/ann", key, lock_name="test-rerun-1", slot=1, total=1))
+    holders = [holder("test-rerun-1", "me/ann"), holder("lokt-tasks-slot-1", "me/ann")]
+    status = gather(holders, store, lock_root="/r", lease_prefix="lokt-tasks", budget=2, now=NOW)
+
+    data = status_to_json(status)
+    [shard] = data["shards"]
+    assert (shard["lock"], shard["run_key"], shard["slot"], shard["state"]) == (
+        "test-rerun-1",
+        "r1/rerun-1",
+        1,
+        "running",
+    )
+    assert [(lease["lock"], lease["run_key"]) for lease in data["leases"]] == [
+        ("lokt-tasks-slot-1", "r1/rerun-1")
+    ]
