@@ -131,11 +131,11 @@ def test_the_eta_spreads_the_work_left_over_the_jobs():
     started = board.started["a"]
     board.update("b", Progress.RUNNING)
     board.started["b"] = started
-    assert board.eta(now=started + 5) == 25.0  # the longest part left: a's 25 s
+    assert board.eta(now=started + 5) == pytest.approx(25.0)  # the longest part left: a's 25 s
     board.update("b", RunOutcome.FAILED)
     board.update("c", Progress.RUNNING)
     board.started["c"] = started + 5
-    assert board.eta(now=started + 10) == 20.0  # a has 20 s left, c 5 s
+    assert board.eta(now=started + 10) == pytest.approx(20.0)  # a has 20 s left, c 5 s
     board.update("a", RunOutcome.PASSED)
     board.update("c", RunOutcome.PASSED)
     assert board.eta() is None  # nothing left
