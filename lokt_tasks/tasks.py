@@ -799,7 +799,10 @@ def verify(
         verdict = _judge(setup, settings.engine)
     if junit:
         _write_output(junit, verdict_to_junit(verdict), "--junit")
-    document = verdict_to_json(verdict, commit=head_commit(setup.plan.cwd))
+    # NOTE: the document (a git call for its commit, log tails) only when shown.
+    document = None
+    if json or html or timeline:
+        document = verdict_to_json(verdict, commit=head_commit(setup.plan.cwd))
     if html:
         _write_output(html, render_html(document), "--html")
     if json:
